@@ -1,0 +1,66 @@
+# The README's two commands are `make run` and `make test`; each installs whatever is missing first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEBS := espeak-ng sox chromium ffmpeg
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.PHONY: install deps-debian run test test-fast lint bench soak certs emulator call clean
+
+install: deps-debian $(VENV)/.installed
+
+# Debian packages: installed through apt-get when we are root; otherwise say exactly what is missing.
+deps-debian:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || \
+	      { echo "apt-get install$$missing failed" >&2; exit 1; }; \
+	  else \
+	    echo "missing Debian packages:$$missing -- run: sudo apt-get install -y$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+run: install
+	$(BIN)/voicebridge serve --host $(HOST) --port $(PORT)
+
+emulator: install
+	$(BIN)/voicebridge emulator --host 127.0.0.1 --port 8765
+
+call: install
+	$(BIN)/voicebridge call --out out/call
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "unit"
+
+lint: install
+	$(BIN)/ruff check server tests
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/voicebridge bench
+
+soak: install
+	$(BIN)/voicebridge soak
+
+# Development TLS for browsers on hosts other than localhost (getUserMedia needs a secure context).
+certs:
+	@mkdir -p certs
+	openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=voicebridge-dev" \
+	  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	  -keyout certs/dev-key.pem -out certs/dev-cert.pem
+	@echo "wrote certs/dev-cert.pem and certs/dev-key.pem (never commit them)"
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache out

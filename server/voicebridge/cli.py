@@ -1,0 +1,99 @@
+"""`voicebridge serve | call | emulator | bench | sdp explain | batch | soak`.
+
+This module only parses flags; each command lives in the package that owns it and is imported on use,
+so `voicebridge emulator` never loads the bridge and vice versa.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="voicebridge", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="the signaling server and web console (emulator unless OPENAI_API_KEY is set)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=_port, default=8080)
+    s.add_argument("--artifacts", type=Path, default=Path("calls"), help="where each call's folder is written")
+    s.add_argument("--emulator-url", default="", help="use an emulator already running at this /v1 URL")
+
+    c = sub.add_parser("call", help="run one whole call, start to hang-up, then print a summary")
+    c.add_argument("--scenario", default="late_order", help="a built-in scenario name or a scenario file path")
+    c.add_argument("--json", action="store_true", help="print one JSON object as stdout's last line")
+    c.add_argument("--out", type=Path, default=None, help="folder for the call's artifacts (default calls/<id>)")
+    c.add_argument("--emulator-url", default="", help="use an emulator already running at this /v1 URL")
+
+    e = sub.add_parser("emulator", help="the offline Realtime GA API emulator alone, at http://HOST:PORT/v1")
+    e.add_argument("--host", default="127.0.0.1")
+    e.add_argument("--port", type=_port, default=8765)
+    e.add_argument("--scenario", action="append", default=[], help="extra scenario file(s) whose personas to load")
+
+    b = sub.add_parser("bench", help="measure the media path against a transcoding baseline")
+    b.add_argument("--quick", action="store_true", help="a small run in under a minute")
+    b.add_argument("--json", action="store_true", help="print one JSON object as stdout's last line")
+    b.add_argument("--calls", type=_positive_int, nargs="*", default=None, help="concurrency levels to measure")
+    b.add_argument("--relay", choices=["passthrough", "transcode"], default=None, help="measure only this relay")
+    b.add_argument("--out", type=Path, default=Path("."), help="where bench.json and bench.png are written")
+
+    d = sub.add_parser("sdp", help="SDP tools")
+    dsub = d.add_subparsers(dest="sdp_command", required=True, metavar="SUBCOMMAND")
+    x = dsub.add_parser("explain", help="explain an SDP offer/answer and warn about classic mistakes")
+    x.add_argument("file", type=Path, help="an SDP file, or - for standard input")
+    x.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cmd: str = args.command
+    if cmd == "emulator":
+        from .emulator.server import main as emulator_main
+
+        return emulator_main(args)
+    if cmd == "call":
+        from .bridge.runner import main as call_main
+
+        return call_main(args)
+    if cmd == "serve":
+        from .signaling.app import main as serve_main
+
+        return serve_main(args)
+    if cmd == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(args)
+    if cmd == "sdp":
+        from .media.sdp_explain import main as sdp_main
+
+        return sdp_main(args)
+    print(f"unknown command {cmd!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
