@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := espeak-ng sox chromium ffmpeg
+DEBS := espeak-ng sox chromium ffmpeg iproute2 util-linux openssl
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
@@ -39,7 +39,7 @@ call: install
 	$(BIN)/voicebridge call --out out/call
 
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	scripts/loopback-netns $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "unit"
