@@ -1,0 +1,282 @@
+"""The emulator's ears: server VAD on the incoming track, and a recognizer that knows what a persona may hear.
+
+`Ear` is the server-VAD half: fed every decoded frame, it runs webrtcvad on 16 kHz mono 20 ms frames and
+reports `speech_started` / `speech_stopped` on the Realtime API's clock (ms of input audio heard so far).
+Following the SDK's definitions, `audio_start_ms` includes `prefix_padding_ms` (it is backdated) and
+`audio_end_ms` includes `silence_duration_ms` (it is when the silence grew long enough to end the turn); the
+speech itself ended at `Ear.speech_end_ms`.
+
+`Recognizer` is the transcription half: pocketsphinx restricted to a JSGF grammar of the phrases a persona may
+hear, one or more in sequence. Free recognition of espeak speech is poor; a grammar makes it exact for lines
+that were actually spoken and gives no hypothesis for noise, silence or garbled audio, which is what a
+faithful emulated listener needs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import av
+import numpy as np
+import numpy.typing as npt
+import webrtcvad
+
+from voicebridge.scenarios import normalize_phrase
+
+VAD_RATE = 16000
+VAD_FRAME_MS = 20
+VAD_FRAME_SAMPLES = VAD_RATE * VAD_FRAME_MS // 1000  # 320
+START_WINDOW = 5  # speech starts when START_VOICED of the last START_WINDOW frames (100 ms) are voiced
+START_VOICED = 3
+MAX_UTTERANCE_MS = 120_000  # a turn longer than two minutes is ended anyway: memory stays bounded
+MAX_PHRASES = 500
+
+
+class HearingError(ValueError):
+    """Bad VAD settings, or phrases the recognizer cannot hear (the message names the words)."""
+
+
+@dataclass(frozen=True)
+class VadSettings:
+    threshold: float = 0.5  # 0..1, mapped to webrtcvad aggressiveness 0..3 (higher: needs clearer speech)
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise HearingError(f"VAD threshold must be between 0.0 and 1.0, got {self.threshold!r}")
+        if not 0 <= self.prefix_padding_ms <= 10_000:
+            raise HearingError(f"prefix_padding_ms must be 0..10000, got {self.prefix_padding_ms!r}")
+        if not 0 < self.silence_duration_ms <= 10_000:
+            raise HearingError(f"silence_duration_ms must be 1..10000, got {self.silence_duration_ms!r}")
+
+    @property
+    def aggressiveness(self) -> int:
+        return min(3, int(self.threshold * 4))
+
+
+class _Resampler:
+    """PCM16 mono at any rate -> 16 kHz mono; stateful (libswresample keeps filter history across frames)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._av = None if rate == VAD_RATE else av.AudioResampler(format="s16", layout="mono", rate=VAD_RATE)
+
+    def __call__(self, mono: npt.NDArray[np.int16]) -> list[npt.NDArray[np.int16]]:
+        if self._av is None:
+            return [mono]
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(mono).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = self.rate
+        return [np.asarray(f.to_ndarray(), dtype=np.int16).reshape(-1) for f in self._av.resample(frame)]
+
+
+class Ear:
+    """Fed every decoded 20 ms frame of the incoming track (av.AudioFrame from aiortc: s16, 48 kHz, stereo).
+
+    Callbacks: on_speech_started(audio_start_ms); on_speech_stopped(audio_end_ms, PCM16 mono 16 kHz of the
+    turn, prefix padding included). They run inside feed(), so they must be quick: schedule work, don't do it.
+    """
+
+    def __init__(
+        self,
+        vad: VadSettings,
+        on_speech_started: Callable[[int], None],
+        on_speech_stopped: Callable[[int, npt.NDArray[np.int16]], None],
+    ) -> None:
+        self.settings = vad
+        self._on_started = on_speech_started
+        self._on_stopped = on_speech_stopped
+        self._vad = webrtcvad.Vad(vad.aggressiveness)
+        self._prefix_frames = -(-vad.prefix_padding_ms // VAD_FRAME_MS)
+        self._silence_frames = -(-vad.silence_duration_ms // VAD_FRAME_MS)
+        self._resampler: _Resampler | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything heard (input_audio_buffer.clear, or a new session): the clock restarts at 0."""
+        self._pending = np.zeros(0, dtype=np.int16)  # 16 kHz samples not yet a whole VAD frame
+        self._frames = 0  # whole VAD frames processed: the clock
+        self._history: deque[tuple[npt.NDArray[np.int16], bool]] = deque(
+            maxlen=max(self._prefix_frames, START_WINDOW)
+        )
+        self._speaking = False
+        self._utterance: list[npt.NDArray[np.int16]] = []
+        self._start_frame = 0
+        self._silent_run = 0
+        self._last_voiced_end = 0
+        self.speech_end_ms = 0  # where the last utterance's speech ended (before the closing silence)
+
+    @property
+    def audio_ms(self) -> int:
+        """Milliseconds of audio heard so far: the clock of audio_start_ms and audio_end_ms."""
+        return self._frames * VAD_FRAME_MS
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking
+
+    def feed(self, frame: av.AudioFrame) -> None:
+        """One decoded frame of the track. Cheap: it runs in the event loop for every frame."""
+        if frame.format.name != "s16":
+            raise HearingError(f"Ear.feed needs s16 audio frames, got {frame.format.name}")
+        channels = len(frame.layout.channels)
+        samples = np.asarray(frame.to_ndarray(), dtype=np.int16)
+        # aiortc's decoder gives packed s16: one row of interleaved channels. Channel 0 is enough to hear:
+        # WebRTC senders put the same voice on both; averaging would cost a copy per frame for nothing.
+        mono = samples.reshape(-1)[::channels] if channels > 1 else samples.reshape(-1)
+        self.feed_pcm16(mono, frame.sample_rate)
+
+    def feed_pcm16(self, pcm: npt.NDArray[np.int16], sample_rate: int) -> None:
+        """Mono PCM16 samples at any rate (e.g. 24 kHz from the WebSocket transport)."""
+        if pcm.dtype != np.int16 or pcm.ndim != 1:
+            raise HearingError(f"Ear.feed_pcm16 needs 1-D int16 samples, got {pcm.dtype} shape {pcm.shape}")
+        if not 8000 <= sample_rate <= 192000:
+            raise HearingError(f"sample rate {sample_rate} Hz is outside 8000..192000")
+        if self._resampler is None or self._resampler.rate != sample_rate:
+            self._resampler = _Resampler(sample_rate)
+        for part in self._resampler(pcm):
+            self._pending = np.concatenate([self._pending, part]) if len(self._pending) else part
+        n = len(self._pending) // VAD_FRAME_SAMPLES
+        for i in range(n):
+            self._step(self._pending[i * VAD_FRAME_SAMPLES : (i + 1) * VAD_FRAME_SAMPLES])
+        self._pending = self._pending[n * VAD_FRAME_SAMPLES :]
+
+    def _step(self, chunk: npt.NDArray[np.int16]) -> None:
+        voiced = bool(self._vad.is_speech(chunk.tobytes(), VAD_RATE))
+        self._frames += 1
+        if not self._speaking:
+            self._history.append((chunk, voiced))
+            window = list(self._history)[-START_WINDOW:]
+            if sum(v for _, v in window) >= START_VOICED:
+                self._begin(window)
+            return
+        self._utterance.append(chunk)
+        if voiced:
+            self._silent_run = 0
+            self._last_voiced_end = self._frames
+        else:
+            self._silent_run += 1
+        long_enough = len(self._utterance) * VAD_FRAME_MS >= MAX_UTTERANCE_MS
+        if self._silent_run >= self._silence_frames or long_enough:
+            self._end()
+
+    def _begin(self, window: list[tuple[npt.NDArray[np.int16], bool]]) -> None:
+        # Speech began at the window's first voiced frame; the turn's audio starts prefix_padding_ms earlier.
+        first_voiced = next(i for i, (_, v) in enumerate(window) if v)
+        onset = self._frames - len(window) + first_voiced
+        keep = min(len(self._history), self._frames - max(0, onset - self._prefix_frames))
+        self._utterance = [c for c, _ in list(self._history)[-keep:]]
+        self._history.clear()
+        self._speaking = True
+        self._silent_run = 0
+        self._last_voiced_end = self._frames
+        self._start_frame = self._frames - keep
+        self._on_started(self._start_frame * VAD_FRAME_MS)
+
+    def _end(self) -> None:
+        pcm = np.concatenate(self._utterance) if self._utterance else np.zeros(0, dtype=np.int16)
+        self._utterance = []
+        self._speaking = False
+        self._silent_run = 0
+        self.speech_end_ms = self._last_voiced_end * VAD_FRAME_MS
+        self._on_stopped(self.audio_ms, pcm)
+
+
+def _model_dir() -> Path:
+    from pocketsphinx import get_model_path
+
+    return Path(get_model_path())
+
+
+@cache
+def dictionary_words() -> frozenset[str]:
+    """Every word of pocketsphinx's en-US pronouncing dictionary (alternates like `read(2)` folded in)."""
+    words: set[str] = set()
+    with open(_model_dir() / "en-us" / "cmudict-en-us.dict", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            head = line.split(" ", 1)[0]
+            words.add(head.split("(", 1)[0])
+    return frozenset(words)
+
+
+def missing_words(phrases: Sequence[str]) -> list[str]:
+    """Words of the phrases (normalized) that the recognizer's dictionary lacks, sorted, each once."""
+    known = dictionary_words()
+    return sorted({w for p in phrases for w in normalize_phrase(p).split() if w not in known})
+
+
+def _grammar(phrases: Sequence[str]) -> str:
+    alternatives = " | ".join(phrases)
+    # <phrase>+ : lines spoken back to back (two script lines before a pause) are still one recognisable turn.
+    return f"#JSGF V1.0;\ngrammar persona;\npublic <turn> = <phrase>+;\n<phrase> = ( {alternatives} );\n"
+
+
+class Recognizer:
+    """pocketsphinx constrained to a JSGF grammar of the phrases a persona may hear (one or more in a row)."""
+
+    def __init__(self, phrases: Sequence[str]) -> None:
+        if isinstance(phrases, str):
+            raise HearingError("Recognizer needs a sequence of phrases, got one string")
+        normalized = sorted({normalize_phrase(p) for p in phrases} - {""})
+        if not normalized:
+            raise HearingError("Recognizer needs at least one phrase with words in it")
+        if len(normalized) > MAX_PHRASES:
+            raise HearingError(f"{len(normalized)} phrases is over the {MAX_PHRASES}-phrase limit")
+        missing = missing_words(normalized)
+        if missing:
+            raise HearingError(
+                f"the recognizer's dictionary lacks {', '.join(repr(w) for w in missing)}: "
+                "reword the phrase (e.g. spell numbers and abbreviations as words)"
+            )
+        from pocketsphinx import Decoder
+
+        self.phrases: tuple[str, ...] = tuple(normalized)
+        # lm=None: the grammar is the only search, so the 30 MB language model is never loaded.
+        self._decoder = Decoder(samprate=VAD_RATE, lm=None, loglevel="FATAL")
+        try:
+            self._decoder.add_jsgf_string("persona", _grammar(normalized))
+            self._decoder.activate_search("persona")
+        except Exception as e:  # pocketsphinx raises RuntimeError with its own log as the only detail
+            raise HearingError(f"pocketsphinx rejected the grammar of {len(normalized)} phrases: {e}") from e
+        self._lock = threading.Lock()  # one decoder, one utterance at a time
+
+    def transcribe(self, pcm16k: npt.NDArray[np.int16]) -> str | None:
+        """The recognised words (normalized), or None when nothing in the grammar was heard. Blocking."""
+        if pcm16k.dtype != np.int16 or pcm16k.ndim != 1:
+            raise HearingError(f"transcribe needs 1-D int16 PCM at 16 kHz, got {pcm16k.dtype} {pcm16k.shape}")
+        if len(pcm16k) < VAD_FRAME_SAMPLES:
+            return None
+        with self._lock:
+            self._decoder.start_utt()
+            self._decoder.process_raw(pcm16k.tobytes(), no_search=False, full_utt=True)
+            self._decoder.end_utt()
+            hyp = self._decoder.hyp()
+        text = normalize_phrase(hyp.hypstr) if hyp is not None else ""
+        return text or None
+
+
+_recognizers: OrderedDict[tuple[str, ...], Recognizer] = OrderedDict()
+_recognizers_lock = threading.Lock()
+MAX_RECOGNIZERS = 32
+
+
+def recognizer_for(phrases: Sequence[str]) -> Recognizer:
+    """A Recognizer for this phrase set, loaded once (about 0.2 s) and shared; safe to use from threads."""
+    key = tuple(sorted({normalize_phrase(p) for p in phrases} - {""}))
+    with _recognizers_lock:
+        hit = _recognizers.get(key)
+        if hit is not None:
+            _recognizers.move_to_end(key)
+            return hit
+        recognizer = Recognizer(key)
+        _recognizers[key] = recognizer
+        while len(_recognizers) > MAX_RECOGNIZERS:
+            _recognizers.popitem(last=False)
+        return recognizer
