@@ -1,0 +1,199 @@
+"""The call's audio: pass-through relay between the two agent legs, a human who takes over, and listeners.
+
+Every arrow below is an ``OutboundAudio.send`` of the packet as it arrived (no decode, no encode):
+
+    caller agent  --(caller_in)-->  cs_out                      (only while the caller agent is the source)
+    human browser --(human tap)-->  cs_out                      (while a human has taken over)
+    CS agent      --(cs_in)---->    caller_out                  (not while on hold: see below)
+                                    human_out                   (while a human has taken over)
+    active caller source ------->   every listener's caller_out
+    CS agent      ------------->    every listener's cs_out
+
+On hold (a human took over) the caller agent hears nothing: if it kept hearing the CS agent it would answer
+(unheard) and could even call hangup() on a conversation it is no longer part of. Pass
+``hold_hears_cs=True`` to keep it listening instead.
+
+A listener is two ``OutboundAudio`` (two audio transceivers on the listener's peer connection: caller, CS),
+so the browser gets the parties as two tracks and mixes them itself; either may be None.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio, latency_summary
+
+log = logging.getLogger(__name__)
+
+PacketHook = Callable[[str, RtpAudio], None]
+
+
+class AudioRelay:
+    """caller_in -> cs_out and cs_in -> caller_out, pass-through; source switching and listener fan-out."""
+
+    def __init__(
+        self,
+        caller_in: InboundTap,
+        caller_out: OutboundAudio,
+        cs_in: InboundTap,
+        cs_out: OutboundAudio,
+        *,
+        hold_hears_cs: bool = False,
+    ) -> None:
+        self.caller_in = caller_in
+        self.caller_out = caller_out
+        self.cs_in = cs_in
+        self.cs_out = cs_out
+        self.hold_hears_cs = hold_hears_cs
+        self._human: InboundTap | None = None
+        self._human_out: OutboundAudio | None = None
+        self._human_unsub: Callable[[], None] | None = None
+        self._human_count = 0
+        self._human_source = "human"
+        self._unsubs: list[Callable[[], None]] = []
+        self._listeners: list[tuple[OutboundAudio | None, OutboundAudio | None]] = []
+        self._hooks: tuple[PacketHook, ...] = ()
+        self._hook_errors = 0
+        # The fan-out lists are rebuilt on every change so the per-packet path only iterates a tuple.
+        self._to_caller_side: tuple[OutboundAudio, ...] = ()  # who hears the CS agent
+        self._caller_listeners: tuple[OutboundAudio, ...] = ()  # listeners' caller tracks
+        self._rebuild()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._unsubs:
+            return
+        self._unsubs = [
+            self.caller_in.subscribe(self._on_caller_agent),
+            self.cs_in.subscribe(self._on_cs),
+        ]
+
+    def stop(self) -> None:
+        for unsub in self._unsubs:
+            unsub()
+        self._unsubs = []
+        if self._human_unsub is not None:
+            self._human_unsub()
+            self._human_unsub = None
+
+    # -- control -----------------------------------------------------------------------------------------
+    @property
+    def on_hold(self) -> bool:
+        """True while a human, not the caller agent, is the caller the CS agent hears."""
+        return self._human is not None
+
+    def set_caller_source(self, human: InboundTap | None, human_out: OutboundAudio | None = None) -> None:
+        """None = the caller agent talks to the CS agent; else a human browser tap (human_out: they hear).
+
+        The CS leg's outgoing stream is re-based on the switch (OutboundAudio), so it sees no timestamp jump.
+        """
+        if self._human_unsub is not None:
+            self._human_unsub()
+            self._human_unsub = None
+        self._human = human
+        self._human_out = human_out if human is not None else None
+        if human is not None:
+            self._human_count += 1
+            # A new source name per take-over: a second human (or the same one again) re-bases as well.
+            self._human_source = f"human{self._human_count}"
+            self._human_unsub = human.subscribe(self._on_human)
+        self._rebuild()
+
+    def add_listener(
+        self, caller_out: OutboundAudio | None, cs_out: OutboundAudio | None
+    ) -> Callable[[], None]:
+        """Fan both parties out to one more listener; returns the function that removes it."""
+        entry = (caller_out, cs_out)
+        self._listeners.append(entry)
+        self._rebuild()
+
+        def remove() -> None:
+            if entry in self._listeners:
+                self._listeners.remove(entry)
+                self._rebuild()
+
+        return remove
+
+    def on_packet(self, fn: PacketHook) -> Callable[[], None]:
+        """fn(party, packet) for each packet, party in {"caller","cs","human"}: recording, levels, metrics."""
+        self._hooks = (*self._hooks, fn)
+
+        def remove() -> None:
+            self._hooks = tuple(h for h in self._hooks if h is not fn)
+
+        return remove
+
+    def _rebuild(self) -> None:
+        to_caller: list[OutboundAudio] = []
+        if self._human is None or self.hold_hears_cs:
+            to_caller.append(self.caller_out)
+        if self._human_out is not None:
+            to_caller.append(self._human_out)
+        to_caller.extend(cs for _, cs in self._listeners if cs is not None)
+        self._to_caller_side = tuple(to_caller)
+        self._caller_listeners = tuple(c for c, _ in self._listeners if c is not None)
+
+    # -- per packet (called inside aiortc's receive path: keep it short) ---------------------------------
+    def _on_caller_agent(self, pkt: RtpAudio) -> None:
+        if self._human is None:
+            self.cs_out.send(pkt, "caller")
+            for out in self._caller_listeners:
+                out.send(pkt, "caller")
+        if self._hooks:
+            self._emit("caller", pkt)
+
+    def _on_human(self, pkt: RtpAudio) -> None:
+        source = self._human_source
+        self.cs_out.send(pkt, source)
+        for out in self._caller_listeners:
+            out.send(pkt, source)
+        if self._hooks:
+            self._emit("human", pkt)
+
+    def _on_cs(self, pkt: RtpAudio) -> None:
+        for out in self._to_caller_side:
+            out.send(pkt, "cs")
+        if self._hooks:
+            self._emit("cs", pkt)
+
+    def _emit(self, party: str, pkt: RtpAudio) -> None:
+        for fn in self._hooks:
+            try:
+                fn(party, pkt)
+            except Exception:
+                self._hook_errors += 1
+                if self._hook_errors <= 10:
+                    log.exception("AudioRelay packet hook %r failed", fn)
+
+    # -- observation -------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Per direction: packets/bytes in and out, drops, bridge latency (tap arrival -> transport)."""
+        listener_outs = [o for pair in self._listeners for o in pair if o is not None]
+        return {
+            "caller_to_cs": {
+                "in_packets": self.caller_in.packets,
+                "in_bytes": self.caller_in.bytes,
+                **self.cs_out.stats(),
+            },
+            "cs_to_caller": {
+                "in_packets": self.cs_in.packets,
+                "in_bytes": self.cs_in.bytes,
+                **self.caller_out.stats(),
+            },
+            "human": (
+                {"in_packets": self._human.packets, "in_bytes": self._human.bytes}
+                if self._human is not None
+                else None
+            ),
+            "human_out": self._human_out.stats() if self._human_out is not None else None,
+            "listeners": {
+                "count": len(self._listeners),
+                "packets": sum(o.packets_sent for o in listener_outs),
+                "dropped": sum(o.dropped for o in listener_outs),
+                "latency_ms": latency_summary([s for o in listener_outs for s in o.latency_samples()]),
+            },
+            "on_hold": self.on_hold,
+            "hook_errors": self._hook_errors,
+        }

@@ -1,0 +1,447 @@
+"""Opus pass-through for aiortc: encoded RTP off a receiver, encoded RTP straight onto another transport.
+
+aiortc has no public API for encoded media. By default every received track goes through a jitter buffer
+(~80 ms) and a decoder, and every sent track through an encoder. A relay wants neither, so this module is the
+ONE place that reaches into aiortc's internals, always per instance (never a global monkeypatch: the emulator
+runs in the same process in tests and keeps aiortc's normal decode path):
+
+* ``InboundTap`` replaces ``RTCRtpReceiver._handle_rtp_packet`` on one receiver. It keeps aiortc's RTCP
+  receiver statistics (so receiver reports and getStats still work) and hands each Opus packet on at once:
+  no jitter buffer, no decoder queue, no decoder thread work.
+* ``OutboundAudio`` owns a transceiver whose sender never encodes: its track never yields a frame (so
+  aiortc's send loop waits on it instead of polling and never creates an encoder). Packets are written
+  "SFU style" to the sender's DTLS transport (``RTCDtlsTransport._send_rtp``) with the sender's SSRC, the
+  negotiated payload type and MID extension, and our own sequence numbers / timestamp offsets, so a change
+  of source is invisible to the receiver. The sender's RTCP sender-report counters are kept up to date.
+
+``check_aiortc_compatibility()`` verifies every internal this relies on and raises ``AiortcIncompatible``
+naming what changed; both classes call it, and tests/unit/test_passthrough*.py pin it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import clock as aiortc_clock
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import RTCRtpSendParameters
+from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+log = logging.getLogger(__name__)
+
+OPUS_CLOCK = 48000
+_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+# Name-mangled private attributes of aiortc 1.16 that we read or write (see check_aiortc_compatibility).
+_RX_STREAMS = "_RTCRtpReceiver__remote_streams"
+_RX_CODECS = "_RTCRtpReceiver__codecs"
+_TX_COUNTERS = (
+    "_RTCRtpSender__packet_count",
+    "_RTCRtpSender__octet_count",
+    "_RTCRtpSender__rtp_timestamp",
+    "_RTCRtpSender__ntp_timestamp",
+)
+_LATENCY_SAMPLES = 4096
+
+
+class AiortcIncompatible(RuntimeError):
+    """The aiortc internals the pass-through hooks have changed: media/passthrough.py needs updating."""
+
+
+@dataclass(slots=True)
+class RtpAudio:
+    """One encoded Opus packet as it arrived."""
+
+    payload: bytes
+    timestamp: int  # sender's RTP timestamp, 48 kHz clock
+    sequence: int
+    marker: bool
+    received_at: float  # time.perf_counter() at arrival in the bridge
+
+
+def opus_samples(payload: bytes) -> int:
+    """Samples (at 48 kHz) in one Opus packet, from its TOC byte (RFC 6716 section 3.1); 960 if unreadable."""
+    if not payload:
+        return 960
+    toc = payload[0]
+    config = toc >> 3
+    if config < 12:  # SILK: 10, 20, 40, 60 ms
+        size = (480, 960, 1920, 2880)[config & 3]
+    elif config < 16:  # hybrid: 10, 20 ms
+        size = (480, 960)[config & 1]
+    else:  # CELT: 2.5, 5, 10, 20 ms
+        size = (120, 240, 480, 960)[config & 3]
+    code = toc & 3
+    if code == 0:
+        frames = 1
+    elif code < 3:
+        frames = 2
+    else:
+        frames = (payload[1] & 0x3F) if len(payload) > 1 else 1
+    return size * max(frames, 1)
+
+
+def check_aiortc_compatibility(
+    receiver: RTCRtpReceiver | None = None, sender: RTCRtpSender | None = None
+) -> None:
+    """Raise AiortcIncompatible (naming the missing piece) if an aiortc upgrade broke what we hook."""
+    problems: list[str] = []
+
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            problems.append(what)
+
+    handler = getattr(RTCRtpReceiver, "_handle_rtp_packet", None)
+    need(
+        handler is not None
+        and inspect.iscoroutinefunction(handler)
+        and list(inspect.signature(handler).parameters) == ["self", "packet", "arrival_time_ms"],
+        "async RTCRtpReceiver._handle_rtp_packet(self, packet, arrival_time_ms)",
+    )
+    dispatch = getattr(RTCDtlsTransport, "_handle_rtp_data", None)
+    need(
+        dispatch is not None and "receiver._handle_rtp_packet(" in inspect.getsource(dispatch),
+        "RTCDtlsTransport._handle_rtp_data dispatching to receiver._handle_rtp_packet",
+    )
+    send_rtp = getattr(RTCDtlsTransport, "_send_rtp", None)
+    need(
+        send_rtp is not None
+        and inspect.iscoroutinefunction(send_rtp)
+        and list(inspect.signature(send_rtp).parameters) == ["self", "data"],
+        "async RTCDtlsTransport._send_rtp(self, data)",
+    )
+    need(
+        list(inspect.signature(RTCRtpSender.send).parameters) == ["self", "parameters"],
+        "RTCRtpSender.send(self, parameters)",
+    )
+    need(
+        list(inspect.signature(StreamStatistics.add).parameters) == ["self", "packet"],
+        "aiortc.rtcrtpreceiver.StreamStatistics.add(self, packet)",
+    )
+    if receiver is not None:
+        need(isinstance(getattr(receiver, _RX_STREAMS, None), dict), f"RTCRtpReceiver.{_RX_STREAMS} (dict)")
+        need(isinstance(getattr(receiver, _RX_CODECS, None), dict), f"RTCRtpReceiver.{_RX_CODECS} (dict)")
+        need(hasattr(receiver, "_enabled"), "RTCRtpReceiver._enabled")
+    if sender is not None:
+        need(isinstance(getattr(sender, "_ssrc", None), int), "RTCRtpSender._ssrc (int)")
+        for name in _TX_COUNTERS:
+            need(isinstance(getattr(sender, name, None), int), f"RTCRtpSender.{name} (int)")
+    if problems:
+        import aiortc
+
+        raise AiortcIncompatible(
+            f"aiortc {getattr(aiortc, '__version__', '?')} no longer has what voicebridge.media.passthrough "
+            f"hooks: {'; '.join(problems)}"
+        )
+
+
+class InboundTap:
+    """Takes a peer connection's incoming Opus RTP straight off its RTCRtpReceiver: no jitter buffer/decoder.
+
+    Subscribers are called synchronously inside aiortc's receive path, so they must be quick; an exception
+    in one is logged and counted (``errors``), never propagated (it would kill the leg's receive loop).
+    """
+
+    def __init__(self, receiver: RTCRtpReceiver) -> None:
+        check_aiortc_compatibility(receiver=receiver)
+        if "_handle_rtp_packet" in vars(receiver):
+            raise ValueError("this RTCRtpReceiver is already tapped (one InboundTap per receiver)")
+        self.receiver = receiver
+        self.packets = 0
+        self.bytes = 0
+        self.ignored = 0  # packets that were not Opus (other payload types)
+        self.errors = 0  # exceptions raised by subscribers
+        self._subs: tuple[Callable[[RtpAudio], None], ...] = ()
+        self._streams: dict[int, StreamStatistics] = getattr(receiver, _RX_STREAMS)
+        self._codecs: dict[int, Any] = getattr(receiver, _RX_CODECS)
+        self._opus_pt: dict[int, bool] = {}
+        # Instance attribute shadows the class method for this receiver only.
+        receiver._handle_rtp_packet = self._handle  # type: ignore[method-assign]
+
+    def subscribe(self, fn: Callable[[RtpAudio], None]) -> Callable[[], None]:
+        """Call fn(packet) for every Opus packet from now on; returns the unsubscribe function."""
+        self._subs = (*self._subs, fn)
+
+        def unsubscribe() -> None:
+            self._subs = tuple(s for s in self._subs if s is not fn)
+
+        return unsubscribe
+
+    def close(self) -> None:
+        """Give the receiver back its own handler and drop all subscribers."""
+        self._subs = ()
+        vars(self.receiver).pop("_handle_rtp_packet", None)
+
+    def _is_opus(self, pt: int) -> bool:
+        known = self._opus_pt.get(pt)
+        if known is None:
+            codec = self._codecs.get(pt)
+            if codec is None:  # not negotiated (yet): decide again next time
+                return False
+            known = self._opus_pt[pt] = codec.mimeType.lower() == "audio/opus"
+        return known
+
+    async def _handle(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        now = time.perf_counter()
+        receiver = self.receiver
+        if not receiver._enabled:
+            return
+        if not self._is_opus(packet.payload_type):
+            self.ignored += 1
+            return
+        # Keep aiortc's per-SSRC statistics: they feed RTCP receiver reports and getStats().
+        stats = self._streams.get(packet.ssrc)
+        if stats is None:
+            stats = self._streams[packet.ssrc] = StreamStatistics(OPUS_CLOCK)
+        stats.add(packet)
+        payload = packet.payload
+        self.packets += 1
+        self.bytes += len(payload)
+        audio = RtpAudio(payload, packet.timestamp, packet.sequence_number, bool(packet.marker), now)
+        for fn in self._subs:
+            try:
+                fn(audio)
+            except Exception:
+                self.errors += 1
+                if self.errors <= 10 or self.errors % 1000 == 0:
+                    log.exception("InboundTap subscriber %r failed (%d errors so far)", fn, self.errors)
+
+
+class _IdleTrack(MediaStreamTrack):
+    """A track that never yields a frame: aiortc's send loop awaits it forever, never polls, never encodes."""
+
+    kind = "audio"
+
+    async def recv(self) -> Any:
+        await asyncio.get_running_loop().create_future()  # never resolved; cancelled when the sender stops
+
+
+class OutboundAudio:
+    """What a peer connection sends: encoded packets from whatever source, continuous seq/timestamps.
+
+    A change of ``source`` re-bases sequence numbers (next one is last + 1) and timestamps (advanced by the
+    wall-clock time since the last packet, at least one frame), so the receiver sees one continuous stream.
+    Within a source, gaps and reordering in the source's own numbering pass through unchanged.
+    """
+
+    def __init__(self) -> None:
+        self.packets_sent = 0
+        self.bytes_sent = 0
+        self.dropped = 0
+        self.send_errors = 0
+        self.deferred_sends = 0  # transport sends that did not complete synchronously (should stay 0)
+        self.switches = 0
+        self.sender: RTCRtpSender | None = None
+        self.receiver: RTCRtpReceiver | None = None  # the same transceiver's receiver, for an InboundTap
+        self._closed = False
+        self._head: bytes | None = None  # header bytes after seq/timestamp: SSRC + extensions
+        self._byte0 = 0x80
+        self._pt = 111
+        self._source: str | None = None
+        self._seq_off = 0
+        self._ts_off = 0
+        self._last_seq = random.getrandbits(15)  # < 32768 like aiortc, to stay clear of SRTP rollover issues
+        self._last_ts = random.getrandbits(32)
+        self._last_samples = 960
+        self._last_sent_at = 0.0
+        self._started = False
+        self._latency: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+
+    def add_to(self, pc: RTCPeerConnection, direction: str = "sendrecv") -> RTCRtpSender:
+        """Add this audio's transceiver to pc. Call BEFORE createOffer (or createAnswer when answering)."""
+        if self.sender is not None:
+            raise RuntimeError("OutboundAudio.add_to: already added to a peer connection")
+        transceiver = pc.addTransceiver(_IdleTrack(), direction=direction)
+        sender = transceiver.sender
+        check_aiortc_compatibility(sender=sender)
+        original_send = sender.send
+
+        async def send(parameters: RTCRtpSendParameters) -> None:
+            self._configure(sender, parameters)
+            await original_send(parameters)
+
+        sender.send = send  # type: ignore[method-assign]  # per instance: learn PT and MID at negotiation
+        self.sender = sender
+        self.receiver = transceiver.receiver
+        return sender
+
+    @property
+    def connected(self) -> bool:
+        """True once negotiated and the DTLS transport is connected (packets are sent, not dropped)."""
+        return (
+            self._head is not None
+            and self.sender is not None
+            and not self._closed
+            and self.sender.transport.state == "connected"
+        )
+
+    def _configure(self, sender: RTCRtpSender, parameters: RTCRtpSendParameters) -> None:
+        codec = parameters.codecs[0]
+        if codec.mimeType.lower() != "audio/opus":
+            log.warning("OutboundAudio: negotiated %s, not Opus; packets go out as they are", codec.mimeType)
+        pt = codec.payloadType if codec.payloadType is not None else 111
+        template = RtpPacket(payload_type=pt, ssrc=sender._ssrc)
+        ext_map = HeaderExtensionsMap()
+        ext_map.configure(parameters)
+        if parameters.muxId and any(e.uri == _MID_URI for e in parameters.headerExtensions):
+            template.extensions.mid = parameters.muxId
+        raw = template.serialize(ext_map)
+        self._byte0 = raw[0]
+        self._pt = pt
+        self._head = raw[8:]  # SSRC (+ CSRCs) + extension block, identical for every packet
+
+    def send(self, pkt: RtpAudio, source: str = "") -> None:
+        """Forward one packet. Never raises: drops (and counts) until connected, and after close."""
+        head = self._head
+        sender = self.sender
+        if head is None or sender is None or self._closed:
+            self.dropped += 1
+            return
+        transport = sender.transport
+        if transport.state != "connected":
+            self.dropped += 1
+            return
+        marker = pkt.marker
+        if source != self._source:
+            self._rebase(pkt, source)
+            marker = True  # start of a "talkspurt" for the receiver's jitter buffer
+        seq = (pkt.sequence + self._seq_off) & 0xFFFF
+        ts = (pkt.timestamp + self._ts_off) & 0xFFFFFFFF
+        payload = pkt.payload
+        data = struct.pack("!BBHI", self._byte0, (0x80 if marker else 0) | self._pt, seq, ts) + head + payload
+        try:
+            if not _run_now(transport._send_rtp(data)):
+                self.deferred_sends += 1
+        except Exception as exc:  # ConnectionError when the leg just went away; anything else is logged
+            self.send_errors += 1
+            self.dropped += 1
+            if not isinstance(exc, ConnectionError) and self.send_errors <= 10:
+                log.exception("OutboundAudio: sending RTP failed")
+            return
+        now = time.perf_counter()
+        self._latency.append(now - pkt.received_at)
+        self._last_seq = seq
+        self._last_ts = ts
+        self._last_sent_at = now
+        self._last_samples = opus_samples(payload)
+        self.packets_sent += 1
+        self.bytes_sent += len(payload)
+        # aiortc's RTCP sender reports read these; we bypass its send loop, so keep them current.
+        setattr(sender, _TX_COUNTERS[0], self.packets_sent)
+        setattr(sender, _TX_COUNTERS[1], self.bytes_sent)
+        setattr(sender, _TX_COUNTERS[2], ts)
+        setattr(sender, _TX_COUNTERS[3], aiortc_clock.current_ntp_time())
+
+    def _rebase(self, pkt: RtpAudio, source: str) -> None:
+        if self._started:
+            self.switches += 1
+            frame = self._last_samples
+            elapsed = int((time.perf_counter() - self._last_sent_at) * OPUS_CLOCK)
+            step = max(frame, round(elapsed / frame) * frame)  # real time passed, in whole frames
+            next_ts = self._last_ts + step
+        else:
+            next_ts = self._last_ts
+            self._started = True
+        self._seq_off = (self._last_seq + 1 - pkt.sequence) & 0xFFFF
+        self._ts_off = (next_ts - pkt.timestamp) & 0xFFFFFFFF
+        self._source = source
+
+    def latency_samples(self) -> list[float]:
+        """Recent bridge-internal latencies (seconds): arrival at the tap -> handed to this transport."""
+        return list(self._latency)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "packets": self.packets_sent,
+            "bytes": self.bytes_sent,
+            "dropped": self.dropped,
+            "send_errors": self.send_errors,
+            "deferred_sends": self.deferred_sends,
+            "source_switches": self.switches,
+            "latency_ms": latency_summary(self._latency),
+        }
+
+    def close(self) -> None:
+        """Stop sending (later packets are dropped). The peer connection itself is closed by its owner."""
+        self._closed = True
+
+
+def latency_summary(samples: Any) -> dict[str, float | int]:
+    """p50/p99/max in milliseconds of a sequence of seconds (empty -> count 0)."""
+    values = sorted(samples)
+    n = len(values)
+    if n == 0:
+        return {"count": 0}
+
+    def pct(p: float) -> float:
+        return round(float(values[min(n - 1, int(p * n))]) * 1000.0, 4)
+
+    return {"count": n, "p50": pct(0.50), "p99": pct(0.99), "max": round(values[-1] * 1000.0, 4)}
+
+
+def _run_now(coro: Coroutine[Any, Any, None]) -> bool:
+    """Run a coroutine that in practice never suspends (aiortc's _send_rtp: SRTP protect + sendto) right here.
+
+    True when it completed synchronously. If a future aiortc makes it really wait, the rest is handed to the
+    event loop (counted by the caller as a deferred send) instead of being lost.
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return True
+    task = asyncio.ensure_future(_resume(coro, yielded))
+    _deferred.add(task)
+    task.add_done_callback(_deferred.discard)
+    return False
+
+
+_deferred: set[asyncio.Future[None]] = set()  # keeps deferred sends alive until they finish
+
+
+async def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    """Continue driving a coroutine from the point where it first suspended (see _run_now)."""
+    try:
+        await _drive(coro, yielded)
+    except Exception as exc:  # the packet is lost either way; do not leave an unretrieved task exception
+        log.debug("OutboundAudio: deferred RTP send failed: %r", exc)
+
+
+async def _drive(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    while True:
+        try:
+            if yielded is None:
+                await asyncio.sleep(0)
+                value = None
+            else:
+                value = await _Await(yielded)
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            yielded = coro.send(value)
+        except StopIteration:
+            return
+
+
+class _Await:
+    """Wrap an object a coroutine yielded (an asyncio future) so it can be awaited again by the loop."""
+
+    def __init__(self, fut: Any) -> None:
+        self._fut = fut
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return (yield self._fut)
