@@ -61,19 +61,17 @@ class VadSettings:
 
 
 class _Resampler:
-    """PCM16 mono at any rate -> 16 kHz mono; stateful (libswresample keeps filter history across frames)."""
+    """Any audio frame -> 16 kHz mono s16 in libswresample (downmix, filter, decimate in C: ~60 us a frame).
 
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self._av = None if rate == VAD_RATE else av.AudioResampler(format="s16", layout="mono", rate=VAD_RATE)
+    Stateful: it keeps its filter history across frames. It resamples by sample count and ignores pts jumps,
+    so a gap or a reset in the track's timestamps never inserts audio: the Ear's clock counts what was heard.
+    """
 
-    def __call__(self, mono: npt.NDArray[np.int16]) -> list[npt.NDArray[np.int16]]:
-        if self._av is None:
-            return [mono]
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(mono).reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = self.rate
+    def __init__(self, key: tuple[str, str, int]) -> None:
+        self.key = key
+        self._av = av.AudioResampler(format="s16", layout="mono", rate=VAD_RATE)
+
+    def __call__(self, frame: av.AudioFrame) -> list[npt.NDArray[np.int16]]:
         return [np.asarray(f.to_ndarray(), dtype=np.int16).reshape(-1) for f in self._av.resample(frame)]
 
 
@@ -123,30 +121,30 @@ class Ear:
         return self._speaking
 
     def feed(self, frame: av.AudioFrame) -> None:
-        """One decoded frame of the track. Cheap: it runs in the event loop for every frame."""
-        if frame.format.name != "s16":
-            raise HearingError(f"Ear.feed needs s16 audio frames, got {frame.format.name}")
-        channels = len(frame.layout.channels)
-        samples = np.asarray(frame.to_ndarray(), dtype=np.int16)
-        # aiortc's decoder gives packed s16: one row of interleaved channels. Channel 0 is enough to hear:
-        # WebRTC senders put the same voice on both; averaging would cost a copy per frame for nothing.
-        mono = samples.reshape(-1)[::channels] if channels > 1 else samples.reshape(-1)
-        self.feed_pcm16(mono, frame.sample_rate)
-
-    def feed_pcm16(self, pcm: npt.NDArray[np.int16], sample_rate: int) -> None:
-        """Mono PCM16 samples at any rate (e.g. 24 kHz from the WebSocket transport)."""
-        if pcm.dtype != np.int16 or pcm.ndim != 1:
-            raise HearingError(f"Ear.feed_pcm16 needs 1-D int16 samples, got {pcm.dtype} shape {pcm.shape}")
-        if not 8000 <= sample_rate <= 192000:
-            raise HearingError(f"sample rate {sample_rate} Hz is outside 8000..192000")
-        if self._resampler is None or self._resampler.rate != sample_rate:
-            self._resampler = _Resampler(sample_rate)
-        for part in self._resampler(pcm):
+        """One decoded frame of the track (any format, layout and rate). Cheap: it runs in the event loop."""
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if self._resampler is None or self._resampler.key != key:
+            if not 8000 <= frame.sample_rate <= 192000:
+                raise HearingError(f"sample rate {frame.sample_rate} Hz is outside 8000..192000")
+            self._resampler = _Resampler(key)
+        for part in self._resampler(frame):
             self._pending = np.concatenate([self._pending, part]) if len(self._pending) else part
         n = len(self._pending) // VAD_FRAME_SAMPLES
         for i in range(n):
             self._step(self._pending[i * VAD_FRAME_SAMPLES : (i + 1) * VAD_FRAME_SAMPLES])
         self._pending = self._pending[n * VAD_FRAME_SAMPLES :]
+
+    def feed_pcm16(self, pcm: npt.NDArray[np.int16], sample_rate: int) -> None:
+        """Mono PCM16 samples at any rate (e.g. 24 kHz from the WebSocket transport)."""
+        if pcm.dtype != np.int16 or pcm.ndim != 1:
+            raise HearingError(f"Ear.feed_pcm16 needs 1-D int16 samples, got {pcm.dtype} shape {pcm.shape}")
+        if not len(pcm):
+            return
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(pcm).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = sample_rate
+        self.feed(frame)
 
     def _step(self, chunk: npt.NDArray[np.int16]) -> None:
         voiced = bool(self._vad.is_speech(chunk.tobytes(), VAD_RATE))
