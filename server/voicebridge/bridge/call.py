@@ -1,0 +1,408 @@
+"""A call: a caller leg and a CS leg, relayed to each other, with tools, context, hang-up and artifacts.
+
+States: connecting -> live -> ending -> ended. Every end has an `end_reason` and `ended_by`. Nothing here is
+global: a process can run many calls at once, each with its own legs, tools and folder.
+
+Events out (pyee): "state"(str), "event"({t, leg, direction, event}), "turn"(dict), "tool_call"(dict),
+"ended"(summary dict).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pyee.asyncio import AsyncIOEventEmitter
+
+from voicebridge.config import Settings
+from voicebridge.realtime.leg import Leg
+from voicebridge.scenarios.model import ROLES, Persona, Scenario, ScenarioError
+
+from .artifacts import Artifacts
+from .context import sync_context
+from .functions import FunctionCall, FunctionCalls, Reply, ResponseGate
+from .tools import ToolRegistry, ToolResult
+from .transcript import OTHER, Transcript
+
+log = logging.getLogger(__name__)
+
+CallState = Literal["connecting", "live", "ending", "ended"]
+EndReason = Literal[
+    "caller_hangup", "operator_hangup", "leg_failed", "max_duration", "idle_timeout", "error", "shutdown"
+]
+LegFactory = Callable[[str, Settings], Leg]
+
+HANGUP_TOOL = {
+    "type": "function",
+    "name": "hangup",
+    "description": "End the phone call. Call it only after you have said goodbye.",
+    "parameters": {"type": "object", "properties": {}, "required": []},
+}
+TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
+# Server events that mean someone is talking or about to: they reset the idle timer.
+_ACTIVITY = (
+    "input_audio_buffer.speech_started",
+    "output_audio_buffer.started",
+    "response.created",
+    "response.done",
+    "output_audio_buffer.stopped",
+)
+HEAR_TIMEOUT_S = 3.0
+
+
+def build_session(persona: Persona, settings: Settings, tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """The GA session object sent with the offer."""
+    return {
+        "type": "realtime",
+        "model": settings.model,
+        "instructions": persona.instructions,
+        "output_modalities": ["audio"],
+        "audio": {
+            "input": {
+                "transcription": {"model": TRANSCRIPTION_MODEL},
+                "turn_detection": {"type": "server_vad", "create_response": True, "interrupt_response": True},
+            },
+            "output": {"voice": persona.voice},
+        },
+        "tools": tools,
+        "tool_choice": "auto",
+    }
+
+
+def load_tools(scenario: Scenario, data_dir: Path, timeout_s: float) -> ToolRegistry:
+    """Call the scenario's `module:function` factory with the call's folder."""
+    if not scenario.tools:
+        return ToolRegistry(timeout_s=timeout_s)
+    module_name, _, attr = scenario.tools.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ScenarioError(
+            f"{scenario.path or scenario.name}: `tools` = {scenario.tools!r} cannot be loaded: {e}"
+        ) from e
+    registry = factory(data_dir)
+    if not isinstance(registry, ToolRegistry):
+        raise ScenarioError(f"{scenario.tools} returned {type(registry).__name__}, not a ToolRegistry")
+    return registry
+
+
+def _default_leg(role: str, settings: Settings) -> Leg:
+    from voicebridge.realtime.webrtc import WebRtcLeg
+
+    return WebRtcLeg(role, settings)
+
+
+class Call(AsyncIOEventEmitter):
+    def __init__(
+        self,
+        scenario: Scenario,
+        settings: Settings,
+        out_dir: Path | None = None,
+        *,
+        call_id: str | None = None,
+        tools: ToolRegistry | None = None,
+        leg_factory: LegFactory = _default_leg,
+    ) -> None:
+        super().__init__()
+        self.id = call_id or f"call_{time.strftime('%Y%m%d_%H%M%S')}_{secrets.token_hex(3)}"
+        self.scenario = scenario
+        self.settings = settings
+        self.out_dir = Path(out_dir) if out_dir is not None else settings.artifacts_dir / self.id
+        self.state: CallState = "connecting"
+        self.end_reason: EndReason | None = None
+        self.ended_by: str | None = None
+        self.error: str | None = None
+        self.tools = tools
+        self._leg_factory = leg_factory
+        self.legs: dict[str, Leg] = {}
+        self.gates: dict[str, ResponseGate] = {}
+        self.functions: dict[str, FunctionCalls] = {}
+        self.tool_calls: list[dict[str, Any]] = []
+        self.transcript = Transcript()
+        self.relay: Any = None
+        self.artifacts: Artifacts | None = None
+        self.started_at = time.time()
+        self._t0 = time.monotonic()
+        self._ended = asyncio.Event()
+        self._activity = asyncio.Event()
+        self._end_task: asyncio.Task[None] | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+        self._idle: asyncio.TimerHandle | None = None
+        self._leg_stats: dict[str, dict[str, Any]] = {}
+        self.duration_s = 0.0
+
+    # -- public ---------------------------------------------------------------------------------------------
+    def now(self) -> float:
+        return time.monotonic() - self._t0
+
+    async def start(self) -> None:
+        """Connect both legs, start the relay, sync context, go live; on failure end with `error`, raise."""
+        self.artifacts = Artifacts(self.out_dir)
+        self._set_state("connecting")
+        try:
+            if self.tools is None:
+                self.tools = load_tools(self.scenario, self.out_dir, self.settings.tool_timeout_s)
+            sessions = {
+                "caller": build_session(self.scenario.caller, self.settings, [HANGUP_TOOL]),
+                "cs": build_session(self.scenario.cs, self.settings, self.tools.declarations()),
+            }
+            for role in ROLES:
+                self._add_leg(role)
+            await asyncio.gather(*(self.legs[r].connect(sessions[r]) for r in self.legs))
+            self._start_relay()
+            timeout = self.settings.session_timeout_s
+            await asyncio.gather(
+                *(sync_context(self.legs[r], self.scenario.persona(r).context, timeout) for r in ROLES)
+            )
+        except BaseException as e:
+            if self.state == "connecting":
+                await self._finish(
+                    "error", "bridge", f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                )
+            raise
+        if self.state != "connecting":  # a leg failed while we were syncing
+            return
+        self._set_state("live")
+        loop = asyncio.get_running_loop()
+        self._timers.append(
+            loop.call_later(self.scenario.max_duration_s, self._begin_end, "max_duration", "bridge")
+        )
+        self._touch()
+        self.gates[self.scenario.first_speaker].request()
+
+    async def hangup(self, reason: EndReason = "operator_hangup", by: str = "operator") -> None:
+        """End the call gracefully (last words play out and reach the other side); wait until it has ended."""
+        self._begin_end(reason, by)
+        await self.wait_ended()
+
+    async def wait_ended(self, timeout_s: float | None = None) -> None:
+        await asyncio.wait_for(self._ended.wait(), timeout_s)
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    def summary(self) -> dict[str, Any]:
+        legs = []
+        for role, leg in self.legs.items():
+            legs.append(
+                {
+                    "role": role,
+                    "call_id": leg.call_id,
+                    "state": leg.state,
+                    "failure": leg.failure,
+                    "stats": self._leg_stats.get(role, {}),
+                }
+            )
+        relay_stats: Any = None
+        if self.relay is not None:
+            try:
+                relay_stats = self.relay.stats()
+            except Exception as e:
+                relay_stats = {"error": str(e)}
+        return {
+            "call_id": self.id,
+            "scenario": self.scenario.name,
+            "title": self.scenario.title,
+            "state": self.state,
+            "end_reason": self.end_reason,
+            "ended_by": self.ended_by,
+            "error": self.error,
+            "started_at": self.started_at,
+            "duration_s": round(self.duration_s if self.ended else self.now(), 3),
+            "turns": [e.as_dict() for e in self.transcript.said()],
+            "heard": {r: [e.as_dict() for e in self.transcript.heard(r)] for r in ("caller", "cs")},
+            "tool_calls": list(self.tool_calls),
+            "legs": legs,
+            "relay": relay_stats,
+            "events": self.artifacts.events_written if self.artifacts else 0,
+            "out_dir": str(self.out_dir),
+        }
+
+    # -- legs and events ------------------------------------------------------------------------------------
+    def _add_leg(self, role: str) -> None:
+        leg = self._leg_factory(role, self.settings)
+        self.legs[role] = leg
+        gate = ResponseGate(leg.send, role)
+        self.gates[role] = gate
+        execute = self._execute_cs if role == "cs" else self._execute_caller
+        self.functions[role] = FunctionCalls(role, leg.send, gate, execute, self._on_function_result)
+        leg.on("server_event", lambda ev: self._on_server_event(role, ev))
+        leg.on("client_event", lambda ev: self._record(role, "out", ev))
+        leg.on("failed", lambda reason: self._on_leg_failed(role, reason))
+
+    def _start_relay(self) -> None:
+        from .audio import AudioRelay
+
+        c, s = self.legs["caller"], self.legs["cs"]
+        if c.audio_in is None or c.audio_out is None or s.audio_in is None or s.audio_out is None:
+            raise RuntimeError("a leg connected without its audio tap/sender")
+        self.relay = AudioRelay(c.audio_in, c.audio_out, s.audio_in, s.audio_out)
+        self.relay.start()
+
+    def _record(self, role: str, direction: str, event: dict[str, Any]) -> None:
+        record = {"t": round(self.now(), 4), "leg": role, "direction": direction, "event": event}
+        if self.artifacts is not None:
+            self.artifacts.write_event(record)
+        self.emit("event", record)
+
+    def _on_server_event(self, role: str, event: dict[str, Any]) -> None:
+        self._record(role, "in", event)
+        self.gates[role].observe(event)
+        self.functions[role].observe(event)
+        entry = self.transcript.observe(role, self.now(), event)
+        if entry is not None:
+            self.emit("turn", entry.as_dict())
+        if event.get("type") in _ACTIVITY:
+            self._touch()
+        self._activity.set()
+
+    def _on_leg_failed(self, role: str, reason: str) -> None:
+        if self.state == "connecting":
+            return  # connect() raises; start() ends the call with `error`
+        self.error = f"{role} leg: {reason}"
+        self._begin_end("leg_failed", role)
+
+    # -- function calls -------------------------------------------------------------------------------------
+    async def _execute_cs(self, call: FunctionCall) -> Reply:
+        assert self.tools is not None
+        return Reply(await self.tools.run(call.name, call.arguments, call.call_id))
+
+    async def _execute_caller(self, call: FunctionCall) -> Reply:
+        if call.name == "hangup":
+            # Acknowledge without asking for a response: the caller has said goodbye.
+            return Reply(
+                ToolResult(call.call_id, "hangup", call.arguments, '{"ok": true}', True), respond=False
+            )
+        msg = f"the caller may only call hangup(); {call.name!r} was refused and not executed"
+        log.warning("call %s: %s", self.id, msg)
+        output = '{"error": {"type": "refused", "message": "' + msg.replace('"', "'") + '"}}'
+        return Reply(ToolResult(call.call_id, call.name, call.arguments, output, False, msg))
+
+    def _on_function_result(self, call: FunctionCall, reply: Reply, sent: bool) -> None:
+        record = {"leg": call.leg, **reply.result.as_dict(), "sent": sent, "t": round(self.now(), 3)}
+        self.tool_calls.append(record)
+        self.emit("tool_call", record)
+        if call.leg == "caller" and call.name == "hangup" and sent:
+            self._begin_end("caller_hangup", "caller")
+
+    # -- timers ---------------------------------------------------------------------------------------------
+    def _touch(self) -> None:
+        if self.state != "live":
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(self.scenario.idle_timeout_s, self._begin_end, "idle_timeout", "bridge")
+
+    def _cancel_timers(self) -> None:
+        for h in self._timers:
+            h.cancel()
+        if self._idle is not None:
+            self._idle.cancel()
+
+    # -- ending ---------------------------------------------------------------------------------------------
+    def _begin_end(self, reason: EndReason, by: str) -> None:
+        if self.state in ("ending", "ended") or self._end_task is not None:
+            return
+        if self.state == "connecting" and reason != "leg_failed":
+            reason_note = f"{reason} while connecting"
+            log.info("call %s: %s", self.id, reason_note)
+        graceful = reason not in ("leg_failed", "error")
+        self._end_task = asyncio.ensure_future(self._end(reason, by, graceful))
+
+    async def _wait_until(self, ok: Callable[[], bool], limit_s: float) -> bool:
+        deadline = time.monotonic() + limit_s
+        while not ok():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._activity.clear()
+            try:
+                await asyncio.wait_for(self._activity.wait(), left)
+            except TimeoutError:
+                return ok()
+        return True
+
+    async def _end(self, reason: EndReason, by: str, graceful: bool) -> None:
+        self.end_reason, self.ended_by = reason, by
+        self._set_state("ending")
+        self._cancel_timers()
+        if graceful:
+            await self._drain(by)
+        await self._finish(reason, by, self.error)
+
+    async def _drain(self, by: str) -> None:
+        """Let the last words play out (output_audio_buffer.stopped) and reach the other side."""
+        roles = ["caller"] if by == "caller" else list(self.legs)
+        limit = self.settings.hangup_drain_timeout_s
+        played = await self._wait_until(
+            lambda: all(
+                not self.gates[r].busy and not self.transcript.speaking[r]
+                for r in roles
+                if not self.legs[r].failed
+            ),
+            limit,
+        )
+        if not played:
+            log.warning("call %s: last words still playing after %.1f s; ending anyway", self.id, limit)
+        heard = await self._wait_until(
+            lambda: not any(self.transcript.unheard[r] for r in roles if not self.legs[OTHER[r]].failed),
+            HEAR_TIMEOUT_S,
+        )
+        if not heard:
+            log.info(
+                "call %s: the other side did not confirm hearing the last words within %.1f s",
+                self.id,
+                HEAR_TIMEOUT_S,
+            )
+
+    async def _finish(self, reason: EndReason, by: str, error: str | None) -> None:
+        if self.end_reason is None:
+            self.end_reason, self.ended_by = reason, by
+        self.error = error
+        if self.state != "ending":
+            self._set_state("ending")
+        self._cancel_timers()
+        for role, leg in self.legs.items():
+            if leg.state in ("open", "failed"):
+                try:
+                    self._leg_stats[role] = await leg.stats()
+                except Exception as e:
+                    self._leg_stats[role] = {"error": str(e)}
+        for gate in self.gates.values():
+            gate.close()
+        if self.relay is not None:
+            try:
+                self.relay.stop()
+            except Exception:
+                log.exception("call %s: relay stop failed", self.id)
+        await asyncio.gather(*(f.close() for f in self.functions.values()))
+        results = await asyncio.gather(*(leg.hangup() for leg in self.legs.values()), return_exceptions=True)
+        for role, r in zip(self.legs, results, strict=True):
+            if isinstance(r, BaseException):
+                log.warning("call %s: hanging up the %s leg: %s", self.id, role, r)
+            self._leg_stats.setdefault(role, {})["final_state"] = self.legs[role].state
+        if self.tools is not None:
+            self.tools.close()
+        self.duration_s = self.now()
+        self._set_state("ended")
+        summary = self.summary()
+        if self.artifacts is not None:
+            self.artifacts.write_transcript(self.transcript.entries)
+            self.artifacts.write_summary(summary)
+            self.artifacts.close()
+        self._ended.set()
+        self.emit("ended", summary)
+
+    def _set_state(self, state: CallState) -> None:
+        if state == self.state and state != "connecting":
+            return
+        self.state = state
+        self.emit("state", state)

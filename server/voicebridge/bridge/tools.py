@@ -1,0 +1,262 @@
+"""Tool registry: typed Python functions (sync or async) exposed to the CS agent as Realtime function tools.
+
+The JSON schema of each tool comes from its type hints; its description and parameter descriptions from the
+docstring (Google style `Args:` section). Running a tool never raises: bad arguments, exceptions, timeouts and
+unknown names become a JSON error the model can talk about, so one broken tool never ends a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import re
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import jsonschema
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+class ToolDefinitionError(TypeError):
+    """A function cannot be turned into a tool (bad name, missing or unsupported type hint)."""
+
+
+def _schema_for(hint: Any, where: str) -> dict[str, Any]:
+    """JSON schema of one parameter type; only types a model can produce as JSON are allowed."""
+    if hint is str:
+        return {"type": "string"}
+    if hint is bool:  # before int: bool is a subclass of int
+        return {"type": "boolean"}
+    if hint is int:
+        return {"type": "integer"}
+    if hint is float:
+        return {"type": "number"}
+    origin = get_origin(hint)
+    args = get_args(hint)
+    if origin is Literal:
+        kinds = {type(a) for a in args}
+        if kinds <= {str}:
+            return {"type": "string", "enum": list(args)}
+        if kinds <= {int}:
+            return {"type": "integer", "enum": list(args)}
+        raise ToolDefinitionError(f"{where}: Literal values must be all str or all int")
+    if origin in (list, tuple) or hint in (list, tuple):
+        item = args[0] if args else None
+        schema: dict[str, Any] = {"type": "array"}
+        if item is not None and item is not Ellipsis:
+            schema["items"] = _schema_for(item, where)
+        return schema
+    if origin is dict or hint is dict:
+        return {"type": "object"}
+    if origin in (Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1 and len(args) == 2:
+            inner = _schema_for(non_none[0], where)
+            return {"anyOf": [inner, {"type": "null"}]}
+    raise ToolDefinitionError(
+        f"{where}: unsupported parameter type {hint!r} (use str, int, float, bool, "
+        "Literal, list, dict or X | None)"
+    )
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """(description, {param: description}) from a Google-style docstring; other sections are dropped."""
+    lines = inspect.cleandoc(doc).splitlines() if doc else []
+    desc: list[str] = []
+    params: dict[str, str] = {}
+    section = ""  # "" = the description, "args", or another section (Returns:, Raises:, ...) we skip
+    current = ""
+    for line in lines:
+        stripped = line.strip()
+        if re.match(r"^[A-Z][A-Za-z ]*:$", line):  # a section header, not indented
+            section = "args" if stripped in ("Args:", "Arguments:", "Parameters:") else "other"
+            continue
+        if section == "":
+            desc.append(line)
+        elif section == "args":
+            m = re.match(r"^\s+(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$", line)
+            if m:
+                current = m.group(1)
+                params[current] = m.group(2).strip()
+            elif stripped and current:
+                params[current] = f"{params[current]} {stripped}".strip()
+    return "\n".join(desc).strip(), params
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    fn: Callable[..., Any]
+    timeout_s: float | None = None
+
+    def declaration(self) -> dict[str, Any]:
+        """The session's `tools` entry for this function."""
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters,
+        }
+
+
+@dataclass
+class ToolResult:
+    """One executed (or refused) function call, as recorded in summary.json."""
+
+    call_id: str
+    name: str
+    arguments: Any
+    output: str
+    ok: bool
+    error: str | None = None
+    duration_ms: float = 0.0
+    started_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "name": self.name,
+            "arguments": self.arguments,
+            "output": self.output,
+            "ok": self.ok,
+            "error": self.error,
+            "duration_ms": round(self.duration_ms, 2),
+        }
+
+
+def tool_from_function(
+    fn: Callable[..., Any], name: str | None = None, timeout_s: float | None = None
+) -> Tool:
+    tool_name = name or fn.__name__
+    if not _NAME.match(tool_name):
+        raise ToolDefinitionError(f"tool name {tool_name!r} must match {_NAME.pattern}")
+    try:
+        hints = get_type_hints(fn)
+    except Exception as e:  # unresolvable forward references
+        raise ToolDefinitionError(f"{tool_name}: cannot resolve type hints: {e}") from e
+    description, docs = _parse_docstring(inspect.getdoc(fn) or "")
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for pname, param in inspect.signature(fn).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ToolDefinitionError(f"{tool_name}: *args/**kwargs cannot be described to a model")
+        if pname not in hints:
+            raise ToolDefinitionError(f"{tool_name}: parameter {pname!r} has no type hint")
+        schema = _schema_for(hints[pname], f"{tool_name}.{pname}")
+        if pname in docs:
+            schema["description"] = docs[pname]
+        if param.default is param.empty:
+            required.append(pname)
+        else:
+            schema["default"] = param.default
+        properties[pname] = schema
+    parameters = {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+    jsonschema.Draft202012Validator.check_schema(parameters)
+    return Tool(tool_name, description or tool_name, parameters, fn, timeout_s)
+
+
+def _error(kind: str, message: str) -> str:
+    return json.dumps({"error": {"type": kind, "message": message}})
+
+
+class ToolRegistry:
+    """A named set of tools and their executor. One registry per call (tools may hold per-call resources)."""
+
+    def __init__(self, timeout_s: float = 10.0) -> None:
+        self.timeout_s = timeout_s
+        self._tools: dict[str, Tool] = {}
+        self._on_close: list[Callable[[], None]] = []
+
+    def register(
+        self, fn: Callable[..., Any] | None = None, *, name: str | None = None, timeout_s: float | None = None
+    ) -> Any:
+        """Add a function: `@registry.register` or `registry.register(fn, name=..., timeout_s=...)`."""
+
+        def add(f: Callable[..., Any]) -> Callable[..., Any]:
+            tool = tool_from_function(f, name, timeout_s)
+            if tool.name in self._tools:
+                raise ToolDefinitionError(f"tool {tool.name!r} is registered twice")
+            self._tools[tool.name] = tool
+            return f
+
+        return add(fn) if fn is not None else add
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        self._on_close.append(fn)
+
+    def close(self) -> None:
+        for fn in self._on_close:
+            try:
+                fn()
+            except Exception:
+                log.exception("tool registry close hook failed")
+        self._on_close.clear()
+
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def declarations(self) -> list[dict[str, Any]]:
+        return [t.declaration() for t in self._tools.values()]
+
+    async def run(self, name: str, arguments: str, call_id: str = "") -> ToolResult:
+        """Validate and run one function call; never raises (except cancellation)."""
+        start = time.perf_counter()
+
+        def done(output: str, ok: bool, args: Any, error: str | None = None) -> ToolResult:
+            return ToolResult(call_id, name, args, output, ok, error, (time.perf_counter() - start) * 1000)
+
+        tool = self._tools.get(name)
+        if tool is None:
+            msg = f"unknown tool {name!r}; available: {', '.join(self._tools) or 'none'}"
+            return done(_error("unknown_tool", msg), False, arguments, msg)
+        try:
+            args = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as e:
+            msg = f"arguments are not valid JSON: {e}"
+            return done(_error("invalid_arguments", msg), False, arguments, msg)
+        try:
+            jsonschema.validate(args, tool.parameters)
+        except jsonschema.ValidationError as e:
+            where = "/".join(str(p) for p in e.absolute_path) or "arguments"
+            msg = f"bad arguments for {name}: {where}: {e.message}"
+            return done(_error("invalid_arguments", msg), False, args, msg)
+        timeout = tool.timeout_s if tool.timeout_s is not None else self.timeout_s
+        try:
+            if inspect.iscoroutinefunction(tool.fn):
+                value = await asyncio.wait_for(tool.fn(**args), timeout)
+            else:
+                # Blocking tools (SQLite, files) run in a thread so the media and events keep flowing.
+                value = await asyncio.wait_for(asyncio.to_thread(tool.fn, **args), timeout)
+        except TimeoutError:
+            msg = f"{name} did not finish within {timeout:g} s"
+            return done(_error("timeout", msg), False, args, msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("tool %s raised %s: %s", name, type(e).__name__, e)
+            msg = f"{name} failed: {type(e).__name__}: {e}"
+            return done(_error("tool_error", msg), False, args, msg)
+        try:
+            output = json.dumps(value)
+        except (TypeError, ValueError) as e:
+            msg = f"{name} returned a value that is not JSON: {e}"
+            return done(_error("tool_error", msg), False, args, msg)
+        return done(output, True, args)

@@ -1,0 +1,91 @@
+"""Turns and what each side heard, from both legs' events.
+
+A turn ("said") is an agent's output transcript: it starts when its audio starts playing out
+(`output_audio_buffer.started`, or the first transcript delta) and ends when the audio stops
+(`output_audio_buffer.stopped`/`cleared`; the transcript's `done` until then). A "heard" entry is the
+other leg's input transcription of that audio: proof that the relayed audio reached the other agent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .artifacts import TranscriptEntry
+
+OTHER = {"caller": "cs", "cs": "caller"}
+
+
+class Transcript:
+    def __init__(self) -> None:
+        self.entries: list[TranscriptEntry] = []
+        self.speaking: dict[str, bool] = {"caller": False, "cs": False}
+        # A leg spoke and the other leg has not transcribed anything since: its words may still be in flight.
+        self.unheard: dict[str, bool] = {"caller": False, "cs": False}
+        self._audio_start: dict[str, float | None] = {"caller": None, "cs": None}
+        self._open_turns: dict[str, list[TranscriptEntry]] = {"caller": [], "cs": []}
+        self._speech: dict[tuple[str, str], list[float]] = {}
+
+    def observe(self, leg: str, t: float, event: dict[str, Any]) -> TranscriptEntry | None:
+        """Update from one server event of `leg` at call time `t`; returns a new entry, if any."""
+        kind = event.get("type")
+        if kind == "output_audio_buffer.started":
+            self.speaking[leg] = True
+            self.unheard[leg] = True
+            self._audio_start[leg] = t
+        elif kind in ("output_audio_buffer.stopped", "output_audio_buffer.cleared"):
+            self.speaking[leg] = False
+            self._audio_start[leg] = None
+            for turn in self._open_turns[leg]:
+                turn.end = max(turn.end, t)
+            self._open_turns[leg].clear()
+        elif kind == "response.output_audio_transcript.delta":
+            if self._audio_start[leg] is None:
+                self._audio_start[leg] = t
+        elif kind == "response.output_audio_transcript.done":
+            text = str(event.get("transcript", "")).strip()
+            began = self._audio_start[leg]
+            start = began if began is not None else t
+            entry = TranscriptEntry(
+                speaker=leg,
+                text=text,
+                start=start,
+                end=t,
+                kind="said",
+                leg=leg,
+                item_id=str(event.get("item_id", "")),
+            )
+            self.entries.append(entry)
+            if self.speaking[leg]:
+                self._open_turns[leg].append(entry)
+            return entry
+        elif kind == "input_audio_buffer.speech_started":
+            self._speech[(leg, str(event.get("item_id", "")))] = [t, t]
+        elif kind == "input_audio_buffer.speech_stopped":
+            span = self._speech.setdefault((leg, str(event.get("item_id", ""))), [t, t])
+            span[1] = t
+        elif kind in (
+            "conversation.item.input_audio_transcription.completed",
+            "conversation.item.input_audio_transcription.failed",
+        ):
+            self.unheard[OTHER.get(leg, leg)] = False
+            if kind.endswith("completed"):
+                item_id = str(event.get("item_id", ""))
+                start, end = self._speech.get((leg, item_id), [t, t])
+                entry = TranscriptEntry(
+                    speaker=OTHER.get(leg, leg),
+                    text=str(event.get("transcript", "")).strip(),
+                    start=start,
+                    end=end,
+                    kind="heard",
+                    leg=leg,
+                    item_id=item_id,
+                )
+                self.entries.append(entry)
+                return entry
+        return None
+
+    def said(self) -> list[TranscriptEntry]:
+        return sorted((e for e in self.entries if e.kind == "said"), key=lambda e: e.start)
+
+    def heard(self, by: str) -> list[TranscriptEntry]:
+        return sorted((e for e in self.entries if e.kind == "heard" and e.leg == by), key=lambda e: e.start)
