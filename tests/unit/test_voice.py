@@ -65,7 +65,7 @@ async def test_decoded_speech_follows_the_original_loudness() -> None:
     n = min(len(src), len(out)) // FRAME_SAMPLES * FRAME_SAMPLES
 
     def envelope(x: np.ndarray) -> np.ndarray:
-        return np.sqrt(np.mean(x[:n].reshape(-1, FRAME_SAMPLES) ** 2, axis=1))
+        return np.asarray(np.sqrt(np.mean(x[:n].reshape(-1, FRAME_SAMPLES) ** 2, axis=1)))
 
     assert np.corrcoef(envelope(src), envelope(out))[0, 1] > 0.9
 

@@ -1,0 +1,229 @@
+"""The emulator's ears on real audio: espeak speech -> libopus -> Opus decode -> VAD -> grammar recognizer."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import av
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from voicebridge.emulator.hearing import (
+    Ear,
+    HearingError,
+    Recognizer,
+    VadSettings,
+    missing_words,
+    recognizer_for,
+)
+from voicebridge.emulator.voice import FRAME_MS, SAMPLE_RATE, Voice
+from voicebridge.scenarios import load_scenario, normalize_phrase
+
+pytestmark = pytest.mark.unit
+
+GREETING = "Thank you for calling the help desk, how can I help you today?"
+ORDER = "Hello, my order has not arrived. The order number is four two one seven."
+BYE = "No, that is all. Thank you so much, goodbye."
+PHRASES = (GREETING, ORDER, BYE)
+VOICE = Voice()
+
+
+def decode(packets: Sequence[bytes]) -> list[av.AudioFrame]:
+    """Opus payloads -> the frames aiortc's receiver would hand a track consumer (s16 stereo 48 kHz)."""
+    codec = av.CodecContext.create("libopus", "r")
+    codec.format = "s16"
+    codec.layout = "stereo"
+    codec.sample_rate = SAMPLE_RATE
+    frames: list[av.AudioFrame] = []
+    for p in packets:
+        frames.extend(codec.decode(av.Packet(p)))
+    return frames
+
+
+def silence(ms: int) -> list[bytes]:
+    return [VOICE.silence_packet] * (ms // FRAME_MS)
+
+
+def pcm16k(frames: list[av.AudioFrame]) -> npt.NDArray[np.int16]:
+    """The decoded frames as 16 kHz mono, the recognizer's input."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+    out = [o.to_ndarray().reshape(-1) for f in frames for o in resampler.resample(f)]
+    return np.concatenate(out).astype(np.int16)
+
+
+class Turns:
+    """Records an Ear's callbacks."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.stopped: list[tuple[int, npt.NDArray[np.int16]]] = []
+
+    def ear(self, vad: VadSettings | None = None) -> Ear:
+        return Ear(vad or VadSettings(), self.started.append, lambda ms, pcm: self.stopped.append((ms, pcm)))
+
+
+async def test_ear_hears_one_turn_with_sane_times() -> None:
+    line = await VOICE.speak(GREETING)
+    turns = Turns()
+    ear = turns.ear(VadSettings(prefix_padding_ms=300, silence_duration_ms=500))
+    for frame in decode(silence(1000) + list(line.packets) + silence(1500)):
+        ear.feed(frame)
+    fed_ms = 1000 + line.duration_ms + 1500
+    assert fed_ms - FRAME_MS <= ear.audio_ms <= fed_ms  # the resampler holds back ~1 ms of filter history
+    assert len(turns.started) == 1 and len(turns.stopped) == 1
+    start, (end, pcm) = turns.started[0], turns.stopped[0]
+    # Speech begins in the line (espeak leads with a little silence); the start is backdated by the padding.
+    assert 1000 - 300 <= start <= 1000 - 300 + 200
+    # audio_end_ms, as the SDK defines it, includes the closing silence; the speech ended before it.
+    assert end - 500 - FRAME_MS <= ear.speech_end_ms <= end - 500
+    assert 1000 + line.duration_ms - 400 <= ear.speech_end_ms <= 1000 + line.duration_ms
+    assert len(pcm) == (end - start) * 16  # the turn's PCM runs from audio_start_ms to audio_end_ms
+    assert not ear.speaking
+
+
+async def test_ear_hears_two_turns_and_reset_restarts_the_clock() -> None:
+    a, b = await VOICE.speak(GREETING), await VOICE.speak(BYE)
+    turns = Turns()
+    ear = turns.ear()
+    for frame in decode(silence(400) + list(a.packets) + silence(1000) + list(b.packets) + silence(1000)):
+        ear.feed(frame)
+    assert len(turns.started) == 2 and len(turns.stopped) == 2
+    assert turns.started[0] < turns.stopped[0][0] < turns.started[1] < turns.stopped[1][0]
+    ear.reset()
+    assert ear.audio_ms == 0 and not ear.speaking
+
+
+async def test_ear_is_silent_on_silence_and_short_of_silence_duration() -> None:
+    line = await VOICE.speak(GREETING)
+    turns = Turns()
+    ear = turns.ear(VadSettings(silence_duration_ms=2000))
+    for frame in decode(silence(2000) + list(line.packets) + silence(1000)):
+        ear.feed(frame)
+    # 1 s of trailing silence is less than the 2 s this session asked for: the turn is still open.
+    assert len(turns.started) == 1 and turns.stopped == []
+    assert ear.speaking
+
+
+async def test_feed_pcm16_at_24khz_hears_the_same_turn() -> None:
+    line = await VOICE.speak(GREETING)
+    frames = decode(silence(600) + list(line.packets) + silence(1000))
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=24000)
+    pcm24 = np.concatenate([o.to_ndarray().reshape(-1) for f in frames for o in resampler.resample(f)])
+    by_frame, by_pcm = Turns(), Turns()
+    ear_frames, ear_pcm = by_frame.ear(), by_pcm.ear()
+    for frame in frames:
+        ear_frames.feed(frame)
+    for chunk in np.array_split(pcm24.astype(np.int16), 137):  # odd chunk sizes, as a WebSocket client sends
+        ear_pcm.feed_pcm16(chunk, 24000)
+    assert len(by_pcm.started) == 1 and len(by_pcm.stopped) == 1
+    assert abs(by_pcm.started[0] - by_frame.started[0]) <= 2 * FRAME_MS
+    assert abs(by_pcm.stopped[0][0] - by_frame.stopped[0][0]) <= 2 * FRAME_MS
+
+
+def test_ear_refuses_bad_input_by_name() -> None:
+    ear = Turns().ear()
+    with pytest.raises(HearingError, match="int16"):
+        ear.feed_pcm16(np.zeros(320, dtype=np.float32), 16000)
+    with pytest.raises(HearingError, match="sample rate"):
+        ear.feed_pcm16(np.zeros(320, dtype=np.int16), 4000)
+    with pytest.raises(HearingError, match="threshold"):
+        VadSettings(threshold=1.5)
+    with pytest.raises(HearingError, match="silence_duration_ms"):
+        VadSettings(silence_duration_ms=0)
+    with pytest.raises(HearingError, match="prefix_padding_ms"):
+        VadSettings(prefix_padding_ms=-1)
+    assert [VadSettings(threshold=t).aggressiveness for t in (0.0, 0.3, 0.5, 0.8, 1.0)] == [0, 1, 2, 3, 3]
+
+
+async def test_recognizer_hears_the_exact_phrase_through_opus() -> None:
+    line = await VOICE.speak(GREETING)
+    recognizer = recognizer_for(PHRASES)
+    heard = recognizer.transcribe(pcm16k(decode(silence(300) + list(line.packets) + silence(300))))
+    assert heard == normalize_phrase(GREETING)
+
+
+async def test_recognizer_hears_two_lines_back_to_back_as_their_concatenation() -> None:
+    a, b = await VOICE.speak(ORDER), await VOICE.speak(BYE, speed=170)
+    heard = recognizer_for(PHRASES).transcribe(pcm16k(decode(list(a.packets) + list(b.packets))))
+    assert heard == f"{normalize_phrase(ORDER)} {normalize_phrase(BYE)}"
+
+
+async def test_what_the_ear_kept_is_what_the_recognizer_hears() -> None:
+    line = await VOICE.speak(ORDER)
+    turns = Turns()
+    ear = turns.ear()
+    for frame in decode(silence(800) + list(line.packets) + silence(800)):
+        ear.feed(frame)
+    assert len(turns.stopped) == 1
+    assert recognizer_for(PHRASES).transcribe(turns.stopped[0][1]) == normalize_phrase(ORDER)
+
+
+def test_noise_and_silence_are_not_heard_as_phrases() -> None:
+    recognizer = recognizer_for(PHRASES)
+    noise = (np.random.default_rng(7).standard_normal(3 * 16000) * 3000).astype(np.int16)
+    assert recognizer.transcribe(noise) is None
+    assert recognizer.transcribe(np.zeros(3 * 16000, dtype=np.int16)) is None
+    assert recognizer.transcribe(np.zeros(10, dtype=np.int16)) is None
+
+
+async def test_recognizer_is_safe_from_several_threads() -> None:
+    a, b = await VOICE.speak(GREETING), await VOICE.speak(BYE)
+    pa, pb = pcm16k(decode(a.packets)), pcm16k(decode(b.packets))
+    recognizer = recognizer_for(PHRASES)
+    with ThreadPoolExecutor(4) as pool:
+        heard = list(pool.map(recognizer.transcribe, [pa, pb] * 4))
+    assert heard == [normalize_phrase(GREETING), normalize_phrase(BYE)] * 4
+
+
+def test_missing_words_finds_a_made_up_word_and_the_recognizer_names_it() -> None:
+    assert missing_words(["Hello there, Blorptastic friend!", "zyxxyq"]) == ["blorptastic", "zyxxyq"]
+    assert missing_words(PHRASES) == []
+    with pytest.raises(HearingError, match="'blorptastic'"):
+        Recognizer(["hello blorptastic world"])
+    with pytest.raises(HearingError, match="at least one phrase"):
+        Recognizer(["...", ""])
+    with pytest.raises(HearingError, match="one string"):
+        Recognizer("hello world")
+
+
+def test_recognizer_for_is_cached_per_phrase_set() -> None:
+    first = recognizer_for(PHRASES)
+    assert recognizer_for(list(reversed(PHRASES))) is first  # order and punctuation do not matter
+    assert recognizer_for([normalize_phrase(p) for p in PHRASES]) is first
+    assert recognizer_for(PHRASES[:2]) is not first
+
+
+def test_every_word_of_the_builtin_scenario_is_in_the_dictionary() -> None:
+    """Both personas hear each other's `say` lines, so every `hear` and `say` word must be recognisable."""
+    scenario = load_scenario("late_order")
+    lines = []
+    for persona in (scenario.caller, scenario.cs):
+        for rule in persona.script:
+            lines += [rule.hear or "", re.sub(r"\{[^}]*\}", " ", rule.say or "")]  # {tool.field} filled later
+    assert len([line for line in lines if line]) >= 8
+    assert missing_words(lines) == []
+
+
+async def test_measure_hearing_costs() -> None:
+    """Not asserted: printed for the report (run with -s)."""
+    line = await VOICE.speak(ORDER)
+    frames = decode(silence(1000) + list(line.packets) + silence(1000))
+    ear = Turns().ear()
+    t = time.perf_counter()
+    for frame in frames:
+        ear.feed(frame)
+    feed_us = (time.perf_counter() - t) / len(frames) * 1e6
+    t = time.perf_counter()
+    recognizer = Recognizer([*PHRASES, "one more phrase to make a new grammar"])
+    load_s = time.perf_counter() - t
+    pcm = pcm16k(frames)
+    t = time.perf_counter()
+    heard = recognizer.transcribe(pcm)
+    took = time.perf_counter() - t
+    print(f"\nEar.feed: {feed_us:.0f} us per 20 ms frame; Recognizer load {load_s * 1000:.0f} ms; "
+          f"transcribe {took * 1000:.0f} ms for {len(pcm) / 16:.0f} ms of audio")  # fmt: skip
+    assert heard == normalize_phrase(ORDER)
