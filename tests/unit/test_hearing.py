@@ -162,6 +162,22 @@ async def test_what_the_ear_kept_is_what_the_recognizer_hears() -> None:
     assert recognizer_for(PHRASES).transcribe(turns.stopped[0][1]) == normalize_phrase(ORDER)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["The weather is lovely in Paris this time of year.", "I would like a refund please", "Hello, my order"],
+)
+async def test_speech_outside_the_grammar_is_not_heard(text: str) -> None:
+    """Other sentences, and a phrase cut short (barge-in), give no hypothesis rather than a wrong phrase."""
+    line = await VOICE.speak(text)
+    assert recognizer_for(PHRASES).transcribe(pcm16k(decode(line.packets))) is None
+
+
+async def test_half_a_phrase_is_not_heard() -> None:
+    line = await VOICE.speak(GREETING)
+    half = line.packets[: len(line.packets) // 2]
+    assert recognizer_for(PHRASES).transcribe(pcm16k(decode(half))) is None
+
+
 def test_noise_and_silence_are_not_heard_as_phrases() -> None:
     recognizer = recognizer_for(PHRASES)
     noise = (np.random.default_rng(7).standard_normal(3 * 16000) * 3000).astype(np.int16)

@@ -194,7 +194,8 @@ class Voice:
             return hit
         _check_request(text, espeak_voice, speed)  # fail before starting a task for a bad request
         task = self._pending.get(key)
-        if task is None:
+        # A task from another event loop (a closed test loop, a second server loop) cannot be awaited here.
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
             task = asyncio.ensure_future(self._synthesize(key))
             self._pending[key] = task
             task.add_done_callback(lambda _t: self._pending.pop(key, None))
