@@ -1,0 +1,185 @@
+"""The script engine: what an emulated persona does when it starts, hears something, or gets a tool's output.
+
+A session finds its persona by its `instructions` (the real API has no field to name a persona, and real
+clients
+must stay unmodified). Matching rules, in short (README "Scenario files" has the long form):
+- `hear`: the transcript may hold several phrases; the LAST one in transcript order picks the rule.
+- a rule with no action means "heard it, stay silent"; a `once` rule fires at most once per session.
+- anything heard but unscripted, or not recognised at all, gets a polite generic reply, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from num2words import num2words
+
+from ..scenarios.model import Persona, Scenario, ScriptRule, ToolCallStep, load_scenario, normalize_phrase
+
+log = logging.getLogger(__name__)
+
+GENERIC_REPLY = "Sorry, I did not catch that. Could you say it again?"
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w]*)\.([A-Za-z_][\w.]*)(?:\|(\w+))?\}")
+_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@dataclass(frozen=True)
+class Action:
+    """What one response does, in order: say a line, call a tool, then call `hangup`."""
+
+    say: str | None = None
+    call: ToolCallStep | None = None
+    hangup: bool = False
+    rule: ScriptRule | None = None  # None: the generic reply
+
+
+GENERIC = Action(say=GENERIC_REPLY)
+
+
+class PersonaBook:
+    """Personas of the loaded scenarios, found by instructions (compared after strip)."""
+
+    def __init__(self) -> None:
+        self._by_instructions: dict[str, Persona] = {}
+        self.scenarios: dict[str, Scenario] = {}
+
+    def add(self, scenario: Scenario) -> None:
+        self.scenarios[scenario.name] = scenario
+        for persona in (scenario.caller, scenario.cs):
+            self._by_instructions[persona.instructions.strip()] = persona
+
+    def load(self, name_or_path: str) -> Scenario:
+        scenario = load_scenario(name_or_path)
+        self.add(scenario)
+        return scenario
+
+    def find(self, instructions: str | None) -> Persona | None:
+        if not instructions:
+            return None
+        return self._by_instructions.get(instructions.strip())
+
+
+def _words(value: Any) -> str:
+    try:
+        number = float(value) if not isinstance(value, (int, float)) else value
+    except (TypeError, ValueError):
+        return str(value)
+    if isinstance(number, float) and number.is_integer():
+        number = int(number)
+    return str(num2words(number))
+
+
+def _digits(value: Any) -> str:
+    return " ".join(_DIGIT_WORDS[int(c)] if c.isdigit() else c for c in str(value) if not c.isspace())
+
+
+_FILTERS = {"words": _words, "digits": _digits}
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            raise KeyError(dotted)
+        data = data[part]
+    return data
+
+
+@dataclass
+class Script:
+    """One session's run of a persona's script (which `once` rules fired, what the tools returned)."""
+
+    persona: Persona | None
+    fired: set[int] = field(default_factory=set)
+    tool_outputs: dict[str, Any] = field(default_factory=dict)
+    started: bool = False
+
+    @property
+    def phrases(self) -> list[str]:
+        """What this persona may hear: the recognizer's grammar."""
+        if self.persona is None:
+            return []
+        return [r.hear for r in self.persona.script if r.hear]
+
+    def _rules(self) -> Iterable[tuple[int, ScriptRule]]:
+        if self.persona is None:
+            return []
+        return ((i, r) for i, r in enumerate(self.persona.script) if not (r.once and i in self.fired))
+
+    def _fire(self, index: int, rule: ScriptRule) -> Action | None:
+        self.fired.add(index)
+        if rule.silent:
+            return None
+        return Action(
+            say=self.render(rule.say) if rule.say is not None else None,
+            call=rule.call,
+            hangup=rule.hangup,
+            rule=rule,
+        )
+
+    def on_start(self) -> Action | None:
+        """A response.create with nothing new heard: the persona speaks first (or repeats the generic
+        line)."""
+        first = not self.started
+        self.started = True
+        for i, rule in self._rules():
+            if rule.on == "start":
+                return self._fire(i, rule)
+        # A persona without a start rule stays silent at the start; asked again later, it says the
+        # generic line.
+        return None if first and self.persona is not None else GENERIC
+
+    def on_heard(self, transcript: str | None) -> Action | None:
+        """The rule whose phrase occurs last in the transcript; GENERIC when none does (or nothing was
+        recognised)."""
+        self.started = True
+        text = f" {normalize_phrase(transcript or '')} "
+        best: tuple[int, int, ScriptRule] | None = None
+        if text.strip():
+            for i, rule in self._rules():
+                if rule.hear is None:
+                    continue
+                pos = text.rfind(f" {rule.hear} ")
+                if pos >= 0 and (best is None or pos > best[0]):
+                    best = (pos, i, rule)
+        if best is None:
+            return GENERIC
+        return self._fire(best[1], best[2])
+
+    def record_output(self, tool: str, output: str) -> None:
+        """Keep a function_call_output for `{tool.field}` templates (non-JSON output is kept as text)."""
+        try:
+            self.tool_outputs[tool] = json.loads(output)
+        except ValueError:
+            self.tool_outputs[tool] = output
+
+    def after_tool(self, tool: str) -> Action | None:
+        self.started = True
+        for i, rule in self._rules():
+            if rule.after_tool == tool:
+                return self._fire(i, rule)
+        return GENERIC
+
+    def render(self, template: str) -> str:
+        """Fill `{tool.field|filter}` from this session's tool outputs; a missing value reads "unknown"."""
+
+        def sub(m: re.Match[str]) -> str:
+            tool, path, flt = m.group(1), m.group(2), m.group(3)
+            try:
+                value = _lookup(self.tool_outputs.get(tool), path)
+            except KeyError:
+                log.warning("script template %s: no value %s.%s in this session", m.group(0), tool, path)
+                return "unknown"
+            if flt is None:
+                return str(value)
+            fn = _FILTERS.get(flt)
+            if fn is None:
+                log.warning("script template %s: unknown filter %r", m.group(0), flt)
+                return str(value)
+            return fn(value)
+
+        return _PLACEHOLDER.sub(sub, template)

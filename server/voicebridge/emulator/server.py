@@ -1,0 +1,351 @@
+"""The emulator's HTTP face: the Realtime GA endpoints under /v1, with the API's errors, status codes
+and CORS.
+
+Keys: any `Bearer sk-...` is accepted as an API key (nothing is checked against OpenAI: there is no
+network); `Bearer ek_...` must be a client secret this emulator issued, unexpired and not yet used for a
+call (like the real ones, each works for one call). `Emulator` embeds the whole thing in-process; `main`
+is `voicebridge emulator`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..media.loopback import is_local_url, set_loopback_only
+from ..scenarios.model import Scenario, ScenarioError, builtin_names
+from . import events as ev
+from .persona import PersonaBook
+from .schema import ApiError, check_client_secret_request, check_session
+from .session import Session, default_session, merge_session
+from .voice import Voice
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = "gpt-realtime"
+MAX_BODY_BYTES = 1024 * 1024  # an SDP offer is ~5 kB and a session with tools tens of kB: 1 MiB is generous
+SECRET_TTL_DEFAULT_S = 600
+SECRET_TTL_RANGE_S = (10, 7200)  # the real API's bounds for expires_after.seconds
+BETA_MESSAGE = (
+    "The Realtime beta API shape has been retired. Use the GA interface: POST /v1/realtime/calls with an "
+    "SDP offer (and a `session` object), and no `OpenAI-Beta: realtime=v1` header."
+)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class ClientSecret:
+    value: str
+    expires_at: int
+    session: dict[str, Any]
+    used: bool = False
+
+
+def _json_error(err: ApiError) -> web.Response:
+    return web.json_response(err.body(), status=err.status)
+
+
+def _cors_headers(request: web.Request) -> dict[str, str]:
+    origin = request.headers.get("Origin")
+    return {
+        "Access-Control-Allow-Origin": origin or "*",
+        "Access-Control-Expose-Headers": "Location, Content-Type",
+        "Vary": "Origin",
+    }
+
+
+@web.middleware
+async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS for browsers (a preflight is answered with exactly the headers it asked for), and every error in
+    the
+    API's JSON shape, whichever layer raised it."""
+    if request.method == "OPTIONS":
+        headers = _cors_headers(request)
+        headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        asked = request.headers.get("Access-Control-Request-Headers")
+        headers["Access-Control-Allow-Headers"] = asked or "Authorization, Content-Type"
+        headers["Access-Control-Max-Age"] = "600"
+        return web.Response(status=204, headers=headers)
+    try:
+        if request.headers.get("OpenAI-Beta", "").lower().startswith("realtime"):
+            raise ApiError(400, BETA_MESSAGE, code="beta_api_shape_disabled", param="OpenAI-Beta")
+        response = await handler(request)
+    except ApiError as e:
+        response = _json_error(e)
+    except web.HTTPRequestEntityTooLarge:
+        response = _json_error(
+            ApiError(413, f"Request body is over the {MAX_BODY_BYTES}-byte limit.", code="request_too_large")
+        )
+    except web.HTTPMethodNotAllowed:
+        response = _json_error(ApiError(405, f"Method not allowed ({request.method} {request.path})."))
+    except web.HTTPNotFound:
+        response = _json_error(ApiError(404, f"Invalid URL ({request.method} {request.path})"))
+    except web.HTTPException as e:
+        response = _json_error(ApiError(e.status, e.reason))
+    except Exception:  # a bug in the emulator still answers in the API's shape, and is logged in full
+        log.exception("%s %s failed", request.method, request.path)
+        response = _json_error(
+            ApiError(500, "The server had an error while processing your request.", type_="server_error")
+        )
+    response.headers.update(_cors_headers(request))
+    return response
+
+
+class Emulator:
+    """The Realtime GA emulator, embeddable: `base_url = await Emulator().start()`, then `await stop()`."""
+
+    def __init__(
+        self, scenarios: Sequence[str | Path] = (), load_builtin: bool = True, voice: Voice | None = None
+    ) -> None:
+        self.personas = PersonaBook()
+        self.voice = voice or Voice()  # pass one Voice to share its cache of spoken lines between emulators
+        self.sessions: dict[str, Session] = {}
+        self.secrets: dict[str, ClientSecret] = {}
+        self.base_url = ""
+        self._runner: web.AppRunner | None = None
+        if load_builtin:
+            for name in builtin_names():
+                self.load_scenario(name)
+        for s in scenarios:
+            self.load_scenario(s)
+        self.app = self._build_app()
+
+    def load_scenario(self, name_or_path: str | Path) -> Scenario:
+        """Load a scenario (built-in name or file path); its personas answer sessions with their
+        instructions."""
+        return self.personas.load(str(name_or_path))
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_api_middleware])
+        app.router.add_post("/v1/realtime/calls", self._create_call)
+        app.router.add_post("/v1/realtime/calls/{call_id}/hangup", self._hangup)
+        app.router.add_post("/v1/realtime/client_secrets", self._client_secret)
+        for path in ("/v1/realtime", "/v1/realtime/sessions", "/v1/realtime/transcription_sessions"):
+            app.router.add_route("*", path, self._beta)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on host:port (0: any free port); returns the base URL, e.g. http://127.0.0.1:8765/v1."""
+        if is_local_url(f"http://{host}"):
+            set_loopback_only(True)  # local clients only: offer 127.0.0.1 candidates, never other interfaces
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server: Any = site._server
+        bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
+        self.base_url = f"http://{host}:{bound}/v1"
+        return self.base_url
+
+    async def stop(self) -> None:
+        for session in list(self.sessions.values()):
+            await session.close("emulator stopped")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ---- auth -------------------------------------------------------------------------------------------
+
+    def _key(self, request: web.Request) -> str:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            raise ApiError(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an Authorization "
+                "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            )
+        scheme, _, key = header.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not (key.startswith("sk-") or key.startswith("ek_")):
+            shown = (key[:3] + "*" * 4 + key[-4:]) if len(key) > 8 else "(hidden)"
+            raise ApiError(
+                401,
+                f"Incorrect API key provided: {shown}. The emulator accepts any 'Bearer sk-...' key "
+                "or an ephemeral 'ek_...' key it issued.",
+                code="invalid_api_key",
+            )
+        return key
+
+    def _api_key(self, request: web.Request) -> str:
+        key = self._key(request)
+        if key.startswith("ek_"):
+            raise ApiError(
+                401,
+                "Ephemeral keys can only create a call; use an API key for this endpoint.",
+                code="invalid_api_key",
+            )
+        return key
+
+    def _use_secret(self, key: str) -> ClientSecret:
+        secret = self.secrets.get(key)
+        now = time.time()
+        for value in [v for v, s in self.secrets.items() if s.expires_at < now]:
+            del self.secrets[value]  # keep the store bounded
+        if secret is None or secret.expires_at < now:
+            raise ApiError(401, "Ephemeral key is expired or unknown.", code="invalid_api_key")
+        if secret.used:
+            raise ApiError(401, "Ephemeral key has already been used for a call.", code="invalid_api_key")
+        secret.used = True
+        return secret
+
+    # ---- endpoints --------------------------------------------------------------------------------------
+
+    async def _beta(self, request: web.Request) -> web.Response:
+        raise ApiError(400, BETA_MESSAGE, code="beta_api_shape_disabled")
+
+    async def _read_offer(self, request: web.Request) -> tuple[str, dict[str, Any] | None]:
+        ctype = request.content_type
+        if ctype == "multipart/form-data":
+            form = await request.post()
+            for name in form:
+                if name not in ("sdp", "session"):
+                    raise ApiError(400, f"Unknown parameter: '{name}'.", code="unknown_parameter", param=name)
+            sdp = _form_text(form.get("sdp"))
+            if sdp is None:
+                raise ApiError(
+                    400, "Missing required parameter: 'sdp'.", code="missing_required_parameter", param="sdp"
+                )
+            raw_session = _form_text(form.get("session"))
+            session = None
+            if raw_session is not None:
+                try:
+                    session = json.loads(raw_session)
+                except ValueError as e:
+                    raise ApiError(
+                        400,
+                        f"Invalid 'session': not valid JSON ({e}).",
+                        code="invalid_value",
+                        param="session",
+                    ) from e
+            return sdp, session
+        if ctype == "application/sdp":
+            return await request.text(), None
+        raise ApiError(
+            400,
+            f"Unsupported content type {ctype!r}: send multipart/form-data (sdp, session) or "
+            "application/sdp.",
+            code="unsupported_content_type",
+        )
+
+    async def _create_call(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        sdp, session = await self._read_offer(request)
+        _check_offer(sdp)
+        config = default_session(request.query.get("model") or DEFAULT_MODEL)
+        if key.startswith("ek_"):
+            config = self._use_secret(key).session
+        if session is not None:
+            check_session(session)
+            config = merge_session(config, session)
+        call_id = ev.new_id("rtc", 24)
+        sess = Session(call_id, config, self.personas, self.voice, self._session_closed)
+        self.sessions[call_id] = sess
+        try:
+            answer = await sess.accept(sdp)
+        except BaseException:
+            await sess.close("offer rejected")
+            raise
+        return web.Response(
+            status=201,
+            text=answer,
+            content_type="application/sdp",
+            headers={"Location": f"/v1/realtime/calls/{call_id}"},
+        )
+
+    def _session_closed(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+
+    async def _hangup(self, request: web.Request) -> web.Response:
+        self._api_key(request)
+        call_id = request.match_info["call_id"]
+        session = self.sessions.get(call_id)
+        if session is None:
+            raise ApiError(404, f"Call not found: {call_id}", code="call_not_found", param="call_id")
+        await session.close("hangup endpoint")
+        return web.Response(status=200)
+
+    async def _client_secret(self, request: web.Request) -> web.Response:
+        self._api_key(request)
+        try:
+            body = await request.json() if await request.read() else {}
+        except ValueError as e:
+            raise ApiError(
+                400, f"We could not parse the JSON body of your request: {e}", code="invalid_json"
+            ) from e
+        check_client_secret_request(body)
+        seconds = int((body.get("expires_after") or {}).get("seconds", SECRET_TTL_DEFAULT_S))
+        lo, hi = SECRET_TTL_RANGE_S
+        if not lo <= seconds <= hi:
+            raise ApiError(
+                400,
+                f"Invalid 'expires_after.seconds': {seconds}; expected {lo} to {hi}.",
+                code="invalid_value",
+                param="expires_after.seconds",
+            )
+        config = default_session(DEFAULT_MODEL)
+        if body.get("session") is not None:
+            check_session(body["session"])
+            config = merge_session(config, body["session"])
+        secret = ClientSecret(ev.new_id("ek", 32), int(time.time()) + seconds, config)
+        self.secrets[secret.value] = secret
+        return web.json_response({"value": secret.value, "expires_at": secret.expires_at, "session": config})
+
+
+def _form_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):  # aiohttp keeps non-text parts (application/sdp, json) as bytes
+        return bytes(value).decode("utf-8", "replace")
+    data = value.file.read()  # a part sent with a filename arrives as a FileField
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+
+
+def _check_offer(sdp: str) -> None:
+    text = sdp.strip()
+    if not text.startswith("v=0"):
+        raise ApiError(400, "Invalid SDP offer: it must start with 'v=0'.", code="invalid_offer", param="sdp")
+    if "\nm=audio " not in text.replace("\r\n", "\n"):
+        raise ApiError(
+            400,
+            "Invalid SDP offer: it has no audio media section (m=audio).",
+            code="invalid_offer",
+            param="sdp",
+        )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    try:
+        emulator = Emulator(scenarios=args.scenario)
+    except ScenarioError as e:
+        print(f"voicebridge emulator: {e}", flush=True)
+        return 2
+    try:
+        url = await emulator.start(args.host, args.port)
+    except OSError as e:
+        print(f"voicebridge emulator: cannot listen on {args.host}:{args.port}: {e.strerror}", flush=True)
+        return 1
+    print(f"voicebridge emulator: serving the Realtime GA API at {url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await emulator.stop()
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """`voicebridge emulator [--host] [--port] [--scenario FILE]...`"""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_serve(args))

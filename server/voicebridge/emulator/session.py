@@ -1,0 +1,389 @@
+"""One emulated Realtime session: an aiortc answerer, its `oai-events` channel, the ear, the mouth and
+the script.
+
+Client events are handled in handlers.py, responses are played by responder.py; this module owns the
+lifecycle (offer -> answer -> session.created -> ... -> close) and the hearing glue (server VAD ->
+committed user turns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from . import events as ev
+from . import responder
+from .hearing import Ear, HearingError, VadSettings, recognizer_for
+from .persona import Action, PersonaBook, Script
+from .schema import ApiError
+from .track import Playback, SpeechTrack
+from .voice import Voice
+
+log = logging.getLogger(__name__)
+SESSION_TTL_S = 60 * 60  # the real API's session lifetime (expires_at in session.created)
+
+
+def default_session(model: str) -> dict[str, Any]:
+    """The full GA session object as the real API reports it in session.created (WebRTC defaults)."""
+    pcm = {"type": "audio/pcm", "rate": 24000}
+    return {
+        "type": "realtime",
+        "object": "realtime.session",
+        "id": ev.new_id("sess"),
+        "model": model,
+        "output_modalities": ["audio"],
+        "instructions": "You are a helpful voice assistant.",
+        "tools": [],
+        "tool_choice": "auto",
+        "max_output_tokens": "inf",
+        "tracing": None,
+        "truncation": "auto",
+        "prompt": None,
+        "expires_at": int(time.time()) + SESSION_TTL_S,
+        "audio": {
+            "input": {
+                "format": dict(pcm),
+                "transcription": None,
+                "noise_reduction": None,
+                "turn_detection": {
+                    "type": "server_vad",
+                    "threshold": 0.5,
+                    "prefix_padding_ms": 300,
+                    "silence_duration_ms": 500,
+                    "idle_timeout_ms": None,
+                    "create_response": True,
+                    "interrupt_response": True,
+                },
+            },
+            "output": {"format": dict(pcm), "voice": "marin", "speed": 1.0},
+        },
+        "include": None,
+    }
+
+
+def merge_session(config: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Apply a session object to the current one: nested objects merge, everything else (lists,
+    turn_detection,
+    transcription) is replaced, as session.update does."""
+    out = dict(config)
+    for key, value in update.items():
+        if key in ("audio", "input", "output") and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_session(out[key], value)
+        elif key == "turn_detection" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            base = dict(out[key]) if out[key].get("type") == value.get("type") else {}
+            out[key] = {**base, **value}
+        else:
+            out[key] = value
+    return out
+
+
+class Session:
+    def __init__(
+        self,
+        call_id: str,
+        config: dict[str, Any],
+        personas: PersonaBook,
+        voice: Voice,
+        on_closed: Callable[[Session], None],
+    ) -> None:
+        self.id = call_id
+        self.config = config
+        self.personas = personas
+        self.voice = voice
+        self.script = Script(personas.find(config.get("instructions")))
+        self._on_closed = on_closed
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.track = SpeechTrack(voice.silence_packet)
+        self.channel: Any = None
+        self.items: dict[str, dict[str, Any]] = {}
+        self.call_names: dict[str, str] = {}  # call_id -> tool name, for function_call_output
+        self.audio_items: dict[str, str] = {}  # response id -> the assistant item its audio belongs to
+        self.item_audio_ms: dict[
+            str, int
+        ] = {}  # assistant item id -> its audio's length (truncate checks it)
+        self.heard: list[str] = []  # transcripts/user texts since the last response
+        self.outputs: list[str] = []  # tool names of function_call_outputs since the last response
+        self.response: responder.Response | None = None
+        self.last_response_id: str | None = None
+        self.heard_ms = 0
+        self.events_sent = 0
+        self.manual_turns: list[npt.NDArray[np.int16]] = []  # heard with turn_detection off, until a commit
+        self.appended_bytes = 0
+        self._speech_item: str | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.closed = asyncio.Event()
+        self.created_at = time.monotonic()
+        self.channel_open_at: float | None = None
+        self.ear = self._new_ear()
+
+    # ---- set-up -----------------------------------------------------------------------------------------
+
+    async def accept(self, offer_sdp: str) -> str:
+        """Answer the client's offer; our speech goes out on the offer's audio m-line."""
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except (ValueError, KeyError, IndexError) as e:
+            raise ApiError(400, f"Invalid SDP offer: {e}", code="invalid_offer", param="sdp") from e
+        self.pc.addTrack(self.track)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return str(self.pc.localDescription.sdp)
+
+    def _on_datachannel(self, channel: Any) -> None:
+        if channel.label != "oai-events" or self.channel is not None:
+            return
+        self.channel = channel
+        self.channel_open_at = time.monotonic()
+        channel.on("message", self._on_message)
+        channel.on("close", lambda: self.spawn(self.close("data channel closed")))
+        self.send(ev.event("session.created", session=self.config))
+
+    def _on_track(self, track: Any) -> None:
+        if track.kind == "audio":
+            self.spawn(self._listen(track))
+
+    def _on_connection_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            self.spawn(self.close(f"peer connection {self.pc.connectionState}"))
+
+    # ---- plumbing ---------------------------------------------------------------------------------------
+
+    def spawn(self, coro: Any) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session %s: task failed", self.id, exc_info=task.exception())
+
+    def send(self, event: dict[str, Any]) -> None:
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(json.dumps(event))
+            self.events_sent += 1
+
+    def send_error(self, err: ApiError, event_id: str | None) -> None:
+        self.send(ev.error(err.message, type_=err.type, code=err.code, param=err.param, event_id=event_id))
+
+    def _on_message(self, message: str | bytes) -> None:
+        from .handlers import handle
+
+        handle(self, message)
+
+    # ---- conversation -----------------------------------------------------------------------------------
+
+    def previous_item_id(self, item_id: str) -> str | None:
+        prev = None
+        for key in self.items:
+            if key == item_id:
+                return prev
+            prev = key
+        return prev
+
+    def add_item(self, item: dict[str, Any], emit: bool = True, after: str | None = None) -> None:
+        if after is None:
+            self.items[item["id"]] = item
+        else:
+            rebuilt: dict[str, dict[str, Any]] = {} if after != "root" else {item["id"]: item}
+            for key, value in self.items.items():
+                rebuilt[key] = value
+                if key == after:
+                    rebuilt[item["id"]] = item
+            self.items = rebuilt
+        if emit:
+            prev = self.previous_item_id(item["id"])
+            self.send(ev.event("conversation.item.added", previous_item_id=prev, item=item))
+            self.send(ev.event("conversation.item.done", previous_item_id=prev, item=item))
+
+    def conversation_texts(self) -> list[str]:
+        texts: list[str] = []
+        for item in self.items.values():
+            for part in item.get("content") or []:
+                texts.append(part.get("text") or part.get("transcript") or "")
+        return texts
+
+    # ---- responses --------------------------------------------------------------------------------------
+
+    def next_action(self) -> Action | None:
+        """What the persona does now: answer the newest tool output, else what it heard, else speak first."""
+        outputs, heard = self.outputs, self.heard
+        self.outputs, self.heard = [], []
+        if outputs:
+            return self.script.after_tool(outputs[-1])
+        if heard:
+            return self.script.on_heard(" ".join(heard))
+        return self.script.on_start()
+
+    def start_response(self, metadata: dict[str, str] | None = None) -> None:
+        r = responder.Response(id=ev.new_id("resp"), metadata=metadata)
+        self.response = r
+        self.last_response_id = r.id
+        r.task = asyncio.ensure_future(responder.run(self, r, self.next_action()))
+        self._tasks.add(r.task)
+        r.task.add_done_callback(lambda t: self._response_done(r, t))
+
+    def _response_done(self, r: responder.Response, task: asyncio.Future[Any]) -> None:
+        self._task_done(task)
+        if self.response is r:
+            self.response = None
+
+    def cancel_response(self, reason: str) -> bool:
+        r = self.response
+        if r is None or r.task is None or r.task.done():
+            return False
+        r.cancel_reason = reason
+        self.track.drop(r.id)
+        r.task.cancel()
+        return True
+
+    def watch_playback(self, playback: Playback) -> None:
+        async def watch() -> None:
+            if await playback.finished:
+                self.send(ev.event("output_audio_buffer.stopped", response_id=playback.tag))
+
+        self.spawn(watch())
+
+    def clear_output(self, truncate: bool) -> list[Playback]:
+        """Stop speaking now; with `truncate`, cut the playing item to what was heard (barge-in)."""
+        dropped = self.track.clear()
+        if dropped:
+            head = dropped[0]
+            item_id = self.audio_items.get(head.tag)
+            if truncate and item_id is not None and item_id in self.items:
+                self.send(
+                    ev.event(
+                        "conversation.item.truncated",
+                        item_id=item_id,
+                        content_index=0,
+                        audio_end_ms=head.sent_ms,
+                    )
+                )
+            self.send(ev.event("output_audio_buffer.cleared", response_id=head.tag))
+        return dropped
+
+    # ---- hearing ----------------------------------------------------------------------------------------
+
+    @property
+    def turn_detection(self) -> dict[str, Any] | None:
+        td: dict[str, Any] | None = ((self.config.get("audio") or {}).get("input") or {}).get(
+            "turn_detection"
+        )
+        return td
+
+    def _new_ear(self) -> Ear:
+        td = self.turn_detection or {}
+        threshold = td.get("threshold")
+        try:
+            vad = VadSettings(
+                threshold=0.5 if threshold is None else float(threshold),
+                prefix_padding_ms=int(td.get("prefix_padding_ms") or 300),
+                silence_duration_ms=int(td.get("silence_duration_ms") or 500),
+            )
+        except HearingError as e:
+            raise ApiError(
+                400, str(e), code="invalid_value", param="session.audio.input.turn_detection"
+            ) from e
+        return Ear(vad, self._on_speech_started, self._on_speech_stopped)
+
+    def vad_changed(self) -> None:
+        old = self.ear.settings
+        new = self._new_ear()
+        if new.settings != old:
+            self.ear = new
+
+    async def _listen(self, track: Any) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            try:
+                self.ear.feed(frame)
+            except HearingError as e:  # a frame we cannot hear is skipped, not fatal
+                log.warning("session %s: %s", self.id, e)
+
+    def _on_speech_started(self, audio_start_ms: int) -> None:
+        td = self.turn_detection
+        if td is None:
+            return
+        self._speech_item = ev.new_id("item")
+        self.send(
+            ev.event(
+                "input_audio_buffer.speech_started", audio_start_ms=audio_start_ms, item_id=self._speech_item
+            )
+        )
+        if td.get("interrupt_response", True):
+            self.cancel_response("turn_detected")
+            self.clear_output(truncate=True)
+
+    def _on_speech_stopped(self, audio_end_ms: int, pcm: npt.NDArray[np.int16]) -> None:
+        self.heard_ms += len(pcm) // 16
+        if self.turn_detection is None:
+            self.manual_turns.append(pcm)
+            return
+        item_id = self._speech_item or ev.new_id("item")
+        self._speech_item = None
+        self.send(ev.event("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id))
+        self.spawn(self.commit_turn(item_id, pcm, auto=True))
+
+    async def commit_turn(self, item_id: str, pcm: npt.NDArray[np.int16], auto: bool) -> None:
+        prev = next(reversed(self.items), None) if self.items else None
+        self.send(ev.event("input_audio_buffer.committed", previous_item_id=prev, item_id=item_id))
+        item = ev.user_audio_item(item_id, None)
+        self.add_item(item)
+        transcript = await self._transcribe(pcm)
+        item["content"][0]["transcript"] = transcript or ""
+        if ((self.config.get("audio") or {}).get("input") or {}).get("transcription") is not None:
+            # Unrecognised speech is an empty transcript, never a guess (the script then asks to repeat).
+            self.send(
+                ev.event(
+                    "conversation.item.input_audio_transcription.completed",
+                    item_id=item_id,
+                    content_index=0,
+                    transcript=transcript or "",
+                    usage={"type": "duration", "seconds": round(len(pcm) / 16000, 3)},
+                )
+            )
+        self.heard.append(transcript or "")
+        td = self.turn_detection
+        if auto and td is not None and td.get("create_response", True) and self.response is None:
+            self.start_response()
+
+    async def _transcribe(self, pcm: npt.NDArray[np.int16]) -> str | None:
+        phrases = self.script.phrases
+        if not phrases:
+            return None
+        try:
+            recognizer = await asyncio.to_thread(recognizer_for, phrases)
+            return await asyncio.to_thread(recognizer.transcribe, pcm)
+        except HearingError as e:
+            log.warning("session %s: cannot transcribe: %s", self.id, e)
+            return None
+
+    # ---- end ----------------------------------------------------------------------------------------------
+
+    async def close(self, reason: str = "closed") -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        log.info("session %s closed: %s", self.id, reason)
+        self._on_closed(self)
+        me = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not me:
+                task.cancel()
+        self.track.stop()
+        await self.pc.close()
