@@ -1,0 +1,184 @@
+"""The REST API: start, list, inspect and hang up calls; list scenarios; health.
+
+Every error is JSON `{"error": {"message", "type"}}` with a 4xx/5xx status, whatever raised it (aiohttp's
+own 413/404/405 included), and no response body ever contains the API key (checked on the way out, not
+trusted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from voicebridge.config import Settings
+from voicebridge.scenarios.model import ScenarioError, builtin_names, load_scenario
+
+from .calls import CallManager, CallRecord, TooManyCalls
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024  # a start request is tiny; anything bigger is a mistake or an attack
+MANAGER: web.AppKey[CallManager] = web.AppKey("manager", CallManager)
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+SETTINGS_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REDACTED = "[redacted]"
+
+
+class ApiError(Exception):
+    """An error the client can fix, with the status it deserves."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status_code, self.message, self.kind = status, message, kind
+
+
+def safe_dumps(app: web.Application, data: Any) -> str:
+    """JSON text for a client. Defence in depth: nothing should ever carry the API key, but if it does it
+    stops here."""
+    text = json.dumps(data, default=str)
+    key = app[SETTINGS].api_key
+    if key and key in text:
+        log.error("a message to a client contained the API key; redacted")
+        text = text.replace(key, _REDACTED)
+    return text
+
+
+def json_response(request: web.Request, data: Any, status: int = 200, **kw: Any) -> web.Response:
+    return web.Response(
+        text=safe_dumps(request.app, data), status=status, content_type="application/json", **kw
+    )
+
+
+def error_body(message: str, kind: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind}}
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return json_response(request, error_body(e.message, e.kind), e.status_code)
+    except web.HTTPRequestEntityTooLarge:
+        msg = f"request body is over the {request.app[SETTINGS_BODY]}-byte limit"
+        return json_response(request, error_body(msg, "request_too_large"), 413)
+    except web.HTTPException as e:
+        if e.status_code < 400 or not request.path.startswith("/api/"):
+            raise
+        msg = f"{request.method} {request.path}: {e.reason}"
+        return json_response(request, error_body(msg, "invalid_request_error"), e.status_code)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_response(
+            request, error_body("internal server error (see the server log)", "server_error"), 500
+        )
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    ctype = request.content_type
+    if request.can_read_body and ctype not in ("application/json", "application/octet-stream", ""):
+        raise ApiError(415, f"send JSON (Content-Type: application/json), not {ctype}")
+    raw = await request.read()  # bounded by the app's client_max_size (413 beyond it)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def find_record(request: web.Request) -> CallRecord:
+    call_id = request.match_info["call_id"]
+    rec = request.app[MANAGER].get(call_id)
+    if rec is None:
+        raise ApiError(404, f"no call with id {call_id[:80]!r}", "not_found")
+    return rec
+
+
+async def create_call(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    unknown = sorted(set(body) - {"scenario"})
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {unknown}; known: ['scenario']")
+    name = body.get("scenario", "late_order")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, f"`scenario` must be a scenario name (text), got {json.dumps(name)[:80]}")
+    # Only built-in names over the network: a path would let any client read files on the server.
+    if name not in builtin_names():
+        raise ApiError(422, f"unknown scenario {name[:80]!r}; built-in: {', '.join(builtin_names())}")
+    try:
+        scenario = load_scenario(name)
+    except ScenarioError as e:
+        raise ApiError(422, f"scenario {name!r} is invalid: {e}") from None
+    manager = request.app[MANAGER]
+    try:
+        rec = manager.start(scenario)
+    except TooManyCalls as e:
+        raise ApiError(429, str(e), "too_many_calls") from None
+    location = f"/api/calls/{rec.call.id}"
+    return json_response(request, manager.view(rec), 201, headers={"Location": location})
+
+
+async def list_calls(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    rows = [manager.view(r) for r in manager.records()]
+    return json_response(request, {"calls": rows, "live": sum(1 for r in rows if r["state"] != "ended")})
+
+
+async def get_call(request: web.Request) -> web.Response:
+    return json_response(request, request.app[MANAGER].view(find_record(request), detail=True))
+
+
+async def hangup_call(request: web.Request) -> web.Response:
+    rec = find_record(request)
+    await _json_body(request)  # an empty body is fine; a malformed one is still an error
+    manager = request.app[MANAGER]
+    if rec.ended or rec.call.state in ("ending", "ended"):
+        raise ApiError(409, f"call {rec.call.id} is already {rec.call.state}", "conflict")
+    manager.hangup(rec)
+    return json_response(request, manager.view(rec), 202)
+
+
+async def list_scenarios(request: web.Request) -> web.Response:
+    rows: list[dict[str, Any]] = []
+    for name in builtin_names():
+        try:
+            s = load_scenario(name)
+        except ScenarioError as e:
+            rows.append({"name": name, "error": str(e)})
+            continue
+        rows.append(
+            {
+                "name": s.name,
+                "title": s.title,
+                "first_speaker": s.first_speaker,
+                "tools": bool(s.tools),
+                "max_duration_s": s.max_duration_s,
+            }
+        )
+    return json_response(request, {"scenarios": rows})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    backend = "openai" if settings.uses_openai else "emulator"
+    return json_response(
+        request, {"ok": True, "backend": backend, "live_calls": len(request.app[MANAGER].live())}
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/calls", create_call)
+    app.router.add_get("/api/calls", list_calls)
+    app.router.add_get("/api/calls/{call_id}", get_call)
+    app.router.add_post("/api/calls/{call_id}/hangup", hangup_call)
+    app.router.add_get("/api/scenarios", list_scenarios)
+    app.router.add_get("/healthz", healthz)

@@ -1,0 +1,148 @@
+"""`voicebridge serve`: the signaling server (REST API, event WebSockets) and the web console.
+
+`create_app(settings)` builds the aiohttp application (tests drive it with aiohttp's TestServer/TestClient);
+`main(args)` runs it, with the embedded emulator as the Realtime backend unless OPENAI_API_KEY or
+--emulator-url says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from voicebridge.config import Settings
+from voicebridge.media.loopback import is_local_url, set_loopback_only
+from voicebridge.scenarios.model import Scenario
+
+from .api import MANAGER, MAX_BODY_BYTES, SETTINGS, SETTINGS_BODY, add_routes, errors_as_json
+from .calls import CallFactory, CallLike, CallManager
+from .events_ws import call_events
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parents[3] / "web"
+# Not a secret: the embedded emulator accepts any `sk-` key, and the SDK insists on having one.
+EMULATOR_KEY = "sk-voicebridge-emulator"
+
+
+def default_call_factory(settings: Settings) -> CallFactory:
+    def make(scenario: Scenario) -> CallLike:
+        from voicebridge.bridge.call import Call
+
+        return Call(scenario, settings)
+
+    return make
+
+
+@web.middleware
+async def _security_headers(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.path.startswith("/api/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    index = request.app[WEB_DIR_KEY] / "index.html"
+    if not index.is_file():
+        return web.Response(text="voicebridge: the web console is not installed (web/index.html missing)\n")
+    return web.FileResponse(index)
+
+
+async def _static(request: web.Request) -> web.StreamResponse:
+    root = request.app[WEB_DIR_KEY]
+    target = (root / request.match_info["path"]).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise web.HTTPNotFound(text=f"not found: {request.path}")
+    return web.FileResponse(target)
+
+
+WEB_DIR_KEY: web.AppKey[Path] = web.AppKey("web_dir", Path)
+
+
+async def create_app(
+    settings: Settings,
+    *,
+    call_factory: CallFactory | None = None,
+    web_dir: Path | None = None,
+    max_live_calls: int = 20,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> web.Application:
+    """The server as an aiohttp Application; on cleanup it hangs up every live call (reason `shutdown`)."""
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[_security_headers, errors_as_json])
+    manager = CallManager(call_factory or default_call_factory(settings), max_live=max_live_calls)
+    app[SETTINGS] = settings
+    app[SETTINGS_BODY] = max_body_bytes
+    app[MANAGER] = manager
+    app[WEB_DIR_KEY] = (web_dir or WEB_DIR).resolve()
+    add_routes(app)
+    app.router.add_get("/api/calls/{call_id}/events", call_events)
+    app.router.add_get("/", _index)
+    # Everything else outside /api/ is a file of web/ (so an unknown /api/ path stays a JSON 404 or 405).
+    app.router.add_get(r"/{path:(?!api/).+}", _static)
+
+    async def _shutdown(_: web.Application) -> None:
+        await manager.shutdown()
+
+    app.on_shutdown.append(_shutdown)
+    return app
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(artifacts_dir=args.artifacts, base_url=args.emulator_url or None)
+    emulator = None
+    if not settings.base_url:
+        from voicebridge.emulator.server import Emulator
+
+        emulator = Emulator()
+        url = await emulator.start("127.0.0.1", 0)
+        settings = dataclasses.replace(settings, base_url=url, api_key=settings.api_key or EMULATOR_KEY)
+    elif not settings.api_key:
+        settings = dataclasses.replace(settings, api_key=EMULATOR_KEY)
+    if is_local_url(settings.base_url):
+        set_loopback_only(True)  # both ends of every leg are on this machine: keep ICE on 127.0.0.1
+    app = await create_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, args.host, args.port)
+        await site.start()
+    except OSError as e:
+        print(f"voicebridge serve: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
+        await runner.cleanup()
+        if emulator is not None:
+            await emulator.stop()
+        return 1
+    backend = "OpenAI" if settings.uses_openai else f"the emulator at {settings.base_url}"
+    print(
+        f"voicebridge serve: console at http://{args.host}:{args.port}/ (Realtime backend: {backend})",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("voicebridge serve: shutting down (hanging up live calls)", flush=True)
+    await runner.cleanup()
+    if emulator is not None:
+        await emulator.stop()
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """`voicebridge serve [--host] [--port] [--artifacts DIR] [--emulator-url URL]`"""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_serve(args))
