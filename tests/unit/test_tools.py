@@ -15,8 +15,14 @@ from voicebridge.bridge.tools import ToolDefinitionError, ToolRegistry, tool_fro
 pytestmark = pytest.mark.unit
 
 
-def find_flights(origin: str, passengers: int, cabin: Literal["economy", "business"] = "economy",
-                 max_price: float | None = None, tags: list[str] | None = None, direct: bool = False) -> dict[str, str]:
+def find_flights(
+    origin: str,
+    passengers: int,
+    cabin: Literal["economy", "business"] = "economy",
+    max_price: float | None = None,
+    tags: list[str] | None = None,
+    direct: bool = False,
+) -> dict[str, str]:
     """Find flights from an airport.
 
     Args:

@@ -108,6 +108,7 @@ class Call(AsyncIOEventEmitter):
         call_id: str | None = None,
         tools: ToolRegistry | None = None,
         leg_factory: LegFactory = _default_leg,
+        relay: bool = True,
     ) -> None:
         super().__init__()
         self.id = call_id or f"call_{time.strftime('%Y%m%d_%H%M%S')}_{secrets.token_hex(3)}"
@@ -120,6 +121,7 @@ class Call(AsyncIOEventEmitter):
         self.error: str | None = None
         self.tools = tools
         self._leg_factory = leg_factory
+        self._with_relay = relay  # False only for event-level tests with legs that carry no audio
         self.legs: dict[str, Leg] = {}
         self.gates: dict[str, ResponseGate] = {}
         self.functions: dict[str, FunctionCalls] = {}
@@ -155,7 +157,8 @@ class Call(AsyncIOEventEmitter):
             for role in ROLES:
                 self._add_leg(role)
             await asyncio.gather(*(self.legs[r].connect(sessions[r]) for r in self.legs))
-            self._start_relay()
+            if self._with_relay:
+                self._start_relay()
             timeout = self.settings.session_timeout_s
             await asyncio.gather(
                 *(sync_context(self.legs[r], self.scenario.persona(r).context, timeout) for r in ROLES)

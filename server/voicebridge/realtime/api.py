@@ -48,7 +48,7 @@ class RealtimeApi:
         self.base_url = base_url.rstrip("/")
         # The SDK insists on a key; the emulator accepts any, so an empty one becomes a harmless placeholder.
         self._client = AsyncOpenAI(
-            base_url=self.base_url, api_key=api_key or "emulator", timeout=timeout_s, max_retries=0
+            base_url=self.base_url, api_key=api_key or "sk-emulator", timeout=timeout_s, max_retries=0
         )
 
     async def create_call(self, sdp: str, session: dict[str, Any]) -> tuple[str, str]:

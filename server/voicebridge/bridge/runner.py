@@ -1,0 +1,128 @@
+"""`voicebridge call`: one whole call, start to hang-up, live progress on stderr, then a summary.
+
+Against the embedded emulator unless OPENAI_API_KEY is set or --emulator-url is given. With `--json`, stdout's
+last line is one JSON object (call_id, end_reason, duration_s, turns, tool_calls, legs, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from voicebridge.config import Settings
+from voicebridge.media.loopback import is_local_url, set_loopback_only
+from voicebridge.realtime.api import LegError
+from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
+
+from .call import Call
+from .context import ContextError
+
+
+def _progress(call: Call, out: TextIO) -> None:
+    def say(text: str) -> None:
+        print(f"[{call.now():6.2f}] {text}", file=out, flush=True)
+
+    call.on("state", lambda state: say(f"call {state}"))
+    call.on(
+        "turn",
+        lambda t: say(
+            f"{t['speaker']}: {t['text']}" if t["kind"] == "said" else f"  ({t['leg']} heard: {t['text']})"
+        ),
+    )
+    call.on(
+        "tool_call",
+        lambda c: say(
+            f"tool {c['leg']}.{c['name']}({json.dumps(c['arguments'])}) -> "
+            f"{'ok' if c['ok'] else 'ERROR'} {c['output'][:120]}"
+        ),
+    )
+
+
+def print_summary(summary: dict[str, Any], out: TextIO) -> None:
+    print(
+        f"\ncall {summary['call_id']} ({summary['scenario']}): {summary['end_reason']} "
+        f"by {summary['ended_by']} after {summary['duration_s']:.1f} s",
+        file=out,
+    )
+    if summary.get("error"):
+        print(f"error: {summary['error']}", file=out)
+    for t in summary["turns"]:
+        print(f"  {t['start']:6.2f}-{t['end']:6.2f} {t['speaker']:>6}: {t['text']}", file=out)
+    for c in summary["tool_calls"]:
+        print(
+            f"  tool {c['leg']}.{c['name']} ok={c['ok']} {c['duration_ms']:.1f} ms -> {c['output'][:100]}",
+            file=out,
+        )
+    print(f"artifacts: {summary['out_dir']}", file=out, flush=True)
+
+
+async def run_call(
+    scenario: Scenario, settings: Settings, out_dir: Path | None, progress: TextIO | None = sys.stderr
+) -> dict[str, Any]:
+    """Run one call to its end and return its summary. Ctrl-C ends it gracefully (end_reason `shutdown`)."""
+    call = Call(scenario, settings, out_dir)
+    if progress is not None:
+        _progress(call, progress)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(
+            signal.SIGINT, lambda: asyncio.ensure_future(call.hangup("shutdown", "operator"))
+        )
+    try:
+        try:
+            await call.start()
+        except (LegError, ContextError):
+            pass  # the call has ended with end_reason `error`; its summary says why
+        await call.wait_ended()
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
+        if not call.ended:
+            await call.hangup("shutdown", "bridge")
+    return call.summary()
+
+
+async def _main(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario)
+    settings = Settings.from_env()
+    emulator: Any = None
+    if args.emulator_url:
+        settings = Settings.from_env(base_url=args.emulator_url.rstrip("/"))
+    elif not settings.base_url:
+        from voicebridge.emulator.server import Emulator
+
+        # The emulator plays the scenario's personas: give it this scenario's file (built-ins it has).
+        emulator = Emulator(scenarios=[scenario.path] if scenario.path is not None else [])
+        settings = Settings.from_env(base_url=await emulator.start(host="127.0.0.1", port=0))
+    if is_local_url(settings.base_url):
+        set_loopback_only(True)  # both ends of each leg are on this machine: keep ICE on 127.0.0.1
+    try:
+        summary = await run_call(scenario, settings, args.out)
+    finally:
+        if emulator is not None:
+            await emulator.stop()
+    print_summary(summary, sys.stderr)
+    if summary["end_reason"] == "error":
+        print(f"voicebridge call: {summary['error']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    return 0 if summary["end_reason"] in ("caller_hangup", "operator_hangup") else 1
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_main(args))
+    except ScenarioError as e:
+        print(f"voicebridge call: bad scenario: {e}", file=sys.stderr)
+        return 2
+    except (LegError, ContextError) as e:
+        print(f"voicebridge call: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
