@@ -243,3 +243,15 @@ async def test_measure_hearing_costs() -> None:
     print(f"\nEar.feed: {feed_us:.0f} us per 20 ms frame; Recognizer load {load_s * 1000:.0f} ms; "
           f"transcribe {took * 1000:.0f} ms for {len(pcm) / 16:.0f} ms of audio")  # fmt: skip
     assert heard == normalize_phrase(ORDER)
+
+
+async def test_each_persona_of_the_builtin_scenario_hears_every_line_it_listens_for() -> None:
+    """Each `hear` phrase, in the OTHER persona's espeak voice and speed, through Opus, is heard exactly."""
+    scenario = load_scenario("late_order")
+    for listener, speaker in ((scenario.caller, scenario.cs), (scenario.cs, scenario.caller)):
+        phrases = [rule.hear for rule in listener.script if rule.hear]
+        recognizer = recognizer_for(phrases)
+        for phrase in phrases:
+            line = await VOICE.speak(phrase, speaker.espeak_voice, speaker.espeak_speed)
+            heard = recognizer.transcribe(pcm16k(decode(silence(200) + list(line.packets) + silence(200))))
+            assert heard == phrase, f"{listener.role} heard {heard!r} for {phrase!r}"

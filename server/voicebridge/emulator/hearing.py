@@ -14,6 +14,7 @@ faithful emulated listener needs.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -236,8 +237,14 @@ class Recognizer:
         from pocketsphinx import Decoder
 
         self.phrases: tuple[str, ...] = tuple(normalized)
+        # A hypothesis counts only if it is whole phrases: pocketsphinx falls back to a partial path when no
+        # path reaches the grammar's end, and a half-heard line must not pass for the line.
+        alternatives = "|".join(re.escape(p) for p in normalized)
+        self._whole = re.compile(f"(?:{alternatives})(?: (?:{alternatives}))*")
         # lm=None: the grammar is the only search, so the 30 MB language model is never loaded.
-        self._decoder = Decoder(samprate=VAD_RATE, lm=None, loglevel="FATAL")
+        # bestpath=False: the lattice rescoring pass ignores the grammar's end states and was seen to append a
+        # stray word ("... today i": the first word of another phrase); the Viterbi path does not.
+        self._decoder = Decoder(samprate=VAD_RATE, lm=None, bestpath=False, loglevel="FATAL")
         try:
             self._decoder.add_jsgf_string("persona", _grammar(normalized))
             self._decoder.activate_search("persona")
@@ -257,7 +264,7 @@ class Recognizer:
             self._decoder.end_utt()
             hyp = self._decoder.hyp()
         text = normalize_phrase(hyp.hypstr) if hyp is not None else ""
-        return text or None
+        return text if self._whole.fullmatch(text) else None
 
 
 _recognizers: OrderedDict[tuple[str, ...], Recognizer] = OrderedDict()
