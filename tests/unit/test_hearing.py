@@ -85,6 +85,17 @@ async def test_ear_hears_one_turn_with_sane_times() -> None:
     assert not ear.speaking
 
 
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+async def test_ear_hears_the_turn_at_every_aggressiveness(threshold: float) -> None:
+    line = await VOICE.speak(BYE)
+    turns = Turns()
+    ear = turns.ear(VadSettings(threshold=threshold, prefix_padding_ms=0))
+    for frame in decode(silence(500) + list(line.packets) + silence(800)):
+        ear.feed(frame)
+    assert len(turns.started) == 1 and len(turns.stopped) == 1
+    assert 500 <= turns.started[0] <= 500 + 200  # no padding: the start is where speech begins
+
+
 async def test_ear_hears_two_turns_and_reset_restarts_the_clock() -> None:
     a, b = await VOICE.speak(GREETING), await VOICE.speak(BYE)
     turns = Turns()
