@@ -185,7 +185,7 @@ class Emulator:
             )
         return key
 
-    def _use_secret(self, key: str) -> ClientSecret:
+    def _secret(self, key: str) -> ClientSecret:
         secret = self.secrets.get(key)
         now = time.time()
         for value in [v for v, s in self.secrets.items() if s.expires_at < now]:
@@ -194,7 +194,6 @@ class Emulator:
             raise ApiError(401, "Ephemeral key is expired or unknown.", code="invalid_api_key")
         if secret.used:
             raise ApiError(401, "Ephemeral key has already been used for a call.", code="invalid_api_key")
-        secret.used = True
         return secret
 
     # ---- endpoints --------------------------------------------------------------------------------------
@@ -238,11 +237,13 @@ class Emulator:
 
     async def _create_call(self, request: web.Request) -> web.Response:
         key = self._key(request)
+        secret = self._secret(key) if key.startswith("ek_") else None  # authenticate before reading the body
         sdp, session = await self._read_offer(request)
         _check_offer(sdp)
         config = default_session(request.query.get("model") or DEFAULT_MODEL)
-        if key.startswith("ek_"):
-            config = self._use_secret(key).session
+        if secret is not None:
+            secret.used = True  # spent only on a well-formed offer, as a typo must not burn the key
+            config = secret.session
         if session is not None:
             check_session(session)
             config = merge_session(config, session)
