@@ -1,0 +1,90 @@
+"""The script engine: rule matching, once/silent rules, the generic reply, templates and their filters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from voicebridge.emulator.persona import GENERIC, GENERIC_REPLY, PersonaBook, Script
+from voicebridge.scenarios.model import parse_scenario
+
+pytestmark = pytest.mark.unit
+
+
+def _persona_script(rules: list[dict[str, object]]) -> Script:
+    scenario = parse_scenario(
+        {
+            "caller": {"instructions": "caller", "script": []},
+            "cs": {"instructions": "agent", "script": rules},
+        }
+    )
+    return Script(scenario.cs)
+
+
+def test_last_phrase_in_transcript_order_wins() -> None:
+    s = _persona_script(
+        [
+            {"hear": "hello there", "say": "Hi."},
+            {"hear": "my order is late", "say": "Sorry."},
+        ]
+    )
+    action = s.on_heard("My order is late. Hello there!")
+    assert action is not None and action.say == "Hi."
+    action = s.on_heard("hello there, my order is late")  # "hello there" fired once already
+    assert action is not None and action.say == "Sorry."
+
+
+def test_once_rules_fire_once_and_repeatable_rules_repeat() -> None:
+    s = _persona_script([{"hear": "ping", "say": "pong", "once": False}, {"hear": "knock", "say": "who"}])
+    assert [s.on_heard("ping").say for _ in range(3)] == ["pong"] * 3  # type: ignore[union-attr]
+    assert s.on_heard("knock").say == "who"  # type: ignore[union-attr]
+    assert s.on_heard("knock") is GENERIC
+
+
+def test_silent_rule_stays_silent_and_unknown_speech_gets_the_generic_reply() -> None:
+    s = _persona_script([{"hear": "goodbye"}])
+    assert s.on_heard("goodbye") is None
+    assert s.on_heard("what about the weather") is GENERIC
+    assert s.on_heard(None) is GENERIC and GENERIC.say == GENERIC_REPLY
+    assert s.on_heard("goodbyes") is GENERIC  # whole words only
+
+
+def test_start_and_after_tool_with_templates_and_filters() -> None:
+    s = _persona_script(
+        [
+            {"on": "start", "say": "Welcome."},
+            {"hear": "refund please", "call": {"name": "issue_refund", "arguments": {"order_id": "4217"}}},
+            {
+                "after_tool": "issue_refund",
+                "say": "Order {issue_refund.order_id|digits}: {issue_refund.amount|words} dollars, "
+                "{issue_refund.note}.",
+                "hangup": True,
+            },
+        ]
+    )
+    assert s.on_start().say == "Welcome."  # type: ignore[union-attr]
+    call = s.on_heard("refund please")
+    assert call is not None and call.call is not None and call.call.name == "issue_refund"
+    s.record_output("issue_refund", json.dumps({"order_id": "4217", "amount": 42.0, "note": "done"}))
+    answer = s.after_tool("issue_refund")
+    assert answer is not None and answer.hangup
+    assert answer.say == "Order four two one seven: forty-two dollars, done."
+    assert s.render("{issue_refund.missing|words}") == "unknown"
+    assert s.render("{nothing.here}") == "unknown"
+    assert s.after_tool("unscripted_tool") is GENERIC
+
+
+def test_persona_book_finds_by_stripped_instructions() -> None:
+    book = PersonaBook()
+    scenario = book.load("late_order")
+    assert book.find("  " + scenario.cs.instructions + "\n") is scenario.cs
+    assert book.find(scenario.caller.instructions) is scenario.caller
+    assert book.find("someone else") is None and book.find(None) is None
+
+
+def test_unknown_persona_speaks_the_generic_reply_and_hears_nothing() -> None:
+    s = Script(None)
+    assert s.phrases == []
+    assert s.on_start() is GENERIC
+    assert s.on_heard("anything") is GENERIC
