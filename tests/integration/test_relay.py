@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiortc.rtcrtpreceiver
@@ -26,6 +27,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from voicebridge.bridge.audio import AudioRelay
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
+from voicebridge.media.recording import Recorder
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0
@@ -196,7 +198,7 @@ def assert_continuous(packets: list[RtpAudio], max_step: int = 960) -> None:
 
 
 async def test_relay_is_byte_identical_in_order_and_never_decodes_or_encodes(
-    pcs: list[RTCPeerConnection], codec_calls: CodecCalls
+    pcs: list[RTCPeerConnection], codec_calls: CodecCalls, tmp_path: Path
 ) -> None:
     caller_payloads, cs_payloads = opus_tone(440, 50), opus_tone(660, 50)
     caller_track, cs_track = PacketTrack(caller_payloads), PacketTrack(cs_payloads)
@@ -208,6 +210,8 @@ async def test_relay_is_byte_identical_in_order_and_never_decodes_or_encodes(
     relay.add_listener(listener.out, None)
     seen: list[str] = []
     relay.on_packet(lambda party, pkt: seen.append(party))
+    recorder = Recorder(tmp_path)
+    relay.on_packet(recorder.feed)
     at_cs, at_caller = Collector(), Collector()
     InboundTap(cs.peer_receiver).subscribe(at_cs)
     InboundTap(caller.peer_receiver).subscribe(at_caller)
@@ -250,6 +254,12 @@ async def test_relay_is_byte_identical_in_order_and_never_decodes_or_encodes(
     assert stats["listeners"]["packets"] >= 1
     assert caller.out.deferred_sends == 0 and cs.out.deferred_sends == 0  # the sync send path still holds
     relay.stop()
+
+    # The recording holds the caller agent's packets exactly as they arrived (muxed, not transcoded).
+    paths = recorder.close()
+    with av.open(str(paths["caller"])) as container:
+        recorded = [bytes(p) for p in container.demux(audio=0) if p.size]
+    assert recorded and recorded == caller_payloads[caller_payloads.index(recorded[0]) :][: len(recorded)]
 
 
 async def test_switching_to_a_human_and_back_keeps_the_cs_leg_continuous(
