@@ -88,8 +88,8 @@ class FakeCall(AsyncIOEventEmitter):
         self._ended.set()
         self.emit("ended", self.summary())
 
-    async def wait_ended(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await asyncio.wait_for(self._ended.wait(), timeout)
+    async def wait_ended(self, timeout_s: float | None = None) -> None:
+        await asyncio.wait_for(self._ended.wait(), timeout_s)
 
     def summary(self) -> dict[str, Any]:
         s = {
