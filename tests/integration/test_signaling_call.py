@@ -1,5 +1,8 @@
-"""The server with the real Call against the embedded emulator: a demo call started over REST, watched over the
-event WebSocket from greeting to the caller's hang-up, then inspected; and an operator hang-up mid-call."""
+"""The server with the real Call against the embedded emulator.
+
+A demo call started over REST, watched over the event WebSocket from greeting to the caller's hang-up, then
+inspected; and an operator hang-up mid-call.
+"""
 
 from __future__ import annotations
 
