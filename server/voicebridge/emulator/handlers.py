@@ -137,7 +137,7 @@ def _item_create(s: Session, data: dict[str, Any]) -> None:
             )
         if item.get("role") == "user":
             texts = [c.get("text") or c.get("transcript") or "" for c in item["content"]]
-            s.heard.append(" ".join(t for t in texts if t))
+            s.typed.append(" ".join(t for t in texts if t))
     else:
         raise ApiError(
             400,

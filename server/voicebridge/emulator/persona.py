@@ -133,10 +133,8 @@ class Script:
         # generic line.
         return None if first and self.persona is not None else GENERIC
 
-    def on_heard(self, transcript: str | None) -> Action | None:
-        """The rule whose phrase occurs last in the transcript; GENERIC when none does (or nothing was
-        recognised)."""
-        self.started = True
+    def _match(self, transcript: str | None) -> tuple[int, ScriptRule] | None:
+        """The rule whose phrase occurs last in the transcript, if any."""
         text = f" {normalize_phrase(transcript or '')} "
         best: tuple[int, int, ScriptRule] | None = None
         if text.strip():
@@ -146,9 +144,25 @@ class Script:
                 pos = text.rfind(f" {rule.hear} ")
                 if pos >= 0 and (best is None or pos > best[0]):
                     best = (pos, i, rule)
-        if best is None:
+        return None if best is None else (best[1], best[2])
+
+    def on_heard(self, transcript: str | None) -> Action | None:
+        """The rule whose phrase occurs last in the transcript; GENERIC when none does (or nothing was
+        recognised)."""
+        self.started = True
+        found = self._match(transcript)
+        if found is None:
             return GENERIC
-        return self._fire(best[1], best[2])
+        return self._fire(*found)
+
+    def on_typed(self, text: str) -> Action | None:
+        """User text items (context seeded before the first turn): a scripted phrase in them is answered like
+        speech; any other text is background, so the persona acts as if asked to speak first."""
+        found = self._match(text)
+        if found is None:
+            return self.on_start()
+        self.started = True
+        return self._fire(*found)
 
     def record_output(self, tool: str, output: str) -> None:
         """Keep a function_call_output for `{tool.field}` templates (non-JSON output is kept as text)."""

@@ -110,7 +110,8 @@ class Session:
         self.item_audio_ms: dict[
             str, int
         ] = {}  # assistant item id -> its audio's length (truncate checks it)
-        self.heard: list[str] = []  # transcripts/user texts since the last response
+        self.heard: list[str] = []  # transcripts of speech heard since the last response
+        self.typed: list[str] = []  # user text items added since the last response
         self.outputs: list[str] = []  # tool names of function_call_outputs since the last response
         self.response: responder.Response | None = None
         self.last_response_id: str | None = None
@@ -219,12 +220,14 @@ class Session:
 
     def next_action(self) -> Action | None:
         """What the persona does now: answer the newest tool output, else what it heard, else speak first."""
-        outputs, heard = self.outputs, self.heard
-        self.outputs, self.heard = [], []
+        outputs, heard, typed = self.outputs, self.heard, self.typed
+        self.outputs, self.heard, self.typed = [], [], []
         if outputs:
             return self.script.after_tool(outputs[-1])
         if heard:
             return self.script.on_heard(" ".join(heard))
+        if typed:
+            return self.script.on_typed(" ".join(typed))
         return self.script.on_start()
 
     def start_response(self, metadata: dict[str, str] | None = None) -> None:
