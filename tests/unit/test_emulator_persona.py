@@ -88,3 +88,16 @@ def test_unknown_persona_speaks_the_generic_reply_and_hears_nothing() -> None:
     assert s.phrases == []
     assert s.on_start() is GENERIC
     assert s.on_heard("anything") is GENERIC
+
+
+def test_seeded_user_text_does_not_stop_the_persona_speaking_first() -> None:
+    """Context the bridge seeds before the first turn is background, not something heard: the start rule fires."""
+    s = _persona_script([{"on": "start", "say": "Welcome."}, {"hear": "refund please", "say": "Sure."}])
+    action = s.on_typed("Caller ID: +1 555 0100 (registered customer Sam Lee).")
+    assert action is not None and action.say == "Welcome."
+
+
+def test_scripted_phrase_in_user_text_is_answered_like_speech() -> None:
+    s = _persona_script([{"on": "start", "say": "Welcome."}, {"hear": "refund please", "say": "Sure."}])
+    action = s.on_typed("Refund please!")
+    assert action is not None and action.say == "Sure."
