@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import secrets
 import time
@@ -278,15 +279,17 @@ class Call(AsyncIOEventEmitter):
         return Reply(await self.tools.run(call.name, call.arguments, call.call_id))
 
     async def _execute_caller(self, call: FunctionCall) -> Reply:
+        try:
+            args: Any = json.loads(call.arguments) if call.arguments.strip() else {}
+        except json.JSONDecodeError:
+            args = call.arguments
         if call.name == "hangup":
             # Acknowledge without asking for a response: the caller has said goodbye.
-            return Reply(
-                ToolResult(call.call_id, "hangup", call.arguments, '{"ok": true}', True), respond=False
-            )
+            return Reply(ToolResult(call.call_id, "hangup", args, '{"ok": true}', True), respond=False)
         msg = f"the caller may only call hangup(); {call.name!r} was refused and not executed"
         log.warning("call %s: %s", self.id, msg)
-        output = '{"error": {"type": "refused", "message": "' + msg.replace('"', "'") + '"}}'
-        return Reply(ToolResult(call.call_id, call.name, call.arguments, output, False, msg))
+        output = json.dumps({"error": {"type": "refused", "message": msg}})
+        return Reply(ToolResult(call.call_id, call.name, args, output, False, msg))
 
     def _on_function_result(self, call: FunctionCall, reply: Reply, sent: bool) -> None:
         record = {"leg": call.leg, **reply.result.as_dict(), "sent": sent, "t": round(self.now(), 3)}
