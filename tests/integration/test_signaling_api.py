@@ -259,6 +259,7 @@ async def test_unknown_call_and_route_errors_are_json(client: TestClient[Any, An
     assert "no call with id 'call_nope'" in await error_of(await client.get("/api/calls/call_nope"), 404)
     assert "no call" in await error_of(await client.post("/api/calls/call_nope/hangup"), 404)
     assert "no call" in await error_of(await client.get("/api/calls/call_nope/events"), 404)
+    assert "no call" in await error_of(await client.get("/api/calls/call_nope/sdp"), 404)
     assert await error_of(await client.get("/api/nothing"), 404)
     assert await error_of(await client.delete("/api/calls"), 405)
     body = await start_call(client)

@@ -82,6 +82,18 @@ async def test_demo_call_from_greeting_to_caller_hangup(client: TestClient[Any, 
     assert "caller" in speakers and "cs" in speakers
     assert EMULATOR_KEY not in await (await client.get(f"/api/calls/{call_id}")).text()
 
+    # Both legs' SDP, explained: Opus, the data channel, loopback candidates, no classic mistakes.
+    sdp = await (await client.get(f"/api/calls/{call_id}/sdp")).json()
+    assert {leg["role"] for leg in sdp["legs"]} == {"caller", "cs"}
+    for leg in sdp["legs"]:
+        ex = leg["explained"]
+        assert leg["offer"].startswith("v=0") and "a=ice-pwd:***" in leg["offer"]
+        assert ex["role"] == "offer" and ex["counterpart"]["role"] == "answer"
+        kinds = [m["kind"] for m in ex["media"]]
+        assert kinds == ["audio", "application"]
+        assert ex["media"][0]["codecs"][0]["name"].lower() == "opus"
+        assert ex["warnings"] == [], ex["warnings"]
+
 
 async def test_operator_hangup_mid_call(client: TestClient[Any, Any]) -> None:
     call_id = (await (await client.post("/api/calls", json={"scenario": "late_order"})).json())["id"]

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from voicebridge.config import Settings
+from voicebridge.media.loopback import is_local_url
+from voicebridge.media.sdp_explain import SdpError, explain
 from voicebridge.scenarios.model import ScenarioError, builtin_names, load_scenario
 
 from .calls import CallManager, CallRecord, TooManyCalls
@@ -147,6 +150,27 @@ async def hangup_call(request: web.Request) -> web.Response:
     return json_response(request, manager.view(rec), 202)
 
 
+_ICE_PWD = re.compile(r"^(a=ice-pwd:)\S+", re.MULTILINE)
+
+
+async def call_sdp(request: web.Request) -> web.Response:
+    """Each agent leg's offer and answer, raw (ICE passwords masked) and explained, with pair warnings."""
+    rec = find_record(request)
+    loopback = is_local_url(request.app[SETTINGS].base_url)
+    legs = []
+    for role, leg in (getattr(rec.call, "legs", None) or {}).items():
+        offer, answer = getattr(leg, "offer_sdp", ""), getattr(leg, "answer_sdp", "")
+        row: dict[str, Any] = {"role": role, "offer": _ICE_PWD.sub(r"\1***", offer),
+                               "answer": _ICE_PWD.sub(r"\1***", answer), "explained": None, "error": None}
+        if offer:
+            try:
+                row["explained"] = explain(offer, answer or None, expect_loopback=loopback)
+            except SdpError as e:
+                row["error"] = str(e)
+        legs.append(row)
+    return json_response(request, {"call_id": rec.call.id, "legs": legs})
+
+
 async def list_scenarios(request: web.Request) -> web.Response:
     rows: list[dict[str, Any]] = []
     for name in builtin_names():
@@ -180,5 +204,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/calls", list_calls)
     app.router.add_get("/api/calls/{call_id}", get_call)
     app.router.add_post("/api/calls/{call_id}/hangup", hangup_call)
+    app.router.add_get("/api/calls/{call_id}/sdp", call_sdp)
     app.router.add_get("/api/scenarios", list_scenarios)
     app.router.add_get("/healthz", healthz)
