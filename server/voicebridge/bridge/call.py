@@ -270,6 +270,10 @@ class Call(AsyncIOEventEmitter):
     def _on_leg_failed(self, role: str, reason: str) -> None:
         if self.state == "connecting":
             return  # connect() raises; start() ends the call with `error`
+        self._activity.set()  # an ending call stops waiting on a leg that is gone
+        if self.state in ("ending", "ended"):
+            log.warning("call %s: %s leg failed while ending: %s", self.id, role, reason)
+            return
         self.error = f"{role} leg: {reason}"
         self._begin_end("leg_failed", role)
 
