@@ -111,3 +111,29 @@ async def test_five_calls_at_once(emulator: Emulator, scenario_file: Path, tmp_p
     assert len({c.id for c in calls}) == 5
     assert not emulator.sessions  # every leg of every call was hung up
     await assert_no_tasks_left()
+
+
+async def test_operator_hangup_lets_the_current_words_finish_and_arrive(
+    emulator: Emulator, scenario_file: Path, tmp_path: Path
+) -> None:
+    call = Call(load_scenario(scenario_file), Settings(base_url=emulator.base_url), tmp_path / "call")
+    greeting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    closed_at: dict[str, float] = {}
+
+    def on_event(rec: dict[str, object]) -> None:
+        event = rec["event"]
+        assert isinstance(event, dict)
+        if rec["leg"] == "cs" and event["type"] == "output_audio_buffer.started" and not greeting.done():
+            greeting.set_result(None)
+
+    call.on("event", on_event)
+    await call.start()
+    for leg in call.legs.values():
+        leg.on("closed", lambda leg=leg: closed_at.setdefault(leg.role, call.now()))
+    await asyncio.wait_for(greeting, 30)
+    await asyncio.wait_for(call.hangup(), 30)  # mid-sentence
+    s = call.summary()
+    assert s["end_reason"] == "operator_hangup" and s["ended_by"] == "operator"
+    heard = s["heard"]["caller"]
+    assert [normalize_phrase(t["text"]) for t in heard] == ["hello this is the help desk"]
+    assert heard[0]["end"] <= min(closed_at.values())  # heard in full before either leg closed
