@@ -120,6 +120,8 @@ async def test_demo_call_from_greeting_to_caller_hangup(
     assert heard["cs"] == caller_lines
     assert heard["caller"] == said["cs"] and len(said["cs"]) == 2
     assert "forty two dollars" in said["cs"][1]
+    gaps = [t["gap_s"] for t in summary["turns"]]
+    assert gaps[0] is None and all(g is not None and 0 < g < 5 for g in gaps[1:])  # per-turn response gap
 
     # The last words (the goodbye) were heard before either leg closed.
     last_heard = summary["heard"]["cs"][-1]

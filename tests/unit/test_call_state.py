@@ -388,3 +388,36 @@ def assert_no_response_create_while_active(events: list[dict[str, Any]]) -> None
             assert not active.get(leg), (
                 f"response.create on {leg} while a response was active at t={rec['t']}"
             )
+
+
+async def test_a_leg_that_cannot_connect_ends_the_call_with_error(tmp_path: Path) -> None:
+    from voicebridge.realtime.api import LegError
+
+    class Refused(FakeLeg):
+        async def connect(self, session: dict[str, Any]) -> None:
+            raise LegError("creating the Realtime call: HTTP 400 from here: bad session")
+
+    class Slow(FakeLeg):
+        async def connect(self, session: dict[str, Any]) -> None:
+            self.call_id = _id("rtc")
+            await asyncio.Event().wait()  # would never finish: must be cancelled, not left behind
+
+    legs: dict[str, FakeLeg] = {}
+
+    def make(role: str, settings: Settings) -> Leg:
+        legs[role] = (Refused if role == "cs" else Slow)(role, settings)
+        return legs[role]
+
+    call = Call(
+        scenario(),
+        Settings(base_url="http://x/v1"),
+        tmp_path / "c",
+        tools=ToolRegistry(),
+        leg_factory=make,
+        relay=False,
+    )
+    with pytest.raises(LegError, match="bad session"):
+        await asyncio.wait_for(call.start(), 5)
+    assert call.state == "ended" and call.end_reason == "error" and "bad session" in (call.error or "")
+    assert legs["caller"].hung_up and legs["cs"].hung_up
+    assert json.loads((tmp_path / "c" / "summary.json").read_text())["end_reason"] == "error"

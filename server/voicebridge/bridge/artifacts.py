@@ -28,9 +28,13 @@ class TranscriptEntry:
     kind: str = "said"
     leg: str = ""
     item_id: str = ""
+    # For a turn: seconds from the other agent's audio stopping to this turn's audio starting (the response
+    # gap a listener hears); None for the first turn and for "heard" entries.
+    gap_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "gap_s": round(self.gap_s, 3) if self.gap_s is not None else None,
             "speaker": self.speaker,
             "text": self.text,
             "start": round(self.start, 3),

@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +93,20 @@ def load_tools(scenario: Scenario, data_dir: Path, timeout_s: float) -> ToolRegi
     return registry
 
 
+async def _all_or_cancel(aws: list[Coroutine[Any, Any, None]]) -> None:
+    """Run concurrently; on the first failure cancel the rest (a half-connected leg cleans itself up)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for t in tasks:
+            t.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+            raise r
+
+
 def _default_leg(role: str, settings: Settings) -> Leg:
     from voicebridge.realtime.webrtc import WebRtcLeg
 
@@ -157,7 +171,7 @@ class Call(AsyncIOEventEmitter):
             }
             for role in ROLES:
                 self._add_leg(role)
-            await asyncio.gather(*(self.legs[r].connect(sessions[r]) for r in self.legs))
+            await _all_or_cancel([self.legs[r].connect(sessions[r]) for r in ROLES])
             if self._with_relay:
                 self._start_relay()
             timeout = self.settings.session_timeout_s
@@ -191,6 +205,18 @@ class Call(AsyncIOEventEmitter):
     @property
     def ended(self) -> bool:
         return self._ended.is_set()
+
+    async def stats(self) -> dict[str, Any]:
+        """Live statistics: each leg's (RTP, getStats, events) and the relay's (packets, latency)."""
+        legs = {}
+        for role, leg in self.legs.items():
+            legs[role] = await leg.stats() if leg.state == "open" else self._leg_stats.get(role, {})
+        return {
+            "call_id": self.id,
+            "state": self.state,
+            "legs": legs,
+            "relay": self.relay.stats() if self.relay is not None else None,
+        }
 
     def summary(self) -> dict[str, Any]:
         legs = []

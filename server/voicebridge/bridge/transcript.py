@@ -24,6 +24,7 @@ class Transcript:
         self._audio_start: dict[str, float | None] = {"caller": None, "cs": None}
         self._open_turns: dict[str, list[TranscriptEntry]] = {"caller": [], "cs": []}
         self._speech: dict[tuple[str, str], list[float]] = {}
+        self._last_stop: dict[str, float | None] = {"caller": None, "cs": None}
 
     def observe(self, leg: str, t: float, event: dict[str, Any]) -> TranscriptEntry | None:
         """Update from one server event of `leg` at call time `t`; returns a new entry, if any."""
@@ -35,6 +36,7 @@ class Transcript:
         elif kind in ("output_audio_buffer.stopped", "output_audio_buffer.cleared"):
             self.speaking[leg] = False
             self._audio_start[leg] = None
+            self._last_stop[leg] = t
             for turn in self._open_turns[leg]:
                 turn.end = max(turn.end, t)
             self._open_turns[leg].clear()
@@ -54,6 +56,9 @@ class Transcript:
                 leg=leg,
                 item_id=str(event.get("item_id", "")),
             )
+            other_stop = self._last_stop[OTHER.get(leg, leg)]
+            if other_stop is not None and other_stop <= start:
+                entry.gap_s = start - other_stop
             self.entries.append(entry)
             if self.speaking[leg]:
                 self._open_turns[leg].append(entry)
