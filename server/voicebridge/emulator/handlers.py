@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import events as ev
+from .hearing import HearingError
 from .schema import CLIENT_EVENTS, ApiError, check_client_event, check_session
 from .session import merge_session
 
@@ -226,6 +227,19 @@ def _audio_append(s: Session, data: dict[str, Any]) -> None:
             400, f"Invalid 'audio': not valid base64 ({e}).", code="invalid_value", param="audio"
         ) from e
     s.appended_bytes += len(raw)
+    if s.transport == "websocket":
+        # The WebSocket transport's only audio: PCM16 24 kHz mono, heard by the same server VAD and ear.
+        if len(raw) % 2:
+            raise ApiError(
+                400,
+                f"Invalid 'audio': {len(raw)} bytes is not whole PCM16 samples (2 bytes each).",
+                code="invalid_value",
+                param="audio",
+            )
+        try:
+            s.ear.feed_pcm16(np.frombuffer(raw, dtype="<i2").astype(np.int16), 24000)
+        except HearingError as e:
+            raise ApiError(400, f"Invalid 'audio': {e}", code="invalid_value", param="audio") from e
 
 
 def _audio_commit(s: Session, data: dict[str, Any]) -> None:
@@ -247,6 +261,14 @@ def _audio_clear(s: Session, data: dict[str, Any]) -> None:
 
 
 def _output_clear(s: Session, data: dict[str, Any]) -> None:
+    if not s.output_buffer_events:
+        raise ApiError(
+            400,
+            "output_audio_buffer.clear is only supported for WebRTC sessions; over a WebSocket, stop playing "
+            "locally and send conversation.item.truncate.",
+            code="invalid_value",
+            param="type",
+        )
     if not s.clear_output(truncate=False):
         if s.last_response_id is None:
             raise ApiError(400, "There is no output audio to clear.", code="invalid_value")

@@ -110,7 +110,7 @@ async def _say(s: Session, r: Response, text: str) -> None:
     s.add_item(item, emit=False)
     s.send(ev.event("conversation.item.added", previous_item_id=s.previous_item_id(item_id), item=item))
     s.send(ev.event("response.content_part.added", **base, part={"type": "audio", "transcript": ""}))
-    playback = s.track.play(utterance.packets, r.id)
+    playback = s.mouth.play(utterance.packets, r.id)
     s.audio_items[r.id] = item_id
     s.item_audio_ms[item_id] = utterance.duration_ms
     s.watch_playback(playback)
@@ -118,10 +118,14 @@ async def _say(s: Session, r: Response, text: str) -> None:
     r.text_out_words += len(text.split())
     if not await asyncio.shield(playback.started):
         raise asyncio.CancelledError  # cleared before it began: the response was interrupted
-    s.send(ev.event("output_audio_buffer.started", response_id=r.id))
+    if s.output_buffer_events:
+        s.send(ev.event("output_audio_buffer.started", response_id=r.id))
     for delta in ev.transcript_deltas(text):
         s.send(ev.event("response.output_audio_transcript.delta", **base, delta=delta))
     s.send(ev.event("response.output_audio_transcript.done", **base, transcript=text))
+    # Over a WebSocket the audio itself is in the events (paced deltas): it is done when the last one is sent.
+    if not s.output_buffer_events and not await asyncio.shield(playback.finished):
+        raise asyncio.CancelledError  # cleared while streaming: interrupted
     s.send(ev.event("response.output_audio.done", **base))
     s.send(ev.event("response.content_part.done", **base, part={"type": "audio", "transcript": text}))
     done = ev.assistant_audio_item(item_id, text, "completed")

@@ -129,7 +129,9 @@ class Emulator:
         app.router.add_post("/v1/realtime/calls", self._create_call)
         app.router.add_post("/v1/realtime/calls/{call_id}/hangup", self._hangup)
         app.router.add_post("/v1/realtime/client_secrets", self._client_secret)
-        for path in ("/v1/realtime", "/v1/realtime/sessions", "/v1/realtime/transcription_sessions"):
+        # GA WebSocket (?model=) and sideband (?call_id=) when upgraded; the retired beta shape otherwise.
+        app.router.add_route("*", "/v1/realtime", self._realtime)
+        for path in ("/v1/realtime/sessions", "/v1/realtime/transcription_sessions"):
             app.router.add_route("*", path, self._beta)
         return app
 
@@ -197,6 +199,13 @@ class Emulator:
         return secret
 
     # ---- endpoints --------------------------------------------------------------------------------------
+
+    async def _realtime(self, request: web.Request) -> web.StreamResponse:
+        from . import ws
+
+        if ws.is_websocket_request(request):
+            return await ws.realtime_socket(self, request)
+        return await self._beta(request)
 
     async def _beta(self, request: web.Request) -> web.Response:
         raise ApiError(400, BETA_MESSAGE, code="beta_api_shape_disabled")

@@ -4,6 +4,12 @@ the script.
 Client events are handled in handlers.py, responses are played by responder.py; this module owns the
 lifecycle (offer -> answer -> session.created -> ... -> close) and the hearing glue (server VAD ->
 committed user turns).
+
+The transport is two small interfaces, not a copy of the session: events go to every `EventSink` (the
+`oai-events` data channel, a sideband WebSocket, or the WebSocket of a WebSocket session), speech goes to the
+`Mouth` (the WebRTC `SpeechTrack`, or ws.py's `DeltaMouth` sending `response.output_audio.delta`). A WebRTC
+session has output_audio_buffer.* events and hears its track; a WebSocket session has neither and hears
+`input_audio_buffer.append` (ws.py).
 """
 
 from __future__ import annotations
@@ -12,8 +18,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +36,23 @@ from .voice import Voice
 
 log = logging.getLogger(__name__)
 SESSION_TTL_S = 60 * 60  # the real API's session lifetime (expires_at in session.created)
+Transport = Literal["webrtc", "websocket"]
+EventSink = Callable[[str], None]  # one serialised server event out; must not block
+
+
+class Mouth(Protocol):
+    """Where a session's speech goes: a queue of lines (cached Opus packets) played at real-time pace."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    def play(self, packets: Sequence[bytes], tag: str) -> Playback: ...
+
+    def clear(self) -> list[Playback]: ...
+
+    def drop(self, tag: str) -> list[Playback]: ...
+
+    def stop(self) -> None: ...
 
 
 def default_session(model: str) -> dict[str, Any]:
@@ -94,16 +117,28 @@ class Session:
         personas: PersonaBook,
         voice: Voice,
         on_closed: Callable[[Session], None],
+        transport: Transport = "webrtc",
+        mouth: Callable[[Session], Mouth] | None = None,
     ) -> None:
         self.id = call_id
+        self.transport: Transport = transport
         self.config = config
         self.personas = personas
         self.voice = voice
         self.script = Script(personas.find(config.get("instructions")))
         self._on_closed = on_closed
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.track = SpeechTrack(voice.silence_packet)
+        # Only a WebRTC session has a peer connection and a track (its `mouth`); a WebSocket one has neither.
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[])) if transport == "webrtc" else None
+        self.track = SpeechTrack(voice.silence_packet) if transport == "webrtc" else None
+        self.mouth: Mouth
+        if mouth is not None:
+            self.mouth = mouth(self)
+        elif self.track is not None:
+            self.mouth = self.track
+        else:
+            raise ValueError("a WebSocket session needs a mouth")
         self.channel: Any = None
+        self.sinks: list[EventSink] = []  # the data channel or the WebSocket, plus any sideband sockets
         self.items: dict[str, dict[str, Any]] = {}
         self.call_names: dict[str, str] = {}  # call_id -> tool name, for function_call_output
         self.audio_items: dict[str, str] = {}  # response id -> the assistant item its audio belongs to
@@ -128,8 +163,14 @@ class Session:
 
     # ---- set-up -----------------------------------------------------------------------------------------
 
+    @property
+    def output_buffer_events(self) -> bool:
+        """output_audio_buffer.* exist only on WebRTC: over a WebSocket the client plays the audio itself."""
+        return self.transport == "webrtc"
+
     async def accept(self, offer_sdp: str) -> str:
         """Answer the client's offer; our speech goes out on the offer's audio m-line."""
+        assert self.pc is not None and self.track is not None, "accept() is for WebRTC sessions"
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
@@ -146,6 +187,7 @@ class Session:
             return
         self.channel = channel
         self.channel_open_at = time.monotonic()
+        self.sinks.insert(0, self._to_channel)
         channel.on("message", self._on_message)
         channel.on("close", lambda: self.spawn(self.close("data channel closed")))
         self.send(ev.event("session.created", session=self.config))
@@ -155,6 +197,7 @@ class Session:
             self.spawn(self._listen(track))
 
     def _on_connection_state(self) -> None:
+        assert self.pc is not None
         if self.pc.connectionState in ("failed", "closed"):
             self.spawn(self.close(f"peer connection {self.pc.connectionState}"))
 
@@ -172,9 +215,16 @@ class Session:
             log.error("session %s: task failed", self.id, exc_info=task.exception())
 
     def send(self, event: dict[str, Any]) -> None:
+        if not self.sinks:
+            return
+        text = json.dumps(event)
+        for sink in list(self.sinks):
+            sink(text)
+        self.events_sent += 1
+
+    def _to_channel(self, text: str) -> None:
         if self.channel is not None and self.channel.readyState == "open":
-            self.channel.send(json.dumps(event))
-            self.events_sent += 1
+            self.channel.send(text)
 
     def send_error(self, err: ApiError, event_id: str | None) -> None:
         self.send(ev.error(err.message, type_=err.type, code=err.code, param=err.param, event_id=event_id))
@@ -248,21 +298,21 @@ class Session:
         if r is None or r.task is None or r.task.done():
             return False
         r.cancel_reason = reason
-        self.track.drop(r.id)
+        self.mouth.drop(r.id)
         r.task.cancel()
         return True
 
     def watch_playback(self, playback: Playback) -> None:
         async def watch() -> None:
-            if await playback.finished:
+            if await playback.finished and self.output_buffer_events:
                 self.send(ev.event("output_audio_buffer.stopped", response_id=playback.tag))
 
         self.spawn(watch())
 
     def clear_output(self, truncate: bool) -> list[Playback]:
         """Stop speaking now; with `truncate`, cut the playing item to what was heard (barge-in)."""
-        dropped = self.track.clear()
-        if dropped:
+        dropped = self.mouth.clear()
+        if dropped and self.output_buffer_events:
             head = dropped[0]
             item_id = self.audio_items.get(head.tag)
             if truncate and item_id is not None and item_id in self.items:
@@ -330,7 +380,8 @@ class Session:
         )
         if td.get("interrupt_response", True):
             self.cancel_response("turn_detected")
-            self.clear_output(truncate=True)
+            # Over a WebSocket the server cannot know what was played: the client truncates (and stops).
+            self.clear_output(truncate=self.output_buffer_events)
 
     def _on_speech_stopped(self, audio_end_ms: int, pcm: npt.NDArray[np.int16]) -> None:
         self.heard_ms += len(pcm) // 16
@@ -388,5 +439,6 @@ class Session:
         for task in list(self._tasks):
             if task is not me:
                 task.cancel()
-        self.track.stop()
-        await self.pc.close()
+        self.mouth.stop()
+        if self.pc is not None:
+            await self.pc.close()

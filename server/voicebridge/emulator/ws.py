@@ -1,0 +1,245 @@
+"""The Realtime GA WebSocket transport: `GET /v1/realtime?model=...` and the sideband `?call_id=rtc_...`.
+
+* `?model=M` (or an `ek_` key) opens a WebSocket session: the same `Session`, personas and script as a WebRTC
+  call, with `session.created` on connect. Audio in is `input_audio_buffer.append` (base64 PCM16 24 kHz mono,
+  heard by the same server VAD and ear: handlers.py); audio out is `response.output_audio.delta` events
+  (base64 PCM16 24 kHz mono) paced in real time by `DeltaMouth`. There are no output_audio_buffer.* events
+  on a WebSocket (as the real API): the client plays the audio and truncates on barge-in itself.
+* `?call_id=rtc_...` (an API key) joins an existing WebRTC call as a sideband: every server event the data
+  channel gets goes to the socket too, and client events from the socket are handled as if from the channel.
+
+A plain HTTP request to /v1/realtime (no WebSocket upgrade) keeps the retired beta shape's error (server.py),
+and so does any `OpenAI-Beta: realtime...` header, on the handshake too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import av
+from aiohttp import WSMsgType, web
+
+from . import events as ev
+from .handlers import MAX_EVENT_BYTES, handle
+from .schema import ApiError
+from .session import Session, default_session
+from .track import Playback
+
+if TYPE_CHECKING:
+    from .server import Emulator
+
+log = logging.getLogger(__name__)
+FRAME_S = 0.020
+MAX_LAG_S = 0.2  # after a stall longer than this, resume pacing from now instead of bursting to catch up
+MAX_QUEUED_EVENTS = 20000  # a client that stops reading for minutes is dropped, not buffered forever
+
+
+class DeltaMouth:
+    """A session's speech as `response.output_audio.delta` events, one per 20 ms Opus packet of the cached line,
+    decoded to PCM16 24 kHz mono, sent at real-time pace. Idle: nothing is sent (no silence over WebSocket).
+
+    Same contract as `SpeechTrack`: `Playback.started` resolves at the first delta, `finished` at the last
+    (False if cleared first), and `sent_ms` says how much was sent.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._s = session
+        self._queue: deque[Playback] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._decoder: Any = None
+        self._resampler: Any = None
+        self._stopped = False
+        self.deltas_sent = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queue)
+
+    def play(self, packets: Sequence[bytes], tag: str) -> Playback:
+        playback = Playback(packets, tag)
+        if not playback.packets or self._stopped:
+            playback._finish(not self._stopped)
+            return playback
+        self._queue.append(playback)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        self._wake.set()
+        return playback
+
+    def clear(self) -> list[Playback]:
+        dropped = list(self._queue)
+        self._queue.clear()
+        for p in dropped:
+            p._finish(False)
+        return dropped
+
+    def drop(self, tag: str) -> list[Playback]:
+        dropped = [p for p in self._queue if p.tag == tag]
+        for p in dropped:
+            self._queue.remove(p)
+            p._finish(False)
+        return dropped
+
+    def stop(self) -> None:
+        self._stopped = True
+        self.clear()
+        if self._task is not None:
+            self._task.cancel()
+
+    def _pcm(self, payload: bytes, first: bool) -> bytes:
+        if first or self._decoder is None:  # a new line: fresh decoder state, as a new RTP talkspurt
+            self._decoder = av.CodecContext.create("opus", "r")
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=24000)
+        out = []
+        for frame in self._decoder.decode(av.Packet(payload)):
+            for f in self._resampler.resample(frame):
+                out.append(f.to_ndarray().astype("<i2").tobytes())
+        return b"".join(out)
+
+    async def _run(self) -> None:
+        next_t: float | None = None
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                next_t = None
+                continue
+            now = time.monotonic()
+            if next_t is None or now - next_t > MAX_LAG_S:
+                next_t = now
+            else:
+                await asyncio.sleep(max(0.0, next_t - now))
+            next_t += FRAME_S
+            if not self._queue:
+                continue
+            head = self._queue[0]
+            pcm = self._pcm(head.packets[head.sent], head.sent == 0)
+            if head.sent == 0 and not head.started.done():
+                head.started.set_result(True)
+            head.sent += 1
+            self._send_delta(head.tag, pcm)
+            if head.sent == len(head.packets):
+                self._queue.popleft()
+                head._finish(True)
+
+    def _send_delta(self, response_id: str, pcm: bytes) -> None:
+        s = self._s
+        r = s.response
+        self.deltas_sent += 1
+        s.send(
+            ev.event(
+                "response.output_audio.delta",
+                response_id=response_id,
+                item_id=s.audio_items.get(response_id, ""),
+                output_index=len(r.output) if r is not None and r.id == response_id else 0,
+                content_index=0,
+                delta=base64.b64encode(pcm).decode("ascii"),
+            )
+        )
+
+
+def is_websocket_request(request: web.Request) -> bool:
+    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+async def realtime_socket(emulator: Emulator, request: web.Request) -> web.StreamResponse:
+    """GET /v1/realtime with a WebSocket upgrade: a WebSocket session (?model=) or a sideband (?call_id=)."""
+    key = emulator._key(request)
+    call_id = request.query.get("call_id")
+    model = request.query.get("model")
+    if call_id is not None and model is not None:
+        raise ApiError(
+            400, "Pass either 'model' (a new session) or 'call_id' (a sideband), not both.", param="call_id"
+        )
+    if call_id is not None:
+        emulator._api_key(request)  # a sideband is a server's connection: API keys only
+        session = emulator.sessions.get(call_id)
+        if session is None or session.transport != "webrtc":
+            raise ApiError(404, f"Call not found: {call_id}", code="call_not_found", param="call_id")
+        return await _serve(request, session, sideband=True)
+    config = default_session(model or "gpt-realtime")
+    if key.startswith("ek_"):
+        secret = emulator._secret(key)
+        secret.used = True
+        config = secret.session
+    elif not model:
+        raise ApiError(
+            400,
+            "Missing required parameter: 'model' (or 'call_id' to join a WebRTC call).",
+            code="missing_required_parameter",
+            param="model",
+        )
+    session = Session(
+        str(config.get("id") or ev.new_id("sess")),
+        config,
+        emulator.personas,
+        emulator.voice,
+        emulator._session_closed,
+        transport="websocket",
+        mouth=DeltaMouth,
+    )
+    emulator.sessions[session.id] = session
+    try:
+        return await _serve(request, session, sideband=False)
+    finally:
+        await session.close("websocket closed")
+
+
+async def _serve(request: web.Request, session: Session, *, sideband: bool) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(max_msg_size=MAX_EVENT_BYTES, autoping=True)
+    await ws.prepare(request)
+    outbox: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def sink(text: str) -> None:
+        if outbox.qsize() >= MAX_QUEUED_EVENTS:
+            log.warning("session %s: WebSocket client is not reading; closing it", session.id)
+            outbox.put_nowait(None)
+            return
+        outbox.put_nowait(text)
+
+    async def writer() -> None:
+        while (text := await outbox.get()) is not None:
+            try:
+                await ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                break
+        await ws.close()
+
+    async def close_with_session() -> None:
+        await session.closed.wait()
+        outbox.put_nowait(None)  # the queued events (the last words, errors) still go out first
+
+    session.sinks.append(sink)
+    tasks = [asyncio.ensure_future(writer()), asyncio.ensure_future(close_with_session())]
+    if not sideband:
+        session.send(ev.event("session.created", session=session.config))
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                handle(session, msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                session.send_error(
+                    ApiError(400, "Binary WebSocket messages are not supported: send JSON text events."),
+                    None,
+                )
+            if session.closed.is_set():
+                break
+    finally:
+        if sink in session.sinks:
+            session.sinks.remove(sink)
+        outbox.put_nowait(None)
+        for t in tasks[1:]:
+            t.cancel()
+        try:
+            await asyncio.wait_for(tasks[0], 2.0)
+        except TimeoutError:
+            tasks[0].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return ws
