@@ -1,0 +1,2 @@
+"""Batches of agent-to-agent test calls: run them (runner.py), report them (report.py -> report.json,
+html.py -> report.html); `voicebridge batch` is cli.py."""

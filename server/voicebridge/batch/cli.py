@@ -1,0 +1,130 @@
+"""`voicebridge batch --scenario X --calls N --concurrency C [--out DIR] [--json] [--emulator-url URL]`
+
+Runs N agent-to-agent calls, C at a time, against the embedded emulator (or OpenAI when OPENAI_API_KEY is set),
+with a progress bar on stderr, and writes into DIR: report.html (self-contained), report.json, batch.log.jsonl
+(structured logs, each line with its call_id) and calls/<call_id>/ (each call's artifacts). Exit status: 0 when
+every call ended by hang-up, 1 when any did not, 2 for bad arguments or a bad scenario.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from voicebridge.observability.logs import json_handler
+from voicebridge.observability.metrics import Metrics
+from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
+
+from .backend import realtime_backend
+from .html import render
+from .progress import ProgressBar
+from .report import build_report, headline, write_json
+from .runner import BatchResult, BatchRunner, new_batch_id
+
+
+def write_report(result: BatchResult) -> dict[str, Any]:
+    """report.json and report.html into the batch folder; returns the report."""
+    report = build_report(result, result.out_dir)
+    write_json(report, result.out_dir / "report.json")
+    tmp = result.out_dir / "report.html.tmp"
+    tmp.write_text(render(report), encoding="utf-8")
+    tmp.replace(result.out_dir / "report.html")
+    return report
+
+
+async def run_batch(
+    scenario: Scenario,
+    calls: int,
+    concurrency: int,
+    out_dir: Path,
+    *,
+    emulator_url: str = "",
+    batch_id: str | None = None,
+    progress: Any = None,
+    metrics: Metrics | None = None,
+) -> tuple[BatchResult, dict[str, Any]]:
+    """The whole batch: backend up, calls run, report written, backend down. Ctrl-C (SIGINT) stops starting
+    calls and hangs up the live ones; the report covers what ran."""
+    out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before any call: nothing to block)
+    async with realtime_backend([scenario], emulator_url) as (settings, _emulator):
+        log_file = open(out_dir / "batch.log.jsonl", "a", encoding="utf-8")  # noqa: ASYNC230 (as above)
+        handler = json_handler(log_file, [settings.api_key])
+        root = logging.getLogger()
+        root.addHandler(handler)
+        old_level = root.level
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+        runner = BatchRunner(
+            scenario, settings, out_dir, concurrency=concurrency, batch_id=batch_id, metrics=metrics,
+            progress=progress,
+        )
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, runner.stop)
+        try:
+            result = await runner.run(calls)
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
+            root.removeHandler(handler)
+            root.setLevel(old_level)
+            handler.close()
+            log_file.close()
+    return result, write_report(result)
+
+
+def print_headline(report: dict[str, Any], out_dir: Path, stream: Any) -> None:
+    tl = report["turn_latency_s"]
+    print(
+        f"\nbatch {report['batch_id']} ({report['scenario']}, {report['backend']}): "
+        f"{report['succeeded']}/{report['total']} ok ({report['success_rate'] * 100:.1f}%) in {report['wall_s']:.1f} s",
+        file=stream,
+    )
+    print(f"  end reasons: {json.dumps(report['end_reasons'])}", file=stream)
+    d = report["duration_s"]
+    if d.get("count"):
+        print(f"  call duration p50 {d['p50']:.2f} s, p99 {d['p99']:.2f} s", file=stream)
+    if tl.get("count"):
+        print(f"  turn latency p50 {tl['p50']:.3f} s, p90 {tl['p90']:.3f} s, p99 {tl['p99']:.3f} s", file=stream)
+    tc = report["tool_calls"]
+    print(f"  tool calls: {tc['total']} ({tc['errors']} errors)", file=stream)
+    for e in report["errors"][:5]:
+        print(f"  failed: {e['call_id']} {e['end_reason']}: {e['error']}", file=stream)
+    print(f"report: {out_dir / 'report.html'}", file=stream, flush=True)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario)
+    batch_id = new_batch_id()
+    out_dir = Path(args.out) if args.out is not None else Path("batches") / batch_id
+    bar = ProgressBar(sys.stderr, args.calls)
+    try:
+        result, report = await run_batch(
+            scenario, args.calls, args.concurrency, out_dir, emulator_url=args.emulator_url, batch_id=batch_id,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    print_headline(report, out_dir, sys.stderr)
+    if args.json:
+        print(json.dumps({**headline(report), "report_html": str(out_dir / "report.html"),
+                          "report_json": str(out_dir / "report.json")}, default=str))
+    return 0 if report["failed"] == 0 and not result.interrupted else 1
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_main(args))
+    except ScenarioError as e:
+        print(f"voicebridge batch: bad scenario: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"voicebridge batch: {e}", file=sys.stderr)
+        return 1

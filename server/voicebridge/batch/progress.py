@@ -1,0 +1,55 @@
+"""A progress bar on a text stream: redrawn in place on a terminal, one line per finished call otherwise
+(so CI logs and pipes stay readable)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, TextIO
+
+from .runner import succeeded
+
+WIDTH = 30
+
+
+class ProgressBar:
+    def __init__(self, stream: TextIO, total: int, label: str = "calls") -> None:
+        self.stream = stream
+        self.total = total
+        self.label = label
+        self.ok = 0
+        self.failed = 0
+        self.t0 = time.monotonic()
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        if self.tty:
+            self._draw(0)
+
+    def __call__(self, done: int, total: int, summary: dict[str, Any]) -> None:
+        if succeeded(summary):
+            self.ok += 1
+        else:
+            self.failed += 1
+        if self.tty:
+            self._draw(done)
+        else:
+            mark = "ok" if succeeded(summary) else "FAILED"
+            extra = f" ({summary.get('error')})" if summary.get("error") and not succeeded(summary) else ""
+            print(
+                f"[{done:>{len(str(total))}}/{total}] {summary.get('call_id')} {mark} {summary.get('end_reason')} "
+                f"{summary.get('duration_s', 0.0):.1f} s{extra}",
+                file=self.stream,
+                flush=True,
+            )
+
+    def _draw(self, done: int) -> None:
+        filled = int(WIDTH * done / self.total) if self.total else WIDTH
+        bar = "#" * filled + "." * (WIDTH - filled)
+        elapsed = time.monotonic() - self.t0
+        self.stream.write(
+            f"\r[{bar}] {done}/{self.total} {self.label}, {self.ok} ok, {self.failed} failed, {elapsed:5.0f} s"
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()

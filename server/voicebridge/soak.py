@@ -1,0 +1,270 @@
+"""`voicebridge soak [--sequential N] [--concurrent C] [--json]`: many short calls against the embedded emulator,
+then a check that nothing was left behind.
+
+Phases: warm-up (a few calls, so caches, lazy imports and pools are allocated before the baseline), then N
+calls one after another, then C calls at once. The bar: zero failed calls, and after the calls, file
+descriptors, asyncio tasks, threads and live RTCPeerConnection objects back near the baseline, and RSS within
+a bound of it (CPython rarely returns freed memory to the OS, so RSS is checked for growth, not equality).
+Both sides of every call (the bridge and the emulator) live in this process, so a leak on either shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from voicebridge.batch.backend import realtime_backend
+from voicebridge.batch.progress import ProgressBar
+from voicebridge.batch.runner import BatchRunner, Progress, succeeded
+from voicebridge.observability.metrics import Metrics
+from voicebridge.scenarios.model import Scenario, load_scenario
+
+log = logging.getLogger(__name__)
+
+SOAK_SCENARIO = "quick_bye"
+SETTLE_S = 15.0  # how long closing transports may take to give their sockets and tasks back
+
+
+@dataclass(frozen=True)
+class Resources:
+    fds: int
+    tasks: int
+    threads: int
+    rss_mb: float
+    peer_connections: int
+
+    @classmethod
+    def now(cls) -> Resources:
+        gc.collect()
+        return cls(
+            fds=_count_fds(),
+            tasks=len(asyncio.all_tasks()),
+            threads=threading.active_count(),
+            rss_mb=round(_rss_kb() / 1024.0, 1),
+            peer_connections=_peer_connections(),
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    fds: int = 8
+    tasks: int = 3
+    threads: int = 2
+    rss_mb: float = 96.0
+
+
+@dataclass
+class SoakResult:
+    sequential: int
+    concurrent: int
+    calls: int = 0
+    failed: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    end_reasons: dict[str, int] = field(default_factory=dict)
+    baseline: Resources | None = None
+    after_sequential: Resources | None = None
+    after: Resources | None = None
+    emulator_sessions_left: int = 0
+    wall_s: float = 0.0
+    sequential_s: float = 0.0
+    concurrent_s: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def _count_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux: count what the process can still stat
+        import resource
+
+        limit = min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 65536)
+        n = 0
+        for fd in range(limit):
+            try:
+                os.fstat(fd)
+                n += 1
+            except OSError:
+                pass
+        return n
+
+
+def _rss_kb() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # peak, not current: the best left
+
+
+def _peer_connections() -> int:
+    from aiortc import RTCPeerConnection
+
+    return sum(1 for o in gc.get_objects() if isinstance(o, RTCPeerConnection))
+
+
+def _within(base: Resources, now: Resources, limits: Limits) -> bool:
+    return (
+        now.fds - base.fds <= limits.fds
+        and now.tasks - base.tasks <= limits.tasks
+        and now.threads - base.threads <= limits.threads
+        and now.peer_connections <= base.peer_connections
+    )
+
+
+async def settle(base: Resources, limits: Limits, within_s: float = SETTLE_S) -> Resources:
+    """Measure until the figures are back within limits of `base`, or `within_s` has passed (then the last
+    measurement, for the report). Closing transports hand back sockets and end tasks a few loop turns after
+    close() returns, and there is no event for "everything has let go": so this polls, bounded."""
+    deadline = time.monotonic() + within_s
+    while True:
+        now = Resources.now()
+        if _within(base, now, limits) or time.monotonic() >= deadline:
+            return now
+        await asyncio.sleep(0.2)
+
+
+def _check(result: SoakResult, base: Resources, now: Resources, limits: Limits, when: str) -> None:
+    def over(what: str, before: float, after: float, limit: float) -> None:
+        if after - before > limit:
+            result.problems.append(f"{when}: {what} {before} -> {after} (more than +{limit})")
+
+    over("file descriptors", base.fds, now.fds, limits.fds)
+    over("asyncio tasks", base.tasks, now.tasks, limits.tasks)
+    over("threads", base.threads, now.threads, limits.threads)
+    over("RSS MB", base.rss_mb, now.rss_mb, limits.rss_mb)
+    over("RTCPeerConnection objects", base.peer_connections, now.peer_connections, 0)
+
+
+async def soak(
+    sequential: int,
+    concurrent: int,
+    *,
+    scenario: Scenario | None = None,
+    warmup: int = 2,
+    limits: Limits | None = None,
+    out_dir: Path | None = None,
+    metrics: Metrics | None = None,
+    progress: TextIO | None = None,
+) -> SoakResult:
+    """Run the soak; artifacts go to `out_dir` (a temporary folder, removed afterwards, when None)."""
+    scenario = scenario or load_scenario(SOAK_SCENARIO)
+    limits = limits or Limits()
+    result = SoakResult(sequential=sequential, concurrent=concurrent)
+    tmp = None if out_dir is not None else Path(tempfile.mkdtemp(prefix="voicebridge-soak-"))
+    folder = out_dir if out_dir is not None else tmp
+    assert folder is not None
+    t0 = time.monotonic()
+    summaries: list[dict[str, Any]] = []
+    try:
+        async with realtime_backend([scenario], force_emulator=True) as (settings, emulator):
+
+            async def phase(name: str, calls: int, concurrency: int) -> None:
+                bar = ProgressBar(progress, calls, f"{name} calls") if progress is not None else None
+                report: Progress | None = bar
+                runner = BatchRunner(
+                    scenario, settings, folder / name, concurrency=concurrency, batch_id=f"soak_{name}",
+                    metrics=metrics, progress=report,
+                )
+                try:
+                    summaries.extend((await runner.run(calls)).summaries if calls else [])
+                finally:
+                    if bar is not None:
+                        bar.close()
+
+            if warmup:
+                await phase("warmup", warmup, 1)
+                summaries.clear()  # warm-up calls prepare the baseline; they are not judged
+            result.baseline = base = await settle(Resources.now(), limits, 5.0)
+            ts = time.monotonic()
+            await phase("sequential", sequential, 1)
+            result.sequential_s = round(time.monotonic() - ts, 2)
+            result.after_sequential = await settle(base, limits)
+            _check(result, base, result.after_sequential, limits, "after the sequential calls")
+            ts = time.monotonic()
+            await phase("concurrent", concurrent, concurrent)
+            result.concurrent_s = round(time.monotonic() - ts, 2)
+            result.after = await settle(base, limits)
+            _check(result, base, result.after, limits, "after the concurrent calls")
+            result.emulator_sessions_left = len(emulator.sessions) if emulator is not None else 0
+            if result.emulator_sessions_left:
+                result.problems.append(f"{result.emulator_sessions_left} emulator session(s) still open")
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    result.calls = len(summaries)
+    bad = [s for s in summaries if not succeeded(s)]
+    result.failed = len(bad)
+    result.failures = [
+        {"call_id": s.get("call_id"), "end_reason": s.get("end_reason"), "error": s.get("error")} for s in bad[:20]
+    ]
+    for s in summaries:
+        reason = str(s.get("end_reason"))
+        result.end_reasons[reason] = result.end_reasons.get(reason, 0) + 1
+    if bad:
+        result.problems.insert(0, f"{len(bad)} of {len(summaries)} calls failed")
+    if result.calls != sequential + concurrent:
+        result.problems.append(f"{result.calls} calls ran, expected {sequential + concurrent}")
+    result.wall_s = round(time.monotonic() - t0, 2)
+    return result
+
+
+def print_result(r: SoakResult, out: TextIO) -> None:
+    def row(name: str, res: Resources | None) -> str:
+        if res is None:
+            return f"  {name:<18} -"
+        return (
+            f"  {name:<18} fds {res.fds:>4}  tasks {res.tasks:>4}  threads {res.threads:>3}  "
+            f"RSS {res.rss_mb:>7.1f} MB  peer connections {res.peer_connections}"
+        )
+
+    print(
+        f"\nsoak: {r.calls} calls ({r.sequential} sequential in {r.sequential_s:.1f} s, {r.concurrent} concurrent in "
+        f"{r.concurrent_s:.1f} s), {r.failed} failed, {r.wall_s:.1f} s in all",
+        file=out,
+    )
+    print(f"  end reasons: {json.dumps(r.end_reasons)}", file=out)
+    print(row("baseline", r.baseline), file=out)
+    print(row("after sequential", r.after_sequential), file=out)
+    print(row("after concurrent", r.after), file=out)
+    for f in r.failures[:10]:
+        print(f"  failed: {f['call_id']} {f['end_reason']}: {f['error']}", file=out)
+    print("soak: OK" if r.ok else "soak: FAILED\n  " + "\n  ".join(r.problems), file=out, flush=True)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    result = await soak(args.sequential, args.concurrent, progress=sys.stderr)
+    print_result(result, sys.stderr)
+    if args.json:
+        print(json.dumps(result.as_dict(), default=str))
+    return 0 if result.ok else 1
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_main(args))
