@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--relay", choices=["passthrough", "transcode"], default=None, help="measure only this relay")
     b.add_argument("--out", type=Path, default=Path("."), help="where bench.json and bench.png are written")
 
+    from .batch.args import add_arguments as add_batch_arguments
+
+    add_batch_arguments(sub.add_parser("batch", help="run many agent-to-agent calls and write a report"))
+    k = sub.add_parser("soak", help="many short calls against the emulator; fails on failed calls or leaks")
+    k.add_argument("--sequential", type=_positive_int, default=200, help="calls one after another (default 200)")
+    k.add_argument("--concurrent", type=_positive_int, default=24, help="calls at once, after those (default 24)")
+    k.add_argument("--json", action="store_true", help="print one JSON object as stdout's last line")
+
     d = sub.add_parser("sdp", help="SDP tools")
     dsub = d.add_subparsers(dest="sdp_command", required=True, metavar="SUBCOMMAND")
     x = dsub.add_parser("explain", help="explain an SDP offer/answer and warn about classic mistakes")
@@ -91,6 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .media.sdp_explain import main as sdp_main
 
         return sdp_main(args)
+    if cmd == "batch":
+        from .batch.cli import main as batch_main
+
+        return batch_main(args)
+    if cmd == "soak":
+        from .soak import main as soak_main
+
+        return soak_main(args)
     print(f"unknown command {cmd!r}", file=sys.stderr)
     return 2
 

@@ -41,7 +41,8 @@ SETTLE_S = 15.0  # how long closing transports may take to give their sockets an
 class Resources:
     fds: int
     tasks: int
-    threads: int
+    threads: int  # not counting the event loop's default executor: its idle workers stay by design
+    pool_threads: int  # that executor's workers (asyncio.to_thread): bounded by its max_workers
     rss_mb: float
     peer_connections: int
 
@@ -51,7 +52,8 @@ class Resources:
         return cls(
             fds=_count_fds(),
             tasks=len(asyncio.all_tasks()),
-            threads=threading.active_count(),
+            threads=sum(1 for t in threading.enumerate() if not t.name.startswith("asyncio_")),
+            pool_threads=sum(1 for t in threading.enumerate() if t.name.startswith("asyncio_")),
             rss_mb=round(_rss_kb() / 1024.0, 1),
             peer_connections=_peer_connections(),
         )
@@ -239,8 +241,8 @@ def print_result(r: SoakResult, out: TextIO) -> None:
         if res is None:
             return f"  {name:<18} -"
         return (
-            f"  {name:<18} fds {res.fds:>4}  tasks {res.tasks:>4}  threads {res.threads:>3}  "
-            f"RSS {res.rss_mb:>7.1f} MB  peer connections {res.peer_connections}"
+            f"  {name:<18} fds {res.fds:>4}  tasks {res.tasks:>4}  threads {res.threads:>3} "
+            f"(+{res.pool_threads} pool)  RSS {res.rss_mb:>7.1f} MB  peer connections {res.peer_connections}"
         )
 
     print(
