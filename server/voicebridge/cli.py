@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=_port, default=8080)
     s.add_argument("--artifacts", type=Path, default=Path("calls"), help="where each call's folder is written")
     s.add_argument("--emulator-url", default="", help="use an emulator already running at this /v1 URL")
+    s.add_argument("--cert", type=Path, default=None, help="TLS certificate, PEM (off loopback: certs/dev-cert.pem)")
+    s.add_argument("--key", type=Path, default=None, help="TLS private key, PEM (off loopback: certs/dev-key.pem)")
 
     c = sub.add_parser("call", help="run one whole call, start to hang-up, then print a summary")
     c.add_argument("--scenario", default="late_order", help="a built-in scenario name or a scenario file path")
@@ -71,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("sdp", help="SDP tools")
     dsub = d.add_subparsers(dest="sdp_command", required=True, metavar="SUBCOMMAND")
     x = dsub.add_parser("explain", help="explain an SDP offer/answer and warn about classic mistakes")
-    x.add_argument("file", type=Path, help="an SDP file, or - for standard input")
-    x.add_argument("--json", action="store_true")
+    x.add_argument("file", type=Path, help="an SDP file (or RTCSessionDescription JSON), or - for standard input")
+    x.add_argument("--other", type=Path, default=None, help="its counterpart (offer or answer): also check the pair")
+    x.add_argument("--expect-loopback", action="store_true", help="warn about candidates off 127.0.0.0/8")
+    x.add_argument("--json", action="store_true", help="print explain()'s JSON instead of text")
     return p
 
 
@@ -96,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(args)
     if cmd == "sdp":
-        from .media.sdp_explain import main as sdp_main
+        from .media.sdp_render import main as sdp_main
 
         return sdp_main(args)
     if cmd == "batch":

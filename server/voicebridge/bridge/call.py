@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pyee.asyncio import AsyncIOEventEmitter
 
 from voicebridge.config import Settings
+from voicebridge.media.pc_debug import PcDebug
 from voicebridge.realtime.leg import Leg
 from voicebridge.scenarios.model import ROLES, Persona, Scenario, ScenarioError
 
@@ -153,6 +154,8 @@ class Call(AsyncIOEventEmitter):
         self._idle: asyncio.TimerHandle | None = None
         self._leg_stats: dict[str, dict[str, Any]] = {}
         self.duration_s = 0.0
+        # Every peer connection of the call (agent legs here, browsers via debug.attach) for the debug view.
+        self.debug = PcDebug()
 
     # -- public ---------------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -266,6 +269,7 @@ class Call(AsyncIOEventEmitter):
         leg.on("server_event", lambda ev: self._on_server_event(role, ev))
         leg.on("client_event", lambda ev: self._record(role, "out", ev))
         leg.on("failed", lambda reason: self._on_leg_failed(role, reason))
+        leg.on("peer_connection", lambda pc: self.debug.attach(pc, role, kind="agent"))
 
     def _start_relay(self) -> None:
         from .audio import AudioRelay

@@ -155,9 +155,7 @@ async def realtime_socket(emulator: Emulator, request: web.Request) -> web.Strea
     call_id = request.query.get("call_id")
     model = request.query.get("model")
     if call_id is not None and model is not None:
-        raise ApiError(
-            400, "Pass either 'model' (a new session) or 'call_id' (a sideband), not both.", param="call_id"
-        )
+        raise ApiError(400, "Pass either 'model' (a new session) or 'call_id' (a sideband), not both.", param="call_id")
     if call_id is not None:
         emulator._api_key(request)  # a sideband is a server's connection: API keys only
         session = emulator.sessions.get(call_id)

@@ -11,11 +11,8 @@ ones every release.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
-import json
 import re
-import sys
 from typing import Any
 
 MAX_SDP_BYTES = 256 * 1024
@@ -422,85 +419,10 @@ def explain(sdp: str, other: str | None = None, *, expect_loopback: bool = False
     return result
 
 
-def render(ex: dict[str, Any]) -> str:
-    """A human-readable rendering of `explain()`'s result."""
-    s = ex["session"]
-    out = [
-        f"SDP {ex['role']}: {len(ex['media'])} media section(s)"
-        + (f", BUNDLE {' '.join(s['bundle'])}" if s["bundle"] else ", no BUNDLE")
-        + (", ice-lite" if s["ice_lite"] else "")
-    ]
-    for m in ex["media"]:
-        out.append(
-            f"  [{m['index']}] {m['kind']} mid={m['mid']} port={m['port']} {m['protocol']} "
-            f"{m['direction']} setup={m['setup']} rtcp-mux={'yes' if m['rtcp_mux'] else 'no'}"
-        )
-        for c in m["codecs"]:
-            fmtp = ";".join(f"{k}={v}" if v else k for k, v in c["fmtp"].items())
-            chans = f"/{c['channels']}" if c["channels"] > 1 else ""
-            out.append(
-                f"      codec {c['payload_type']}: {c['name']}/{c['clock_rate']}{chans}"
-                + (f"  fmtp {fmtp}" if fmtp else "")
-            )
-        if m["kind"] == "application":
-            out.append(
-                f"      data channel: sctp-port={m['sctp_port']} max-message-size={m['max_message_size']}"
-            )
-        for f in m["fingerprints"][:1]:
-            out.append(f"      fingerprint {f['algorithm']} {f['hash'][:23]}...")
-        out.append(
-            f"      ice-ufrag={m['ice_ufrag']} ice-pwd={'present' if m['ice_pwd_present'] else 'MISSING'}"
-        )
-        for c in m["candidates"]:
-            out.append(f"      candidate {c['type']} {c['transport']} {c['address']}:{c['port']}")
-        if not m["candidates"]:
-            out.append("      (no candidates)")
-    if "counterpart" in ex:
-        out.append(
-            f"counterpart: {ex['counterpart']['role']}, {len(ex['counterpart']['media'])} media section(s)"
-        )
-    out.append(f"warnings: {len(ex['warnings'])}" if ex["warnings"] else "warnings: none")
-    for w in ex["warnings"]:
-        out.append(f"  ! {w['code']}" + (f" (mid {w['mid']})" if "mid" in w else "") + f": {w['message']}")
-    return "\n".join(out)
+def __getattr__(name: str) -> Any:
+    # render() and the CLI moved to sdp_render.py; kept importable from here for existing callers.
+    if name in ("render", "main"):
+        from . import sdp_render
 
-
-def _read(path_text: str) -> str:
-    try:
-        if path_text == "-":
-            data = sys.stdin.buffer.read(MAX_SDP_BYTES + 1)
-        else:
-            with open(path_text, "rb") as f:
-                data = f.read(MAX_SDP_BYTES + 1)
-    except OSError as e:
-        raise SdpError(f"{path_text}: cannot read: {e.strerror}") from None
-    if len(data) > MAX_SDP_BYTES:
-        raise SdpError(f"{path_text}: over the {MAX_SDP_BYTES}-byte limit")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SdpError(f"{path_text}: not UTF-8 text (byte {e.start})") from None
-    # Accept an RTCSessionDescription as JSON ({"type": ..., "sdp": ...}), as browsers and logs show it.
-    if text.lstrip().startswith("{"):
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise SdpError(f"{path_text}: looks like JSON but is not valid: {e}") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("sdp"), str):
-            raise SdpError(f'{path_text}: JSON input needs an "sdp" text field')
-        text = obj["sdp"]
-    return text
-
-
-def main(args: argparse.Namespace) -> int:
-    """`voicebridge sdp explain FILE [--json]` (optional args: `other` FILE, `expect_loopback`)."""
-    try:
-        sdp = _read(str(args.file))
-        other_path = getattr(args, "other", None)
-        other = _read(str(other_path)) if other_path else None
-        ex = explain(sdp, other, expect_loopback=bool(getattr(args, "expect_loopback", False)))
-    except SdpError as e:
-        print(f"voicebridge sdp explain: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(ex, indent=2) if args.json else render(ex))
-    return 0
+        return getattr(sdp_render, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,7 @@ Events out (pyee):
   "client_event"(dict)   every client event we sent, with its event_id
   "failed"(str)          the transport broke (data channel or peer connection closed without our hang-up)
   "closed"()             the leg is closed (after hangup() or a failure)
+  "peer_connection"(pc)  WebRTC legs: the new RTCPeerConnection, before any negotiation (for debug recorders)
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ class WebRtcLeg(Leg):
         self._session_created = loop.create_future()
         servers = [RTCIceServer(urls=u) for u in self.settings.ice_servers]
         self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        self.emit("peer_connection", pc)  # before any negotiation, so a debug recorder sees it all
         pc.on("connectionstatechange", self._on_connection_state)
         self.audio_out = OutboundAudio()
         self.audio_out.add_to(pc)

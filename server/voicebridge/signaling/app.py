@@ -24,7 +24,9 @@ from voicebridge.scenarios.model import Scenario
 
 from .api import MANAGER, MAX_BODY_BYTES, SETTINGS, SETTINGS_BODY, add_routes, errors_as_json
 from .calls import CallFactory, CallLike, CallManager
+from .debug import add_debug_routes
 from .events_ws import call_events
+from .tls import TlsError, server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ async def create_app(
     app[MANAGER] = manager
     app[WEB_DIR_KEY] = (web_dir or WEB_DIR).resolve()
     add_routes(app)
+    add_debug_routes(app)
     app.router.add_get("/api/calls/{call_id}/events", call_events)
     app.router.add_get("/", _index)
     # Everything else outside /api/ is a file of web/ (so an unknown /api/ path stays a JSON 404 or 405).
@@ -101,6 +104,11 @@ async def create_app(
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    try:  # before anything starts: off loopback, no certificate means no server (tls.py says why)
+        ssl_context = server_ssl_context(args.host, getattr(args, "cert", None), getattr(args, "key", None))
+    except TlsError as e:
+        print(f"voicebridge serve: {e}", file=sys.stderr)
+        return 2
     settings = Settings.from_env(artifacts_dir=args.artifacts, base_url=args.emulator_url or None)
     emulator = None
     if not settings.base_url:
@@ -117,7 +125,7 @@ async def _serve(args: argparse.Namespace) -> int:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, args.host, args.port)
+        site = web.TCPSite(runner, args.host, args.port, ssl_context=ssl_context)
         await site.start()
     except OSError as e:
         print(f"voicebridge serve: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
@@ -126,8 +134,11 @@ async def _serve(args: argparse.Namespace) -> int:
             await emulator.stop()
         return 1
     backend = "OpenAI" if settings.uses_openai else f"the emulator at {settings.base_url}"
+    scheme = "https" if ssl_context is not None else "http"
+    port = runner.addresses[0][1] if runner.addresses else args.port  # the real one when --port 0
+    host = f"[{args.host}]" if ":" in args.host else args.host
     print(
-        f"voicebridge serve: console at http://{args.host}:{args.port}/ (Realtime backend: {backend})",
+        f"voicebridge serve: console at {scheme}://{host}:{port}/ (Realtime backend: {backend})",
         flush=True,
     )
     stop = asyncio.Event()
