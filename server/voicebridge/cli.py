@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON object as stdout's last line")
     c.add_argument("--out", type=Path, default=None, help="folder for the call's artifacts (default calls/<id>)")
     c.add_argument("--emulator-url", default="", help="use an emulator already running at this /v1 URL")
+    for role in ("caller", "cs"):
+        c.add_argument(
+            f"--{role}-transport",
+            choices=["webrtc", "ws"],
+            default="webrtc",
+            help=f"the {role} leg's Realtime transport: WebRTC (Opus, pass-through) or WebSocket (PCM16)",
+        )
 
     e = sub.add_parser("emulator", help="the offline Realtime GA API emulator alone, at http://HOST:PORT/v1")
     e.add_argument("--host", default="127.0.0.1")

@@ -272,9 +272,16 @@ class Call(AsyncIOEventEmitter):
         leg.on("peer_connection", lambda pc: self.debug.attach(pc, role, kind="agent"))
 
     def _start_relay(self) -> None:
+        from voicebridge.realtime.websocket import PcmRelay, WebSocketLeg
+
         from .audio import AudioRelay
 
         c, s = self.legs["caller"], self.legs["cs"]
+        if isinstance(c, WebSocketLeg) and isinstance(s, WebSocketLeg):
+            self.relay = PcmRelay(c, s)  # PCM16 both sides: no codec at all
+            self.relay.start()
+            return
+        # WebRTC legs relay Opus as it is; a WebSocket leg's tap/sink transcode (media/pcm.py) on its side only.
         if c.audio_in is None or c.audio_out is None or s.audio_in is None or s.audio_out is None:
             raise RuntimeError("a leg connected without its audio tap/sender")
         self.relay = AudioRelay(c.audio_in, c.audio_out, s.audio_in, s.audio_out)

@@ -63,10 +63,18 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
 
 
 async def run_call(
-    scenario: Scenario, settings: Settings, out_dir: Path | None, progress: TextIO | None = sys.stderr
+    scenario: Scenario,
+    settings: Settings,
+    out_dir: Path | None,
+    progress: TextIO | None = sys.stderr,
+    transports: tuple[str, str] = ("webrtc", "webrtc"),
 ) -> dict[str, Any]:
-    """Run one call to its end and return its summary. Ctrl-C ends it gracefully (end_reason `shutdown`)."""
-    call = Call(scenario, settings, out_dir)
+    """Run one call to its end and return its summary. Ctrl-C ends it gracefully (end_reason `shutdown`).
+
+    `transports`: (caller, cs), each "webrtc" or "ws" (the Realtime WebSocket transport)."""
+    from voicebridge.realtime.websocket import leg_factory
+
+    call = Call(scenario, settings, out_dir, leg_factory=leg_factory(*transports))
     if progress is not None:
         _progress(call, progress)
     loop = asyncio.get_running_loop()
@@ -103,7 +111,8 @@ async def _main(args: argparse.Namespace) -> int:
     if is_local_url(settings.base_url):
         set_loopback_only(True)  # both ends of each leg are on this machine: keep ICE on 127.0.0.1
     try:
-        summary = await run_call(scenario, settings, args.out)
+        transports = (getattr(args, "caller_transport", "webrtc"), getattr(args, "cs_transport", "webrtc"))
+        summary = await run_call(scenario, settings, args.out, transports=transports)
     finally:
         if emulator is not None:
             await emulator.stop()
