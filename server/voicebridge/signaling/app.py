@@ -20,6 +20,8 @@ from aiohttp import web
 
 from voicebridge.config import Settings
 from voicebridge.media.loopback import is_local_url, set_loopback_only
+from voicebridge.observability.http import add_metrics_route, observed
+from voicebridge.observability.metrics import Metrics
 from voicebridge.scenarios.model import Scenario
 
 from .api import MANAGER, MAX_BODY_BYTES, SETTINGS, SETTINGS_BODY, add_routes, errors_as_json
@@ -84,13 +86,16 @@ async def create_app(
 ) -> web.Application:
     """The server as an aiohttp Application; on cleanup it hangs up every live call (reason `shutdown`)."""
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_security_headers, errors_as_json])
-    manager = CallManager(call_factory or default_call_factory(settings), max_live=max_live_calls)
+    metrics = Metrics()  # this server's own registry: two apps in one process never share counters
+    factory = observed(call_factory or default_call_factory(settings), metrics)
+    manager = CallManager(factory, max_live=max_live_calls)
     app[SETTINGS] = settings
     app[SETTINGS_BODY] = max_body_bytes
     app[MANAGER] = manager
     app[WEB_DIR_KEY] = (web_dir or WEB_DIR).resolve()
     add_routes(app)
     add_debug_routes(app)
+    add_metrics_route(app, metrics)
     app.router.add_get("/api/calls/{call_id}/events", call_events)
     app.router.add_get("/", _index)
     # Everything else outside /api/ is a file of web/ (so an unknown /api/ path stays a JSON 404 or 405).

@@ -1,0 +1,42 @@
+"""Metrics and log context for the signaling server: GET /metrics, and a call factory wrapper that makes
+every call the server creates measured (Metrics.observe) and its tasks log with its call_id."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from aiohttp import web
+
+from .logs import CALL_ID
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+S = TypeVar("S")
+C = TypeVar("C")
+
+
+def observed(factory: Callable[[S], C], metrics: Metrics) -> Callable[[S], C]:
+    """`factory` whose calls are measured; the caller's context (and so the call's start task, created right
+    after in the same context) gets the call's id for logging."""
+
+    def make(scenario: S) -> C:
+        call = factory(scenario)
+        metrics.observe(call)
+        call_id = getattr(call, "id", None)
+        if isinstance(call_id, str):
+            CALL_ID.set(call_id)
+        return call
+
+    return make
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    # CONTENT_TYPE_LATEST carries its own charset parameter, so it goes in as a raw header.
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def add_metrics_route(app: web.Application, metrics: Metrics) -> None:
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", metrics_endpoint)
