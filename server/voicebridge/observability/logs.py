@@ -66,7 +66,7 @@ class RedactingFilter(logging.Filter):
         try:
             message = record.getMessage()
         except Exception as e:  # a bad format string must not lose the record (or leak its args raw)
-            message = f"{record.msg!r} (unformattable: {type(e).__name__})"
+            message = f"{record.msg!r} (unformattable: {type(e).__name__}; args {record.args!r})"
         record.msg, record.args = self.redact(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
