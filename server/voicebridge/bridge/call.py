@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 CallState = Literal["connecting", "live", "ending", "ended"]
 EndReason = Literal[
-    "caller_hangup", "operator_hangup", "leg_failed", "max_duration", "idle_timeout", "error", "shutdown"
+    "caller_hangup", "human_hangup", "operator_hangup", "leg_failed", "max_duration", "idle_timeout", "error",
+    "shutdown",
 ]
 LegFactory = Callable[[str, Settings], Leg]
 

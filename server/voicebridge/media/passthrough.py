@@ -31,7 +31,7 @@ from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import clock as aiortc_clock
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -263,6 +263,26 @@ class OutboundAudio:
         if self.sender is not None:
             raise RuntimeError("OutboundAudio.add_to: already added to a peer connection")
         transceiver = pc.addTransceiver(_IdleTrack(), direction=direction)
+        return self._own(transceiver)
+
+    def bind(self, transceiver: RTCRtpTransceiver, direction: str = "sendonly") -> RTCRtpSender:
+        """Answerer side: own an audio transceiver that setRemoteDescription(offer) created.
+
+        Call after setRemoteDescription and BEFORE createAnswer. ``direction`` is what we are willing to do
+        (``sendonly``: we never receive on it, whatever the offer asked for; ``sendrecv``: we also receive).
+        """
+        if self.sender is not None:
+            raise RuntimeError("OutboundAudio.bind: already bound to a transceiver")
+        if transceiver.kind != "audio":
+            raise ValueError(f"OutboundAudio.bind: a {transceiver.kind} transceiver, not audio")
+        if direction not in ("sendonly", "sendrecv"):
+            raise ValueError(f"OutboundAudio.bind: direction must be sendonly or sendrecv, not {direction!r}")
+        transceiver.direction = direction
+        # Without a track aiortc's send loop polls every 20 ms; the idle track makes it wait instead.
+        transceiver.sender.replaceTrack(_IdleTrack())
+        return self._own(transceiver)
+
+    def _own(self, transceiver: RTCRtpTransceiver) -> RTCRtpSender:
         sender = transceiver.sender
         check_aiortc_compatibility(sender=sender)
         original_send = sender.send

@@ -141,6 +141,10 @@ async def get_call(request: web.Request) -> web.Response:
 
 
 async def hangup_call(request: web.Request) -> web.Response:
+    if "Authorization" in request.headers:  # a taking-over human hangs up with a join token (join.py)
+        from .join import human_hangup
+
+        return await human_hangup(request)
     rec = find_record(request)
     await _json_body(request)  # an empty body is fine; a malformed one is still an error
     manager = request.app[MANAGER]

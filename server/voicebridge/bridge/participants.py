@@ -1,0 +1,332 @@
+"""Browsers on a call: silent listeners and a human who takes over as the caller (the server answers).
+
+The browser is the offerer; the server answers with aiortc (no STUN) and binds pass-through audio to the
+transceivers the offer created (``OutboundAudio.bind``):
+
+* listener: the offer's first two audio m-lines carry the caller party and the CS party. The server's answer
+  is ``sendonly`` on both whatever the offer asked for, and nothing ever taps a listener's receiver, so a
+  listener can never put audio into the call.
+* take-over: the first audio m-line is ``sendrecv``: the human's microphone in, the CS agent out. The switch
+  happens on the human's FIRST packet (not when the answer is sent) so the CS leg hears the caller agent up
+  to the moment it hears the human, with the stream re-based in between (no timestamp jump, no long gap).
+  The caller agent is then on hold (muted, still connected). Hand-back (asked for, or automatic when the
+  browser vanishes: peer connection failed/closed, or no RTP for ``media_timeout_s``) gives the call back and
+  tells the caller agent what the CS agent said meanwhile (a user message, then response.create), after
+  clearing its input buffer (it may have heard half a sentence when the hold began).
+
+Each of these is written to the call's event stream and events.jsonl as a `bridge` note
+(participant.joined/left, takeover.started, takeover.handback). All peer connections close when the call ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
+
+if TYPE_CHECKING:
+    from .call import Call
+
+log = logging.getLogger(__name__)
+
+ParticipantRole = Literal["listen", "takeover"]
+MAX_LISTENERS = 16
+MAX_OFFER_CHARS = 64 * 1024  # Chromium's offers are ~5 KB
+MEDIA_TIMEOUT_S = 5.0  # a taking-over browser sends RTP every 20 ms; this long without any means it is gone
+_WATCH_EVERY_S = 1.0
+
+
+class JoinError(Exception):
+    """A join, hand-back or leave that cannot be done; ``status`` is the HTTP status it deserves."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+@dataclass
+class Participant:
+    id: str
+    role: ParticipantRole
+    pc: RTCPeerConnection
+    outs: list[OutboundAudio]
+    tap: InboundTap | None = None
+    answer_sdp: str = ""
+    joined_at: float = field(default_factory=time.time)
+    left_reason: str | None = None
+    speaking: bool = False  # take-over: the CS agent hears this human now
+    _remove_listener: Any = None
+    _unsub_first: Any = None
+    _watchdog: asyncio.Future[Any] | None = None
+
+    @property
+    def left(self) -> bool:
+        return self.left_reason is not None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "role": self.role,
+            "state": "left" if self.left else self.pc.connectionState,
+            "left_reason": self.left_reason,
+            "joined_at": self.joined_at,
+            "speaking": self.speaking,
+            "packets_out": sum(o.packets_sent for o in self.outs),
+            "packets_in": self.tap.packets if self.tap is not None else 0,
+        }
+
+
+class Participants:
+    """The browsers on one call."""
+
+    def __init__(
+        self, call: Call, *, ice_servers: tuple[str, ...] = (), media_timeout_s: float = MEDIA_TIMEOUT_S
+    ) -> None:
+        self.call = call
+        self.ice_servers = ice_servers
+        self.media_timeout_s = media_timeout_s
+        self.members: dict[str, Participant] = {}
+        self.human: Participant | None = None  # the take-over participant, from join until hand-back
+        self.missed: list[str] = []  # the CS agent's lines while the caller agent was on hold
+        self.closed = False
+        self._tasks: set[asyncio.Future[Any]] = set()
+        call.on("event", self._on_call_event)
+        call.on("state", self._on_call_state)
+
+    # -- joining --------------------------------------------------------------------------------------------
+    async def join(self, role: ParticipantRole, offer_sdp: str, timeout_s: float = 10.0) -> Participant:
+        """Answer a browser's offer; raises JoinError (4xx) naming what is wrong."""
+        self._check_open()
+        if not offer_sdp.strip() or len(offer_sdp) > MAX_OFFER_CHARS:
+            raise JoinError(400, f"the SDP offer must be 1 to {MAX_OFFER_CHARS} characters")
+        if role == "takeover" and self.human is not None:
+            raise JoinError(409, f"{self.human.id} has already taken over this call; hand back first", "conflict")
+        if role == "listen" and sum(1 for p in self.members.values() if p.role == "listen") >= MAX_LISTENERS:
+            raise JoinError(429, f"this call already has {MAX_LISTENERS} listeners", "too_many_listeners")
+        await self._wait_live(timeout_s)
+        relay = self.call.relay
+        servers = [RTCIceServer(urls=u) for u in self.ice_servers]
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        p = Participant(f"p_{secrets.token_hex(4)}", role, pc, [])
+        if role == "takeover":
+            self.human = p  # reserve the seat now: a second take-over racing this one gets 409
+        try:
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            except Exception as e:
+                raise JoinError(400, f"the SDP offer was refused: {type(e).__name__}: {e}") from None
+            audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
+            need = 2 if role == "listen" else 1
+            if len(audio) < need:
+                what = "two audio m-lines (caller, CS)" if role == "listen" else "an audio m-line (the microphone)"
+                raise JoinError(400, f"a {role} offer needs {what}; this one has {len(audio)}")
+            if role == "takeover" and getattr(audio[0], "_offerDirection", "sendrecv") not in ("sendrecv",):
+                raise JoinError(400, "a take-over offer must be sendrecv on its first audio m-line (mic + CS agent)")
+            for t in pc.getTransceivers():
+                t.direction = "inactive"  # anything we do not use explicitly is switched off
+            if role == "listen":
+                p.outs = [OutboundAudio(), OutboundAudio()]
+                for out, t in zip(p.outs, audio[:2], strict=True):
+                    out.bind(t, "sendonly")  # forced receive-only for the browser
+            else:
+                p.outs = [OutboundAudio()]
+                p.outs[0].bind(audio[0], "sendrecv")
+                p.tap = InboundTap(audio[0].receiver)  # before the answer: no RTP can arrive untapped
+            await pc.setLocalDescription(await pc.createAnswer())
+            p.answer_sdp = pc.localDescription.sdp
+            if self.closed or relay is None:
+                raise JoinError(409, f"call {self.call.id} ended while joining", "conflict")
+        except BaseException:
+            if self.human is p:
+                self.human = None
+            await self._close_pc(p)
+            raise
+        pc.on("connectionstatechange", lambda: self._on_pc_state(p))
+        self.members[p.id] = p
+        if role == "listen":
+            p._remove_listener = relay.add_listener(p.outs[0], p.outs[1])
+        else:
+            assert p.tap is not None
+            p._unsub_first = p.tap.subscribe(lambda pkt: self._first_human_packet(p, pkt))
+        self._note("participant.joined", participant_id=p.id, role=role)
+        return p
+
+    async def _wait_live(self, timeout_s: float) -> None:
+        """A join may come while the call is still connecting: wait (bounded) until its relay runs."""
+        if self.call.state == "connecting":
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def changed(state: str) -> None:
+                if state != "connecting" and not fut.done():
+                    fut.set_result(None)
+
+            self.call.on("state", changed)
+            try:
+                await asyncio.wait_for(fut, timeout_s)
+            except TimeoutError:
+                raise JoinError(409, f"call {self.call.id} is still connecting; try again", "conflict") from None
+            finally:
+                self.call.remove_listener("state", changed)
+        if self.call.state != "live" or self.call.relay is None:
+            raise JoinError(409, f"call {self.call.id} is {self.call.state}, not live", "conflict")
+        self._check_open()
+
+    def _check_open(self) -> None:
+        if self.closed or self.call.state in ("ending", "ended"):
+            raise JoinError(409, f"call {self.call.id} is {self.call.state}; nobody can join it", "conflict")
+
+    # -- take-over ------------------------------------------------------------------------------------------
+    def _first_human_packet(self, p: Participant, pkt: RtpAudio) -> None:
+        # Called inside aiortc's receive path: switch synchronously, so the very next packet goes to the CS leg.
+        if p._unsub_first is not None:
+            p._unsub_first()
+            p._unsub_first = None
+        relay = self.call.relay
+        if p.left or self.human is not p or relay is None or self.call.state != "live":
+            return
+        assert p.tap is not None
+        relay.set_caller_source(p.tap, p.outs[0])
+        p.speaking = True
+        self.missed = []
+        self._note("takeover.started", participant_id=p.id)
+        p._watchdog = self._spawn(self._watch_media(p))
+
+    async def _watch_media(self, p: Participant) -> None:
+        """Hand back when the human's RTP stops: a vanished browser's peer connection may take ~30 s to fail."""
+        assert p.tap is not None
+        last, quiet_since = p.tap.packets, time.monotonic()
+        while not p.left and self.human is p:
+            await asyncio.sleep(_WATCH_EVERY_S)
+            if p.tap.packets != last:
+                last, quiet_since = p.tap.packets, time.monotonic()
+            elif time.monotonic() - quiet_since >= self.media_timeout_s:
+                await self.leave(p.id, f"no audio from the browser for {self.media_timeout_s:g} s")
+                return
+
+    async def handback(self, reason: str = "handback") -> dict[str, Any]:
+        """Give the call back to the caller agent and tell it what it missed; the human's connection closes."""
+        p = self.human
+        if p is None:
+            raise JoinError(409, "nobody has taken over this call", "conflict")
+        return await self._handback(p, reason, close=True)
+
+    async def _handback(self, p: Participant, reason: str, *, close: bool) -> dict[str, Any]:
+        self.human = None
+        relay = self.call.relay
+        was_speaking = p.speaking
+        p.speaking = False
+        if p._unsub_first is not None:
+            p._unsub_first()
+            p._unsub_first = None
+        if was_speaking and relay is not None:
+            relay.set_caller_source(None)
+        told = ""
+        if was_speaking and self.call.state == "live":
+            told = self._brief_caller_agent()
+        self._note("takeover.handback", participant_id=p.id, reason=reason, missed_lines=list(self.missed))
+        self.missed = []
+        if close:
+            await self.leave(p.id, "handed back")
+        return {"participant_id": p.id, "reason": reason, "told_caller_agent": told}
+
+    def _brief_caller_agent(self) -> str:
+        """conversation.item.create (what the CS agent said while on hold) + response.create on the caller leg."""
+        leg = self.call.legs.get("caller")
+        if leg is None or leg.state != "open":
+            return ""
+        if self.missed:
+            said = " ".join(f'"{line}"' for line in self.missed)
+            text = (
+                "You were on hold while a colleague spoke with the agent for you; you are back on the call now. "
+                f"Meanwhile the agent said: {said} Carry on from there."
+            )
+        else:
+            text = "You were on hold for a moment and the agent said nothing meanwhile; you are back on the call now."
+        try:
+            leg.send({"type": "input_audio_buffer.clear"})  # half a sentence heard as the hold began
+            item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+            leg.send({"type": "conversation.item.create", "item": item})
+        except Exception as e:  # the leg just failed: the call is ending anyway
+            log.warning("call %s: cannot brief the caller agent after hand-back: %s", self.call.id, e)
+            return ""
+        self.call.gates["caller"].request()
+        return text
+
+    # -- leaving --------------------------------------------------------------------------------------------
+    async def leave(self, participant_id: str, reason: str = "left") -> None:
+        p = self.members.get(participant_id)
+        if p is None or p.left:
+            return
+        if self.human is p:
+            await self._handback(p, reason, close=False)
+        p.left_reason = reason
+        if p._remove_listener is not None:
+            p._remove_listener()
+        if p._watchdog is not None and p._watchdog is not asyncio.current_task():
+            p._watchdog.cancel()
+        await self._close_pc(p)
+        self._note("participant.left", participant_id=p.id, role=p.role, reason=reason)
+
+    def _on_pc_state(self, p: Participant) -> None:
+        state = p.pc.connectionState
+        if state in ("failed", "closed") and not p.left:
+            self._spawn(self.leave(p.id, f"browser connection {state}"))
+
+    async def close(self) -> None:
+        """Close every participant's peer connection (the call is ending)."""
+        self.closed = True
+        for pid in list(self.members):
+            await self.leave(pid, "call ended")
+        for t in list(self._tasks):
+            if not t.done() and t is not asyncio.current_task():
+                t.cancel()
+
+    @staticmethod
+    async def _close_pc(p: Participant) -> None:
+        for out in p.outs:
+            out.close()
+        if p.tap is not None:
+            p.tap.close()
+        with contextlib.suppress(Exception):
+            await p.pc.close()
+
+    # -- the call's side ------------------------------------------------------------------------------------
+    def _on_call_event(self, record: dict[str, Any]) -> None:
+        if self.human is None or not self.human.speaking or record.get("leg") != "cs":
+            return
+        event = record.get("event") or {}
+        if record.get("direction") == "in" and event.get("type") == "response.output_audio_transcript.done":
+            text = str(event.get("transcript") or "").strip()
+            if text:
+                self.missed.append(text)
+
+    def _on_call_state(self, state: str) -> None:
+        if state in ("ending", "ended") and not self.closed:
+            self.closed = True
+            self._spawn(self.close())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _note(self, kind: str, **data: Any) -> None:
+        """A bridge-side event in the call's stream and events.jsonl (no leg sent or received it)."""
+        record = {"t": round(self.call.now(), 4), "leg": "bridge", "direction": "note", "event": {"type": kind, **data}}
+        if self.call.artifacts is not None:
+            with contextlib.suppress(Exception):
+                self.call.artifacts.write_event(record)
+        self.call.emit("event", record)
+
+    def view(self) -> list[dict[str, Any]]:
+        return [p.view() for p in self.members.values()]

@@ -1,0 +1,186 @@
+"""Browser join endpoints: tokens, listen / take over (SDP offer -> answer), hand back, human hang-up.
+
+  POST /api/calls/{id}/tokens     {"role": "listen"|"takeover", "ttl_s"?}  -> 201 {token, role, call_id, expires_at}
+  POST /api/calls/{id}/join       Authorization: Bearer <token>; the offer as application/sdp (-> answer as
+                                  application/sdp) or JSON {"sdp", "type": "offer"} (-> JSON {sdp, type,
+                                  participant_id, role}). `?role=` may state the role wanted: it must match the
+                                  token's (a listen token asking to take over gets 403).
+  POST /api/calls/{id}/handback   takeover token -> 200 {participant_id, reason, told_caller_agent}
+  POST /api/calls/{id}/leave      any join token, JSON {"participant_id"} -> 200
+  POST /api/calls/{id}/hangup     with a takeover token: the human hangs up (end_reason `human_hangup`);
+                                  without one it is the operator's hang-up (api.py).
+  GET  /api/calls/{id}/participants -> {participants: [...]}
+
+Token errors are 401 (missing, malformed, forged, expired) or 403 (another call, another role), JSON like
+every other error. Only the token's grant decides the role: a listener's answer is always send-only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .api import MANAGER, SETTINGS, ApiError, find_record, json_response
+from .calls import CallRecord
+from .tokens import ROLES, Grant, TokenError, TokenSigner, bearer
+
+if TYPE_CHECKING:
+    from voicebridge.bridge.participants import Participants
+
+log = logging.getLogger(__name__)
+
+TOKENS: web.AppKey[TokenSigner] = web.AppKey("tokens", TokenSigner)
+PARTICIPANTS: web.AppKey[dict[str, Any]] = web.AppKey("participants", dict)
+
+
+def _grant(request: web.Request, rec: CallRecord, role: str | None = None) -> Grant:
+    try:
+        return request.app[TOKENS].verify(bearer(request.headers.get("Authorization")), rec.call.id, role)
+    except TokenError as e:
+        raise ApiError(e.status, e.message, e.kind) from None
+
+
+def _participants(request: web.Request, rec: CallRecord, create: bool = True) -> Participants | None:
+    table: dict[str, Participants] = request.app[PARTICIPANTS]
+    found = table.get(rec.call.id)
+    if found is None and create:
+        from voicebridge.bridge.call import Call
+        from voicebridge.bridge.participants import Participants
+
+        if not isinstance(rec.call, Call):
+            raise ApiError(501, "this server's calls do not support browser participants", "not_supported")
+        found = table[rec.call.id] = Participants(rec.call, ice_servers=request.app[SETTINGS].ice_servers)
+        rec.call.on("ended", lambda _summary: table.pop(rec.call.id, None))
+    return found
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+async def create_token(request: web.Request) -> web.Response:
+    rec = find_record(request)
+    body = await _read_json(request)
+    unknown = sorted(set(body) - {"role", "ttl_s"})
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {unknown}; known: ['role', 'ttl_s']")
+    role = body.get("role")
+    if role not in ROLES:
+        raise ApiError(400, f"`role` must be one of {list(ROLES)}, got {json.dumps(role)[:60]}")
+    ttl = body.get("ttl_s")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
+        raise ApiError(400, f"`ttl_s` must be a number of seconds, got {json.dumps(ttl)[:60]}")
+    if rec.ended or rec.call.state in ("ending", "ended"):
+        raise ApiError(409, f"call {rec.call.id} is {rec.call.state}; nobody can join it", "conflict")
+    try:
+        token, grant = request.app[TOKENS].issue(rec.call.id, role, ttl)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+    data = {"token": token, "role": grant.role, "call_id": grant.call_id, "expires_at": grant.expires_at}
+    return json_response(request, data, 201)
+
+
+async def join(request: web.Request) -> web.Response:
+    from voicebridge.bridge.participants import JoinError
+
+    rec = find_record(request)
+    grant = _grant(request, rec)
+    wanted = request.query.get("role")
+    if wanted is not None and wanted != grant.role:
+        if wanted not in ROLES:
+            raise ApiError(400, f"`role` must be one of {list(ROLES)}, got {wanted[:40]!r}")
+        raise ApiError(403, f"a {grant.role!r} token cannot {wanted}; ask for a {wanted!r} token", "wrong_role")
+    as_json = request.content_type == "application/json"
+    if as_json:
+        body = await _read_json(request)
+        if body.get("type", "offer") != "offer" or not isinstance(body.get("sdp"), str):
+            raise ApiError(400, 'send the browser\'s offer as {"type": "offer", "sdp": "v=0..."}')
+        offer = str(body["sdp"])
+    elif request.content_type == "application/sdp":
+        offer = await request.text()
+    else:
+        raise ApiError(415, f"send the SDP offer as application/sdp or JSON, not {request.content_type}")
+    participants = _participants(request, rec)
+    assert participants is not None
+    try:
+        p = await participants.join(grant.role, offer, request.app[SETTINGS].session_timeout_s)
+    except JoinError as e:
+        raise ApiError(e.status, e.message, e.kind) from None
+    headers = {"X-Participant-Id": p.id, "Location": f"/api/calls/{rec.call.id}/participants/{p.id}"}
+    if as_json:
+        data = {"type": "answer", "sdp": p.answer_sdp, "participant_id": p.id, "role": p.role}
+        return json_response(request, data, 201, headers=headers)
+    return web.Response(text=p.answer_sdp, status=201, content_type="application/sdp", headers=headers)
+
+
+async def handback(request: web.Request) -> web.Response:
+    from voicebridge.bridge.participants import JoinError
+
+    rec = find_record(request)
+    _grant(request, rec, "takeover")
+    participants = _participants(request, rec, create=False)
+    if participants is None:
+        raise ApiError(409, "nobody has taken over this call", "conflict")
+    try:
+        result = await participants.handback("handback")
+    except JoinError as e:
+        raise ApiError(e.status, e.message, e.kind) from None
+    return json_response(request, result)
+
+
+async def leave(request: web.Request) -> web.Response:
+    rec = find_record(request)
+    _grant(request, rec)
+    body = await _read_json(request)
+    pid = body.get("participant_id")
+    participants = _participants(request, rec, create=False)
+    if not isinstance(pid, str) or participants is None or pid not in participants.members:
+        raise ApiError(404, f"no participant {str(pid)[:40]!r} on this call", "not_found")
+    if participants.members[pid].role != _grant(request, rec).role:
+        raise ApiError(403, "a token of another role cannot remove this participant", "wrong_role")
+    await participants.leave(pid, "left")
+    return json_response(request, {"participant_id": pid, "left": True})
+
+
+async def human_hangup(request: web.Request) -> web.Response:
+    """The taking-over human hangs up: the whole call ends (`human_hangup`, by `human`)."""
+    rec = find_record(request)
+    _grant(request, rec, "takeover")
+    if rec.ended or rec.call.state in ("ending", "ended"):
+        raise ApiError(409, f"call {rec.call.id} is already {rec.call.state}", "conflict")
+    request.app[MANAGER].hangup(rec, "human_hangup", "human")
+    return json_response(request, request.app[MANAGER].view(rec), 202)
+
+
+async def list_participants(request: web.Request) -> web.Response:
+    rec = find_record(request)
+    participants = _participants(request, rec, create=False)
+    return json_response(request, {"participants": participants.view() if participants else []})
+
+
+def add_join_routes(app: web.Application, tokens: TokenSigner | None = None) -> None:
+    app[TOKENS] = tokens or TokenSigner.from_env()
+    app[PARTICIPANTS] = {}
+    app.router.add_post("/api/calls/{call_id}/tokens", create_token)
+    app.router.add_post("/api/calls/{call_id}/join", join)
+    app.router.add_post("/api/calls/{call_id}/handback", handback)
+    app.router.add_post("/api/calls/{call_id}/leave", leave)
+    app.router.add_get("/api/calls/{call_id}/participants", list_participants)
+
+    async def _close_all(app: web.Application) -> None:
+        for participants in list(app[PARTICIPANTS].values()):
+            await participants.close()
+
+    app.on_shutdown.append(_close_all)

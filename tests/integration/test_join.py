@@ -1,0 +1,420 @@
+"""Browsers joining a live call, played by aiortc peers (offerers, like a browser): listen, take over, hand back.
+
+The server is the real signaling app with the real Call against the embedded emulator; the "browser" makes the
+offer, POSTs it with its join token and plays what it receives through aiortc's normal decoder, counting loud
+frames per track. The human's microphone speaks the caller persona's first scripted line with espeak (the same
+Voice the emulator uses), so the CS emulator's grammar recognizer can hear it exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from tests.integration.conftest import _VOICE
+from voicebridge.config import Settings
+from voicebridge.emulator.server import Emulator
+from voicebridge.emulator.track import SpeechTrack
+from voicebridge.scenarios.model import load_scenario, normalize_phrase
+from voicebridge.signaling.api import MANAGER
+from voicebridge.signaling.app import EMULATOR_KEY, create_app
+from voicebridge.signaling.tokens import TokenSigner
+
+pytestmark = pytest.mark.integration
+CALL_S = 60.0
+SECRET = "integration-test-secret-0123456789"
+LATE_ORDER = load_scenario("late_order")
+HUMAN_LINE = LATE_ORDER.caller.script[0].say or ""
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    emu = Emulator(voice=_VOICE)
+    await emu.start("127.0.0.1", 0)
+    try:
+        yield emu
+    finally:
+        await emu.stop()
+
+
+@pytest.fixture
+async def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: Emulator) -> AsyncIterator[Client]:
+    monkeypatch.setenv("VOICEBRIDGE_TOKEN_SECRET", SECRET)  # so a test can make tokens (e.g. expired ones)
+    settings = dataclasses.replace(Settings(), base_url=emulator.base_url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
+    async with TestClient(TestServer(await create_app(settings))) as c:
+        yield c
+
+
+class Browser:
+    """An offerer shaped like web/join.js: listen = two recvonly audio m-lines; take over = one sendrecv (mic)."""
+
+    def __init__(self, role: str, mic: bool | None = None) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.mic: SpeechTrack | None = None
+        if mic if mic is not None else role == "takeover":
+            self.mic = SpeechTrack(_VOICE.silence_packet)
+            self.pc.addTransceiver(self.mic, direction="sendrecv")
+            if role == "listen":
+                self.pc.addTransceiver("audio", direction="recvonly")
+        else:
+            for _ in range(2):
+                self.pc.addTransceiver("audio", direction="recvonly")
+        self.loud: dict[str, int] = {}
+        self.frames: dict[str, int] = {}
+        self._waiters: list[tuple[str, int, asyncio.Future[None]]] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self.pc.on("track", self._on_track)
+        self.participant_id = ""
+        self.answer = ""
+
+    def _on_track(self, track: Any) -> None:
+        mids = [t.mid for t in self.pc.getTransceivers() if t.receiver.track is track]
+        party = ("caller", "cs")[int(mids[0] or 0)] if len(self.pc.getTransceivers()) > 1 else "cs"
+
+        async def read() -> None:
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return
+                self.frames[party] = self.frames.get(party, 0) + 1
+                if np.abs(frame.to_ndarray()).max() > 300:
+                    self.loud[party] = self.loud.get(party, 0) + 1
+                    for p, n, fut in self._waiters:
+                        if p == party and self.loud[party] >= n and not fut.done():
+                            fut.set_result(None)
+
+        self._readers.append(asyncio.ensure_future(read()))
+
+    async def wait_loud(self, party: str, frames: int = 25, within: float = CALL_S) -> None:
+        if self.loud.get(party, 0) >= frames:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((party, frames, fut))
+        await asyncio.wait_for(fut, within)
+
+    async def join(self, client: Client, call_id: str, token: str, query: str = "") -> int:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        resp = await client.post(
+            f"/api/calls/{call_id}/join{query}",
+            data=self.pc.localDescription.sdp,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"},
+        )
+        if resp.status != 201:
+            self.error = await resp.json()
+            return resp.status
+        assert resp.content_type == "application/sdp"
+        self.participant_id = resp.headers["X-Participant-Id"]
+        self.answer = await resp.text()
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.answer, type="answer"))
+        return resp.status
+
+    async def say(self, text: str) -> None:
+        assert self.mic is not None
+        utterance = await _VOICE.speak(text, LATE_ORDER.caller.espeak_voice, LATE_ORDER.caller.espeak_speed)
+        self.mic.play(utterance.packets, "human")
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for r in self._readers:
+            r.cancel()
+
+
+@pytest.fixture
+async def browsers() -> AsyncIterator[Callable[..., Browser]]:
+    made: list[Browser] = []
+
+    def make(role: str, mic: bool | None = None) -> Browser:
+        b = Browser(role, mic)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        await b.close()
+
+
+class Watch:
+    """The call's own event stream (in process), with futures for what a test waits on."""
+
+    def __init__(self, call: Any) -> None:
+        self.records: list[dict[str, Any]] = []
+        self._waiters: list[tuple[Callable[[dict[str, Any]], bool], asyncio.Future[dict[str, Any]]]] = []
+        call.on("event", self._on)
+
+    def _on(self, rec: dict[str, Any]) -> None:
+        self.records.append(rec)
+        for pred, fut in self._waiters:
+            if not fut.done() and pred(rec):
+                fut.set_result(rec)
+
+    async def wait(self, pred: Callable[[dict[str, Any]], bool], within: float = CALL_S) -> dict[str, Any]:
+        for rec in self.records:
+            if pred(rec):
+                return rec
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters.append((pred, fut))
+        try:
+            return await asyncio.wait_for(fut, within)
+        except TimeoutError:
+            seen = [(r["leg"], r["event"].get("type")) for r in self.records[-15:]]
+            raise AssertionError(f"waited {within} s in vain; last events: {seen}") from None
+
+    def notes(self, kind: str) -> list[dict[str, Any]]:
+        return [r["event"] for r in self.records if r["leg"] == "bridge" and r["event"]["type"] == kind]
+
+
+def note(kind: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda r: r["leg"] == "bridge" and r["event"]["type"] == kind
+
+
+def cs_event(kind: str, test: Callable[[dict[str, Any]], bool] = lambda e: True) -> Callable[[dict[str, Any]], bool]:
+    return lambda r: r["leg"] == "cs" and r["direction"] == "in" and r["event"]["type"] == kind and test(r["event"])
+
+
+async def start_call(client: Client) -> tuple[str, Any, Watch]:
+    resp = await client.post("/api/calls", json={"scenario": "late_order"})
+    assert resp.status == 201, await resp.text()
+    call_id = (await resp.json())["id"]
+    call = client.app[MANAGER].get(call_id).call  # type: ignore[union-attr]
+    return call_id, call, Watch(call)
+
+
+async def token(client: Client, call_id: str, role: str, **extra: Any) -> str:
+    resp = await client.post(f"/api/calls/{call_id}/tokens", json={"role": role, **extra})
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    assert (body["role"], body["call_id"]) == (role, call_id) and body["expires_at"] > time.time()
+    return str(body["token"])
+
+
+def directions(sdp: str) -> list[str]:
+    return [line[2:] for line in sdp.splitlines() if line in ("a=sendonly", "a=recvonly", "a=sendrecv", "a=inactive")]
+
+
+# -- listen ---------------------------------------------------------------------------------------------------
+async def test_listeners_hear_both_parties_and_never_disturb_the_call(
+    client: Client, browsers: Callable[..., Browser]
+) -> None:
+    call_id, call, watch = await start_call(client)
+    first, second = browsers("listen"), browsers("listen")
+    assert await first.join(client, call_id, await token(client, call_id, "listen")) == 201
+    assert directions(first.answer) == ["sendonly", "sendonly"]  # the server only ever sends to a listener
+    assert await second.join(client, call_id, await token(client, call_id, "listen")) == 201
+    await first.wait_loud("cs")  # the CS agent's greeting
+    await first.wait_loud("caller")  # the caller agent's answer
+    await second.wait_loud("cs")
+    await second.close()  # one leaves mid-call
+    await watch.wait(note("participant.left"))
+    ended = await watch_end(call)
+    assert ended["end_reason"] == "caller_hangup"
+    assert [t["name"] for t in ended["tool_calls"] if t["leg"] == "cs"] == ["lookup_order", "issue_refund"]
+    joined = watch.notes("participant.joined")
+    assert [j["role"] for j in joined] == ["listen", "listen"]
+    left = {n["participant_id"]: n["reason"] for n in watch.notes("participant.left")}
+    assert left[second.participant_id].startswith("browser connection")
+    assert left[first.participant_id] == "call ended"  # closed by the server with the call
+    assert first.pc.connectionState == "closed" or await wait_state(first.pc, "closed")
+    assert ended["relay"]["listeners"]["count"] == 0
+
+
+async def watch_end(call: Any) -> dict[str, Any]:
+    await call.wait_ended(CALL_S)
+    return dict(call.summary())
+
+
+async def wait_state(pc: RTCPeerConnection, state: str) -> bool:
+    done = asyncio.get_running_loop().create_future()
+
+    def changed() -> None:
+        if pc.connectionState == state and not done.done():
+            done.set_result(True)
+
+    pc.on("connectionstatechange", changed)
+    changed()
+    return bool(await asyncio.wait_for(done, 10))
+
+
+# -- take over ------------------------------------------------------------------------------------------------
+async def spy_on_cs_rtp(emulator: Emulator, call: Any, watch: Watch) -> list[tuple[int, int]]:
+    """(sequence, timestamp) of every RTP packet the CS emulator receives from the bridge, from now on."""
+    await watch.wait(lambda r: True)  # legs are connected once events flow
+    session = emulator.sessions[call.legs["cs"].call_id]
+    receiver = next(t.receiver for t in session.pc.getTransceivers() if t.kind == "audio")
+    seen: list[tuple[int, int]] = []
+    original = receiver._handle_rtp_packet
+
+    async def spy(packet: Any, arrival_time_ms: int) -> None:
+        seen.append((packet.sequence_number, packet.timestamp))
+        await original(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = spy
+    return seen
+
+
+async def test_human_takes_over_is_heard_and_answered_then_hands_back(
+    client: Client, emulator: Emulator, browsers: Callable[..., Browser]
+) -> None:
+    call_id, call, watch = await start_call(client)
+    rtp = await spy_on_cs_rtp(emulator, call, watch)
+    human = browsers("takeover")
+    takeover = await token(client, call_id, "takeover")
+    assert await human.join(client, call_id, takeover) == 201
+    assert directions(human.answer) == ["sendrecv"]
+    await watch.wait(note("takeover.started"))
+    assert call.relay.on_hold
+    await human.wait_loud("cs")  # the human hears the CS agent's greeting
+    await watch.wait(cs_event("output_audio_buffer.stopped"))
+    await human.say(HUMAN_LINE)
+    heard = await watch.wait(cs_event("conversation.item.input_audio_transcription.completed"))
+    assert heard["event"]["transcript"] == normalize_phrase(HUMAN_LINE)  # exactly the human's line
+    refund = await watch.wait(cs_event("response.output_audio_transcript.done", lambda e: "refund" in e["transcript"]))
+    tools = [t["name"] for t in call.tool_calls if t["leg"] == "cs"]
+    assert tools == ["lookup_order", "issue_refund"]  # the CS agent's tools work while a human is the caller
+    # Nothing of this reached the caller agent: it was on hold, and it has not spoken since.
+    caller_said = [r for r in watch.records if r["leg"] == "caller" and r["event"]["type"] == "conversation.item.added"
+                   and r["event"]["item"].get("role") == "user" and r["t"] > refund["t"]]
+    assert caller_said == []
+    resp = await client.post(f"/api/calls/{call_id}/handback", headers={"Authorization": f"Bearer {takeover}"})
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert refund["event"]["transcript"] in body["told_caller_agent"]
+    assert not call.relay.on_hold
+    ended = await watch_end(call)
+    assert (ended["end_reason"], ended["ended_by"]) == ("caller_hangup", "caller")
+    handback = watch.notes("takeover.handback")
+    assert handback[0]["reason"] == "handback" and refund["event"]["transcript"] in handback[0]["missed_lines"]
+    # The caller agent was told with a user message, then asked to respond; its goodbye ended the call.
+    sent = [r["event"] for r in watch.records if r["leg"] == "caller" and r["direction"] == "out"]
+    kinds = [e["type"] for e in sent]
+    i = kinds.index("conversation.item.create", 1)  # [0] is the context seeded at start
+    assert kinds[i - 1 : i + 2] == ["input_audio_buffer.clear", "conversation.item.create", "response.create"]
+    assert "goodbye" in " ".join(t["text"].lower() for t in ended["turns"] if t["speaker"] == "caller")
+    # The CS leg saw one continuous RTP stream across both switches (agent -> human -> agent).
+    assert call.relay.cs_out.switches >= 2
+    seqs = [s for s, _ in rtp]
+    gaps = [(b - a) & 0xFFFF for a, b in itertools.pairwise(seqs)]
+    assert len(seqs) > 500 and set(gaps) == {1}, f"sequence gaps: {sorted(set(gaps))}"
+    steps = [(b[1] - a[1]) & 0xFFFFFFFF for a, b in itertools.pairwise(rtp)]
+    assert all(s % 960 == 0 and 0 < s < 48000 for s in steps), f"timestamp steps: {sorted(set(steps))[-5:]}"
+    # The events are in events.jsonl as well.
+    text = (Path(ended["out_dir"]) / "events.jsonl").read_text()
+    assert "takeover.started" in text and "takeover.handback" in text
+
+
+async def test_human_hangs_up(client: Client, browsers: Callable[..., Browser]) -> None:
+    call_id, call, watch = await start_call(client)
+    human = browsers("takeover")
+    takeover = await token(client, call_id, "takeover")
+    assert await human.join(client, call_id, takeover) == 201
+    await watch.wait(note("takeover.started"))
+    listen = await token(client, call_id, "listen")
+    resp = await client.post(f"/api/calls/{call_id}/hangup", headers={"Authorization": f"Bearer {listen}"})
+    assert resp.status == 403 and (await resp.json())["error"]["type"] == "wrong_role"
+    resp = await client.post(f"/api/calls/{call_id}/hangup", headers={"Authorization": f"Bearer {takeover}"})
+    assert resp.status == 202, await resp.text()
+    ended = await watch_end(call)
+    assert (ended["end_reason"], ended["ended_by"]) == ("human_hangup", "human")
+    assert await wait_state(human.pc, "closed")
+
+
+async def test_a_vanished_browser_gives_the_call_back_to_the_caller_agent(
+    client: Client, browsers: Callable[..., Browser]
+) -> None:
+    call_id, call, watch = await start_call(client)
+    human = browsers("takeover")
+    assert await human.join(client, call_id, await token(client, call_id, "takeover")) == 201
+    await watch.wait(note("takeover.started"))
+    assert call.relay.on_hold
+    await human.pc.close()  # the tab is gone
+    back = await watch.wait(note("takeover.handback"), within=15)
+    assert back["event"]["reason"].startswith("browser connection")
+    assert not call.relay.on_hold and call.state == "live"
+    # The caller agent got the call back and was briefed (then asked to respond).
+    await watch.wait(lambda r: r["leg"] == "caller" and r["direction"] == "out"
+                     and r["event"]["type"] == "conversation.item.create" and "on hold" in str(r["event"]))
+    resp = await client.post(f"/api/calls/{call_id}/hangup")
+    assert resp.status == 202
+    assert (await watch_end(call))["end_reason"] == "operator_hangup"
+
+
+async def test_a_browser_whose_media_stops_is_handed_back(client: Client, browsers: Callable[..., Browser]) -> None:
+    call_id, call, watch = await start_call(client)
+    human = browsers("takeover")
+    assert await human.join(client, call_id, await token(client, call_id, "takeover")) == 201
+    await watch.wait(note("takeover.started"))
+    human.pc.getSenders()[0].replaceTrack(None)  # frozen tab: the connection stays up, no more RTP
+    back = await watch.wait(note("takeover.handback"), within=20)
+    assert back["event"]["reason"].startswith("no audio from the browser")
+    assert not call.relay.on_hold
+    await client.post(f"/api/calls/{call_id}/hangup")
+    await watch_end(call)
+
+
+# -- access -----------------------------------------------------------------------------------------------------
+async def test_listen_token_cannot_take_over_or_send_audio(client: Client, browsers: Callable[..., Browser]) -> None:
+    call_id, call, watch = await start_call(client)
+    listen = await token(client, call_id, "listen")
+    sneaky = browsers("listen", mic=True)  # offers sendrecv with a microphone
+    assert await sneaky.join(client, call_id, listen, "?role=takeover") == 403
+    assert sneaky.error["error"]["type"] == "wrong_role"
+    for path in ("handback", "hangup"):
+        resp = await client.post(f"/api/calls/{call_id}/{path}", headers={"Authorization": f"Bearer {listen}"})
+        assert resp.status == 403, path
+    # Joining as what it is: the server's answer is send-only, so the browser's microphone has nowhere to go.
+    sneaky2 = browsers("listen", mic=True)
+    assert await sneaky2.join(client, call_id, listen) == 201
+    assert directions(sneaky2.answer) == ["sendonly", "sendonly"]
+    await sneaky2.say(HUMAN_LINE)
+    await sneaky2.wait_loud("cs")
+    assert not call.relay.on_hold and call.relay.stats()["human"] is None
+    assert watch.notes("takeover.started") == []
+    await client.post(f"/api/calls/{call_id}/hangup")
+    await watch_end(call)
+    assert watch.notes("takeover.started") == []
+
+
+async def test_bad_tokens_are_refused_with_reasons(client: Client, browsers: Callable[..., Browser]) -> None:
+    call_id, call, _ = await start_call(client)
+    other_id, other, _ = await start_call(client)
+    past = TokenSigner(SECRET.encode(), clock=lambda: time.time() - 3600)
+    expired, _ = past.issue(call_id, "listen", 60)
+    cases = {
+        "expired": (expired, 401, "token_expired"),
+        "garbled": ("abc.def", 401, "invalid_token"),
+        "missing": ("", 401, "missing_token"),
+        "other call": (await token(client, other_id, "listen"), 403, "wrong_call"),
+    }
+    for name, (tok, status, kind) in cases.items():
+        b = browsers("listen")
+        assert await b.join(client, call_id, tok) == status, name
+        assert b.error["error"]["type"] == kind, name
+    bad = [
+        ({"role": "admin"}, 400),
+        ({"role": "listen", "ttl_s": "long"}, 400),
+        ({"role": "listen", "ttl_s": 10**9}, 400),
+        ({"role": "listen", "extra": 1}, 400),
+    ]
+    for body, status in bad:
+        resp = await client.post(f"/api/calls/{call_id}/tokens", json=body)
+        assert resp.status == status and "error" in await resp.json(), body
+    assert (await client.post("/api/calls/call_nope/tokens", json={"role": "listen"})).status == 404
+    # An offer that is not an offer, and one without audio.
+    tok = await token(client, call_id, "listen")
+    resp = await client.post(f"/api/calls/{call_id}/join", data="hello",
+                             headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/sdp"})
+    assert resp.status == 400 and "offer" in (await resp.json())["error"]["message"]
+    for c in (call, other):
+        await c.hangup()
