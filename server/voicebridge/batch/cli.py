@@ -26,7 +26,7 @@ from .backend import realtime_backend
 from .html import render
 from .progress import ProgressBar
 from .report import build_report, headline, write_json
-from .runner import BatchResult, BatchRunner, new_batch_id
+from .runner import BatchResult, BatchRunner, CallFactory, default_call_factory, new_batch_id
 
 
 def write_report(result: BatchResult) -> dict[str, Any]:
@@ -49,6 +49,7 @@ async def run_batch(
     batch_id: str | None = None,
     progress: Any = None,
     metrics: Metrics | None = None,
+    call_factory: CallFactory = default_call_factory,
 ) -> tuple[BatchResult, dict[str, Any]]:
     """The whole batch: backend up, calls run, report written, backend down. Ctrl-C (SIGINT) stops starting
     calls and hangs up the live ones; the report covers what ran."""
@@ -63,7 +64,7 @@ async def run_batch(
             root.setLevel(logging.INFO)
         runner = BatchRunner(
             scenario, settings, out_dir, concurrency=concurrency, batch_id=batch_id, metrics=metrics,
-            progress=progress,
+            progress=progress, call_factory=call_factory,
         )
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -29,6 +29,14 @@ SUCCESS_REASONS = ("caller_hangup", "operator_hangup")
 END_GRACE_S = 30.0
 
 Progress = Callable[[int, int, dict[str, Any]], None]  # (done, total, that call's summary)
+# (scenario, settings, folder, call_id) -> a Call (or anything with its interface)
+CallFactory = Callable[[Scenario, Settings, Path, str], Any]
+
+
+def default_call_factory(scenario: Scenario, settings: Settings, folder: Path, call_id: str) -> Any:
+    from voicebridge.bridge.call import Call
+
+    return Call(scenario, settings, folder, call_id=call_id)
 
 
 @dataclass
@@ -70,6 +78,7 @@ class BatchRunner:
         batch_id: str | None = None,
         metrics: Metrics | None = None,
         progress: Progress | None = None,
+        call_factory: CallFactory = default_call_factory,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -80,6 +89,7 @@ class BatchRunner:
         self.batch_id = batch_id or new_batch_id()
         self.metrics = metrics
         self.progress = progress
+        self.call_factory = call_factory
         self._live: dict[str, Any] = {}
         self._stopping = False
         self._hangups: set[asyncio.Future[None]] = set()
@@ -122,8 +132,6 @@ class BatchRunner:
             task.add_done_callback(self._hangups.discard)
 
     async def _one_call(self, i: int) -> dict[str, Any]:
-        from voicebridge.bridge.call import Call
-
         call_id = f"{self.batch_id}_{i + 1:04d}"
         folder = self.out_dir / "calls" / call_id
         CALL_ID.set(call_id)  # this task's context (and the call's tasks): its log lines carry the id
@@ -131,7 +139,7 @@ class BatchRunner:
         live_at: list[float] = []
         call: Any = None
         try:
-            call = Call(self.scenario, self.settings, folder, call_id=call_id)
+            call = self.call_factory(self.scenario, self.settings, folder, call_id)
             def on_state(state: str) -> None:
                 if state == "live" and not live_at:
                     live_at.append(time.monotonic() - t0)
