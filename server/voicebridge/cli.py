@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--emulator-url", default="", help="use an emulator already running at this /v1 URL")
     s.add_argument("--cert", type=Path, default=None, help="TLS certificate, PEM (off loopback: certs/dev-cert.pem)")
     s.add_argument("--key", type=Path, default=None, help="TLS private key, PEM (off loopback: certs/dev-key.pem)")
+    s.add_argument(
+        "--allow-origin", action="append", default=[], metavar="ORIGIN",
+        help="another origin (scheme://host[:port]) whose pages may call /api/ (CORS); repeatable",
+    )
 
     c = sub.add_parser("call", help="run one whole call, start to hang-up, then print a summary")
     c.add_argument("--scenario", default="late_order", help="a built-in scenario name or a scenario file path")

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,9 @@ from .api import MANAGER, MAX_BODY_BYTES, SETTINGS, SETTINGS_BODY, add_routes, e
 from .calls import CallFactory, CallLike, CallManager
 from .debug import add_debug_routes
 from .events_ws import call_events
+from .join import add_join_routes
+from .lifecycle import graceful_shutdown, install_lifecycle
+from .security import SecurityConfigError, SecurityPolicy, install_security, policy_for_serve
 from .tls import TlsError, server_ssl_context
 
 log = logging.getLogger(__name__)
@@ -83,6 +87,7 @@ async def create_app(
     web_dir: Path | None = None,
     max_live_calls: int = 20,
     max_body_bytes: int = MAX_BODY_BYTES,
+    security: SecurityPolicy | None = None,
 ) -> web.Application:
     """The server as an aiohttp Application; on cleanup it hangs up every live call (reason `shutdown`)."""
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_security_headers, errors_as_json])
@@ -94,9 +99,12 @@ async def create_app(
     app[MANAGER] = manager
     app[WEB_DIR_KEY] = (web_dir or WEB_DIR).resolve()
     add_routes(app)
+    add_join_routes(app)
     add_debug_routes(app)
     add_metrics_route(app, metrics)
     app.router.add_get("/api/calls/{call_id}/events", call_events)
+    install_security(app, security or SecurityPolicy())  # management token, rate limits, CORS
+    install_lifecycle(app)  # /readyz, 503 for new work while shutting down
     app.router.add_get("/", _index)
     # Everything else outside /api/ is a file of web/ (so an unknown /api/ path stays a JSON 404 or 405).
     app.router.add_get(r"/{path:(?!api/).+}", _static)
@@ -109,6 +117,11 @@ async def create_app(
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    try:  # off loopback, no management token means no server (security.py says why)
+        policy = policy_for_serve(args.host, os.environ, getattr(args, "allow_origin", None) or ())
+    except SecurityConfigError as e:
+        print(f"voicebridge serve: {e}", file=sys.stderr)
+        return 2
     try:  # before anything starts: off loopback, no certificate means no server (tls.py says why)
         ssl_context = server_ssl_context(args.host, getattr(args, "cert", None), getattr(args, "key", None))
     except TlsError as e:
@@ -126,7 +139,7 @@ async def _serve(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, api_key=EMULATOR_KEY)
     if is_local_url(settings.base_url):
         set_loopback_only(True)  # both ends of every leg are on this machine: keep ICE on 127.0.0.1
-    app = await create_app(settings)
+    app = await create_app(settings, security=policy)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
@@ -151,8 +164,8 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    print("voicebridge serve: shutting down (hanging up live calls)", flush=True)
-    await runner.cleanup()
+    print("voicebridge serve: shutting down (refusing new calls, ending live ones)", flush=True)
+    await graceful_shutdown(app, runner)
     if emulator is not None:
         await emulator.stop()
     return 0
