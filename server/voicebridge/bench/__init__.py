@@ -1,0 +1,161 @@
+"""`voicebridge bench`: the media path under load, pass-through against aiortc's transcoding path.
+
+For each concurrency level and relay kind a fresh bridge process (bench/bridge.py) sets up the calls, each
+leg a real WebRTC connection on 127.0.0.1 to a load process (bench/load.py) whose emulated agents talk
+continuously (cached Opus, 20 ms pace). Progress goes to stderr; the table, bench.json and bench.png are
+written to --out; with --json stdout's last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .bridge import Job, bridge_main
+from .report import KEYS, figures, headline, max_without_loss, plot, table
+
+FULL_LEVELS = [1, 10, 25, 50]
+EXTRA_LEVELS = [75, 100, 150]  # full run: go on while there is no loss
+QUICK_LEVELS = [1, 5]
+REFERENCE_CALLS = 25  # the targets are stated at 25 concurrent calls
+BASELINE_GIVE_UP_LOSS_PCT = 5.0  # once the baseline loses this much, higher levels only measure overload
+
+
+def _say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Run one job in a fresh bridge process; always reaps it."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=bridge_main, args=(child, job))
+    proc.start()
+    limit = 60 + job.calls * 2 + (job.seconds + job.warmup) * (3 if job.listeners else 2)
+    try:
+        if not parent.poll(limit):
+            raise RuntimeError(f"bench: the bridge process gave no result within {limit:.0f} s ({job})")
+        status, payload = parent.recv()
+    except EOFError:
+        raise RuntimeError(f"bench: the bridge process died (exit code {proc.exitcode}) running {job}") from None
+    finally:
+        proc.join(15)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+    if status != "ok":
+        raise RuntimeError(f"bench: {job.relay} at {job.calls} calls failed: {payload}")
+    result: dict[str, Any] = payload
+    return result
+
+
+def _levels(args: argparse.Namespace) -> tuple[list[int], bool]:
+    if args.calls:
+        return sorted(set(args.calls)), False
+    if args.quick:
+        return QUICK_LEVELS, False
+    return FULL_LEVELS, True
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    quick = bool(args.quick)
+    seconds, warmup, listeners = (3.0, 1.0, 5) if quick else (10.0, 2.0, 20)
+    levels, extend = _levels(args)
+    relays = [args.relay] if args.relay else ["passthrough", "transcode"]
+    measured: list[dict[str, Any]] = []
+    samples: dict[str, list[float]] = {}
+    failures: list[str] = []
+    ref = max((c for c in levels if c <= REFERENCE_CALLS), default=levels[0])
+    for relay in relays:
+        queue = list(levels)
+        extra = list(EXTRA_LEVELS) if extend and relay == "passthrough" else []
+        while queue:
+            calls = queue.pop(0)
+            job = Job(relay, calls, seconds, warmup, listeners if calls == levels[0] else 0)
+            _say(f"{relay}: {calls} concurrent call(s), {seconds:.0f} s window")
+            try:
+                raw = run_job(job)
+            except RuntimeError as e:
+                failures.append(str(e))
+                _say(str(e))
+                break
+            lv = figures(raw)
+            measured.append(lv)
+            if calls == ref:
+                samples[f"{relay}, {calls} calls"] = raw["window"]["bridge_samples"]
+            lat = lv["added_latency_ms"]
+            _say(
+                f"{relay} x{calls}: added p50 {lat.get('p50')} ms p99 {lat.get('p99')} ms, "
+                f"CPU {lv['cpu_pct_per_call']} %/call, {lv['mem_mib_per_call']} MiB/call, "
+                f"loss {lv['loss_pct']} %, set-up p50 {lv['setup_ms_p50']} ms"
+            )
+            if relay == "transcode" and lv["loss_pct"] > BASELINE_GIVE_UP_LOSS_PCT and queue:
+                failures.append(f"transcode baseline overloaded at {calls} calls; skipped {queue}")
+                _say(failures[-1])
+                break
+            if not queue and extra and lv["loss_pct"] <= 0.1:
+                queue.append(extra.pop(0))
+    main_relay = relays[0]
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "quick": quick,
+        "window_s": seconds,
+    }
+    top = headline(measured, main_relay, ref) or {"calls": ref, **{k: None for k in KEYS}}
+    result.update(top)
+    base = headline(measured, "transcode", ref) if main_relay != "transcode" else None
+    result["baseline"] = base
+    if base:
+        result["ratios"] = {
+            "added_latency_p50": _div(base["added_latency_ms"].get("p50"), top["added_latency_ms"].get("p50")),
+            "added_latency_p99": _div(base["added_latency_ms"].get("p99"), top["added_latency_ms"].get("p99")),
+            "cpu_pct_per_call": _div(base["cpu_pct_per_call"], top["cpu_pct_per_call"]),
+            "mem_mib_per_call": _div(base["mem_mib_per_call"], top["mem_mib_per_call"]),
+        }
+    result["max_calls_without_loss"] = max_without_loss(measured, main_relay)
+    fan = {lv["relay"]: lv["fanout"] for lv in measured if "fanout" in lv}
+    result["fanout"] = fan
+    result["levels"] = measured
+    result["failures"] = failures
+    result["_samples"] = samples
+    return result
+
+
+def _div(a: Any, b: Any) -> float | None:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or b <= 0:
+        return None
+    return round(a / b, 2)
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"voicebridge bench: cannot create --out {out}: {e}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        result = run_bench(args)
+    except KeyboardInterrupt:
+        return 130
+    samples = result.pop("_samples")
+    text = table(result["levels"])
+    print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    try:
+        plot(result["levels"], samples, out / "bench.png")
+    except Exception as e:  # the numbers matter more than the picture
+        print(f"voicebridge bench: could not draw bench.png: {e}", file=sys.stderr)
+    _say(f"done in {time.perf_counter() - started:.0f} s: {out / 'bench.json'}, {out / 'bench.png'}")
+    if args.json:
+        print(json.dumps(result))
+    return 0 if result["levels"] else 1

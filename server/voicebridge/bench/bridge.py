@@ -1,0 +1,355 @@
+"""The bridge under test, in its own process: N calls through one relay kind, measured over a window.
+
+Messages to a load process (bench/load.py): ("call", caller_offer, cs_offer) -> (answers), ("listener",
+offer) -> answer, ("window", seconds, shift) -> counts, ("stop",) -> ("closed", ...). The bridge is the
+offerer on every leg, as in a real call (it POSTs its offer to the Realtime API).
+
+CPU is this process's CPU time over the window's wall time; memory is the growth of this process's RSS
+from before the first call to after the last one is up and warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from voicebridge.media.loopback import set_loopback_only
+
+SETUP_TIMEOUT_S = 15.0
+CALLS_PER_LOAD = 25
+
+
+@dataclass
+class Job:
+    relay: str  # "passthrough" | "transcode"
+    calls: int
+    seconds: float
+    warmup: float
+    listeners: int = 0  # measured after the main window, on the first call (fan-out)
+
+
+@dataclass
+class _Bridge:
+    relay: str
+    pcs: list[RTCPeerConnection] = field(default_factory=list)
+    relays: list[Any] = field(default_factory=list)
+    outs: list[Any] = field(default_factory=list)  # passthrough: OutboundAudio of the legs
+    taps: list[Any] = field(default_factory=list)  # passthrough: InboundTap of the legs
+
+    def counters(self) -> tuple[int, int, int]:
+        """(packets in, packets out, dropped) over the agent legs (pass-through only; zeros otherwise)."""
+        return (
+            sum(t.packets for t in self.taps),
+            sum(o.packets_sent for o in self.outs),
+            sum(o.dropped for o in self.outs),
+        )
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def say(text: str) -> None:
+    print(f"  [bridge] {text}", file=sys.stderr, flush=True)
+
+
+async def _connected(pc: RTCPeerConnection, timeout_s: float) -> None:
+    if pc.connectionState == "connected":
+        return
+    done = asyncio.get_running_loop().create_future()
+
+    def check() -> None:
+        if pc.connectionState in ("connected", "failed", "closed") and not done.done():
+            done.set_result(pc.connectionState)
+
+    pc.on("connectionstatechange", check)
+    state = await asyncio.wait_for(done, timeout_s)
+    if state != "connected":
+        raise RuntimeError(f"bench: a bridge leg ended {state} while connecting")
+
+
+async def _rpc(conn: Any, msg: tuple[Any, ...]) -> Any:
+    conn.send(msg)
+    return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+
+
+async def _setup_call(b: _Bridge, conn: Any) -> float:
+    """One call (two legs) up and relaying; returns its set-up time in seconds."""
+    t0 = time.perf_counter()
+    pcs = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(2)]
+    b.pcs += pcs
+    if b.relay == "passthrough":
+        from voicebridge.bridge.audio import AudioRelay
+        from voicebridge.media.passthrough import InboundTap, OutboundAudio
+
+        outs = [OutboundAudio(), OutboundAudio()]
+        taps = []
+        for out, pc in zip(outs, pcs, strict=True):
+            out.add_to(pc)
+            assert out.receiver is not None
+            taps.append(InboundTap(out.receiver))
+        relay: Any = AudioRelay(taps[0], outs[0], taps[1], outs[1])
+        relay.start()
+        b.outs += outs
+        b.taps += taps
+    else:
+        from voicebridge.media.transcode import TranscodeLeg, TranscodeRelay
+
+        legs = [TranscodeLeg(pc) for pc in pcs]
+    for pc in pcs:
+        await pc.setLocalDescription(await pc.createOffer())
+    answers = await _rpc(conn, ("call", pcs[0].localDescription.sdp, pcs[1].localDescription.sdp))
+    for pc, answer in zip(pcs, answers, strict=True):
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    if b.relay == "transcode":
+        await asyncio.gather(*(leg.wait_track() for leg in legs))
+        relay = TranscodeRelay(legs[0], legs[1])
+        relay.start()
+    await asyncio.gather(*(_connected(pc, SETUP_TIMEOUT_S) for pc in pcs))
+    b.relays.append(relay)
+    return time.perf_counter() - t0
+
+
+async def _add_listener(b: _Bridge, conn: Any) -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    b.pcs.append(pc)
+    relay = b.relays[0]
+    if b.relay == "passthrough":
+        from voicebridge.media.passthrough import OutboundAudio
+
+        c_out, s_out = OutboundAudio(), OutboundAudio()
+        c_out.add_to(pc, "sendonly")
+        s_out.add_to(pc, "sendonly")
+        relay.add_listener(c_out, s_out)
+    else:
+        from voicebridge.media.transcode import ForwardTrack
+
+        c_fwd, s_fwd = ForwardTrack(), ForwardTrack()
+        pc.addTransceiver(c_fwd, direction="sendonly")
+        pc.addTransceiver(s_fwd, direction="sendonly")
+        relay.add_listener(c_fwd, s_fwd)
+    await pc.setLocalDescription(await pc.createOffer())
+    answer = await _rpc(conn, ("listener", pc.localDescription.sdp))
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    await _connected(pc, SETUP_TIMEOUT_S)
+
+
+def _clear(b: _Bridge) -> None:
+    if b.relay == "passthrough":
+        for o in b.outs:
+            o._latency.clear()
+    else:
+        for r in b.relays:
+            r.clear_samples()
+
+
+def _samples(b: _Bridge) -> list[float]:
+    if b.relay == "passthrough":
+        return [s for o in b.outs for s in o.latency_samples()]
+    return [s for r in b.relays for s in r.latency_samples()]
+
+
+async def _window(b: _Bridge, conns: list[Any], seconds: float, shift: float) -> dict[str, Any]:
+    _clear(b)
+    loop = asyncio.get_running_loop()
+    for c in conns:
+        c.send(("window", seconds, shift))
+    from voicebridge.bench.load import _LagProbe
+
+    lag = _LagProbe()
+    gc_probe = _GcProbe()
+    presend.clear()
+    c0 = b.counters()
+    t0, wall0 = os.times(), time.perf_counter()
+    await asyncio.sleep(seconds)  # a benchmark window, not a test: the load processes measure the same span
+    t1 = os.times()
+    wall = time.perf_counter() - wall0
+    user, system = t1.user - t0.user, t1.system - t0.system
+    c1 = b.counters()
+    cpu = user + system
+    samples = _samples(b)
+    lag.stop()
+    gc_probe.stop()
+    loads = await asyncio.gather(*(loop.run_in_executor(None, c.recv) for c in conns))
+    return {
+        "cpu_pct": 100.0 * cpu / wall,
+        "cpu_user_pct": 100.0 * user / wall,
+        "cpu_sys_pct": 100.0 * system / wall,
+        "wall_s": wall,
+        "loop_lag_ms": lag.summary(),
+        "gc_pauses": gc_probe.summary(),
+        "bridge_in": c1[0] - c0[0],
+        "bridge_out": c1[1] - c0[1],
+        "bridge_dropped": c1[2] - c0[2],
+        "presend_samples": list(presend), "bridge_samples": samples, "loads": loads}
+
+
+def _profiler() -> Any:
+    """VOICEBRIDGE_BENCH_PROFILE=DIR: profile the main window with pyinstrument (if installed)."""
+    if not os.environ.get("VOICEBRIDGE_BENCH_PROFILE"):
+        return None
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        say("VOICEBRIDGE_BENCH_PROFILE is set but pyinstrument is not installed; not profiling")
+        return None
+    profiler = Profiler(interval=0.001, async_mode="disabled")
+    profiler.start()
+    return profiler
+
+
+def _write_profile(profiler: Any, job: Job) -> None:
+    profiler.stop()
+    path = os.path.join(os.environ["VOICEBRIDGE_BENCH_PROFILE"], f"profile-{job.relay}-{job.calls}.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(profiler.output_text(unicode=False, color=False, show_all=True))
+    say(f"profile written to {path}")
+
+
+class _GcProbe:
+    """Pauses of the cyclic garbage collector during a window (they stall the whole event loop)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._start = 0.0
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._start)
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._cb)
+
+    def summary(self) -> dict[str, float | int]:
+        return {"count": len(self.pauses), "max_ms": round(1000 * max(self.pauses, default=0.0), 2)}
+
+
+presend: deque[float] = deque(maxlen=200_000)
+
+
+def _instrument_presend() -> None:
+    """Record, per forwarded packet, tap arrival -> the moment the transport send starts (our Python's share).
+
+    The rest of the bridge latency is aiortc's SRTP protect and the kernel's sendto. One extra
+    perf_counter() per packet, in the bench process only (the same split as the relay engineer's script).
+    """
+    import voicebridge.media.passthrough as pt
+
+    real_run_now = pt._run_now
+    real_send = pt.OutboundAudio.send
+    current: list[float] = [0.0]
+
+    def run_now(coro: Any) -> bool:
+        current[0] = time.perf_counter()
+        return real_run_now(coro)
+
+    def send(self: Any, pkt: Any, source: str = "") -> None:
+        real_send(self, pkt, source)
+        if current[0]:
+            presend.append(current[0] - pkt.received_at)
+            current[0] = 0.0
+
+    pt._run_now = run_now
+    pt.OutboundAudio.send = send  # type: ignore[method-assign]
+
+
+async def run_job(job: Job) -> dict[str, Any]:
+    from voicebridge.bench.load import load_main
+
+    set_loopback_only(True)
+    if job.relay == "passthrough":
+        _instrument_presend()
+    ctx = mp.get_context("spawn")
+    n_loads = max(1, math.ceil(job.calls / CALLS_PER_LOAD))
+    conns, procs = [], []
+    for _ in range(n_loads):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=load_main, args=(child,), daemon=True)
+        proc.start()
+        conns.append(parent)
+        procs.append(proc)
+    b = _Bridge(job.relay)
+    result: dict[str, Any] = {"relay": job.relay, "calls": job.calls, "load_processes": n_loads}
+    try:
+        for c in conns:  # the load processes have imported aiortc and encoded their packets
+            if not await asyncio.get_running_loop().run_in_executor(None, c.poll, 60):
+                raise RuntimeError("bench: a load process did not start within 60 s")
+            c.recv()
+        # One warm-up call, set up and closed first: imports, codecs and the first certificate are not a
+        # cost per call, so they count neither in set-up time nor in RSS growth.
+        warm = _Bridge(job.relay)
+        try:
+            await _setup_call(warm, conns[0])
+        finally:
+            for r in warm.relays:
+                r.stop()
+            await asyncio.gather(*(pc.close() for pc in warm.pcs), return_exceptions=True)
+        await _rpc(conns[0], ("close_all",))
+        rss0 = rss_mib()
+        setups = []
+        for i in range(job.calls):
+            setups.append(await _setup_call(b, conns[i % n_loads]))
+            if (i + 1) % 10 == 0 or i + 1 == job.calls:
+                say(f"{job.relay}: {i + 1}/{job.calls} calls up")
+        await asyncio.sleep(job.warmup)  # let jitter buffers and encoders settle before measuring
+        rss1 = rss_mib()
+        shift = 0.5 if job.relay == "transcode" else 0.3  # > the path latency, so in-flight packets count
+        profiler = _profiler()
+        main = await _window(b, conns, job.seconds, shift)
+        if profiler is not None:
+            _write_profile(profiler, job)
+        result.update(setup_s=setups, rss_mib_before=rss0, rss_mib_after=rss1, window=main)
+        if job.listeners:
+            for _ in range(job.listeners):
+                await _add_listener(b, conns[0])
+            say(f"{job.relay}: {job.listeners} listeners on call 1")
+            await asyncio.sleep(job.warmup)
+            fan = await _window(b, conns, job.seconds, shift)
+            fan["listeners"] = job.listeners
+            result["fanout"] = fan
+    finally:
+        for r in b.relays:
+            r.stop()
+        for c in conns:
+            try:
+                c.send(("stop",))
+            except (BrokenPipeError, OSError):
+                pass
+        await asyncio.gather(*(pc.close() for pc in b.pcs), return_exceptions=True)
+        for c, p in zip(conns, procs, strict=True):
+            try:
+                if c.poll(10):
+                    c.recv()
+            except (EOFError, OSError):
+                pass
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+    return result
+
+
+def bridge_main(conn: Any, job: Job) -> None:
+    """Entry point of the bridge process: run one job, send back its result (or the error)."""
+    try:
+        conn.send(("ok", asyncio.run(run_job(job))))
+    except BaseException as e:
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        raise

@@ -1,0 +1,251 @@
+"""Load generator process: cheap emulated agents that talk continuously over real WebRTC on loopback.
+
+Each agent is an answering RTCPeerConnection whose audio goes out SFU style (``OutboundAudio``: cached Opus
+packets written straight to the transport every 20 ms, no encoder, no aiortc send loop) and comes in through an
+``InboundTap`` (no jitter buffer, no decoder), so one process can drive many calls without being the
+bottleneck. Both agents of a call live in the same process, so the end-to-end latency of a packet (sent by
+one agent -> received by the other, through the bridge) is matched by payload on one clock.
+
+Driven over a multiprocessing pipe by the bridge process (see bench/bridge.py for the messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from voicebridge.media.loopback import set_loopback_only
+from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
+
+FRAME_S = 0.020
+CACHE_PACKETS = 500  # 10 s of unique packets: a payload identifies its send time within a window
+
+
+def noise_packets(count: int = CACHE_PACKETS, seed: int = 7) -> list[bytes]:
+    """count unique 20 ms Opus packets (speech-like bit rate) of a tone with noise, encoded once by libopus."""
+    import av
+    import numpy as np
+
+    enc = av.CodecContext.create("libopus", "w")
+    enc.sample_rate = 48000
+    enc.layout = "stereo"
+    enc.format = "s16"
+    enc.bit_rate = 32000
+    rng = np.random.default_rng(seed)
+    out: list[bytes] = []
+    n = 0
+    while len(out) < count + 10:
+        t = (np.arange(960) + n * 960) / 48000.0
+        wave = 0.3 * np.sin(2 * math.pi * 220 * t) + 0.05 * rng.standard_normal(960)
+        mono = (wave * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate = 48000
+        frame.pts = n * 960
+        out.extend(bytes(p) for p in enc.encode(frame))
+        n += 1
+    packets = out[10 : 10 + count]  # skip the encoder's start-up packets
+    if len(set(packets)) != count:
+        raise RuntimeError("bench: the cached Opus packets are not unique; payload matching would be wrong")
+    return packets
+
+
+class Agent:
+    """One emulated party: sends cached packets at 20 ms pace, records what it sends and receives."""
+
+    def __init__(self, packets: list[bytes], phase: float) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.out = OutboundAudio()
+        self.out.add_to(self.pc)
+        assert self.out.receiver is not None
+        self.tap = InboundTap(self.out.receiver)
+        self.tap.subscribe(self._on_packet)
+        self.packets = packets
+        self.phase = phase
+        self.peer: Agent | None = None
+        self.sent_at: dict[bytes, float] = {}
+        self.sent = 0
+        self.received = 0
+        self.matched: list[float] = []
+        self.recording = False
+        self._i = random.randrange(len(packets))
+        self._seq = random.getrandbits(15)
+        self._ts = random.getrandbits(32)
+        self._handle: asyncio.TimerHandle | None = None
+        self._next = 0.0
+        self.late = 0  # ticks that fired more than one frame late (the load generator is overloaded)
+
+    async def answer(self, offer: str) -> str:
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
+
+    def start_sending(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._next = loop.time() + self.phase
+        self._handle = loop.call_at(self._next, self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - self._next > FRAME_S:
+            self.late += 1
+            if now - self._next > 0.2:  # far behind: resynchronise instead of bursting
+                self._next = now
+        if self.out.connected:
+            payload = self.packets[self._i]
+            self._i = (self._i + 1) % len(self.packets)
+            self._seq = (self._seq + 1) & 0xFFFF
+            self._ts = (self._ts + 960) & 0xFFFFFFFF
+            t = time.perf_counter()
+            self.out.send(RtpAudio(payload, self._ts, self._seq, False, t), "load")
+            self.sent_at[payload] = t
+            self.sent += 1
+        self._next += FRAME_S
+        self._handle = loop.call_at(self._next, self._tick)
+
+    def _on_packet(self, pkt: RtpAudio) -> None:
+        self.received += 1
+        if self.recording and self.peer is not None:
+            sent = self.peer.sent_at.get(pkt.payload)
+            if sent is not None:
+                self.matched.append(pkt.received_at - sent)
+
+    async def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self.out.close()
+        self.tap.close()
+        await self.pc.close()
+
+
+class Listener:
+    """A browser-like receive-only peer: counts what it gets on each of its tracks, decodes nothing."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.taps: list[InboundTap] = []
+
+    async def answer(self, offer: str) -> str:
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        for t in self.pc.getTransceivers():
+            self.taps.append(InboundTap(t.receiver))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
+
+    @property
+    def received(self) -> int:
+        return sum(t.packets for t in self.taps)
+
+    async def close(self) -> None:
+        for t in self.taps:
+            t.close()
+        await self.pc.close()
+
+
+async def _serve(conn: Any) -> None:
+    loop = asyncio.get_running_loop()
+    packets = noise_packets()
+    agents: list[Agent] = []
+    listeners: list[Listener] = []
+
+    async def recv() -> Any:
+        return await loop.run_in_executor(None, conn.recv)
+
+    conn.send(("ready",))
+    try:
+        while True:
+            msg = await recv()
+            kind = msg[0]
+            if kind == "call":  # ("call", caller_offer, cs_offer) -> (caller_answer, cs_answer)
+                a, b = Agent(packets, random.random() * FRAME_S), Agent(packets, random.random() * FRAME_S)
+                a.peer, b.peer = b, a
+                agents += [a, b]
+                answers = await asyncio.gather(a.answer(msg[1]), b.answer(msg[2]))
+                a.start_sending()
+                b.start_sending()
+                conn.send(tuple(answers))
+            elif kind == "listener":  # ("listener", offer) -> answer
+                listener = Listener()
+                listeners.append(listener)
+                conn.send(await listener.answer(msg[1]))
+            elif kind == "window":  # ("window", seconds, shift_s) -> counts over the window, matched latencies
+                conn.send(await _window(agents, listeners, msg[1], msg[2]))
+            elif kind == "close_all":  # the bridge's warm-up call is over: stop its agents
+                await asyncio.gather(*(a.close() for a in agents), return_exceptions=True)
+                agents.clear()
+                conn.send("closed")
+            elif kind == "stop":
+                break
+    finally:
+        await asyncio.gather(*(a.close() for a in agents), return_exceptions=True)
+        await asyncio.gather(*(x.close() for x in listeners), return_exceptions=True)
+        conn.send(("closed", len(agents), len(listeners)))
+
+
+async def _window(agents: list[Agent], listeners: list[Listener], seconds: float, shift: float) -> dict[str, Any]:
+    """Packets sent in [0, seconds] against packets received in [shift, seconds + shift] (shift = latency)."""
+    for a in agents:
+        a.matched = []
+        a.late = 0
+        a.recording = True
+    lag = _LagProbe()
+    sent0 = sum(a.sent for a in agents)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.sleep(shift)
+    recv0 = sum(a.received for a in agents)
+    lrecv0 = sum(x.received for x in listeners)
+    await asyncio.sleep(seconds - shift)
+    sent1 = sum(a.sent for a in agents)
+    cpu = time.process_time() - cpu0
+    wall = time.perf_counter() - wall0
+    await asyncio.sleep(shift)
+    recv1 = sum(a.received for a in agents)
+    lrecv1 = sum(x.received for x in listeners)
+    for a in agents:
+        a.recording = False
+    matched = [s for a in agents for s in a.matched]
+    lag.stop()
+    return {
+        "loop_lag_ms": lag.summary(),
+        "sent": sent1 - sent0,
+        "received": recv1 - recv0,
+        "listener_received": lrecv1 - lrecv0,
+        "matched": matched,
+        "late_ticks": sum(a.late for a in agents),
+        "cpu_pct": 100.0 * cpu / wall if wall > 0 else 0.0,
+    }
+
+
+class _LagProbe:
+    """How late a 10 ms timer fires: how long this process's event loop was busy (or not scheduled)."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self._loop = asyncio.get_running_loop()
+        self._due = self._loop.time() + 0.01
+        self._h = self._loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        self.lags.append(now - self._due)
+        self._due = now + 0.01
+        self._h = self._loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        self._h.cancel()
+
+    def summary(self) -> dict[str, float | int]:
+        from voicebridge.media.passthrough import latency_summary
+
+        return latency_summary(self.lags)
+
+
+def load_main(conn: Any) -> None:
+    """Entry point of a load process (multiprocessing target)."""
+    set_loopback_only(True)
+    asyncio.run(_serve(conn))

@@ -1,0 +1,170 @@
+"""Turn raw bench jobs into figures, a table, bench.json and bench.png."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from voicebridge.media.passthrough import latency_summary
+
+LOSS_THRESHOLD_PCT = 0.1  # below this a level counts as "without loss" (boundary effects of the window)
+KEYS = ("added_latency_ms", "cpu_pct_per_call", "mem_mib_per_call", "loss_pct", "setup_ms_p50")
+
+
+def _lat(samples: list[float]) -> dict[str, float | int]:
+    s = latency_summary(samples)
+    return {k: s[k] for k in ("p50", "p99", "max", "count") if k in s}
+
+
+def figures(job: dict[str, Any]) -> dict[str, Any]:
+    """One measured level of one relay, in the JSON's units."""
+    calls = int(job["calls"])
+    win = job["window"]
+    sent = sum(x["sent"] for x in win["loads"])
+    received = sum(x["received"] for x in win["loads"])
+    matched = [s for x in win["loads"] for s in x["matched"]]
+    out: dict[str, Any] = {
+        "calls": calls,
+        "relay": job["relay"],
+        "added_latency_ms": _lat(win["bridge_samples"]),
+        "e2e_latency_ms": _lat(matched) if matched else None,
+        "presend_latency_ms": _lat(win["presend_samples"]) if win["presend_samples"] else None,
+        "gc_pauses": win["gc_pauses"],
+        "cpu_pct": round(win["cpu_pct"], 2),
+        "cpu_pct_per_call": round(win["cpu_pct"] / calls, 3),
+        "cpu_user_pct_per_call": round(win["cpu_user_pct"] / calls, 3),
+        "cpu_sys_pct_per_call": round(win["cpu_sys_pct"] / calls, 3),
+        "mem_mib_per_call": round((job["rss_mib_after"] - job["rss_mib_before"]) / calls, 3),
+        "loss_pct": round(max(0.0, 100.0 * (1 - received / sent)) if sent else 100.0, 3),
+        "setup_ms_p50": round(1000 * statistics.median(job["setup_s"]), 1),
+        "setup_ms_max": round(1000 * max(job["setup_s"]), 1),
+        "packets_sent": sent,
+        "packets_received": received,
+        "bridge_packets_in": win["bridge_in"],
+        "bridge_packets_out": win["bridge_out"],
+        "bridge_dropped": win["bridge_dropped"],
+        "load_processes": job["load_processes"],
+        "load_cpu_pct": [round(x["cpu_pct"], 1) for x in win["loads"]],
+        "bridge_loop_lag_ms": win["loop_lag_ms"],
+        "load_loop_lag_ms": [x["loop_lag_ms"] for x in win["loads"]],
+        "load_late_ticks": sum(x["late_ticks"] for x in win["loads"]),
+        "seconds": round(win["wall_s"], 2),
+    }
+    fan = job.get("fanout")
+    if fan:
+        n = int(fan["listeners"])
+        got = sum(x["listener_received"] for x in fan["loads"])
+        expected = n * 2 * fan["wall_s"] / 0.020  # two parties, 50 packets/s each, per listener
+        out["fanout"] = {
+            "listeners": n,
+            "cpu_pct": round(fan["cpu_pct"], 2),
+            "cpu_pct_per_listener": round((fan["cpu_pct"] - win["cpu_pct"]) / n, 3),
+            "listener_delivery_pct": round(min(100.0, 100.0 * got / expected), 2) if expected else 0.0,
+            "added_latency_ms": _lat(fan["bridge_samples"]),
+        }
+    return out
+
+
+def headline(levels: list[dict[str, Any]], relay: str, calls: int) -> dict[str, Any] | None:
+    for lv in levels:
+        if lv["relay"] == relay and lv["calls"] == calls:
+            return {k: lv[k] for k in ("calls", *KEYS, "e2e_latency_ms")}
+    return None
+
+
+def max_without_loss(levels: list[dict[str, Any]], relay: str) -> int:
+    best = 0
+    for lv in sorted((x for x in levels if x["relay"] == relay), key=lambda x: x["calls"]):
+        if lv["loss_pct"] > LOSS_THRESHOLD_PCT:
+            break
+        best = lv["calls"]
+    return best
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or a <= 0:
+        return "-"
+    return f"{b / a:.1f}x"
+
+
+def table(levels: list[dict[str, Any]]) -> str:
+    head = (
+        "| calls | relay | added p50 ms | p99 ms | max ms | e2e p50 ms | CPU %/call | MiB/call | loss % "
+        "| set-up p50 ms |"
+    )
+    rows = [head, "|" + "---|" * 10]
+    by = {(lv["calls"], lv["relay"]): lv for lv in levels}
+    for calls in sorted({lv["calls"] for lv in levels}):
+        p, t = by.get((calls, "passthrough")), by.get((calls, "transcode"))
+        for lv in (p, t):
+            if lv is None:
+                continue
+            lat, e2e = lv["added_latency_ms"], lv["e2e_latency_ms"]
+            rows.append(
+                f"| {calls} | {lv['relay']} | {lat.get('p50', '-')} | {lat.get('p99', '-')} | {lat.get('max', '-')} "
+                f"| {e2e['p50'] if e2e else '-'} | {lv['cpu_pct_per_call']} | {lv['mem_mib_per_call']} "
+                f"| {lv['loss_pct']} | {lv['setup_ms_p50']} |"
+            )
+        if p and t:
+            pl, tl = p["added_latency_ms"], t["added_latency_ms"]
+            rows.append(
+                f"| {calls} | transcode / passthrough | {_ratio(pl.get('p50'), tl.get('p50'))} "
+                f"| {_ratio(pl.get('p99'), tl.get('p99'))} | {_ratio(pl.get('max'), tl.get('max'))} | - "
+                f"| {_ratio(p['cpu_pct_per_call'], t['cpu_pct_per_call'])} "
+                f"| {_ratio(p['mem_mib_per_call'], t['mem_mib_per_call'])} | - "
+                f"| {_ratio(p['setup_ms_p50'], t['setup_ms_p50'])} |"
+            )
+    fans = [lv for lv in levels if "fanout" in lv]
+    if fans:
+        rows += ["", "| fan-out (1 call) | listeners | CPU % of a core per listener | delivered % |"]
+        rows.append("|---|---|---|---|")
+        for lv in fans:
+            f = lv["fanout"]
+            rows.append(
+                f"| {lv['relay']} | {f['listeners']} | {f['cpu_pct_per_listener']} | {f['listener_delivery_pct']} |"
+            )
+    return "\n".join(rows)
+
+
+def plot(levels: list[dict[str, Any]], samples: dict[str, list[float]], path: Path) -> Path:
+    """Latency distribution (reference level) and CPU / latency against concurrent calls."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax = axes[0]
+    for name, vals in samples.items():
+        if vals:
+            ms = sorted(v * 1000 for v in vals)
+            ax.plot(ms, [i / len(ms) for i in range(len(ms))], label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("added latency per packet, ms (log)")
+    ax.set_ylabel("fraction of packets")
+    ax.set_title("latency distribution (CDF)")
+    ax.legend(fontsize=8)
+    for relay, marker in (("passthrough", "o"), ("transcode", "s")):
+        lv = sorted((x for x in levels if x["relay"] == relay), key=lambda x: x["calls"])
+        if not lv:
+            continue
+        calls = [x["calls"] for x in lv]
+        axes[1].plot(calls, [x["cpu_pct_per_call"] for x in lv], marker=marker, label=relay)
+        axes[2].plot(calls, [x["added_latency_ms"].get("p50", 0) for x in lv], marker=marker, label=f"{relay} p50")
+        axes[2].plot(
+            calls, [x["added_latency_ms"].get("p99", 0) for x in lv], marker=marker, ls="--", label=f"{relay} p99"
+        )
+    axes[1].set_xlabel("concurrent calls")
+    axes[1].set_ylabel("bridge CPU, % of a core per call")
+    axes[1].set_title("CPU per call")
+    axes[1].legend(fontsize=8)
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("concurrent calls")
+    axes[2].set_ylabel("added latency, ms (log)")
+    axes[2].set_title("latency vs concurrent calls")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
