@@ -16,7 +16,7 @@ from voicebridge.bridge.call import build_session
 from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.realtime.api import LegError
-from voicebridge.realtime.websocket import WebSocketLeg
+from voicebridge.realtime.websocket import PcmRelay, WebSocketLeg
 from voicebridge.scenarios.model import load_scenario
 
 pytestmark = pytest.mark.integration
@@ -141,3 +141,14 @@ async def test_nobody_listening_fails_connect_naming_the_url() -> None:
     leg = WebSocketLeg("caller", Settings(base_url=f"http://127.0.0.1:{port}/v1"))
     with pytest.raises(LegError, match=re.escape(f"cannot reach http://127.0.0.1:{port}/v1")):
         await leg.connect(build_session(SCENARIO.caller, leg.settings, []))
+
+
+async def test_pcm_relay_refuses_listeners_with_a_clear_reason() -> None:
+    settings = Settings(base_url="http://127.0.0.1:9/v1")
+    relay = PcmRelay(WebSocketLeg("caller", settings), WebSocketLeg("cs", settings))
+    with pytest.raises(RuntimeError, match="need at least one WebRTC leg"):
+        relay.add_listener(None, None)
+    with pytest.raises(RuntimeError, match="need at least one WebRTC leg"):
+        relay.set_caller_source(None)
+    relay.on_packet(lambda party, pkt: None)()  # accepted, never called
+    assert relay.stats()["frames"] == {"caller_to_cs": 0, "cs_to_caller": 0}

@@ -467,7 +467,26 @@ class PcmRelay:
         self._unsubs = []
 
     def stats(self) -> dict[str, Any]:
-        return {"kind": "pcm", "frames": dict(self.frames)}
+        return {"kind": "pcm", "frames": dict(self.frames), "on_hold": False}
+
+    # AudioRelay's other methods, so callers written for it get an answer instead of an AttributeError.
+    on_hold = False
+
+    def on_packet(self, fn: Callable[[str, Any], None]) -> Callable[[], None]:
+        """No Opus packets cross this relay: packet hooks (metrics, recording) are accepted and never called."""
+        return lambda: None
+
+    def add_listener(self, caller_out: Any, cs_out: Any) -> Callable[[], None]:
+        raise RuntimeError(NO_OPUS)
+
+    def set_caller_source(self, human: Any, human_out: Any = None) -> None:
+        raise RuntimeError(NO_OPUS)
+
+
+NO_OPUS = (
+    "both legs of this call use the WebSocket transport (PCM16, relayed without a codec): listeners and a human "
+    "caller need at least one WebRTC leg (--caller-transport/--cs-transport webrtc)"
+)
 
 
 def leg_factory(caller: str = "webrtc", cs: str = "webrtc") -> Callable[[str, Settings], Leg]:
