@@ -1,6 +1,8 @@
 // voicebridge console: start calls, list them, and follow one live (transcript, tool calls, raw events).
 // Plain ES module, no build step. Everything from the server is rendered with textContent, never as HTML.
 
+import { debugEnded, debugState, showDebug } from "./debug.js";
+
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 2000;
 const MAX_EVENT_ROWS = 1500; // the DOM slows down beyond this; the full log is in the call's events.jsonl
@@ -80,6 +82,7 @@ function selectCall(id) {
   $("event-count").textContent = "";
   document.querySelectorAll(".call-row").forEach((r) => r.classList.toggle("selected", r.dataset.call === id));
   api(`/api/calls/${encodeURIComponent(id)}`).then(renderHead).catch((e) => notify(e.message));
+  showDebug(id);
   connect();
 }
 
@@ -109,6 +112,7 @@ function onMessage({ kind, data }) {
     st.textContent = data;
     st.className = `state ${data}`;
     $("hangup").disabled = !(data === "connecting" || data === "live");
+    debugState(data);
   } else if (kind === "event") {
     addEvent(data);
   } else if (kind === "turn") {
@@ -117,6 +121,7 @@ function onMessage({ kind, data }) {
     addTool(data);
   } else if (kind === "ended") {
     view.ended = true;
+    debugEnded();
     renderHead({ ...data, id: data.call_id || view.callId, title: data.title || $("call-title").textContent });
     refreshCalls();
   }
