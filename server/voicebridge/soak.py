@@ -5,13 +5,16 @@ Phases: warm-up (a few calls, so caches, lazy imports and pools are allocated be
 calls one after another, then C calls at once. The bar: zero failed calls, and after the calls, file
 descriptors, asyncio tasks, threads and live RTCPeerConnection objects back near the baseline, and RSS within
 a bound of it (CPython rarely returns freed memory to the OS, so RSS is checked for growth, not equality).
-Both sides of every call (the bridge and the emulator) live in this process, so a leak on either shows.
+The emulator runs in a process of its own by default (`--emulator process`: the bridge is what is soaked, and
+two interpreters share the CPU's cores instead of one GIL); its descriptors, threads and RSS are checked too.
+With `embedded` both sides live in this process (what the short soak in `make test` does).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -26,8 +29,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from voicebridge.batch.backend import realtime_backend
+from voicebridge.batch.emulator_process import EmulatorProcess, ProcessResources, emulator_process
 from voicebridge.batch.progress import ProgressBar
-from voicebridge.batch.runner import BatchRunner, Progress, succeeded
+from voicebridge.batch.runner import BatchRunner, succeeded
 from voicebridge.observability.metrics import Metrics
 from voicebridge.scenarios.model import Scenario, load_scenario
 
@@ -78,7 +82,12 @@ class SoakResult:
     baseline: Resources | None = None
     after_sequential: Resources | None = None
     after: Resources | None = None
+    emulator: str = "embedded"
+    emulator_baseline: ProcessResources | None = None
+    emulator_after: ProcessResources | None = None
     emulator_sessions_left: int = 0
+    rss_trace_mb: list[float] = field(default_factory=list)  # this process, after each sequential call
+    rss_slope_mb_per_call: float | None = None  # over the second half of the sequential calls
     wall_s: float = 0.0
     sequential_s: float = 0.0
     concurrent_s: float = 0.0
@@ -163,6 +172,41 @@ def _check(result: SoakResult, base: Resources, now: Resources, limits: Limits, 
     over("RTCPeerConnection objects", base.peer_connections, now.peer_connections, 0)
 
 
+async def _settle_child(
+    child: EmulatorProcess, base: ProcessResources, limits: Limits, within_s: float = SETTLE_S
+) -> ProcessResources | None:
+    """As settle(), for the emulator process (its sessions close a little after the bridge hangs up)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        now = child.resources()
+        if now is None or now.fds - base.fds <= limits.fds or time.monotonic() >= deadline:
+            return now
+        await asyncio.sleep(0.2)
+
+
+def _check_child(
+    result: SoakResult, base: ProcessResources, now: ProcessResources | None, limits: Limits
+) -> None:
+    if now is None:
+        result.problems.append("the emulator process is gone")
+        return
+    if now.fds - base.fds > limits.fds:
+        result.problems.append(f"emulator process: file descriptors {base.fds} -> {now.fds}")
+    if now.rss_mb - base.rss_mb > limits.rss_mb:
+        result.problems.append(f"emulator process: RSS {base.rss_mb} -> {now.rss_mb} MB")
+
+
+def _slope(values: list[float]) -> float | None:
+    """Least-squares slope per step (MB per call), or None for fewer than 10 points."""
+    n = len(values)
+    if n < 10:
+        return None
+    mx, my = (n - 1) / 2.0, sum(values) / n
+    num = sum((i - mx) * (v - my) for i, v in enumerate(values))
+    den = sum((i - mx) ** 2 for i in range(n))
+    return round(num / den, 3)
+
+
 async def soak(
     sequential: int,
     concurrent: int,
@@ -173,22 +217,39 @@ async def soak(
     out_dir: Path | None = None,
     metrics: Metrics | None = None,
     progress: TextIO | None = None,
+    emulator: str = "embedded",
 ) -> SoakResult:
-    """Run the soak; artifacts go to `out_dir` (a temporary folder, removed afterwards, when None)."""
+    """Run the soak; artifacts go to `out_dir` (a temporary folder, removed afterwards, when None).
+    `emulator`: "embedded" (in this process) or "process" (a child process)."""
+    if emulator not in ("embedded", "process"):
+        raise ValueError(f"emulator must be 'embedded' or 'process', got {emulator!r}")
     scenario = scenario or load_scenario(SOAK_SCENARIO)
     limits = limits or Limits()
-    result = SoakResult(sequential=sequential, concurrent=concurrent)
+    result = SoakResult(sequential=sequential, concurrent=concurrent, emulator=emulator)
     tmp = None if out_dir is not None else Path(tempfile.mkdtemp(prefix="voicebridge-soak-"))
     folder = out_dir if out_dir is not None else tmp
     assert folder is not None
+    folder.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     summaries: list[dict[str, Any]] = []
     try:
-        async with realtime_backend([scenario], force_emulator=True) as (settings, emulator):
+        async with contextlib.AsyncExitStack() as stack:
+            child: EmulatorProcess | None = None
+            if emulator == "process":
+                child = await stack.enter_async_context(emulator_process([scenario], folder / "emulator.log"))
+            settings, embedded = await stack.enter_async_context(
+                realtime_backend([scenario], child.url if child else "", force_emulator=True)
+            )
 
             async def phase(name: str, calls: int, concurrency: int) -> None:
                 bar = ProgressBar(progress, calls, f"{name} calls") if progress is not None else None
-                report: Progress | None = bar
+
+                def report(done: int, total: int, summary: dict[str, Any]) -> None:
+                    if name == "sequential":
+                        result.rss_trace_mb.append(round(_rss_kb() / 1024.0, 1))
+                    if bar is not None:
+                        bar(done, total, summary)
+
                 runner = BatchRunner(
                     scenario, settings, folder / name, concurrency=concurrency, batch_id=f"soak_{name}",
                     metrics=metrics, progress=report,
@@ -203,6 +264,7 @@ async def soak(
                 await phase("warmup", warmup, 1)
                 summaries.clear()  # warm-up calls prepare the baseline; they are not judged
             result.baseline = base = await settle(Resources.now(), limits, 5.0)
+            result.emulator_baseline = child.resources() if child else None
             ts = time.monotonic()
             await phase("sequential", sequential, 1)
             result.sequential_s = round(time.monotonic() - ts, 2)
@@ -213,7 +275,10 @@ async def soak(
             result.concurrent_s = round(time.monotonic() - ts, 2)
             result.after = await settle(base, limits)
             _check(result, base, result.after, limits, "after the concurrent calls")
-            result.emulator_sessions_left = len(emulator.sessions) if emulator is not None else 0
+            if child is not None and result.emulator_baseline is not None:
+                result.emulator_after = await _settle_child(child, result.emulator_baseline, limits)
+                _check_child(result, result.emulator_baseline, result.emulator_after, limits)
+            result.emulator_sessions_left = len(embedded.sessions) if embedded is not None else 0
             if result.emulator_sessions_left:
                 result.problems.append(f"{result.emulator_sessions_left} emulator session(s) still open")
     finally:
@@ -232,6 +297,7 @@ async def soak(
         result.problems.insert(0, f"{len(bad)} of {len(summaries)} calls failed")
     if result.calls != sequential + concurrent:
         result.problems.append(f"{result.calls} calls ran, expected {sequential + concurrent}")
+    result.rss_slope_mb_per_call = _slope(result.rss_trace_mb[len(result.rss_trace_mb) // 2 :])
     result.wall_s = round(time.monotonic() - t0, 2)
     return result
 
@@ -254,13 +320,21 @@ def print_result(r: SoakResult, out: TextIO) -> None:
     print(row("baseline", r.baseline), file=out)
     print(row("after sequential", r.after_sequential), file=out)
     print(row("after concurrent", r.after), file=out)
+    if r.emulator_baseline is not None:
+        e0, e1 = r.emulator_baseline, r.emulator_after
+        after = f"fds {e1.fds}, threads {e1.threads}, RSS {e1.rss_mb:.1f} MB" if e1 else "gone"
+        print(
+            f"  emulator process   fds {e0.fds}, threads {e0.threads}, RSS {e0.rss_mb:.1f} MB -> {after}", file=out
+        )
+    if r.rss_slope_mb_per_call is not None:
+        print(f"  RSS slope over the second half of the sequential calls: {r.rss_slope_mb_per_call} MB/call", file=out)
     for f in r.failures[:10]:
         print(f"  failed: {f['call_id']} {f['end_reason']}: {f['error']}", file=out)
     print("soak: OK" if r.ok else "soak: FAILED\n  " + "\n  ".join(r.problems), file=out, flush=True)
 
 
 async def _main(args: argparse.Namespace) -> int:
-    result = await soak(args.sequential, args.concurrent, progress=sys.stderr)
+    result = await soak(args.sequential, args.concurrent, progress=sys.stderr, emulator=args.emulator)
     print_result(result, sys.stderr)
     if args.json:
         print(json.dumps(result.as_dict(), default=str))
