@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("soak", help="many short calls against the emulator; fails on failed calls or leaks")
     k.add_argument("--sequential", type=_positive_int, default=200, help="calls one after another (default 200)")
     k.add_argument("--concurrent", type=_positive_int, default=24, help="calls at once, after those (default 24)")
+    k.add_argument(
+        "--emulator", choices=["process", "embedded"], default="process",
+        help="the emulator in a child process (default) or in this one",
+    )
     k.add_argument("--json", action="store_true", help="print one JSON object as stdout's last line")
 
     d = sub.add_parser("sdp", help="SDP tools")
