@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from voicebridge.scenarios.model import Scenario, load_scenario
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 LINES = ["Hello there.", "Goodbye now."]
+_BACKEND_ENV = ("OPENAI_API_KEY", "VOICEBRIDGE_BASE_URL")
 
 
 def failing_factory(scenario: Scenario, settings: Settings, folder: Path, call_id: str) -> Any:
@@ -108,7 +110,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=90,
         cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(REPO)},  # no OPENAI_API_KEY: the embedded emulator
+        env={k: v for k, v in os.environ.items() if k not in _BACKEND_ENV},  # the embedded emulator
     )
 
 
