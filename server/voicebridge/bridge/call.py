@@ -31,6 +31,7 @@ from .context import sync_context
 from .functions import FunctionCall, FunctionCalls, Reply, ResponseGate
 from .tools import ToolRegistry, ToolResult
 from .transcript import OTHER, Transcript
+from .turns import CallRecording, TurnLatency, artifact_files
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,10 @@ class Call(AsyncIOEventEmitter):
         self.duration_s = 0.0
         # Every peer connection of the call (agent legs here, browsers via debug.attach) for the debug view.
         self.debug = PcDebug()
+        # Media observers (bridge/turns.py): per-turn latency (events + relay packets) and the recording.
+        self.turn_latency = TurnLatency(self.now)
+        self.on("event", self.turn_latency.on_event)
+        self.recording: CallRecording | None = None
 
     # -- public ---------------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -178,6 +183,7 @@ class Call(AsyncIOEventEmitter):
             await _all_or_cancel([self.legs[r].connect(sessions[r]) for r in ROLES])
             if self._with_relay:
                 self._start_relay()
+                self._observe_media()
             timeout = self.settings.session_timeout_s
             await asyncio.gather(
                 *(sync_context(self.legs[r], self.scenario.persona(r).context, timeout) for r in ROLES)
@@ -255,6 +261,8 @@ class Call(AsyncIOEventEmitter):
             "tool_calls": list(self.tool_calls),
             "legs": legs,
             "relay": relay_stats,
+            "turn_latency": self.turn_latency.summary(),
+            "artifacts": artifact_files(self.recording),
             "events": self.artifacts.events_written if self.artifacts else 0,
             "out_dir": str(self.out_dir),
         }
@@ -287,6 +295,11 @@ class Call(AsyncIOEventEmitter):
             raise RuntimeError("a leg connected without its audio tap/sender")
         self.relay = AudioRelay(c.audio_in, c.audio_out, s.audio_in, s.audio_out)
         self.relay.start()
+
+    def _observe_media(self) -> None:
+        self.relay.on_packet(self.turn_latency.on_packet)
+        # t0 = perf_counter at call time 0: positions in the recording are the transcript's times.
+        self.recording = CallRecording(self.relay, self.out_dir, time.perf_counter() - self.now())
 
     def _record(self, role: str, direction: str, event: dict[str, Any]) -> None:
         record = {"t": round(self.now(), 4), "leg": role, "direction": direction, "event": event}
@@ -431,6 +444,8 @@ class Call(AsyncIOEventEmitter):
                 self.relay.stop()
             except Exception:
                 log.exception("call %s: relay stop failed", self.id)
+        if self.recording is not None:
+            await self.recording.finish()  # WebM files finalised and recording.wav exported, on every end
         await asyncio.gather(*(f.close() for f in self.functions.values()))
         results = await asyncio.gather(*(leg.hangup() for leg in self.legs.values()), return_exceptions=True)
         for role, r in zip(self.legs, results, strict=True):

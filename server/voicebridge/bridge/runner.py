@@ -22,6 +22,7 @@ from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
 
 from .call import Call
 from .context import ContextError
+from .turns import format_turns
 
 
 def _progress(call: Call, out: TextIO) -> None:
@@ -59,7 +60,10 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
             f"  tool {c['leg']}.{c['name']} ok={c['ok']} {c['duration_ms']:.1f} ms -> {c['output'][:100]}",
             file=out,
         )
-    print(f"artifacts: {summary['out_dir']}", file=out, flush=True)
+    for line in format_turns(summary):
+        print(line, file=out)
+    files = ", ".join(sorted((summary.get("artifacts") or {}).values()))
+    print(f"artifacts: {summary['out_dir']} ({files})", file=out, flush=True)
 
 
 async def run_call(

@@ -1,0 +1,210 @@
+"""The call's media observers: per-turn latency (``TurnLatency``) and the recording (``CallRecording``).
+
+Both only watch: they subscribe to the relay's packet tap (``AudioRelay.on_packet``, called after a packet
+has been forwarded) and to the Call's "event" emissions, and add nothing to the relay path.
+
+Per-turn latency, as seen at the bridge. A turn is the first speech packet of one party after the other
+party spoke (and after at least ``QUIET_S`` of its own silence). Its latency is the time from the arrival of
+the previous party's last speech packet to the arrival of this party's first one. The bridge's own share is
+separated out:
+
+* ``relay_ms``: the relay's forwarding time of those two packets (arrival -> handed to the other leg);
+* ``tools_ms``: tool execution on the replying leg inside the turn (``function_call_arguments.done`` ->
+  its ``function_call_output`` sent);
+* ``gating_ms``: the rest of the time the bridge held the replying leg's next response: outputs sent ->
+  ``response.create`` sent (ResponseGate waits for the leg to be idle).
+
+``other_ms`` = total - bridge: the agents' and the API's part (end-of-speech detection, generation).
+Speech vs silence is told by packet size: Opus codes silence in a few bytes (the emulator's are 3 bytes,
+DTX/comfort noise is similar), speech in tens of bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from voicebridge.media.passthrough import RtpAudio
+from voicebridge.media.recording import Recorder, export_wav
+
+log = logging.getLogger(__name__)
+
+SILENCE_MAX_BYTES = 10  # an Opus packet this small is silence / comfort noise, not speech
+QUIET_S = 0.25  # a party must have been quiet this long before its speech starts a new turn
+SIDE = {"caller": "caller", "human": "caller", "cs": "cs"}  # a human who took over speaks for the caller
+
+
+class TurnLatency:
+    """Observer: ``call.on("event", obs.on_event)`` and ``relay.on_packet(obs.on_packet)``; ``summary()``."""
+
+    def __init__(self, now: Callable[[], float]) -> None:
+        self._now = now  # the call's clock (seconds since the call started), the clock of its events
+        self._last: dict[str, tuple[float, float] | None] = {"caller": None, "cs": None}  # (t, relay_ms)
+        self._spoke_after: dict[str, bool] = {"caller": False, "cs": False}  # other side spoke since
+        self._calls: dict[tuple[str, str], float] = {}  # (leg, call_id) -> arguments done at
+        self._hold_start: dict[str, float | None] = {"caller": None, "cs": None}
+        self._outputs_done: dict[str, float | None] = {"caller": None, "cs": None}
+        self._tools: dict[str, list[tuple[float, float]]] = {"caller": [], "cs": []}
+        self._gating: dict[str, list[tuple[float, float]]] = {"caller": [], "cs": []}
+        self.turns: list[dict[str, Any]] = []
+
+    # -- inputs ----------------------------------------------------------------------------------------
+    def on_packet(self, party: str, pkt: RtpAudio) -> None:
+        if len(pkt.payload) <= SILENCE_MAX_BYTES:
+            return
+        side = SIDE.get(party)
+        if side is None:
+            return
+        relay_s = time.perf_counter() - pkt.received_at  # the hook runs after the packet was forwarded
+        t = self._now() - relay_s
+        other = "cs" if side == "caller" else "caller"
+        mine, theirs = self._last[side], self._last[other]
+        if theirs is not None and self._spoke_after[side] and (mine is None or t - mine[0] >= QUIET_S):
+            self._add_turn(other, side, theirs, (t, relay_s * 1000.0))
+        self._last[side] = (t, relay_s * 1000.0)
+        self._spoke_after[side] = False
+        self._spoke_after[other] = True
+
+    def on_event(self, record: dict[str, Any]) -> None:
+        """A Call "event" record: {t, leg, direction, event}."""
+        event = record.get("event") or {}
+        kind, leg, t = event.get("type"), record.get("leg"), float(record.get("t", 0.0))
+        if leg not in self._hold_start:
+            return
+        if record.get("direction") == "in" and kind == "response.function_call_arguments.done":
+            self._calls[(leg, str(event.get("call_id", "")))] = t
+            if self._hold_start[leg] is None:
+                self._hold_start[leg] = t
+        elif record.get("direction") == "out" and kind == "conversation.item.create":
+            item = event.get("item") or {}
+            if item.get("type") == "function_call_output":
+                start = self._calls.pop((leg, str(item.get("call_id", ""))), None)
+                if start is not None:
+                    self._tools[leg].append((start, t))
+                    self._outputs_done[leg] = t
+        elif record.get("direction") == "out" and kind == "response.create":
+            held = self._outputs_done[leg] or self._hold_start[leg]
+            if held is not None:
+                self._gating[leg].append((held, t))
+            self._hold_start[leg] = self._outputs_done[leg] = None
+
+    # -- results ---------------------------------------------------------------------------------------
+    def _add_turn(self, frm: str, to: str, end: tuple[float, float], start: tuple[float, float]) -> None:
+        window = (end[0], start[0])
+        tools = _covered(self._tools[to], window)
+        gating = _covered(self._gating[to], window)
+        relay = end[1] + start[1]
+        total = (start[0] - end[0]) * 1000.0
+        bridge = tools + gating + relay
+        self.turns.append(
+            {
+                "from": frm,
+                "to": to,
+                "speech_end": round(end[0], 4),
+                "reply_start": round(start[0], 4),
+                "total_ms": round(total, 2),
+                "bridge_ms": round(bridge, 3),
+                "relay_ms": round(relay, 3),
+                "tools_ms": round(tools, 2),
+                "gating_ms": round(gating, 2),
+                "other_ms": round(total - bridge, 2),
+            }
+        )
+
+    def summary(self) -> dict[str, Any]:
+        def stats(key: str) -> dict[str, float] | None:
+            values = [float(t[key]) for t in self.turns]
+            if not values:
+                return None
+            return {"p50": round(statistics.median(values), 3), "max": round(max(values), 3)}
+
+        return {
+            "turns": list(self.turns),
+            "count": len(self.turns),
+            "total_ms": stats("total_ms"),
+            "bridge_ms": stats("bridge_ms"),
+            "relay_ms": stats("relay_ms"),
+        }
+
+
+def _covered(intervals: list[tuple[float, float]], window: tuple[float, float]) -> float:
+    """Milliseconds of `window` covered by the union of `intervals`."""
+    lo, hi = window
+    clipped = sorted((max(a, lo), min(b, hi)) for a, b in intervals if b > lo and a < hi)
+    total, cur_a, cur_b = 0.0, None, None
+    for a, b in clipped:
+        if cur_b is None or a > cur_b:
+            if cur_a is not None and cur_b is not None:
+                total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    if cur_a is not None and cur_b is not None:
+        total += cur_b - cur_a
+    return total * 1000.0
+
+
+def format_turns(summary: dict[str, Any]) -> list[str]:
+    """Lines for `voicebridge call`'s summary output."""
+    lines = []
+    for turn in (summary.get("turn_latency") or {}).get("turns", []):
+        lines.append(
+            f"  turn {turn['from']:>6} -> {turn['to']:<6} at {turn['reply_start']:6.2f}: {turn['total_ms']:7.1f} ms "
+            f"(bridge {turn['bridge_ms']:.1f} ms: relay {turn['relay_ms']:.2f}, tools {turn['tools_ms']:.1f}, "
+            f"gating {turn['gating_ms']:.1f})"
+        )
+    return lines
+
+
+class CallRecording:
+    """Records every party of a call off the relay tap: <folder>/<party>.webm, then recording.wav at the end.
+
+    ``t0`` places the files on the call's own timeline (perf_counter at the call's time 0), so positions in
+    recording.wav are the times in transcript.json.
+    """
+
+    def __init__(self, relay: Any, folder: Path, t0: float) -> None:
+        self.folder = Path(folder)
+        self.recorder = Recorder(self.folder, t0=t0)
+        self._remove: Callable[[], None] | None = relay.on_packet(self.recorder.feed)
+        self.files: dict[str, str] = {}
+        self.error: str | None = None
+
+    async def finish(self) -> dict[str, str]:
+        """Finalise the WebM files and export recording.wav (decoding off the event loop); never raises."""
+        if self._remove is not None:
+            self._remove()
+            self._remove = None
+        try:
+            paths = self.recorder.close()
+            self.files = {party: path.name for party, path in sorted(paths.items())}
+            if paths:
+                wav = await asyncio.to_thread(export_wav, paths, self.folder / "recording.wav")
+                self.files["stereo_wav"] = wav.name
+        except Exception as e:  # a broken recording must not break the end of the call
+            self.error = f"{type(e).__name__}: {e}"
+            log.exception("recording in %s could not be finished", self.folder)
+        return self.files
+
+
+# The files every call folder holds (bridge/artifacts.py); the recording's are added once it is finished.
+BASE_FILES = {
+    "events": "events.jsonl",
+    "transcript": "transcript.json",
+    "transcript_txt": "transcript.txt",
+    "summary": "summary.json",
+}
+
+
+def artifact_files(recording: CallRecording | None) -> dict[str, str]:
+    """summary.json "artifacts": name -> file in the call's folder (recording_<party>, recording_wav)."""
+    files = dict(BASE_FILES)
+    if recording is not None:
+        for name, file in recording.files.items():
+            files["recording_wav" if name == "stereo_wav" else f"recording_{name}"] = file
+    return files
