@@ -32,6 +32,7 @@ from voicebridge.batch.backend import realtime_backend
 from voicebridge.batch.emulator_process import EmulatorProcess, ProcessResources, emulator_process
 from voicebridge.batch.progress import ProgressBar
 from voicebridge.batch.runner import BatchRunner, succeeded
+from voicebridge.observability.logs import setup_logging_from_env
 from voicebridge.observability.metrics import Metrics
 from voicebridge.scenarios.model import Scenario, load_scenario
 
@@ -342,5 +343,5 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging_from_env(logging.WARNING)
     return asyncio.run(_main(args))

@@ -19,6 +19,7 @@ from voicebridge.observability.logs import (
     call_context,
     configure_logging,
     json_handler,
+    setup_logging_from_env,
 )
 
 pytestmark = pytest.mark.unit
@@ -134,6 +135,33 @@ def test_configure_logging_replaces_root_handlers() -> None:
         logging.getLogger("voicebridge.anything").info("hello %s", KEY)
         (rec,) = [json.loads(line) for line in stream.getvalue().splitlines()]
         assert rec["message"] == f"hello {REDACTED}"
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in before_handlers:
+            root.addHandler(h)
+        root.setLevel(before_level)
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_setup_from_env_redacts_in_both_formats(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = logging.getLogger()
+    before_handlers, before_level = list(root.handlers), root.level
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("VOICEBRIDGE_LOG_FORMAT", fmt)
+    stream = io.StringIO()
+    try:
+        handler = setup_logging_from_env()
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(stream)
+        with call_context("call_env"):
+            logging.getLogger("voicebridge.x").warning("the key is %s", KEY)
+        out = stream.getvalue()
+        assert KEY not in out and REDACTED in out
+        if fmt == "json":
+            assert json.loads(out)["call_id"] == "call_env"
+        else:
+            assert out.startswith("20") and "WARNING voicebridge.x: the key is [redacted]" in out
     finally:
         for h in list(root.handlers):
             root.removeHandler(h)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -126,4 +127,18 @@ def configure_logging(
     handler = json_handler(stream, secrets)
     root.addHandler(handler)
     root.setLevel(level)
+    return handler
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging_from_env(level: int = logging.INFO) -> logging.Handler:
+    """The CLI's logging: JSON lines when VOICEBRIDGE_LOG_FORMAT=json, else readable text; redacted either way
+    (OPENAI_API_KEY and key-shaped strings), on stderr."""
+    secrets = [os.environ.get("OPENAI_API_KEY", "")]
+    if os.environ.get("VOICEBRIDGE_LOG_FORMAT", "").strip().lower() == "json":
+        return configure_logging(level, secrets=secrets)
+    handler = configure_logging(level, secrets=secrets)
+    handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     return handler

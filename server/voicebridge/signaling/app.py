@@ -22,6 +22,7 @@ from aiohttp import web
 from voicebridge.config import Settings
 from voicebridge.media.loopback import is_local_url, set_loopback_only
 from voicebridge.observability.http import add_metrics_route, observed
+from voicebridge.observability.logs import setup_logging_from_env
 from voicebridge.observability.metrics import Metrics
 from voicebridge.scenarios.model import Scenario
 
@@ -173,5 +174,5 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """`voicebridge serve [--host] [--port] [--artifacts DIR] [--emulator-url URL]`"""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging_from_env()  # VOICEBRIDGE_LOG_FORMAT=json: one JSON object per line, with call_id
     return asyncio.run(_serve(args))
