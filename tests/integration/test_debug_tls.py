@@ -55,7 +55,8 @@ def make_cert(folder: Path, ip: str) -> tuple[Path, Path]:
 
 
 async def serve(*args: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "OPENAI_API_KEY": ""}
+    # Off loopback serve also insists on a management token (security.py); give one so TLS is what is checked.
+    env = {**os.environ, "OPENAI_API_KEY": "", "VOICEBRIDGE_ADMIN_TOKEN": "test-admin-token-0123456789"}
     return await asyncio.create_subprocess_exec(
         *VOICEBRIDGE, "serve", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
