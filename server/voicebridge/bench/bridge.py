@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,7 +245,7 @@ class _GcProbe:
 presend: deque[float] = deque(maxlen=200_000)
 
 
-def _instrument_presend() -> None:
+def _instrument_presend() -> Callable[[], None]:
     """Record, per forwarded packet, tap arrival -> the moment the transport send starts (our Python's share).
 
     The rest of the bridge latency is aiortc's SRTP protect and the kernel's sendto. One extra
@@ -269,13 +270,18 @@ def _instrument_presend() -> None:
     pt._run_now = run_now
     pt.OutboundAudio.send = send  # type: ignore[method-assign]
 
+    def undo() -> None:
+        pt._run_now = real_run_now
+        pt.OutboundAudio.send = real_send  # type: ignore[method-assign]
+
+    return undo
+
 
 async def run_job(job: Job) -> dict[str, Any]:
     from voicebridge.bench.load import load_main
 
     set_loopback_only(True)
-    if job.relay == "passthrough":
-        _instrument_presend()
+    undo = _instrument_presend() if job.relay == "passthrough" else (lambda: None)
     ctx = mp.get_context("spawn")
     n_loads = max(1, math.ceil(job.calls / CALLS_PER_LOAD))
     conns, procs = [], []
@@ -343,6 +349,7 @@ async def run_job(job: Job) -> dict[str, Any]:
             if p.is_alive():
                 p.terminate()
                 p.join(5)
+        undo()
     return result
 
 

@@ -1,0 +1,124 @@
+"""Per-turn latency (bridge/turns.py) from packet and event sequences on a controlled call clock."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from voicebridge.bridge.turns import TurnLatency, _covered, artifact_files, format_turns
+from voicebridge.media.passthrough import RtpAudio
+
+pytestmark = pytest.mark.unit
+
+SPEECH = b"\x78" + bytes(range(60))  # tens of bytes: speech
+SILENCE = b"\xf8\xff\xfe"  # the 3-byte Opus silence frame the emulator sends between lines
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def packet(payload: bytes = SPEECH) -> RtpAudio:
+    return RtpAudio(payload, 0, 0, False, time.perf_counter())
+
+
+def talk(obs: TurnLatency, clock: Clock, party: str, start: float, end: float, payload: bytes = SPEECH) -> None:
+    """Packets every 20 ms from start to end (inclusive) as they would reach the relay tap."""
+    n = round((end - start) / 0.02)
+    for i in range(n + 1):
+        clock.t = start + i * 0.02
+        obs.on_packet(party, packet(payload))
+
+
+def event(obs: TurnLatency, t: float, leg: str, direction: str, ev: dict[str, Any]) -> None:
+    obs.on_event({"t": t, "leg": leg, "direction": direction, "event": ev})
+
+
+def output_sent(obs: TurnLatency, t: float, leg: str, call_id: str) -> None:
+    item = {"type": "function_call_output", "call_id": call_id}
+    event(obs, t, leg, "out", {"type": "conversation.item.create", "item": item})
+
+
+def test_a_reply_after_the_other_party_stopped_is_one_turn_with_its_gap() -> None:
+    clock = Clock()
+    obs = TurnLatency(clock)
+    talk(obs, clock, "cs", 1.0, 2.0)
+    talk(obs, clock, "cs", 2.02, 2.9, SILENCE)  # silence packets are not speech
+    talk(obs, clock, "caller", 3.0, 4.0)
+    [turn] = obs.turns
+    assert (turn["from"], turn["to"]) == ("cs", "caller")
+    assert turn["speech_end"] == pytest.approx(2.0, abs=0.005)
+    assert turn["reply_start"] == pytest.approx(3.0, abs=0.005)
+    assert turn["total_ms"] == pytest.approx(1000, abs=5)
+    assert turn["tools_ms"] == 0 and turn["gating_ms"] == 0
+    assert 0 < turn["relay_ms"] == turn["bridge_ms"] <= turn["total_ms"]
+    assert turn["other_ms"] == pytest.approx(turn["total_ms"] - turn["bridge_ms"], abs=0.01)
+
+
+def test_the_first_speaker_has_no_turn_and_pauses_within_a_party_are_not_turns() -> None:
+    clock = Clock()
+    obs = TurnLatency(clock)
+    talk(obs, clock, "cs", 1.0, 2.0)
+    talk(obs, clock, "cs", 3.0, 4.0)  # the same party again after a pause
+    assert obs.turns == []
+    assert obs.summary() == {"turns": [], "count": 0, "total_ms": None, "bridge_ms": None, "relay_ms": None}
+
+
+def test_tool_time_and_response_gating_inside_the_turn_are_the_bridges_share() -> None:
+    clock = Clock()
+    obs = TurnLatency(clock)
+    talk(obs, clock, "caller", 1.0, 2.0)
+    event(obs, 2.5, "cs", "in", {"type": "response.function_call_arguments.done", "call_id": "c1"})
+    output_sent(obs, 2.8, "cs", "c1")
+    event(obs, 2.9, "cs", "out", {"type": "response.create"})
+    event(obs, 2.6, "caller", "in", {"type": "response.function_call_arguments.done", "call_id": "x"})  # other leg
+    talk(obs, clock, "cs", 3.5, 4.0)
+    [turn] = obs.turns
+    assert turn["tools_ms"] == pytest.approx(300, abs=0.5)
+    assert turn["gating_ms"] == pytest.approx(100, abs=0.5)
+    assert turn["bridge_ms"] == pytest.approx(400 + turn["relay_ms"], abs=0.5)
+    assert turn["bridge_ms"] <= turn["total_ms"] == pytest.approx(1500, abs=5)
+    assert "tools 300.0" in format_turns({"turn_latency": obs.summary()})[0]
+
+
+def test_concurrent_tool_calls_count_once_and_only_inside_the_turn() -> None:
+    clock = Clock()
+    obs = TurnLatency(clock)
+    for call_id, start, end in (("a", 0.5, 1.5), ("b", 2.2, 2.6), ("c", 2.4, 2.8)):  # "a" before the turn
+        event(obs, start, "cs", "in", {"type": "response.function_call_arguments.done", "call_id": call_id})
+        output_sent(obs, end, "cs", call_id)
+    talk(obs, clock, "caller", 1.0, 2.0)
+    talk(obs, clock, "cs", 3.0, 3.2)
+    [turn] = obs.turns
+    assert turn["tools_ms"] == pytest.approx(600, abs=0.5)  # 2.2-2.8 once, "a" outside the window
+
+
+def test_barge_in_is_one_turn_not_a_ping_pong_and_a_human_speaks_for_the_caller() -> None:
+    clock = Clock()
+    obs = TurnLatency(clock)
+    talk(obs, clock, "cs", 1.0, 1.5)
+    for i in range(25):  # the human talks over the CS agent, which keeps talking for half a second
+        clock.t = 1.52 + i * 0.02
+        obs.on_packet("human", packet())
+        obs.on_packet("cs", packet())
+    assert [(t["from"], t["to"]) for t in obs.turns] == [("cs", "caller")]
+    obs.on_packet("listener", packet())  # not a party: ignored
+    assert len(obs.turns) == 1
+
+
+def test_covered_is_the_union_clipped_to_the_window() -> None:
+    assert _covered([(0.0, 1.0), (0.5, 1.5), (3.0, 4.0)], (0.25, 3.5)) == pytest.approx(1750)
+    assert _covered([], (0.0, 1.0)) == 0
+    assert _covered([(2.0, 3.0)], (0.0, 1.0)) == 0
+
+
+def test_artifact_files_list_the_recording_once_finished() -> None:
+    base = artifact_files(None)
+    assert base["events"] == "events.jsonl" and base["summary"] == "summary.json"
+    assert not any(k.startswith("recording") for k in base)
