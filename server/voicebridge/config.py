@@ -26,6 +26,9 @@ class Settings:
     session_timeout_s: float = 10.0
     hangup_drain_timeout_s: float = 5.0
     tool_timeout_s: float = 10.0
+    # aiortc notices a dead peer only after ~30 s (ICE consent); a live one sends RTP/RTCP every second or so.
+    # A WebRTC leg that receives nothing at all for this long has lost its peer (0 turns the watchdog off).
+    peer_silence_timeout_s: float = 5.0
 
     @property
     def uses_openai(self) -> bool:

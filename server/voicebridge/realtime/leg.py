@@ -33,6 +33,19 @@ CLIENT_EVENT: TypeAdapter[Any] = TypeAdapter(Annotated[RealtimeClientEvent, Fiel
 LegState = Literal["new", "connecting", "open", "closing", "closed", "failed"]
 
 
+MAX_PROBLEM_CHARS = 300  # pydantic lists every known tag for an unknown type: keep the start
+MAX_INVALID_KEPT = 100  # invalid events kept for stats/debugging; a flood of junk must not grow memory
+MAX_KEPT_EVENT_CHARS = 2000
+
+
+def _bounded(event: dict[str, Any]) -> dict[str, Any]:
+    """The event itself when small, else its type and a note (a huge bad event is not kept whole)."""
+    size = len(json.dumps(event, default=str))
+    if size <= MAX_KEPT_EVENT_CHARS:
+        return event
+    return {"type": event.get("type"), "truncated": f"{size} characters"}
+
+
 class InvalidClientEvent(ValueError):
     """The bridge tried to send an event the API would reject; a bug in the bridge, raised at once."""
 
@@ -105,8 +118,10 @@ class Leg(AsyncIOEventEmitter):
     def _received(self, event: dict[str, Any]) -> None:
         problem = validate_server_event(event)
         if problem is not None:
+            problem = problem if len(problem) <= MAX_PROBLEM_CHARS else problem[:MAX_PROBLEM_CHARS] + "..."
             log.warning("%s leg: server event failed validation: %s", self.role, problem)
-            self.invalid_events.append({"problem": problem, "event": event})
+            self.invalid_events.append({"problem": problem, "event": _bounded(event)})
+            del self.invalid_events[:-MAX_INVALID_KEPT]
         self.events_in += 1
         self.emit("server_event", event)
 

@@ -24,6 +24,8 @@ from .api import LegError, RealtimeApi
 from .leg import Leg
 
 log = logging.getLogger(__name__)
+MAX_EVENT_CHARS = 1024 * 1024
+PEER_CHECK_S = 0.5  # how often the peer watchdog looks at the received-datagram counter
 
 
 class WebRtcLeg(Leg):
@@ -36,6 +38,8 @@ class WebRtcLeg(Leg):
         self._session_created: asyncio.Future[dict[str, Any]] | None = None
         self.offer_sdp = ""
         self.answer_sdp = ""
+        self._watchdog: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
 
     async def connect(self, session: dict[str, Any]) -> None:
         """Offer, create the call, apply the answer, await session.created; raises LegError on failure."""
@@ -76,14 +80,46 @@ class WebRtcLeg(Leg):
             if self.state != "connecting":
                 raise LegError(f"{self.role} leg: {self.failure or 'closed while connecting'}")
         except BaseException:
-            await self._close_transport()
             self.state = "failed"
+            await self._close_transport()
             raise
         self.state = "open"
+        if self.settings.peer_silence_timeout_s > 0:
+            self._watchdog = asyncio.ensure_future(self._watch_peer(self.settings.peer_silence_timeout_s))
+
+    async def _watch_peer(self, limit_s: float) -> None:
+        """Fail the leg when the peer has sent nothing (no RTP, RTCP or SCTP) for `limit_s`: a killed
+        emulator or a vanished network is then noticed in seconds, not after ICE consent gives up (~30 s)."""
+        loop = asyncio.get_running_loop()
+        last, since, quiet = -1, loop.time(), 0
+        while self.state == "open" and self.pc is not None:
+            await asyncio.sleep(PEER_CHECK_S)
+            count = await self._datagrams_received()
+            now = loop.time()
+            if count != last:
+                last, since, quiet = count, now, 0
+                continue
+            quiet += 1  # also counted, so a stalled event loop (checks bunched up) is not read as silence
+            if now - since >= limit_s and quiet * PEER_CHECK_S >= limit_s / 2 and self.state == "open":
+                self._fail(f"nothing received from the remote peer for {now - since:.1f} s (peer gone)")
+                return
+
+    async def _datagrams_received(self) -> int:
+        if self.pc is None:
+            return -1
+        try:
+            report = await self.pc.getStats()
+        except Exception:  # closing under us: the state check ends the loop
+            return -1
+        return sum(int(getattr(s, "packetsReceived", 0) or 0) for s in report.values() if s.type == "transport")
 
     def _on_message(self, message: Any) -> None:
         if isinstance(message, bytes):
             log.warning("%s leg: binary data-channel message ignored (%d bytes)", self.role, len(message))
+            return
+        if len(message) > MAX_EVENT_CHARS:  # we advertise 256 KiB; a peer that ignores it is not parsed
+            log.warning("%s leg: %d-character data-channel message dropped", self.role, len(message))
+            self.invalid_events.append({"problem": f"over {MAX_EVENT_CHARS} characters", "event": message[:200]})
             return
         try:
             event = json.loads(message)
@@ -92,7 +128,7 @@ class WebRtcLeg(Leg):
             self.invalid_events.append({"problem": f"not JSON: {e}", "event": message[:200]})
             return
         if not isinstance(event, dict):
-            self.invalid_events.append({"problem": "not a JSON object", "event": event})
+            self.invalid_events.append({"problem": "not a JSON object", "event": str(event)[:200]})
             return
         if (
             event.get("type") == "session.created"
@@ -143,6 +179,16 @@ class WebRtcLeg(Leg):
         self.emit("closed")
 
     async def _close_transport(self) -> None:
+        """Close once; every caller waits for that one close. A cancelled caller must not cut a close short:
+        aiortc's pc.close() interrupted half-way never finishes, and every later close() then waits forever
+        (seen when both legs fail at once and one is cancelled while it is closing)."""
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close_once())
+        await asyncio.shield(self._closing)
+
+    async def _close_once(self) -> None:
         if self.audio_out is not None:
             with contextlib.suppress(Exception):
                 self.audio_out.close()
