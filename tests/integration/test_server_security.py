@@ -4,6 +4,10 @@ refusing new work while shutting down (the scripted FakeCall of test_signaling_a
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -110,7 +114,7 @@ def test_serve_policy_refuses_an_open_management_api_beyond_loopback() -> None:
 
 
 def test_serve_process_will_not_start_without_a_token_beyond_loopback(tmp_path: Path) -> None:
-    env = {k: v for k, v in __import__("os").environ.items() if k != ADMIN_TOKEN_ENV}
+    env = {k: v for k, v in os.environ.items() if k != ADMIN_TOKEN_ENV}
     proc = subprocess.run(
         [
             sys.executable,
@@ -253,3 +257,47 @@ async def test_backend_probe_reports_what_is_wrong() -> None:
     assert "no Realtime base URL" in (await backend_reachable("") or "")
     assert "has no host" in (await backend_reachable("not a url") or "")
     assert "cannot connect" in (await backend_reachable("http://127.0.0.1:1/v1") or "")
+
+
+async def test_sigterm_ends_live_calls_with_shutdown_and_exits_0(tmp_path: Path) -> None:
+    """`voicebridge serve` as a process: a live call, SIGTERM, the call ends `shutdown`, artifacts, exit 0."""
+    env = {k: v for k, v in os.environ.items() if k not in (ADMIN_TOKEN_ENV, "OPENAI_API_KEY")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicebridge.cli", "serve", "--port", "0", "--artifacts", str(tmp_path),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        match = re.search(r"console at (http://127\.0\.0\.1:\d+)/", line)
+        assert match, line
+        base = match.group(1)
+        async with aiohttp.ClientSession(base) as http:
+            resp = await http.post("/api/calls", json={"scenario": "late_order"})
+            assert resp.status == 201, await resp.text()
+            call_id = (await resp.json())["id"]
+            async with http.ws_connect(f"/api/calls/{call_id}/events") as ws:
+
+                async def until(pred: Any) -> dict[str, Any]:
+                    while True:
+                        msg = await ws.receive_json()
+                        if pred(msg):
+                            return dict(msg)
+
+                await asyncio.wait_for(until(lambda m: m["kind"] == "turn"), 60)  # live and talking
+                proc.send_signal(signal.SIGTERM)
+                ending = await asyncio.wait_for(until(lambda m: m["kind"] == "state" and m["data"] == "ending"), 20)
+                assert ending
+                ended = await asyncio.wait_for(until(lambda m: m["kind"] == "ended"), 30)
+                assert ended["data"]["end_reason"] == "shutdown" and ended["data"]["ended_by"] == "server"
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        folder = tmp_path / call_id
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["end_reason"] == "shutdown" and summary["state"] == "ended"
+        events = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
+        assert len(events) == summary["events"] > 0
+        assert json.loads((folder / "transcript.json").read_text())  # the greeting at least
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
