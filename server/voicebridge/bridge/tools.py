@@ -21,6 +21,10 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import jsonschema
 
 log = logging.getLogger(__name__)
+# Bounds on what crosses the model boundary: arguments a model sends, and an output that must fit in one
+# data-channel message (the peers advertise 256 KiB) next to the rest of the event.
+MAX_ARGUMENT_CHARS = 64 * 1024
+MAX_OUTPUT_CHARS = 128 * 1024
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
@@ -227,13 +231,19 @@ class ToolRegistry:
         if tool is None:
             msg = f"unknown tool {name!r}; available: {', '.join(self._tools) or 'none'}"
             return done(_error("unknown_tool", msg), False, arguments, msg)
+        if len(arguments) > MAX_ARGUMENT_CHARS:
+            msg = f"arguments are {len(arguments)} characters, over the {MAX_ARGUMENT_CHARS}-character limit"
+            return done(_error("invalid_arguments", msg), False, arguments[:200], msg)
         try:
             args = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError as e:
-            msg = f"arguments are not valid JSON: {e}"
-            return done(_error("invalid_arguments", msg), False, arguments, msg)
+        except (json.JSONDecodeError, RecursionError) as e:
+            msg = f"arguments are not valid JSON: {e if isinstance(e, json.JSONDecodeError) else 'nested too deep'}"
+            return done(_error("invalid_arguments", msg), False, arguments[:200], msg)
         try:
             jsonschema.validate(args, tool.parameters)
+        except RecursionError:
+            msg = f"bad arguments for {name}: nested too deep"
+            return done(_error("invalid_arguments", msg), False, arguments[:200], msg)
         except jsonschema.ValidationError as e:
             where = "/".join(str(p) for p in e.absolute_path) or "arguments"
             msg = f"bad arguments for {name}: {where}: {e.message}"
@@ -258,5 +268,8 @@ class ToolRegistry:
             output = json.dumps(value)
         except (TypeError, ValueError) as e:
             msg = f"{name} returned a value that is not JSON: {e}"
+            return done(_error("tool_error", msg), False, args, msg)
+        if len(output) > MAX_OUTPUT_CHARS:
+            msg = f"{name} returned {len(output)} characters of JSON, over the {MAX_OUTPUT_CHARS}-character limit"
             return done(_error("tool_error", msg), False, args, msg)
         return done(output, True, args)

@@ -236,7 +236,13 @@ class Emulator:
                     ) from e
             return sdp, session
         if ctype == "application/sdp":
-            return await request.text(), None
+            try:
+                return (await request.read()).decode("utf-8"), None
+            except UnicodeDecodeError as e:
+                raise ApiError(
+                    400, f"Invalid SDP offer: not UTF-8 text ({e.reason} at byte {e.start}).",
+                    code="invalid_offer", param="sdp",
+                ) from None
         raise ApiError(
             400,
             f"Unsupported content type {ctype!r}: send multipart/form-data (sdp, session) or "
@@ -329,6 +335,20 @@ def _check_offer(sdp: str) -> None:
         raise ApiError(
             400,
             "Invalid SDP offer: it has no audio media section (m=audio).",
+            code="invalid_offer",
+            param="sdp",
+        )
+    # The API speaks Opus only: an offer without it would get an answer with the audio rejected (port 0)
+    # and a call that never hears or speaks, so it is refused here with the codecs that were offered.
+    audio = text.replace("\r\n", "\n").split("\nm=audio ", 1)[1].split("\nm=", 1)[0]
+    codecs = [
+        line.split(" ", 1)[1].strip() for line in audio.split("\n") if line.startswith("a=rtpmap:") and " " in line
+    ]
+    if not any(c.lower().startswith("opus/48000") for c in codecs):
+        offered = ", ".join(codecs[:8]) or "none"
+        raise ApiError(
+            400,
+            f"Invalid SDP offer: the audio section offers no Opus (opus/48000/2); offered: {offered[:200]}.",
             code="invalid_offer",
             param="sdp",
         )

@@ -176,10 +176,20 @@ class Session:
         self.pc.on("connectionstatechange", self._on_connection_state)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        except (ValueError, KeyError, IndexError) as e:
-            raise ApiError(400, f"Invalid SDP offer: {e}", code="invalid_offer", param="sdp") from e
+        except Exception as e:  # aiortc's parser raises whatever a broken line trips (ValueError, AttributeError...)
+            raise ApiError(
+                400, f"Invalid SDP offer: {e or type(e).__name__}", code="invalid_offer", param="sdp"
+            ) from e
         self.pc.addTrack(self.track)
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        try:
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except Exception as e:
+            # aiortc accepts some broken offers (e.g. a section without a=mid) and only trips answering them:
+            # still the client's offer, so a 400 that says so, not a 500.
+            raise ApiError(
+                400, f"Invalid SDP offer: it cannot be answered ({type(e).__name__}: {e})",
+                code="invalid_offer", param="sdp",
+            ) from e
         return str(self.pc.localDescription.sdp)
 
     def _on_datachannel(self, channel: Any) -> None:
@@ -441,4 +451,7 @@ class Session:
                 task.cancel()
         self.mouth.stop()
         if self.pc is not None:
-            await self.pc.close()
+            try:
+                await self.pc.close()
+            except Exception:  # a half-negotiated pc (a refused offer) can trip aiortc's close; it is gone anyway
+                log.warning("session %s: closing the peer connection failed", self.id, exc_info=True)

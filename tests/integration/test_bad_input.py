@@ -1,0 +1,259 @@
+"""Property-based bad input over real HTTP (hypothesis): the signaling API's bodies, SDP offers to the
+emulator and data-channel messages to an emulator session. Every answer is a clear 4xx in the right JSON
+shape (never a 5xx, never a dropped connection) and the server or session keeps serving afterwards.
+Example counts are modest so the file runs in well under 30 s."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from aiortc import RTCConfiguration, RTCPeerConnection
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.integration.test_signaling_api import FakeCall
+from voicebridge.config import Settings
+from voicebridge.emulator import events as ev
+from voicebridge.emulator.handlers import MAX_EVENT_BYTES, handle
+from voicebridge.emulator.server import MAX_BODY_BYTES, Emulator
+from voicebridge.emulator.session import Session, default_session
+from voicebridge.signaling.app import create_app
+from voicebridge.signaling.security import RateLimit, SecurityPolicy
+
+pytestmark = pytest.mark.integration
+FAST = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+bodies = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=300).map(str.encode),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(st.sampled_from(["scenario", "role", "ttl_s", "x", ""]), json_values, max_size=3).map(
+        lambda v: json.dumps(v).encode()
+    ),
+    st.integers(3000, 6000).map(lambda n: b'{"scenario": "' + b"x" * n + b'"}'),  # over the 2 KiB limit below
+)
+content_types = st.sampled_from(["application/json", "", "text/plain", "application/x-www-form-urlencoded"])
+call_ids = st.one_of(st.just("LIVE"), st.text(min_size=1, max_size=60))
+
+
+def assert_api_error(status: int, text: str) -> dict[str, Any]:
+    assert 400 <= status < 500, (status, text)
+    body = json.loads(text)
+    assert set(body) == {"error"} and isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return dict(body)
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    FakeCall.made = []
+    settings_ = Settings(base_url="http://127.0.0.1:1/v1", api_key="sk-test", artifacts_dir=tmp_path)
+    roomy = SecurityPolicy(call_rate=RateLimit(10_000, 1000), join_rate=RateLimit(10_000, 1000))
+    app = await create_app(settings_, call_factory=FakeCall, max_live_calls=5, max_body_bytes=2048, security=roomy)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/api/calls", json={"scenario": "late_order"})
+        assert resp.status == 201
+        yield client
+
+
+@FAST
+@given(
+    route=st.sampled_from(["create", "tokens", "hangup", "join"]),
+    call_id=call_ids,
+    body=bodies,
+    ctype=content_types,
+)
+async def test_api_bodies_get_a_clear_4xx_never_a_5xx(
+    api: TestClient[Any, Any], route: str, call_id: str, body: bytes, ctype: str
+) -> None:
+    cid = FakeCall.made[0].id if call_id == "LIVE" else quote(call_id, safe="")
+    path = "/api/calls" if route == "create" else f"/api/calls/{cid}/{route}"
+    headers = {"Content-Type": ctype} if ctype else {}
+    resp = await api.post(path, data=body, headers=headers)
+    text = await resp.text()
+    if resp.status >= 300:
+        assert_api_error(resp.status, text)
+    if resp.status == 413:
+        assert "2048-byte limit" in text
+    health = await api.get("/healthz")
+    assert health.status == 200  # still serving
+
+
+async def test_the_api_limits_bodies_and_names() -> None:
+    # Each input has a bound; these pin the ones the properties above rely on.
+    from voicebridge.signaling.api import MAX_BODY_BYTES as API_MAX
+
+    assert API_MAX <= 64 * 1024 and MAX_BODY_BYTES <= 1024 * 1024 and MAX_EVENT_BYTES <= 16 * 1024 * 1024
+
+
+# ---- SDP offers to the emulator -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[Emulator]:
+    e = Emulator(load_builtin=False)
+    await e.start()
+    try:
+        yield e
+    finally:
+        await e.stop()
+
+
+async def _good_offer() -> str:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("audio", direction="sendrecv")
+    pc.createDataChannel("oai-events")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = str(pc.localDescription.sdp)
+    await pc.close()
+    return sdp
+
+
+def _mutate(sdp: str, drops: list[int], junk: list[str]) -> str:
+    lines = sdp.strip().split("\r\n")
+    keep = [line for i, line in enumerate(lines) if i == 0 or i % max(len(lines), 1) not in drops]
+    for j, text in enumerate(junk):
+        keep.insert(1 + (j * 7) % len(keep), text)
+    return "\r\n".join(keep) + "\r\n"
+
+
+def _no_opus(sdp: str) -> str:
+    """The same offer, audio offering only PCMU/PCMA (the API speaks Opus only)."""
+    out = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("m=audio "):
+            parts = line.split(" ")
+            line = " ".join([*parts[:3], "0", "8"])
+        elif re.match(r"a=(rtpmap|fmtp|rtcp-fb):(\d+)", line):
+            pt = int(re.match(r"a=\w[\w-]*:(\d+)", line).group(1))  # type: ignore[union-attr]
+            if pt not in (0, 8):
+                continue
+        out.append(line)
+    return "\r\n".join(out)
+
+
+async def _post_sdp(emu: Emulator, sdp: str | bytes) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{emu.base_url}/realtime/calls",
+            data=sdp,
+            headers={"Authorization": "Bearer sk-test", "Content-Type": "application/sdp"},
+        ) as r,
+    ):
+        return r.status, await r.text()
+
+
+def _assert_emulator_error(status: int, text: str, codes: set[int]) -> None:
+    assert status in codes, (status, text[:300])
+    err = json.loads(text)["error"]
+    assert set(err) == {"message", "type", "code", "param"} and err["message"]
+
+
+async def test_named_bad_offers_are_refused_in_the_api_shape(emu: Emulator) -> None:
+    good = await _good_offer()
+    cases = {
+        "empty": ("", {400}),
+        "not sdp": ("hello", {400}),
+        "no audio": (good.replace("m=audio", "m=video"), {400}),
+        "data channel only": ("\r\n".join(x for x in good.split("\r\n") if "audio" not in x), {400}),
+        "no opus": (_no_opus(good), {400}),
+        "huge": ("v=0\r\n" + "a=x\r\n" * (MAX_BODY_BYTES // 4), {413}),
+        "binary": (bytes(range(256)) * 10, {400}),
+    }
+    for name, (sdp, codes) in cases.items():
+        status, text = await _post_sdp(emu, sdp)
+        _assert_emulator_error(status, text, codes)
+        assert not emu.sessions, name
+    status, text = await _post_sdp(emu, good)
+    assert status == 201 and text.startswith("v=0")  # and it still answers a good offer
+
+
+@FAST
+@given(
+    drops=st.lists(st.integers(0, 40), max_size=6),
+    junk=st.lists(st.text(max_size=40).filter(lambda t: "\r" not in t and "\n" not in t), max_size=3),
+)
+async def test_mangled_offers_are_answered_or_refused_never_a_5xx(
+    emu: Emulator, drops: list[int], junk: list[str]
+) -> None:
+    status, text = await _post_sdp(emu, _mutate(await _good_offer(), drops, junk))
+    if status == 201:
+        assert text.startswith("v=0")
+        for sess in list(emu.sessions.values()):
+            await sess.close("test")
+    else:
+        _assert_emulator_error(status, text, {400})
+        assert not emu.sessions
+
+
+# ---- data-channel messages to an emulator session --------------------------------------------------------
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[tuple[Session, list[dict[str, Any]]]]:
+    sent: list[dict[str, Any]] = []
+    e = Emulator(load_builtin=False)
+    sess = Session(ev.new_id("rtc"), default_session("gpt-realtime"), e.personas, e.voice, lambda s: None)
+    sess.sinks.append(lambda text: sent.append(json.loads(text)))
+    try:
+        yield sess, sent
+    finally:
+        await sess.close("test over")
+
+
+client_types = st.sampled_from(
+    ["session.update", "conversation.item.create", "conversation.item.delete", "conversation.item.truncate",
+     "input_audio_buffer.append", "input_audio_buffer.commit", "response.cancel", "output_audio_buffer.clear",
+     "made.up", ""]
+)  # fmt: skip
+messages = st.one_of(
+    st.binary(max_size=200),
+    st.text(max_size=200),
+    json_values.map(json.dumps),
+    st.builds(
+        lambda t, extra: json.dumps({"type": t, **extra}),
+        client_types,
+        st.dictionaries(st.sampled_from(["session", "item", "item_id", "audio", "event_id", "x"]), json_values),
+    ),
+)
+
+
+@FAST
+@given(message=messages)
+async def test_random_channel_messages_get_error_events_and_the_session_lives(
+    session: tuple[Session, list[dict[str, Any]]], message: str | bytes
+) -> None:
+    sess, sent = session
+    before = len(sent)
+    handle(sess, message)
+    for event in sent[before:]:
+        if event["type"] == "error":
+            err = event["error"]
+            assert err["message"] and err["type"] == "invalid_request_error"
+    assert not sess.closed.is_set()
+    handle(sess, json.dumps({"type": "session.update", "session": {"type": "realtime", "instructions": "Hi."}}))
+    assert sent[-1]["type"] == "session.updated"  # still answering properly
+
+
+async def test_an_oversized_channel_message_is_an_error_event(
+    session: tuple[Session, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sess, sent = session
+    monkeypatch.setattr("voicebridge.emulator.handlers.MAX_EVENT_BYTES", 1000)
+    handle(sess, json.dumps({"type": "session.update", "session": {"instructions": "x" * 2000}}))
+    assert sent[-1]["type"] == "error" and sent[-1]["error"]["code"] == "event_too_large"
