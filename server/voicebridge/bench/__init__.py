@@ -69,6 +69,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     seconds, warmup, listeners = (3.0, 1.0, 5) if quick else (10.0, 2.0, 20)
     levels, extend = _levels(args)
     relays = [args.relay] if args.relay else ["passthrough", "transcode"]
+    load_before, steal_before = os.getloadavg(), _steal_s()
     measured: list[dict[str, Any]] = []
     samples: dict[str, list[float]] = {}
     failures: list[str] = []
@@ -105,7 +106,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     main_relay = relays[0]
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            # Other work on the machine while we measured: load average before/after, CPU stolen by the host.
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "steal_s": round(_steal_s() - steal_before, 1),
+        },
         "quick": quick,
         "window_s": seconds,
     }
@@ -127,6 +137,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     result["failures"] = failures
     result["_samples"] = samples
     return result
+
+
+def _steal_s() -> float:
+    """CPU time the hypervisor gave to others (all CPUs, seconds since boot), 0 if unknown."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _div(a: Any, b: Any) -> float | None:

@@ -48,7 +48,13 @@ class _Bridge:
     taps: list[Any] = field(default_factory=list)  # passthrough: InboundTap of the legs
 
     def counters(self) -> tuple[int, int, int]:
-        """(packets in, packets out, dropped) over the agent legs (pass-through only; zeros otherwise)."""
+        """(packets in, packets/frames out, dropped) over the agent legs of every call."""
+        if self.relay == "transcode":
+            return (
+                sum(r.caller.arrivals.packets + r.cs.arrivals.packets for r in self.relays),
+                sum(r.caller.out.frames + r.cs.out.frames for r in self.relays),
+                0,
+            )
         return (
             sum(t.packets for t in self.taps),
             sum(o.packets_sent for o in self.outs),
@@ -62,6 +68,16 @@ def rss_mib() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
     return 0.0
+
+
+def udp_rcvbuf_errors() -> int:
+    """The kernel's count of UDP datagrams dropped because a socket's receive buffer was full."""
+    try:
+        with open("/proc/net/snmp", encoding="ascii") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+        return int(rows[1][rows[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def say(text: str) -> None:
@@ -175,12 +191,14 @@ async def _window(b: _Bridge, conns: list[Any], seconds: float, shift: float) ->
     gc_probe = _GcProbe()
     presend.clear()
     c0 = b.counters()
+    udp0 = udp_rcvbuf_errors()
     t0, wall0 = os.times(), time.perf_counter()
     await asyncio.sleep(seconds)  # a benchmark window, not a test: the load processes measure the same span
     t1 = os.times()
     wall = time.perf_counter() - wall0
     user, system = t1.user - t0.user, t1.system - t0.system
     c1 = b.counters()
+    udp1 = udp_rcvbuf_errors()
     cpu = user + system
     samples = _samples(b)
     lag.stop()
@@ -196,6 +214,7 @@ async def _window(b: _Bridge, conns: list[Any], seconds: float, shift: float) ->
         "bridge_in": c1[0] - c0[0],
         "bridge_out": c1[1] - c0[1],
         "bridge_dropped": c1[2] - c0[2],
+        "udp_rcvbuf_errors": udp1 - udp0,  # whole machine: UDP packets dropped by full socket buffers
         "presend_samples": list(presend), "bridge_samples": samples, "loads": loads}
 
 

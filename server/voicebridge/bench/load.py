@@ -23,6 +23,7 @@ from voicebridge.media.loopback import set_loopback_only
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
 
 FRAME_S = 0.020
+PROBE_S = 0.05  # event-loop lag probe period (a cheap tick: 20 per second)
 CACHE_PACKETS = 500  # 10 s of unique packets: a payload identifies its send time within a window
 
 
@@ -222,18 +223,18 @@ async def _window(agents: list[Agent], listeners: list[Listener], seconds: float
 
 
 class _LagProbe:
-    """How late a 10 ms timer fires: how long this process's event loop was busy (or not scheduled)."""
+    """How late a 50 ms timer fires: how long this process's event loop was busy (or not scheduled)."""
 
     def __init__(self) -> None:
         self.lags: list[float] = []
         self._loop = asyncio.get_running_loop()
-        self._due = self._loop.time() + 0.01
+        self._due = self._loop.time() + PROBE_S
         self._h = self._loop.call_at(self._due, self._tick)
 
     def _tick(self) -> None:
         now = self._loop.time()
         self.lags.append(now - self._due)
-        self._due = now + 0.01
+        self._due = now + PROBE_S
         self._h = self._loop.call_at(self._due, self._tick)
 
     def stop(self) -> None:

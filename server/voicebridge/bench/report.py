@@ -44,6 +44,11 @@ def figures(job: dict[str, Any]) -> dict[str, Any]:
         "bridge_packets_in": win["bridge_in"],
         "bridge_packets_out": win["bridge_out"],
         "bridge_dropped": win["bridge_dropped"],
+        # CPU per packet taken in: robust when the machine cannot deliver the full packet rate.
+        "cpu_us_per_packet": round(1e6 * win["cpu_pct"] / 100 * win["wall_s"] / win["bridge_in"], 1)
+        if win["bridge_in"]
+        else None,
+        "udp_rcvbuf_errors": win["udp_rcvbuf_errors"],
         "load_processes": job["load_processes"],
         "load_cpu_pct": [round(x["cpu_pct"], 1) for x in win["loads"]],
         "bridge_loop_lag_ms": win["loop_lag_ms"],
