@@ -168,9 +168,25 @@ def test_turn_gaps_between_agents_only() -> None:
 
 
 def test_turn_latencies_prefer_the_summarys_own() -> None:
-    own = [{"responder": "cs", "latency_ms": 640}, {"speaker": "caller", "latency_s": 0.7}, "junk"]
-    assert turn_latencies(summary(turn_latency=own)) == [
-        {"responder": "cs", "latency_s": 0.64},
-        {"responder": "caller", "latency_s": 0.7},
+    # The bridge's TurnLatency shape (summary.json "turn_latency"), measured on the audio packets.
+    measured = {
+        "turns": [
+            {"from": "cs", "to": "caller", "total_ms": 1101.3, "bridge_ms": 0.2},
+            {"from": "caller", "to": "cs", "total_ms": 640.0, "bridge_ms": 12.5},
+        ],
+        "count": 2,
+    }
+    assert turn_latencies(summary(turn_latency=measured)) == [
+        {"responder": "caller", "latency_s": pytest.approx(1.1013), "source": "bridge", "bridge_ms": 0.2},
+        {"responder": "cs", "latency_s": 0.64, "source": "bridge", "bridge_ms": 12.5},
     ]
-    assert turn_latencies(summary(turn_latency=[])) == turn_gaps(TURNS)
+    # A plain list of records works too; junk is skipped.
+    plain = [{"responder": "cs", "latency_ms": 640}, {"speaker": "caller", "latency_s": 0.7}, "junk"]
+    assert [(r["responder"], r["latency_s"]) for r in turn_latencies(summary(turn_latency=plain))] == [
+        ("cs", 0.64),
+        ("caller", 0.7),
+    ]
+    # No measured turns: the transcript's gaps.
+    fallback = [{**g, "source": "transcript"} for g in turn_gaps(TURNS)]
+    assert turn_latencies(summary(turn_latency={"turns": [], "count": 0})) == fallback
+    assert turn_latencies(summary()) == fallback

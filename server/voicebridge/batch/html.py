@@ -148,6 +148,8 @@ def render(report: dict[str, Any]) -> str:
     parts.append(_stats_row(f"turn latency, all ({tl.get('source', '')})", tl))
     for who, p in (tl.get("by_responder") or {}).items():
         parts.append(_stats_row(f"turn latency, {who} answering", p))
+    if (tl.get("bridge_share_ms") or {}).get("count"):
+        parts.append(_stats_row("bridge's share of a turn (relay, tools, gating)", tl["bridge_share_ms"], "ms"))
     parts.append("</table>")
     tools = (report.get("tool_calls") or {}).get("by_tool") or {}
     if tools:
@@ -182,11 +184,19 @@ def _call_html(c: dict[str, Any]) -> str:
         for t in c.get("tool_calls") or []
     )
     error = f"<p class=bad>{_e(c.get('error'))}</p>" if c.get("error") else ""
+    audio = _player(c.get("links") or {})
     return (
         f"<details><summary>{mark} <code>{_e(c.get('call_id'))}</code> {_e(c.get('end_reason'))} "
         f"&middot; {_num(c.get('duration_s'), '{:.1f}')} s &middot; {len(c.get('turns') or [])} turns "
         f"&middot; {len(c.get('tool_calls') or [])} tool calls</summary>{error}"
-        f"<p>{links}</p><pre>{_e(turns) or '(no turns)'}</pre>"
+        f"<p>{links}</p>{audio}<pre>{_e(turns) or '(no turns)'}</pre>"
         + (f"<ul>{tools}</ul>" if tools else "")
         + "</details>"
     )
+
+
+def _player(links: dict[str, str]) -> str:
+    """An audio player for the call's recording (the stereo WAV, else each party's WebM); loads on play."""
+    wav = [href for name, href in links.items() if name.endswith(".wav")]
+    chosen = wav[:1] or [href for name, href in links.items() if name.endswith(".webm")]
+    return "".join(f"<audio controls preload=none src='{_e(href)}'></audio>" for href in chosen)

@@ -53,6 +53,7 @@ def _numbers(values: Iterable[Any]) -> list[float]:
 
 
 def _links(summary: dict[str, Any], report_dir: Path) -> dict[str, str]:
+    """File name -> path relative to the report, for each artifact of the call that exists."""
     folder = Path(str(summary.get("out_dir") or ""))
     found: dict[str, Path] = {}
     if folder.is_dir():
@@ -63,17 +64,17 @@ def _links(summary: dict[str, Any], report_dir: Path) -> dict[str, str]:
             if p.suffix in _AUDIO_SUFFIXES and p.is_file():
                 found[p.name] = p
     arts = summary.get("artifacts")
-    items: list[tuple[Any, Any]] = []
+    values: list[Any] = []
     if isinstance(arts, dict):
-        items = list(arts.items())
+        values = list(arts.values())
     elif isinstance(arts, list):
-        items = [(None, a) for a in arts]
-    for name, value in items:
+        values = list(arts)
+    for value in values:
         path = value.get("path") if isinstance(value, dict) else value
         if isinstance(path, str) and path:
             p = Path(path) if Path(path).is_absolute() else folder / path
-            if p.is_file():
-                found[str(name) if name is not None else p.name] = p
+            if p.is_file() and p not in found.values():
+                found[p.name] = p
     return {name: os.path.relpath(p, report_dir) for name, p in found.items()}
 
 
@@ -91,7 +92,7 @@ def _call_row(summary: dict[str, Any], report_dir: Path) -> dict[str, Any]:
             {k: t.get(k) for k in ("speaker", "text", "start", "end")} for t in summary.get("turns") or []
         ],
         "turn_latency": [
-            {"responder": r["responder"], "latency_s": round(r["latency_s"], 4)} for r in turn_latencies(summary)
+            {**r, "latency_s": round(r["latency_s"], 4)} for r in turn_latencies(summary)
         ],
         "tool_calls": [
             {
@@ -137,10 +138,13 @@ def _turn_latency(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     by: dict[str, list[float]] = {}
     for r in rows:
         by.setdefault(r["responder"], []).append(r["latency_s"])
+    bridge_ms = [r["bridge_ms"] for r in rows if "bridge_ms" in r]
     return {
         **percentiles([r["latency_s"] for r in rows]),
-        "source": "summary.turn_latency" if any(s.get("turn_latency") for s in summaries) else "turn_gaps",
+        # "bridge": measured on the audio by the bridge; "transcript": gaps between transcribed turns
+        "source": "+".join(sorted({r["source"] for r in rows})) or None,
         "by_responder": {k: percentiles(v) for k, v in sorted(by.items())},
+        "bridge_share_ms": percentiles(bridge_ms, 3),
     }
 
 

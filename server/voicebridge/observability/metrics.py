@@ -9,8 +9,8 @@ relay's packet hook; nothing in the call knows it is measured. What is measured,
 - relay packets per party: counted live by the relay's `on_packet` hook (one counter increment per packet);
 - per-packet relay latency (tap arrival -> handed to the transport) and drops per direction: at the end of
   the call, from the relay's outbound latency samples (the relay keeps the last 4096 per direction);
-- per-turn latency: at the end, from the summary's `turn_latency` if it has one, else from the turns:
-  the gap between one agent's turn ending and the other agent's next turn starting (`turn_gaps`).
+- per-turn latency: at the end, from the summary's `turn_latency` (measured on the audio by the bridge) if it
+  has one, else from the transcript: one agent's turn ending -> the other's next turn starting (`turn_gaps`).
 """
 
 from __future__ import annotations
@@ -51,23 +51,31 @@ def turn_gaps(turns: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def turn_latencies(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """A call's per-turn latencies as `{"responder", "latency_s"}`: the summary's own `turn_latency` when it
-    has a usable one (a list of records with `latency_s` or `latency_ms`), else `turn_gaps(turns)`."""
+    """A call's per-turn latencies as `{"responder", "latency_s", "source", ...}`.
+
+    From the summary's own `turn_latency` when it has turns (the bridge's TurnLatency: `{"turns": [{"to",
+    "total_ms", "bridge_ms", ...}]}`, measured on the audio packets; a plain list of such records works too),
+    else from the transcript's turns (`turn_gaps`: the gap between the agents' transcribed turns)."""
     own = summary.get("turn_latency")
-    if isinstance(own, list) and own:
-        rows = []
-        for r in own:
+    records = own.get("turns") if isinstance(own, dict) else own
+    rows: list[dict[str, Any]] = []
+    if isinstance(records, list):
+        for r in records:
             if not isinstance(r, dict):
                 continue
             value = r.get("latency_s")
-            if value is None and r.get("latency_ms") is not None:
-                value = float(r["latency_ms"]) / 1000.0
+            ms = r.get("total_ms", r.get("latency_ms"))
+            if value is None and isinstance(ms, int | float):
+                value = float(ms) / 1000.0
             if isinstance(value, int | float):
-                who = r.get("responder") or r.get("speaker") or r.get("leg") or "unknown"
-                rows.append({"responder": str(who), "latency_s": float(value)})
-        if rows:
-            return rows
-    return turn_gaps(summary.get("turns") or [])
+                who = r.get("to") or r.get("responder") or r.get("speaker") or r.get("leg") or "unknown"
+                row: dict[str, Any] = {"responder": str(who), "latency_s": float(value), "source": "bridge"}
+                if isinstance(r.get("bridge_ms"), int | float):
+                    row["bridge_ms"] = float(r["bridge_ms"])
+                rows.append(row)
+    if rows:
+        return rows
+    return [{**g, "source": "transcript"} for g in turn_gaps(summary.get("turns") or [])]
 
 
 class Metrics:
