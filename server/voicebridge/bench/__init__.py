@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .bridge import Job, bridge_main
-from .report import KEYS, figures, headline, max_without_loss, plot, table
+from .report import KEYS, figures, headline, markdown, max_without_loss, plot, table
 
 FULL_LEVELS = [1, 10, 25, 50]
 EXTRA_LEVELS = [75, 100, 150]  # full run: go on while there is no loss
@@ -69,7 +69,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     seconds, warmup, listeners = (3.0, 1.0, 5) if quick else (10.0, 2.0, 20)
     levels, extend = _levels(args)
     relays = [args.relay] if args.relay else ["passthrough", "transcode"]
-    load_before, steal_before = os.getloadavg(), _steal_s()
+    load_before, steal_before, psi_before = os.getloadavg(), _steal_s(), _cpu_pressure()
     measured: list[dict[str, Any]] = []
     samples: dict[str, list[float]] = {}
     failures: list[str] = []
@@ -115,6 +115,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "steal_s": round(_steal_s() - steal_before, 1),
+            "cpu_pressure_before": psi_before,
+            "cpu_pressure_after": _cpu_pressure(),
         },
         "quick": quick,
         "window_s": seconds,
@@ -137,6 +139,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     result["failures"] = failures
     result["_samples"] = samples
     return result
+
+
+def _cpu_pressure() -> float | None:
+    """Share of the last minute (%) in which some runnable task waited for a CPU (Linux PSI), if known."""
+    try:
+        with open("/proc/pressure/cpu", encoding="ascii") as f:
+            some = f.readline().split()
+        return float(some[2].split("=")[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _steal_s() -> float:
@@ -171,6 +183,7 @@ def main(args: argparse.Namespace) -> int:
     text = table(result["levels"])
     print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (out / "bench.md").write_text(markdown(result) + "\n", encoding="utf-8")
     try:
         plot(result["levels"], samples, out / "bench.png")
     except Exception as e:  # the numbers matter more than the picture

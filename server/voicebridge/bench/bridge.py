@@ -335,7 +335,7 @@ async def run_job(job: Job) -> dict[str, Any]:
                 say(f"{job.relay}: {i + 1}/{job.calls} calls up")
         await asyncio.sleep(job.warmup)  # let jitter buffers and encoders settle before measuring
         rss1 = rss_mib()
-        shift = 0.5 if job.relay == "transcode" else 0.3  # > the path latency, so in-flight packets count
+        shift = 0.5  # > the path latency: packets still in flight at the end of the window count
         profiler = _profiler()
         main = await _window(b, conns, job.seconds, shift)
         if profiler is not None:

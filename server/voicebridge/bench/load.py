@@ -72,7 +72,10 @@ class Agent:
         self.sent = 0
         self.received = 0
         self.matched: list[float] = []
-        self.recording = False
+        self.recording = False  # receiving side: match payloads, remember what arrived
+        self.logging = False  # sending side: remember what was sent in the window
+        self.sent_log: list[bytes] = []
+        self.got: set[bytes] = set()
         self._i = random.randrange(len(packets))
         self._seq = random.getrandbits(15)
         self._ts = random.getrandbits(32)
@@ -106,12 +109,15 @@ class Agent:
             self.out.send(RtpAudio(payload, self._ts, self._seq, False, t), "load")
             self.sent_at[payload] = t
             self.sent += 1
+            if self.logging:
+                self.sent_log.append(payload)
         self._next += FRAME_S
         self._handle = loop.call_at(self._next, self._tick)
 
     def _on_packet(self, pkt: RtpAudio) -> None:
         self.received += 1
         if self.recording and self.peer is not None:
+            self.got.add(pkt.payload)
             sent = self.peer.sent_at.get(pkt.payload)
             if sent is not None:
                 self.matched.append(pkt.received_at - sent)
@@ -191,9 +197,9 @@ async def _serve(conn: Any) -> None:
 async def _window(agents: list[Agent], listeners: list[Listener], seconds: float, shift: float) -> dict[str, Any]:
     """Packets sent in [0, seconds] against packets received in [shift, seconds + shift] (shift = latency)."""
     for a in agents:
-        a.matched = []
+        a.matched, a.sent_log, a.got = [], [], set()
         a.late = 0
-        a.recording = True
+        a.recording = a.logging = True
     lag = _LagProbe()
     sent0 = sum(a.sent for a in agents)
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -202,6 +208,8 @@ async def _window(agents: list[Agent], listeners: list[Listener], seconds: float
     lrecv0 = sum(x.received for x in listeners)
     await asyncio.sleep(seconds - shift)
     sent1 = sum(a.sent for a in agents)
+    for a in agents:
+        a.logging = False
     cpu = time.process_time() - cpu0
     wall = time.perf_counter() - wall0
     await asyncio.sleep(shift)
@@ -210,6 +218,9 @@ async def _window(agents: list[Agent], listeners: list[Listener], seconds: float
     for a in agents:
         a.recording = False
     matched = [s for a in agents for s in a.matched]
+    # Exact loss where payloads pass through unchanged: sent in the window and never received (within shift).
+    logged = sum(len(a.sent_log) for a in agents)
+    missing = sum(1 for a in agents if a.peer is not None for p in a.sent_log if p not in a.peer.got)
     lag.stop()
     return {
         "loop_lag_ms": lag.summary(),
@@ -217,6 +228,8 @@ async def _window(agents: list[Agent], listeners: list[Listener], seconds: float
         "received": recv1 - recv0,
         "listener_received": lrecv1 - lrecv0,
         "matched": matched,
+        "logged": logged,
+        "missing": missing,
         "late_ticks": sum(a.late for a in agents),
         "cpu_pct": 100.0 * cpu / wall if wall > 0 else 0.0,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,13 @@ def figures(job: dict[str, Any]) -> dict[str, Any]:
     sent = sum(x["sent"] for x in win["loads"])
     received = sum(x["received"] for x in win["loads"])
     matched = [s for x in win["loads"] for s in x["matched"]]
+    logged = sum(x.get("logged", 0) for x in win["loads"])
+    missing = sum(x.get("missing", 0) for x in win["loads"])
+    if job["relay"] == "passthrough" and logged:
+        # Payloads pass through unchanged: count exactly which packets sent in the window never arrived.
+        loss, method = 100.0 * missing / logged, "payload"
+    else:  # re-encoded: packets received in the (shifted) window against packets sent
+        loss, method = (max(0.0, 100.0 * (1 - received / sent)) if sent else 100.0), "count"
     out: dict[str, Any] = {
         "calls": calls,
         "relay": job["relay"],
@@ -36,7 +44,8 @@ def figures(job: dict[str, Any]) -> dict[str, Any]:
         "cpu_user_pct_per_call": round(win["cpu_user_pct"] / calls, 3),
         "cpu_sys_pct_per_call": round(win["cpu_sys_pct"] / calls, 3),
         "mem_mib_per_call": round((job["rss_mib_after"] - job["rss_mib_before"]) / calls, 3),
-        "loss_pct": round(max(0.0, 100.0 * (1 - received / sent)) if sent else 100.0, 3),
+        "loss_pct": round(loss, 3),
+        "loss_method": method,
         "setup_ms_p50": round(1000 * statistics.median(job["setup_s"]), 1),
         "setup_ms_max": round(1000 * max(job["setup_s"]), 1),
         "packets_sent": sent,
@@ -173,3 +182,49 @@ def plot(levels: list[dict[str, Any]], samples: dict[str, list[float]], path: Pa
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _p50(r: dict[str, Any]) -> Any:
+    return (r["added_latency_ms"] or {}).get("p50")
+
+
+def _p99(r: dict[str, Any]) -> Any:
+    return (r["added_latency_ms"] or {}).get("p99")
+
+
+TARGETS: tuple[tuple[str, Callable[[dict[str, Any]], Any], float], ...] = (  # issue 6, at the headline level
+    ("added latency p50 <= 0.5 ms", _p50, 0.5),
+    ("added latency p99 <= 2 ms", _p99, 2.0),
+    ("bridge CPU <= 2 % of a core per call", lambda r: r["cpu_pct_per_call"], 2.0),
+    ("set-up p50 <= 100 ms", lambda r: r["setup_ms_p50"], 100.0),
+    ("memory <= 10 MiB per call", lambda r: r["mem_mib_per_call"], 10.0),
+)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """bench.md: machine, targets met or missed, the full table."""
+    m = result["machine"]
+    lines = [
+        f"# voicebridge bench, {result['date']}",
+        "",
+        f"Machine: {m['cpus']} CPUs, {m.get('mem_gib', '?')} GiB, {m['platform']}, Python {m['python']}. "
+        f"Load average before/after: {m.get('loadavg_before')} / {m.get('loadavg_after')}; "
+        f"CPU stolen by the host during the run: {m.get('steal_s')} s; CPU pressure (PSI some avg60) "
+        f"before/after: {m.get('cpu_pressure_before')} / {m.get('cpu_pressure_after')} %.",
+        f"Window {result['window_s']} s per level{' (--quick)' if result['quick'] else ''}; "
+        f"headline level: {result['calls']} concurrent calls.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    for name, get, limit in TARGETS:
+        value = get(result) if result.get("added_latency_ms") is not None else None
+        met = "-" if value is None else ("yes" if value <= limit else "**no**")
+        lines.append(f"| {name} | {value} | {met} |")
+    no_loss = result.get("max_calls_without_loss")
+    met_50 = "yes" if (no_loss or 0) >= 50 else "**no**"
+    lines.append(f"| 50 concurrent calls without loss | {no_loss} calls without loss | {met_50} |")
+    lines += ["", table(result["levels"]), ""]
+    if result.get("failures"):
+        lines += ["Notes: " + "; ".join(result["failures"]), ""]
+    return "\n".join(lines)
