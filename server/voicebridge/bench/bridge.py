@@ -104,8 +104,8 @@ async def _rpc(conn: Any, msg: tuple[Any, ...]) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
 
 
-async def _setup_call(b: _Bridge, conn: Any) -> float:
-    """One call (two legs) up and relaying; returns its set-up time in seconds."""
+async def _setup_call(b: _Bridge, conn: Any) -> tuple[float, float, float]:
+    """One call (two legs) up and relaying; returns (offers made, answers back, connected) in seconds."""
     t0 = time.perf_counter()
     pcs = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(2)]
     b.pcs += pcs
@@ -129,7 +129,9 @@ async def _setup_call(b: _Bridge, conn: Any) -> float:
         legs = [TranscodeLeg(pc) for pc in pcs]
     for pc in pcs:
         await pc.setLocalDescription(await pc.createOffer())
+    t_offer = time.perf_counter()
     answers = await _rpc(conn, ("call", pcs[0].localDescription.sdp, pcs[1].localDescription.sdp))
+    t_answer = time.perf_counter()
     for pc, answer in zip(pcs, answers, strict=True):
         await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
     if b.relay == "transcode":
@@ -138,7 +140,7 @@ async def _setup_call(b: _Bridge, conn: Any) -> float:
         relay.start()
     await asyncio.gather(*(_connected(pc, SETUP_TIMEOUT_S) for pc in pcs))
     b.relays.append(relay)
-    return time.perf_counter() - t0
+    return t_offer - t0, t_answer - t0, time.perf_counter() - t0
 
 
 async def _add_listener(b: _Bridge, conn: Any) -> None:
