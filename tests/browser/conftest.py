@@ -8,6 +8,7 @@ loopback-only network namespace that `make test` sets up (scripts/loopback-netns
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import shutil
@@ -90,7 +91,7 @@ async def spoken_wav(text: str, voice: str, speed: int, path: Path) -> Path:
         w.setsampwidth(2)
         w.setframerate(48000)
         w.writeframes(pcm.astype("<i2").tobytes())
-    path.write_bytes(buf.getvalue())
+    await asyncio.to_thread(path.write_bytes, buf.getvalue())
     return path
 
 

@@ -284,23 +284,44 @@ async def test_human_takes_over_is_heard_and_answered_then_hands_back(
     tools = [t["name"] for t in call.tool_calls if t["leg"] == "cs"]
     assert tools == ["lookup_order", "issue_refund"]  # the CS agent's tools work while a human is the caller
     # Nothing of this reached the caller agent: it was on hold, and it has not spoken since.
-    caller_said = [r for r in watch.records if r["leg"] == "caller" and r["event"]["type"] == "conversation.item.added"
-                   and r["event"]["item"].get("role") == "user" and r["t"] > refund["t"]]
+    caller_said = [
+        r
+        for r in watch.records
+        if r["leg"] == "caller"
+        and r["event"]["type"] == "conversation.item.added"
+        and r["event"]["item"].get("role") == "user"
+        and r["t"] > refund["t"]
+    ]
     assert caller_said == []
     resp = await client.post(f"/api/calls/{call_id}/handback", headers={"Authorization": f"Bearer {takeover}"})
     assert resp.status == 200, await resp.text()
     body = await resp.json()
-    assert refund["event"]["transcript"] in body["told_caller_agent"]
+    # Handed back while the CS agent is still saying its line: the caller agent gets the floor when it stops.
+    assert body["briefing"] == "after the CS agent's current line" and body["told_caller_agent"] == ""
     assert not call.relay.on_hold
     ended = await watch_end(call)
     assert (ended["end_reason"], ended["ended_by"]) == ("caller_hangup", "caller")
     handback = watch.notes("takeover.handback")
     assert handback[0]["reason"] == "handback" and refund["event"]["transcript"] in handback[0]["missed_lines"]
+    briefed = watch.notes("takeover.briefed")
+    assert len(briefed) == 1 and refund["event"]["transcript"] in briefed[0]["missed_lines"]
     # The caller agent was told with a user message, then asked to respond; its goodbye ended the call.
     sent = [r["event"] for r in watch.records if r["leg"] == "caller" and r["direction"] == "out"]
     kinds = [e["type"] for e in sent]
     i = kinds.index("conversation.item.create", 1)  # [0] is the context seeded at start
-    assert kinds[i - 1 : i + 2] == ["input_audio_buffer.clear", "conversation.item.create", "response.create"]
+    assert kinds[i - 2 : i + 2] == [
+        "session.update",
+        "input_audio_buffer.clear",
+        "conversation.item.create",
+        "response.create",
+    ]
+    # On hold its turn detection was off; the briefing turned it back on as it was.
+    updates = [e["session"]["audio"]["input"]["turn_detection"] for e in sent if e["type"] == "session.update"]
+    assert updates[0] is None and updates[-1]["type"] == "server_vad"
+    assert (
+        "on hold" in sent[i]["item"]["content"][0]["text"]
+        and refund["event"]["transcript"] in sent[i]["item"]["content"][0]["text"]
+    )
     assert "goodbye" in " ".join(t["text"].lower() for t in ended["turns"] if t["speaker"] == "caller")
     # The CS leg saw one continuous RTP stream across both switches (agent -> human -> agent).
     assert call.relay.cs_out.switches >= 2
@@ -343,8 +364,14 @@ async def test_a_vanished_browser_gives_the_call_back_to_the_caller_agent(
     assert back["event"]["reason"].startswith("browser connection")
     assert not call.relay.on_hold and call.state == "live"
     # The caller agent got the call back and was briefed (then asked to respond).
-    await watch.wait(lambda r: r["leg"] == "caller" and r["direction"] == "out"
-                     and r["event"]["type"] == "conversation.item.create" and "on hold" in str(r["event"]))
+    await watch.wait(
+        lambda r: (
+            r["leg"] == "caller"
+            and r["direction"] == "out"
+            and r["event"]["type"] == "conversation.item.create"
+            and "on hold" in str(r["event"])
+        )
+    )
     resp = await client.post(f"/api/calls/{call_id}/hangup")
     assert resp.status == 202
     assert (await watch_end(call))["end_reason"] == "operator_hangup"
@@ -413,8 +440,11 @@ async def test_bad_tokens_are_refused_with_reasons(client: Client, browsers: Cal
     assert (await client.post("/api/calls/call_nope/tokens", json={"role": "listen"})).status == 404
     # An offer that is not an offer, and one without audio.
     tok = await token(client, call_id, "listen")
-    resp = await client.post(f"/api/calls/{call_id}/join", data="hello",
-                             headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/sdp"})
+    resp = await client.post(
+        f"/api/calls/{call_id}/join",
+        data="hello",
+        headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/sdp"},
+    )
     assert resp.status == 400 and "offer" in (await resp.json())["error"]["message"]
     for c in (call, other):
         await c.hangup()

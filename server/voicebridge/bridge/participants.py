@@ -9,13 +9,15 @@ transceivers the offer created (``OutboundAudio.bind``):
 * take-over: the first audio m-line is ``sendrecv``: the human's microphone in, the CS agent out. The switch
   happens on the human's FIRST packet (not when the answer is sent) so the CS leg hears the caller agent up
   to the moment it hears the human, with the stream re-based in between (no timestamp jump, no long gap).
-  The caller agent is then on hold (muted, still connected). Hand-back (asked for, or automatic when the
-  browser vanishes: peer connection failed/closed, or no RTP for ``media_timeout_s``) gives the call back and
-  tells the caller agent what the CS agent said meanwhile (a user message, then response.create), after
-  clearing its input buffer (it may have heard half a sentence when the hold began).
+  The caller agent is then on hold: muted, still connected, still hearing the CS agent but with its turn
+  detection switched off (session.update), so it cannot answer a conversation it is no longer part of.
+  Hand-back (asked for, or automatic when the browser vanishes: peer connection failed/closed, or no RTP for
+  ``media_timeout_s``) gives the call back; once the CS agent is quiet (it may be mid-sentence) the caller
+  agent's turn detection goes back on, its input buffer is cleared, and it is told what the CS agent said
+  meanwhile (a user message, then response.create).
 
-Each of these is written to the call's event stream and events.jsonl as a `bridge` note
-(participant.joined/left, takeover.started, takeover.handback). All peer connections close when the call ends.
+Each of these is written to the call's event stream and events.jsonl as a `bridge` note (participant.joined/left,
+takeover.started, takeover.handback, takeover.briefed). All peer connections close when the call ends.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ MAX_LISTENERS = 16
 MAX_OFFER_CHARS = 64 * 1024  # Chromium's offers are ~5 KB
 MEDIA_TIMEOUT_S = 5.0  # a taking-over browser sends RTP every 20 ms; this long without any means it is gone
 _WATCH_EVERY_S = 1.0
+_SESSION = {"type": "realtime"}
+BRIEF_WAIT_S = 15.0  # hand-back while the CS agent talks: brief the caller agent when it stops, at the latest this
 
 
 class JoinError(Exception):
@@ -97,6 +101,9 @@ class Participants:
         self.members: dict[str, Participant] = {}
         self.human: Participant | None = None  # the take-over participant, from join until hand-back
         self.missed: list[str] = []  # the CS agent's lines while the caller agent was on hold
+        self._collecting = False  # from take-over until the caller agent is briefed
+        self._brief_pending = False
+        self._brief_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self._tasks: set[asyncio.Future[Any]] = set()
         call.on("event", self._on_call_event)
@@ -194,8 +201,20 @@ class Participants:
         if p.left or self.human is not p or relay is None or self.call.state != "live":
             return
         assert p.tap is not None
+        # On hold the caller agent keeps hearing the CS agent but with its turn detection off: it cannot answer
+        # (no unheard lines, no hangup() from a conversation it is not in), and a sentence it was hearing when
+        # the hold began still ends in its VAD instead of hanging open until the hand-back.
+        relay.hold_hears_cs = True
         relay.set_caller_source(p.tap, p.outs[0])
         p.speaking = True
+        self._collecting = True
+        self._brief_pending = False  # a new take-over before the last briefing: that one is moot
+        if self._brief_timer is not None:
+            self._brief_timer.cancel()
+            self._brief_timer = None
+        self._send_caller(
+            {"type": "session.update", "session": {**_SESSION, "audio": {"input": {"turn_detection": None}}}}
+        )
         self.missed = []
         self._note("takeover.started", participant_id=p.id)
         p._watchdog = self._spawn(self._watch_media(p))
@@ -229,14 +248,41 @@ class Participants:
             p._unsub_first = None
         if was_speaking and relay is not None:
             relay.set_caller_source(None)
-        told = ""
+        told, briefing, missed = "", "none", list(self.missed)
         if was_speaking and self.call.state == "live":
-            told = self._brief_caller_agent()
-        self._note("takeover.handback", participant_id=p.id, reason=reason, missed_lines=list(self.missed))
-        self.missed = []
+            if self._cs_quiet():
+                told, briefing = self._brief_now(), "now"
+            else:
+                # The CS agent is mid-sentence (or mid-tool-chain): give the caller agent the floor when it stops,
+                # else its VAD would hear half a sentence and answer that instead of the briefing.
+                briefing = "after the CS agent's current line"
+                self._brief_pending = True
+                loop = asyncio.get_running_loop()
+                self._brief_timer = loop.call_later(BRIEF_WAIT_S, self._brief_if_pending)
+        self._note("takeover.handback", participant_id=p.id, reason=reason, missed_lines=missed, briefing=briefing)
         if close:
             await self.leave(p.id, "handed back")
-        return {"participant_id": p.id, "reason": reason, "told_caller_agent": told}
+        return {"participant_id": p.id, "reason": reason, "briefing": briefing, "told_caller_agent": told}
+
+    def _cs_quiet(self) -> bool:
+        gate = self.call.gates.get("cs")
+        return not self.call.transcript.speaking.get("cs") and not (gate is not None and gate.busy)
+
+    def _brief_if_pending(self) -> None:
+        if self._brief_pending and self.call.state == "live":
+            self._brief_now()
+
+    def _brief_now(self) -> str:
+        self._brief_pending = False
+        self._collecting = False
+        if self._brief_timer is not None:
+            self._brief_timer.cancel()
+            self._brief_timer = None
+        told = self._brief_caller_agent()
+        if told:
+            self._note("takeover.briefed", missed_lines=list(self.missed))
+        self.missed = []
+        return told
 
     def _brief_caller_agent(self) -> str:
         """conversation.item.create (what the CS agent said while on hold) + response.create on the caller leg."""
@@ -251,8 +297,15 @@ class Participants:
             )
         else:
             text = "You were on hold for a moment and the agent said nothing meanwhile; you are back on the call now."
+        turn_detection = ((leg.session.get("audio") or {}).get("input") or {}).get("turn_detection")
         try:
-            leg.send({"type": "input_audio_buffer.clear"})  # half a sentence heard as the hold began
+            leg.send(
+                {
+                    "type": "session.update",
+                    "session": {**_SESSION, "audio": {"input": {"turn_detection": turn_detection}}},
+                }
+            )
+            leg.send({"type": "input_audio_buffer.clear"})  # what it heard on hold was never meant for it
             item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
             leg.send({"type": "conversation.item.create", "item": item})
         except Exception as e:  # the leg just failed: the call is ending anyway
@@ -260,6 +313,15 @@ class Participants:
             return ""
         self.call.gates["caller"].request()
         return text
+
+    def _send_caller(self, event: dict[str, Any]) -> None:
+        leg = self.call.legs.get("caller")
+        if leg is None or leg.state != "open":
+            return
+        try:
+            leg.send(event)
+        except Exception as e:  # the leg just failed: the call ends on its own
+            log.warning("call %s: cannot send %s to the caller agent: %s", self.call.id, event.get("type"), e)
 
     # -- leaving --------------------------------------------------------------------------------------------
     async def leave(self, participant_id: str, reason: str = "left") -> None:
@@ -284,6 +346,10 @@ class Participants:
     async def close(self) -> None:
         """Close every participant's peer connection (the call is ending)."""
         self.closed = True
+        self._brief_pending = False
+        if self._brief_timer is not None:
+            self._brief_timer.cancel()
+            self._brief_timer = None
         for pid in list(self.members):
             await self.leave(pid, "call ended")
         for t in list(self._tasks):
@@ -301,13 +367,17 @@ class Participants:
 
     # -- the call's side ------------------------------------------------------------------------------------
     def _on_call_event(self, record: dict[str, Any]) -> None:
-        if self.human is None or not self.human.speaking or record.get("leg") != "cs":
+        if not self._collecting or record.get("leg") != "cs" or record.get("direction") != "in":
             return
         event = record.get("event") or {}
-        if record.get("direction") == "in" and event.get("type") == "response.output_audio_transcript.done":
+        kind = event.get("type")
+        if kind == "response.output_audio_transcript.done":
             text = str(event.get("transcript") or "").strip()
             if text:
                 self.missed.append(text)
+        elif kind in ("output_audio_buffer.stopped", "output_audio_buffer.cleared") and self._brief_pending:
+            if self.call.state == "live" and self._cs_quiet():
+                self._brief_now()
 
     def _on_call_state(self, state: str) -> None:
         if state in ("ending", "ended") and not self.closed:
