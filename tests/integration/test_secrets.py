@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,8 +127,11 @@ async def test_the_api_key_appears_in_no_response_message_log_or_artifact(
                 (f"/api/calls/{call_id}/tokens", b'{"role": "listen"}'),
             ):
                 await fetch(client, "POST", path, data=body, headers={"Content-Type": "application/json"})
-            detail = (await client.get(f"/api/calls/{call_id}")).status
-            assert detail == 200
+            # The same call, measured through the server's real wiring (observed factory -> GET /metrics).
+            _, metrics = await fetch(client, "GET", "/metrics")
+            assert 'voicebridge_calls_ended_total{end_reason="caller_hangup"} 1.0' in metrics
+            assert "voicebridge_active_calls 0.0" in metrics
+            assert re.search(r'voicebridge_relay_packets_total\{party="cs"\} [1-9]', metrics)
     finally:
         await emulator.stop()
 

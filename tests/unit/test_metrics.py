@@ -119,7 +119,9 @@ async def test_registries_are_per_instance_and_exposed_as_text() -> None:
     call.emit("state", "connecting")
     assert a.value("voicebridge_active_calls") == 1
     assert b.value("voicebridge_active_calls") == 0
-    text = a.exposition().decode()
+    body, content_type = a.exposition()
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    text = body.decode()
     for name in (
         "voicebridge_active_calls 1.0",
         "# TYPE voicebridge_calls_ended_total counter",

@@ -9,7 +9,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from .logs import CALL_ID
-from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .metrics import Metrics
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 S = TypeVar("S")
@@ -32,9 +32,9 @@ def observed(factory: Callable[[S], C], metrics: Metrics) -> Callable[[S], C]:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = request.app[METRICS].exposition()
-    # CONTENT_TYPE_LATEST carries its own charset parameter, so it goes in as a raw header.
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body, content_type = request.app[METRICS].exposition(request.headers.get("Accept", ""))
+    # The content type carries its own version/charset parameters, so it goes in as a raw header.
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def add_metrics_route(app: web.Application, metrics: Metrics) -> None:

@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "turn_gaps", "turn_latencies"]
+__all__ = ["Metrics", "turn_gaps", "turn_latencies"]
 
 _SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _DURATION_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -126,9 +127,11 @@ class Metrics:
         self.watch_errors = 0
 
     # -- exposition ----------------------------------------------------------------------------------------
-    def exposition(self) -> bytes:
-        """The registry in Prometheus text format (serve with CONTENT_TYPE_LATEST)."""
-        return bytes(generate_latest(self.registry))
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, Content-Type) for a scrape with this Accept header: the classic text format (0.0.4) unless
+        the scraper asks for OpenMetrics."""
+        encode, content_type = choose_encoder(accept)
+        return bytes(encode(self.registry)), str(content_type)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """One sample's current value (0.0 when absent): for tests and the soak report."""
