@@ -140,6 +140,7 @@ class BatchRunner:
         call: Any = None
         try:
             call = self.call_factory(self.scenario, self.settings, folder, call_id)
+
             def on_state(state: str) -> None:
                 if state == "live" and not live_at:
                     live_at.append(time.monotonic() - t0)
