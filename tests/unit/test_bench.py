@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from voicebridge.bench import main as bench_main
-from voicebridge.bench.bridge import Job, run_job
+from voicebridge.bench.bridge import Job, profile_shares, run_job
 from voicebridge.bench.load import noise_packets
 from voicebridge.bench.report import figures, max_without_loss, table
 from voicebridge.media.passthrough import opus_samples
@@ -134,3 +134,17 @@ def test_bench_out_that_is_a_file_is_a_clear_error(tmp_path: Path, capsys: pytes
     args = argparse.Namespace(quick=True, json=False, calls=[1], relay="passthrough", out=blocker / "sub")
     assert bench_main(args) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_profile_shares_attribute_leaf_time_to_owners() -> None:
+    text = """
+10.0 _UnixSelectorEventLoop.run_forever  asyncio/base_events.py:593
+|- 6.0 EpollSelector.select  selectors.py:451
+|  `- 6.0 epoll.poll  <built-in>
+|- 2.0 socket.sendto  <built-in>
+|- 1.0 [self]  aiortc/rtp.py
+|- 0.5 [self]  voicebridge/media/passthrough.py
+`- 0.5 Lib.srtp_protect  <built-in>
+"""
+    shares = profile_shares(text)
+    assert shares == {"kernel sendto (loopback delivery)": 50.0, "aiortc": 25.0, "voicebridge": 12.5, "SRTP": 12.5}

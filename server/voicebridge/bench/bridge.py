@@ -15,6 +15,7 @@ import gc
 import math
 import multiprocessing as mp
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -237,9 +238,11 @@ def _profiler() -> Any:
 def _write_profile(profiler: Any, job: Job) -> None:
     profiler.stop()
     path = os.path.join(os.environ["VOICEBRIDGE_BENCH_PROFILE"], f"profile-{job.relay}-{job.calls}.txt")
+    text = profiler.output_text(unicode=False, color=False, show_all=True)
+    shares = profile_shares(text)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(profiler.output_text(unicode=False, color=False, show_all=True))
-    say(f"profile written to {path}")
+        f.write("".join(f"{pct:5.1f} %  {name}\n" for name, pct in shares.items()) + "\n" + text)
+    say(f"profile written to {path}: " + ", ".join(f"{n} {p:.0f} %" for n, p in list(shares.items())[:6]))
 
 
 class _GcProbe:
@@ -261,6 +264,30 @@ class _GcProbe:
 
     def summary(self) -> dict[str, float | int]:
         return {"count": len(self.pauses), "max_ms": round(1000 * max(self.pauses, default=0.0), 2)}
+
+
+_LEAF = re.compile(r"(\d+\.\d+) (\[self\]|\S+)\s+(\S+)$")
+
+
+def profile_shares(text: str) -> dict[str, float]:
+    """Busy time of a pyinstrument text profile (show_all) by owner: the kernel's sendto, aiortc, ours..."""
+    shares: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _LEAF.search(line.strip("|-` "))
+        if not m or (m.group(2) != "[self]" and "<built-in>" not in m.group(3)):
+            continue  # only leaves: a function's own time, or a built-in it called
+        name, where = m.group(2), m.group(3)
+        if "epoll" in name or name.startswith("select"):
+            continue  # idle
+        if "sendto" in name:
+            owner = "kernel sendto (loopback delivery)"
+        elif "srtp" in where.lower() or "srtp" in name.lower():
+            owner = "SRTP"
+        else:
+            owner = next((o for o in ("voicebridge", "aiortc", "aioice", "asyncio") if o in where), "other")
+        shares[owner] = shares.get(owner, 0.0) + float(m.group(1))
+    total = sum(shares.values()) or 1.0
+    return {k: round(100 * v / total, 1) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}
 
 
 presend: deque[float] = deque(maxlen=200_000)
