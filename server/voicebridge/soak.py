@@ -89,7 +89,7 @@ class SoakResult:
     emulator_baseline: ProcessResources | None = None
     emulator_after: ProcessResources | None = None
     emulator_sessions_left: int = 0
-    rss_trace_mb: list[float] = field(default_factory=list)  # this process, after each sequential call (untrimmed)
+    rss_trace_mb: list[float] = field(default_factory=list)  # this process, after each sequential call
     rss_slope_mb_per_call: float | None = None  # over the second half of the sequential calls
     wall_s: float = 0.0
     sequential_s: float = 0.0
@@ -271,6 +271,7 @@ async def soak(
 
                 def report(done: int, total: int, summary: dict[str, Any]) -> None:
                     if name == "sequential":
+                        _malloc_trim()  # as in Resources.now(): memory in use, not retained free memory
                         result.rss_trace_mb.append(round(_rss_kb() / 1024.0, 1))
                     if bar is not None:
                         bar(done, total, summary)
