@@ -66,7 +66,7 @@ def _levels(args: argparse.Namespace) -> tuple[list[int], bool]:
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     quick = bool(args.quick)
-    seconds, warmup, listeners = (3.0, 1.0, 5) if quick else (10.0, 2.0, 20)
+    seconds, warmup, listeners = (2.5, 0.5, 5) if quick else (10.0, 2.0, 20)
     levels, extend = _levels(args)
     relays = [args.relay] if args.relay else ["passthrough", "transcode"]
     load_before, steal_before, psi_before = os.getloadavg(), _steal_s(), _cpu_pressure()

@@ -173,6 +173,9 @@ def plot(levels: list[dict[str, Any]], samples: dict[str, list[float]], path: Pa
             continue
         calls = [x["calls"] for x in lv]
         axes[1].plot(calls, [x["cpu_pct_per_call"] for x in lv], marker=marker, label=relay)
+        for x in lv:  # a level with loss is overloaded: its CPU per call is what it managed, not what it needs
+            if x["loss_pct"] > LOSS_THRESHOLD_PCT:
+                axes[1].annotate(f"{x['loss_pct']:.0f}% loss", (x["calls"], x["cpu_pct_per_call"]), fontsize=7)
         axes[2].plot(calls, [x["added_latency_ms"].get("p50", 0) for x in lv], marker=marker, label=f"{relay} p50")
         axes[2].plot(
             calls, [x["added_latency_ms"].get("p99", 0) for x in lv], marker=marker, ls="--", label=f"{relay} p99"
