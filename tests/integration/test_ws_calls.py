@@ -1,15 +1,17 @@
-"""The demo call in all four transport combinations, at once, against one embedded emulator.
+"""The demo call in all four transport combinations, at once, against one emulator in its own process.
 
 caller/cs each over WebRTC (Opus on RTP, pass-through) or the WebSocket transport (PCM16 24 kHz): every call
 must end with the caller's hang-up, call both tools with the right arguments, and the CS agent must have
 HEARD each caller line (the emulator's transcription of the relayed audio), whatever the transports.
 Transcoding happens only where a WebSocket leg meets a WebRTC leg; WebRTC+WebRTC stays pass-through and
-WebSocket+WebSocket is relayed PCM to PCM.
+WebSocket+WebSocket is relayed PCM to PCM. The emulator runs as `voicebridge emulator` in a subprocess (as a
+real API is another machine): four calls' worth of emulated agents and the bridge then do not share one event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,6 @@ from voicebridge.bridge.artifacts import read_events
 from voicebridge.bridge.audio import AudioRelay
 from voicebridge.bridge.call import Call
 from voicebridge.config import Settings
-from voicebridge.emulator.server import Emulator
 from voicebridge.realtime.webrtc import WebRtcLeg
 from voicebridge.realtime.websocket import PcmRelay, WebSocketLeg, leg_factory
 from voicebridge.scenarios.model import load_scenario, normalize_phrase
@@ -32,28 +33,34 @@ COMBOS = [("webrtc", "webrtc"), ("ws", "webrtc"), ("webrtc", "ws"), ("ws", "ws")
 
 
 @pytest.fixture
-async def emulator() -> AsyncIterator[Emulator]:
-    emu = Emulator()
-    await emu.start(host="127.0.0.1", port=0)
+async def emulator_url() -> AsyncIterator[str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicebridge.cli", "emulator", "--host", "127.0.0.1", "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
     try:
-        yield emu
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert "serving the Realtime GA API at http://127.0.0.1:" in line, line
+        yield line.strip().rsplit(" ", 1)[-1]
     finally:
-        await emu.stop()
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
 
 
-async def run(emulator: Emulator, folder: Path, caller: str, cs: str) -> tuple[Call, dict[str, Any]]:
-    settings = Settings(base_url=emulator.base_url, hangup_drain_timeout_s=8.0)
+async def run(base_url: str, folder: Path, caller: str, cs: str) -> tuple[Call, dict[str, Any]]:
+    settings = Settings(base_url=base_url, hangup_drain_timeout_s=8.0)
     call = Call(load_scenario("late_order"), settings, folder, leg_factory=leg_factory(caller, cs))
     await call.start()
     await call.wait_ended(120)
     return call, call.summary()
 
 
-async def test_demo_call_in_every_transport_combination(emulator: Emulator, tmp_path: Path) -> None:
+async def test_demo_call_in_every_transport_combination(emulator_url: str, tmp_path: Path) -> None:
     scenario = load_scenario("late_order")
     caller_lines = [normalize_phrase(r.say) for r in scenario.caller.script if r.say]
     results = await asyncio.gather(
-        *(run(emulator, tmp_path / f"{c}_{s}", c, s) for c, s in COMBOS), return_exceptions=True
+        *(run(emulator_url, tmp_path / f"{c}_{s}", c, s) for c, s in COMBOS), return_exceptions=True
     )
     problems: list[str] = []
     for (c, s), result in zip(COMBOS, results, strict=True):
@@ -107,4 +114,3 @@ async def test_demo_call_in_every_transport_combination(emulator: Emulator, tmp_
                 assert started and all(e["event_id"].startswith("vb_playout_") for e in started), label
                 assert any(e["type"] == "response.output_audio.delta" for e in mine), label
     assert not problems, problems
-    assert not emulator.sessions  # every session, WebRTC and WebSocket, was ended by the bridge

@@ -36,13 +36,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FRAME_S = 0.020
-MAX_LAG_S = 0.2  # after a stall longer than this, resume pacing from now instead of bursting to catch up
+# Like the real API (which generates faster than real time) a line starts with a burst: LEAD_S of audio at once,
+# then real time. The client's playout buffer keeps that cushion, so a short stall on either side is no gap.
+LEAD_S = 0.100
+MAX_LAG_S = 2.0  # a stall shorter than this is caught up (a burst); after a longer one pacing restarts from now
 MAX_QUEUED_EVENTS = 20000  # a client that stops reading for minutes is dropped, not buffered forever
 
 
 class DeltaMouth:
     """A session's speech as `response.output_audio.delta` events, one per 20 ms Opus packet of the cached line,
-    decoded to PCM16 24 kHz mono, sent at real-time pace. Idle: nothing is sent (no silence over WebSocket).
+    decoded to PCM16 24 kHz mono, sent at real-time pace after a LEAD_S burst. Idle: nothing is sent.
 
     Same contract as `SpeechTrack`: `Playback.started` resolves at the first delta, `finished` at the last
     (False if cleared first), and `sent_ms` says how much was sent.
@@ -113,8 +116,8 @@ class DeltaMouth:
                 continue
             now = time.monotonic()
             if next_t is None or now - next_t > MAX_LAG_S:
-                next_t = now
-            else:
+                next_t = now - LEAD_S
+            elif next_t > now:
                 await asyncio.sleep(max(0.0, next_t - now))
             next_t += FRAME_S
             if not self._queue:

@@ -33,10 +33,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openai import AsyncOpenAI
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from voicebridge.config import Settings
 from voicebridge.media.passthrough import latency_summary
@@ -45,9 +44,14 @@ from voicebridge.media.pcm import FRAME_BYTES, PCM_RATE, SILENCE, OpusToPcmSink,
 from .api import LegError
 from .leg import Leg
 
+if TYPE_CHECKING:
+    from websockets.exceptions import InvalidStatus
+
 log = logging.getLogger(__name__)
 FRAME_S = 0.020
-MAX_LAG_S = 0.2  # the loop stalled longer than this: resume the clock from now instead of bursting
+# A stall shorter than this is caught up (the frames owed are played at once) so the playout queue cannot drift
+# behind the server's clock; after a longer one (a suspended process) the clock restarts from now.
+MAX_LAG_S = 2.0
 PCM_FORMAT = {"type": "audio/pcm", "rate": PCM_RATE}
 BYTES_PER_MS = PCM_RATE * 2 // 1000  # 48
 PcmListener = Callable[[bytes, float], None]
@@ -90,6 +94,8 @@ class WebSocketLeg(Leg):
         self.frames_played = 0
         self.silence_frames = 0
         self.underruns = 0
+        self.catch_ups = 0
+        self.clock_resets = 0
         self.truncations = 0
         self.delta_bytes = 0
         self.appends = 0
@@ -103,6 +109,12 @@ class WebSocketLeg(Leg):
             raise LegError(f"{self.role} leg: connect() called twice")
         if not self.base_url:
             raise LegError("no Realtime base URL: set OPENAI_API_KEY, or use the emulator")
+        try:  # the SDK's realtime client needs `websockets` (openai[realtime]); imported here so WebRTC-only
+            from websockets.exceptions import InvalidStatus  # calls work without it
+        except ImportError:
+            raise LegError(
+                f"{self.role} leg: the WebSocket transport needs the `websockets` package (pip install websockets)"
+            ) from None
         self.state = "connecting"
         session = copy.deepcopy(session)
         audio = session.setdefault("audio", {})
@@ -179,6 +191,8 @@ class WebSocketLeg(Leg):
         super()._fail(reason)
 
     async def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         conn = self._conn
         while True:
             try:
@@ -199,6 +213,8 @@ class WebSocketLeg(Leg):
             self._on_event(event)
 
     async def _write(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         while (text := await self._outbox.get()) is not None:
             try:
                 await self._conn.send_raw(text)
@@ -326,11 +342,14 @@ class WebSocketLeg(Leg):
         while self.state == "open":
             now = time.monotonic()
             if now - next_t > MAX_LAG_S:
+                self.clock_resets += 1
                 next_t = now
             elif next_t > now:
                 await asyncio.sleep(next_t - now)
             next_t += FRAME_S
             self._tick()
+            if time.monotonic() - next_t > FRAME_S:
+                self.catch_ups += 1  # behind by more than a frame: the next pass plays without sleeping
 
     def _tick(self) -> None:
         now = time.perf_counter()
@@ -348,14 +367,19 @@ class WebSocketLeg(Leg):
             self._latency.append(now - at)
         else:
             pcm, at = SILENCE, now
-            self.silence_frames += 1
             if self._playing is not None:
                 if self._streaming:
-                    self.underruns += 1  # more audio is coming: keep "playing" through the gap
+                    # More of this line is coming late: send nothing rather than silence inside a word. The
+                    # line goes on when its audio arrives (a WebRTC receiver's jitter buffer sees a late
+                    # packet, the server's VAD an unbroken utterance); the delay ends with the line.
+                    self.underruns += 1
+                    return
                 else:
                     rid = self._playing[1]
                     self._playing = None
                     self._playout_event("output_audio_buffer.stopped", rid)
+        if pcm is SILENCE:
+            self.silence_frames += 1
         if self.tap._subs:  # encode only when a WebRTC leg (or a listener) takes Opus
             self.tap.push(pcm, at)
         for fn in self._pcm_listeners:
@@ -414,6 +438,8 @@ class WebSocketLeg(Leg):
                 "frames_played": self.frames_played,
                 "silence_frames": self.silence_frames,
                 "underruns": self.underruns,
+                "catch_ups": self.catch_ups,
+                "clock_resets": self.clock_resets,
                 "truncations": self.truncations,
                 "appends": self.appends,
                 "appended_bytes": self.appended_bytes,
