@@ -446,5 +446,26 @@ async def test_bad_tokens_are_refused_with_reasons(client: Client, browsers: Cal
         headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/sdp"},
     )
     assert resp.status == 400 and "offer" in (await resp.json())["error"]["message"]
+    # The JSON form of a join: {"type": "offer", "sdp"} in, {"type": "answer", "sdp", "participant_id"} out.
+    b = browsers("listen")
+    await b.pc.setLocalDescription(await b.pc.createOffer())
+    resp = await client.post(
+        f"/api/calls/{call_id}/join",
+        json={"type": "offer", "sdp": b.pc.localDescription.sdp},
+        headers={"Authorization": f"Bearer {tok}"},
+    )
+    assert resp.status == 201, await resp.text()
+    answer = await resp.json()
+    assert answer["type"] == "answer" and answer["role"] == "listen" and answer["participant_id"].startswith("p_")
+    listed = await (await client.get(f"/api/calls/{call_id}/participants")).json()
+    assert [p["id"] for p in listed["participants"]] == [answer["participant_id"]]
+    resp = await client.post(
+        f"/api/calls/{call_id}/leave",
+        json={"participant_id": answer["participant_id"]},
+        headers={"Authorization": f"Bearer {tok}"},
+    )
+    assert resp.status == 200
+    listed = await (await client.get(f"/api/calls/{call_id}/participants")).json()
+    assert listed["participants"][0]["state"] == "left"
     for c in (call, other):
         await c.hangup()
