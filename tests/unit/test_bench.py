@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from voicebridge.bench import main as bench_main
-from voicebridge.bench.bridge import Job, profile_shares, run_job
+from voicebridge.bench.bridge import Job, run_job
 from voicebridge.bench.load import noise_packets
-from voicebridge.bench.report import figures, max_without_loss, table
+from voicebridge.bench.probes import profile_shares
+from voicebridge.bench.report import figures, markdown, max_without_loss, summarise, table
 from voicebridge.media.passthrough import opus_samples
 
 pytestmark = pytest.mark.unit
@@ -148,3 +149,24 @@ def test_profile_shares_attribute_leaf_time_to_owners() -> None:
 """
     shares = profile_shares(text)
     assert shares == {"kernel sendto (loopback delivery)": 50.0, "aiortc": 25.0, "voicebridge": 12.5, "SRTP": 12.5}
+
+
+def test_the_headline_baseline_is_never_an_overloaded_level_and_ratios_share_a_level() -> None:
+    measured = [
+        figures(raw_job("passthrough", 1, 1000, 1000, 4.0, [0.0003] * 100)),
+        figures(raw_job("transcode", 1, 1000, 1000, 32.0, [0.08] * 100)),
+        figures(raw_job("passthrough", 25, 25000, 25000, 40.0, [0.0001] * 100)),
+        figures(raw_job("transcode", 25, 25000, 5000, 60.0, [3.0] * 100)),  # overloaded: 80 % loss
+    ]
+    out = summarise(measured, "passthrough", 25)
+    assert out["calls"] == 25 and out["cpu_pct_per_call"] == 1.6
+    assert out["baseline"]["calls"] == 1 and out["baseline"]["loss_pct"] == 0.0
+    assert out["baseline_at_headline"]["loss_pct"] == pytest.approx(80.0)
+    assert out["ratios"]["calls"] == 1 and out["ratios"]["added_latency_p50"] == pytest.approx(266.67)
+    assert out["ratios"]["cpu_pct_per_call"] == 8.0
+    assert out["max_calls_without_loss"] == 25
+    assert out["calls_per_core_estimate"] == {"calls": 62, "from_level": 25}
+    run = {"date": "d", "machine": {"cpus": 2, "platform": "p", "python": "3"}, "quick": False, "window_s": 10}
+    text = markdown({**out, **run, "levels": measured, "failures": []})
+    assert "| memory <= 10 MiB per call | 1.0 | yes |" in text
+    assert "| added latency p50 <= 0.5 ms | 0.1 | yes |" in text

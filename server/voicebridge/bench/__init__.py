@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .bridge import Job, bridge_main
-from .report import KEYS, figures, headline, markdown, max_without_loss, plot, table
+from .report import figures, markdown, plot, summarise, table
 
 FULL_LEVELS = [1, 10, 25, 50]
 EXTRA_LEVELS = [75, 100, 150]  # full run: go on while there is no loss
@@ -121,18 +121,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "quick": quick,
         "window_s": seconds,
     }
-    top = headline(measured, main_relay, ref) or {"calls": ref, **{k: None for k in KEYS}}
-    result.update(top)
-    base = headline(measured, "transcode", ref) if main_relay != "transcode" else None
-    result["baseline"] = base
-    if base:
-        result["ratios"] = {
-            "added_latency_p50": _div(base["added_latency_ms"].get("p50"), top["added_latency_ms"].get("p50")),
-            "added_latency_p99": _div(base["added_latency_ms"].get("p99"), top["added_latency_ms"].get("p99")),
-            "cpu_pct_per_call": _div(base["cpu_pct_per_call"], top["cpu_pct_per_call"]),
-            "mem_mib_per_call": _div(base["mem_mib_per_call"], top["mem_mib_per_call"]),
-        }
-    result["max_calls_without_loss"] = max_without_loss(measured, main_relay)
+    result.update(summarise(measured, main_relay, ref))
     fan = {lv["relay"]: lv["fanout"] for lv in measured if "fanout" in lv}
     result["fanout"] = fan
     result["levels"] = measured
@@ -159,12 +148,6 @@ def _steal_s() -> float:
         return int(fields[8]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return 0.0
-
-
-def _div(a: Any, b: Any) -> float | None:
-    if not isinstance(a, int | float) or not isinstance(b, int | float) or b <= 0:
-        return None
-    return round(a / b, 2)
 
 
 def main(args: argparse.Namespace) -> int:

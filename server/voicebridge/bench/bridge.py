@@ -11,20 +11,25 @@ from before the first call to after the last one is up and warm.
 from __future__ import annotations
 
 import asyncio
-import gc
 import math
 import multiprocessing as mp
 import os
-import re
 import sys
 import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from voicebridge.bench.probes import (
+    GcProbe,
+    LagProbe,
+    instrument_presend,
+    presend,
+    profiler,
+    udp_rcvbuf_errors,
+    write_profile,
+)
 from voicebridge.media.loopback import set_loopback_only
 
 SETUP_TIMEOUT_S = 15.0
@@ -69,16 +74,6 @@ def rss_mib() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
     return 0.0
-
-
-def udp_rcvbuf_errors() -> int:
-    """The kernel's count of UDP datagrams dropped because a socket's receive buffer was full."""
-    try:
-        with open("/proc/net/snmp", encoding="ascii") as f:
-            rows = [line.split() for line in f if line.startswith("Udp:")]
-        return int(rows[1][rows[0].index("RcvbufErrors")])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def say(text: str) -> None:
@@ -188,10 +183,8 @@ async def _window(b: _Bridge, conns: list[Any], seconds: float, shift: float) ->
     loop = asyncio.get_running_loop()
     for c in conns:
         c.send(("window", seconds, shift))
-    from voicebridge.bench.load import _LagProbe
-
-    lag = _LagProbe()
-    gc_probe = _GcProbe()
+    lag = LagProbe()
+    gc_probe = GcProbe()
     presend.clear()
     c0 = b.counters()
     udp0 = udp_rcvbuf_errors()
@@ -218,118 +211,17 @@ async def _window(b: _Bridge, conns: list[Any], seconds: float, shift: float) ->
         "bridge_out": c1[1] - c0[1],
         "bridge_dropped": c1[2] - c0[2],
         "udp_rcvbuf_errors": udp1 - udp0,  # whole machine: UDP packets dropped by full socket buffers
-        "presend_samples": list(presend), "bridge_samples": samples, "loads": loads}
-
-
-def _profiler() -> Any:
-    """VOICEBRIDGE_BENCH_PROFILE=DIR: profile the main window with pyinstrument (if installed)."""
-    if not os.environ.get("VOICEBRIDGE_BENCH_PROFILE"):
-        return None
-    try:
-        from pyinstrument import Profiler
-    except ImportError:
-        say("VOICEBRIDGE_BENCH_PROFILE is set but pyinstrument is not installed; not profiling")
-        return None
-    profiler = Profiler(interval=0.001, async_mode="disabled")
-    profiler.start()
-    return profiler
-
-
-def _write_profile(profiler: Any, job: Job) -> None:
-    profiler.stop()
-    path = os.path.join(os.environ["VOICEBRIDGE_BENCH_PROFILE"], f"profile-{job.relay}-{job.calls}.txt")
-    text = profiler.output_text(unicode=False, color=False, show_all=True)
-    shares = profile_shares(text)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("".join(f"{pct:5.1f} %  {name}\n" for name, pct in shares.items()) + "\n" + text)
-    say(f"profile written to {path}: " + ", ".join(f"{n} {p:.0f} %" for n, p in list(shares.items())[:6]))
-
-
-class _GcProbe:
-    """Pauses of the cyclic garbage collector during a window (they stall the whole event loop)."""
-
-    def __init__(self) -> None:
-        self.pauses: list[float] = []
-        self._start = 0.0
-        gc.callbacks.append(self._cb)
-
-    def _cb(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        else:
-            self.pauses.append(time.perf_counter() - self._start)
-
-    def stop(self) -> None:
-        gc.callbacks.remove(self._cb)
-
-    def summary(self) -> dict[str, float | int]:
-        return {"count": len(self.pauses), "max_ms": round(1000 * max(self.pauses, default=0.0), 2)}
-
-
-_LEAF = re.compile(r"(\d+\.\d+) (\[self\]|\S+)\s+(\S+)$")
-
-
-def profile_shares(text: str) -> dict[str, float]:
-    """Busy time of a pyinstrument text profile (show_all) by owner: the kernel's sendto, aiortc, ours..."""
-    shares: dict[str, float] = {}
-    for line in text.splitlines():
-        m = _LEAF.search(line.strip("|-` "))
-        if not m or (m.group(2) != "[self]" and "<built-in>" not in m.group(3)):
-            continue  # only leaves: a function's own time, or a built-in it called
-        name, where = m.group(2), m.group(3)
-        if "epoll" in name or name.startswith("select"):
-            continue  # idle
-        if "sendto" in name:
-            owner = "kernel sendto (loopback delivery)"
-        elif "srtp" in where.lower() or "srtp" in name.lower():
-            owner = "SRTP"
-        else:
-            owner = next((o for o in ("voicebridge", "aiortc", "aioice", "asyncio") if o in where), "other")
-        shares[owner] = shares.get(owner, 0.0) + float(m.group(1))
-    total = sum(shares.values()) or 1.0
-    return {k: round(100 * v / total, 1) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}
-
-
-presend: deque[float] = deque(maxlen=200_000)
-
-
-def _instrument_presend() -> Callable[[], None]:
-    """Record, per forwarded packet, tap arrival -> the moment the transport send starts (our Python's share).
-
-    The rest of the bridge latency is aiortc's SRTP protect and the kernel's sendto. One extra
-    perf_counter() per packet, in the bench process only (the same split as the relay engineer's script).
-    """
-    import voicebridge.media.passthrough as pt
-
-    real_run_now = pt._run_now
-    real_send = pt.OutboundAudio.send
-    current: list[float] = [0.0]
-
-    def run_now(coro: Any) -> bool:
-        current[0] = time.perf_counter()
-        return real_run_now(coro)
-
-    def send(self: Any, pkt: Any, source: str = "") -> None:
-        real_send(self, pkt, source)
-        if current[0]:
-            presend.append(current[0] - pkt.received_at)
-            current[0] = 0.0
-
-    pt._run_now = run_now
-    pt.OutboundAudio.send = send  # type: ignore[method-assign]
-
-    def undo() -> None:
-        pt._run_now = real_run_now
-        pt.OutboundAudio.send = real_send  # type: ignore[method-assign]
-
-    return undo
+        "presend_samples": list(presend),
+        "bridge_samples": samples,
+        "loads": loads,
+    }
 
 
 async def run_job(job: Job) -> dict[str, Any]:
     from voicebridge.bench.load import load_main
 
     set_loopback_only(True)
-    undo = _instrument_presend() if job.relay == "passthrough" else (lambda: None)
+    undo = instrument_presend() if job.relay == "passthrough" else (lambda: None)
     ctx = mp.get_context("spawn")
     n_loads = max(1, math.ceil(job.calls / CALLS_PER_LOAD))
     conns, procs = [], []
@@ -365,10 +257,10 @@ async def run_job(job: Job) -> dict[str, Any]:
         await asyncio.sleep(job.warmup)  # let jitter buffers and encoders settle before measuring
         rss1 = rss_mib()
         shift = 0.5  # > the path latency: packets still in flight at the end of the window count
-        profiler = _profiler()
+        prof = profiler()
         main = await _window(b, conns, job.seconds, shift)
-        if profiler is not None:
-            _write_profile(profiler, job)
+        if prof is not None:
+            write_profile(prof, f"{job.relay}-{job.calls}")
         result.update(setup_s=setups, rss_mib_before=rss0, rss_mib_after=rss1, window=main)
         if job.listeners:
             for _ in range(job.listeners):

@@ -19,11 +19,11 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from voicebridge.bench.probes import LagProbe
 from voicebridge.media.loopback import set_loopback_only
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
 
 FRAME_S = 0.020
-PROBE_S = 0.05  # event-loop lag probe period (a cheap tick: 20 per second)
 CACHE_PACKETS = 500  # 10 s of unique packets: a payload identifies its send time within a window
 
 
@@ -200,7 +200,7 @@ async def _window(agents: list[Agent], listeners: list[Listener], seconds: float
         a.matched, a.sent_log, a.got = [], [], set()
         a.late = 0
         a.recording = a.logging = True
-    lag = _LagProbe()
+    lag = LagProbe()
     sent0 = sum(a.sent for a in agents)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     await asyncio.sleep(shift)
@@ -233,30 +233,6 @@ async def _window(agents: list[Agent], listeners: list[Listener], seconds: float
         "late_ticks": sum(a.late for a in agents),
         "cpu_pct": 100.0 * cpu / wall if wall > 0 else 0.0,
     }
-
-
-class _LagProbe:
-    """How late a 50 ms timer fires: how long this process's event loop was busy (or not scheduled)."""
-
-    def __init__(self) -> None:
-        self.lags: list[float] = []
-        self._loop = asyncio.get_running_loop()
-        self._due = self._loop.time() + PROBE_S
-        self._h = self._loop.call_at(self._due, self._tick)
-
-    def _tick(self) -> None:
-        now = self._loop.time()
-        self.lags.append(now - self._due)
-        self._due = now + PROBE_S
-        self._h = self._loop.call_at(self._due, self._tick)
-
-    def stop(self) -> None:
-        self._h.cancel()
-
-    def summary(self) -> dict[str, float | int]:
-        from voicebridge.media.passthrough import latency_summary
-
-        return latency_summary(self.lags)
 
 
 def load_main(conn: Any) -> None:

@@ -104,6 +104,55 @@ def max_without_loss(levels: list[dict[str, Any]], relay: str) -> int:
     return best
 
 
+def summarise(measured: list[dict[str, Any]], main_relay: str, ref: int) -> dict[str, Any]:
+    """The JSON's headline: figures at `ref` calls, the baseline, ratios, capacity estimate, max lossless."""
+    top = headline(measured, main_relay, ref) or {"calls": ref, **{k: None for k in KEYS}}
+    out: dict[str, Any] = dict(top)
+    if main_relay != "transcode":
+        # The baseline at the headline level if it ran there without loss; else at the highest level it did
+        # ("calls" says which). Ratios are taken at the highest level both ran without loss.
+        base_calls = min(ref, max_without_loss(measured, "transcode"))
+        out["baseline"] = headline(measured, "transcode", base_calls) if base_calls else None
+        if base_calls != ref:  # what the baseline did at the headline level, if it ran there (overloaded)
+            out["baseline_at_headline"] = headline(measured, "transcode", ref)
+        common = max(
+            (
+                c
+                for c in sorted({lv["calls"] for lv in measured})
+                if c <= max_without_loss(measured, main_relay) and c <= base_calls
+            ),
+            default=0,
+        )
+        p, t = headline(measured, main_relay, common), headline(measured, "transcode", common)
+        if p and t:
+            out["ratios"] = {
+                "calls": common,
+                "added_latency_p50": _div(t["added_latency_ms"].get("p50"), p["added_latency_ms"].get("p50")),
+                "added_latency_p99": _div(t["added_latency_ms"].get("p99"), p["added_latency_ms"].get("p99")),
+                "cpu_pct_per_call": _div(t["cpu_pct_per_call"], p["cpu_pct_per_call"]),
+                "mem_mib_per_call": _div(t["mem_mib_per_call"], p["mem_mib_per_call"]),
+            }
+    else:
+        out["baseline"] = None
+    # Calls one core could carry by CPU alone, from the busiest level measured without loss.
+    mine = [lv for lv in measured if lv["relay"] == main_relay and lv["calls"] > 1]
+    clean = [lv for lv in mine if lv["loss_pct"] <= LOSS_THRESHOLD_PCT]
+    if clean:
+        busiest = max(clean, key=lambda lv: lv["calls"])
+        out["calls_per_core_estimate"] = {
+            "calls": int(100 / busiest["cpu_pct_per_call"]) if busiest["cpu_pct_per_call"] else None,
+            "from_level": busiest["calls"],
+        }
+    out["max_calls_without_loss"] = max_without_loss(measured, main_relay)
+    return out
+
+
+def _div(a: Any, b: Any) -> float | None:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or b <= 0:
+        return None
+    return round(a / b, 2)
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or a <= 0:
         return "-"
@@ -235,6 +284,18 @@ def markdown(result: dict[str, Any]) -> str:
     no_loss = result.get("max_calls_without_loss")
     met_50 = "yes" if (no_loss or 0) >= 50 else "**no**"
     lines.append(f"| 50 concurrent calls without loss | {no_loss} calls without loss | {met_50} |")
+    est = result.get("calls_per_core_estimate")
+    if est and est.get("calls"):
+        measured = f"{est['calls']} (from {est['from_level']} calls)"
+        lines.append(f"| (estimate) calls one core carries by CPU alone | {measured} | - |")
+    ratios = result.get("ratios")
+    if ratios:
+        lines += [
+            "",
+            f"Against aiortc's decode/encode path (same workload, {ratios['calls']} concurrent calls): added latency "
+            f"p50 {ratios['added_latency_p50']}x and p99 {ratios['added_latency_p99']}x higher, CPU per call "
+            f"{ratios['cpu_pct_per_call']}x, memory per call {ratios['mem_mib_per_call']}x.",
+        ]
     lines += ["", table(result["levels"]), ""]
     if result.get("failures"):
         lines += ["Notes: " + "; ".join(result["failures"]), ""]
