@@ -15,15 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import gc
 import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,35 +32,13 @@ from voicebridge.batch.progress import ProgressBar
 from voicebridge.batch.runner import BatchRunner, succeeded
 from voicebridge.observability.logs import setup_logging_from_env
 from voicebridge.observability.metrics import Metrics
+from voicebridge.observability.resources import Resources, malloc_trim, rss_kb
 from voicebridge.scenarios.model import Scenario, load_scenario
 
 log = logging.getLogger(__name__)
 
 SOAK_SCENARIO = "quick_bye"
 SETTLE_S = 15.0  # how long closing transports may take to give their sockets and tasks back
-
-
-@dataclass(frozen=True)
-class Resources:
-    fds: int
-    tasks: int
-    threads: int  # not counting the event loop's default executor: its idle workers stay by design
-    pool_threads: int  # that executor's workers (asyncio.to_thread): bounded by its max_workers
-    rss_mb: float
-    peer_connections: int
-
-    @classmethod
-    def now(cls) -> Resources:
-        gc.collect()
-        _malloc_trim()
-        return cls(
-            fds=_count_fds(),
-            tasks=len(asyncio.all_tasks()),
-            threads=sum(1 for t in threading.enumerate() if not t.name.startswith("asyncio_")),
-            pool_threads=sum(1 for t in threading.enumerate() if t.name.startswith("asyncio_")),
-            rss_mb=round(_rss_kb() / 1024.0, 1),
-            peer_connections=_peer_connections(),
-        )
 
 
 @dataclass(frozen=True)
@@ -106,57 +81,12 @@ class SoakResult:
         return d
 
 
-def _count_fds() -> int:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:  # not Linux: count what the process can still stat
-        import resource
-
-        limit = min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 65536)
-        n = 0
-        for fd in range(limit):
-            try:
-                os.fstat(fd)
-                n += 1
-            except OSError:
-                pass
-        return n
-
-
-def _malloc_trim() -> None:
-    """Hand memory that is free but still held by glibc's malloc back to the OS, so RSS measures what is in
-    use. Without it RSS creeps up ~0.5 MB per call for a while (arena fragmentation from OpenSSL, SRTP and
-    Opus buffers) and then plateaus, which looks like a leak but is not: with it, RSS stays flat."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: RSS then includes retained free memory
-        pass
-
-
-def _rss_kb() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # peak, not current: the best left
-
-
-def _peer_connections() -> int:
-    from aiortc import RTCPeerConnection
-
-    return sum(1 for o in gc.get_objects() if isinstance(o, RTCPeerConnection))
-
-
 def _within(base: Resources, now: Resources, limits: Limits) -> bool:
     return (
         now.fds - base.fds <= limits.fds
         and now.tasks - base.tasks <= limits.tasks
         and now.threads - base.threads <= limits.threads
+        and now.os_threads - base.os_threads <= limits.threads + _pool_allowance()
         and now.peer_connections <= base.peer_connections
     )
 
@@ -181,6 +111,7 @@ def _check(result: SoakResult, base: Resources, now: Resources, limits: Limits, 
     over("file descriptors", base.fds, now.fds, limits.fds)
     over("asyncio tasks", base.tasks, now.tasks, limits.tasks)
     over("threads", base.threads, now.threads, limits.threads)
+    over("OS threads", base.os_threads, now.os_threads, limits.threads + _pool_allowance())
     over("RSS MB", base.rss_mb, now.rss_mb, limits.rss_mb)
     over("RTCPeerConnection objects", base.peer_connections, now.peer_connections, 0)
 
@@ -188,23 +119,29 @@ def _check(result: SoakResult, base: Resources, now: Resources, limits: Limits, 
 async def _settle_child(
     child: EmulatorProcess, base: ProcessResources, limits: Limits, within_s: float = SETTLE_S
 ) -> ProcessResources | None:
-    """As settle(), for the emulator process (its sessions close a little after the bridge hangs up)."""
+    """As settle(), for the emulator process (its sessions close a little after the bridge hangs up); like
+    Resources.now() it measures after a full garbage collection (asked of the child by signal)."""
     deadline = time.monotonic() + within_s
     while True:
-        now = child.resources()
+        now = await _child_measure(child)
         if now is None or _child_within(base, now, limits) or time.monotonic() >= deadline:
             return now
-        await asyncio.sleep(0.2)
 
 
-def _child_pool_allowance() -> int:
-    # The child's default executor may keep up to this many idle workers (asyncio's own bound); /proc cannot
-    # tell them from other threads.
+async def _child_measure(child: EmulatorProcess) -> ProcessResources | None:
+    child.collect_garbage()
+    await asyncio.sleep(0.2)  # the child collects between two bytecodes of its loop: give it that moment
+    return child.resources()
+
+
+def _pool_allowance() -> int:
+    # A default executor may keep up to this many idle workers (asyncio's own bound); /proc cannot tell them
+    # from other threads.
     return min(32, (os.cpu_count() or 1) + 4)
 
 
 def _child_within(base: ProcessResources, now: ProcessResources, limits: Limits) -> bool:
-    return now.fds - base.fds <= limits.fds and now.threads - base.threads <= limits.threads + _child_pool_allowance()
+    return now.fds - base.fds <= limits.fds and now.threads - base.threads <= limits.threads + _pool_allowance()
 
 
 def _check_child(
@@ -215,7 +152,7 @@ def _check_child(
         return
     if now.fds - base.fds > limits.fds:
         result.problems.append(f"emulator process: file descriptors {base.fds} -> {now.fds}")
-    if now.threads - base.threads > limits.threads + _child_pool_allowance():
+    if now.threads - base.threads > limits.threads + _pool_allowance():
         result.problems.append(f"emulator process: threads {base.threads} -> {now.threads}")
     if now.rss_mb - base.rss_mb > limits.rss_mb:
         result.problems.append(f"emulator process: RSS {base.rss_mb} -> {now.rss_mb} MB")
@@ -271,8 +208,8 @@ async def soak(
 
                 def report(done: int, total: int, summary: dict[str, Any]) -> None:
                     if name == "sequential":
-                        _malloc_trim()  # as in Resources.now(): memory in use, not retained free memory
-                        result.rss_trace_mb.append(round(_rss_kb() / 1024.0, 1))
+                        malloc_trim()  # as in Resources.now(): memory in use, not retained free memory
+                        result.rss_trace_mb.append(round(rss_kb() / 1024.0, 1))
                     if bar is not None:
                         bar(done, total, summary)
 
@@ -290,7 +227,7 @@ async def soak(
                 await phase("warmup", warmup, 1)
                 summaries.clear()  # warm-up calls prepare the baseline; they are not judged
             result.baseline = base = await settle(Resources.now(), limits, 5.0)
-            result.emulator_baseline = child.resources() if child else None
+            result.emulator_baseline = await _child_measure(child) if child else None
             ts = time.monotonic()
             await phase("sequential", sequential, 1)
             result.sequential_s = round(time.monotonic() - ts, 2)
@@ -334,7 +271,8 @@ def print_result(r: SoakResult, out: TextIO) -> None:
             return f"  {name:<18} -"
         return (
             f"  {name:<18} fds {res.fds:>4}  tasks {res.tasks:>4}  threads {res.threads:>3} "
-            f"(+{res.pool_threads} pool)  RSS {res.rss_mb:>7.1f} MB  peer connections {res.peer_connections}"
+            f"(+{res.pool_threads} pool, {res.os_threads} OS)  RSS {res.rss_mb:>7.1f} MB  "
+            f"peer connections {res.peer_connections}"
         )
 
     print(

@@ -60,7 +60,7 @@ async def test_the_leak_check_catches_leaked_descriptors() -> None:
 
 
 def test_rss_growth_beyond_the_limit_is_a_problem() -> None:
-    base = Resources(fds=10, tasks=1, threads=1, pool_threads=0, rss_mb=200.0, peer_connections=0)
+    base = Resources(fds=10, tasks=1, threads=1, pool_threads=0, os_threads=3, rss_mb=200.0, peer_connections=0)
     result = SoakResult(sequential=0, concurrent=0)
     _check(result, base, dataclasses.replace(base, rss_mb=200.0 + Limits().rss_mb + 1), Limits(), "x")
     _check(result, base, dataclasses.replace(base, peer_connections=1), Limits(), "y")

@@ -1,6 +1,10 @@
 """The emulator in a process of its own (`voicebridge emulator --port 0`), for soaks and batches whose load
 should not share one interpreter (and one GIL) with the bridge it tests; and what that process holds
-(descriptors, threads, RSS), read from /proc, so its leaks are measured as well as the bridge's."""
+(descriptors, threads, RSS), read from /proc, so its leaks are measured as well as the bridge's.
+
+The child is started through a two-line bootstrap that lets the parent ask it for a full garbage collection
+(SIGUSR2), so both processes are measured the same way: after the cyclic GC, not before it. (Sessions that
+end up in reference cycles hold their native codec threads until the GC runs; see `collect_garbage`.)"""
 
 from __future__ import annotations
 
@@ -18,6 +22,10 @@ from voicebridge.scenarios.model import BUILTIN_DIR, Scenario
 START_TIMEOUT_S = 60.0  # a cold start imports aiortc, av and pocketsphinx: seconds on a loaded machine
 STOP_TIMEOUT_S = 15.0
 _READY = "serving the Realtime GA API at "
+_BOOTSTRAP = (
+    "import gc, signal, sys; signal.signal(signal.SIGUSR2, lambda *_: gc.collect()); "
+    "from voicebridge.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 class EmulatorProcessError(RuntimeError):
@@ -55,6 +63,11 @@ class EmulatorProcess:
         except OSError:  # not Linux, or the process is gone
             return None
 
+    def collect_garbage(self) -> None:
+        """Ask the child for a full gc.collect() (it runs between two bytecodes of its main thread)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGUSR2)
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -65,7 +78,7 @@ class EmulatorProcess:
 @contextlib.asynccontextmanager
 async def emulator_process(scenarios: Sequence[Scenario], log_path: Path) -> AsyncIterator[EmulatorProcess]:
     """Start the emulator as a child process on a free loopback port; stop it (SIGTERM, then SIGKILL)."""
-    args = [sys.executable, "-m", "voicebridge.cli", "emulator", "--host", "127.0.0.1", "--port", "0"]
+    args = [sys.executable, "-c", _BOOTSTRAP, "emulator", "--host", "127.0.0.1", "--port", "0"]
     for s in scenarios:
         if s.path is not None and s.path.parent.resolve() != BUILTIN_DIR.resolve():
             args += ["--scenario", str(s.path)]
