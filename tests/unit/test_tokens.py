@@ -88,6 +88,16 @@ def test_shared_secret_lets_two_signers_agree(monkeypatch: pytest.MonkeyPatch) -
         TokenSigner.from_env()
 
 
+def test_default_ttl_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICEBRIDGE_TOKEN_TTL_S", "90")
+    clock = Clock()
+    assert TokenSigner.from_env(clock=clock).issue("c", "listen")[1].expires_at == clock.now + 90
+    for bad in ("soon", "0"):
+        monkeypatch.setenv("VOICEBRIDGE_TOKEN_TTL_S", bad)
+        with pytest.raises(ValueError):
+            TokenSigner.from_env()
+
+
 def test_bad_issue_requests_are_refused() -> None:
     signer = TokenSigner()
     with pytest.raises(ValueError, match="role"):

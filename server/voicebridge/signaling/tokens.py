@@ -3,7 +3,8 @@
 A token is ``<payload>.<signature>``, both base64url without padding; the payload is compact JSON
 ``{"c": call_id, "r": role, "e": expires_at (unix s), "n": nonce}``. Nothing in it is secret (the browser may
 read it); what matters is that only this server can make one. The key is per process (random) unless
-VOICEBRIDGE_TOKEN_SECRET is set, so several server processes can share tokens.
+VOICEBRIDGE_TOKEN_SECRET is set, so several server processes can share tokens; VOICEBRIDGE_TOKEN_TTL_S sets the
+default lifetime (10 minutes), a request may ask for less or more (up to 24 h).
 
 ``verify`` raises TokenError with the HTTP status it deserves: 401 when the token itself is no good
 (missing, malformed, bad signature, expired), 403 when it is a good token for something else (another call,
@@ -32,6 +33,7 @@ MAX_TTL_S = 24 * 3600.0
 MIN_TTL_S = 1.0
 MAX_TOKEN_CHARS = 1024  # a real token is ~150 characters; anything far bigger is not ours
 SECRET_ENV = "VOICEBRIDGE_TOKEN_SECRET"
+TTL_ENV = "VOICEBRIDGE_TOKEN_TTL_S"
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -80,10 +82,17 @@ class TokenSigner:
 
     @classmethod
     def from_env(cls, **kw: Any) -> TokenSigner:
-        """VOICEBRIDGE_TOKEN_SECRET if set (shared by several processes), else a fresh random key."""
+        """VOICEBRIDGE_TOKEN_SECRET if set (shared by several processes), else a fresh random key;
+        VOICEBRIDGE_TOKEN_TTL_S (seconds) for the default lifetime, else 10 minutes."""
         env = os.environ.get(SECRET_ENV, "")
         if env and len(env.encode()) < 16:
             raise ValueError(f"{SECRET_ENV} must be at least 16 characters long")
+        ttl = os.environ.get(TTL_ENV, "").strip()
+        if ttl:
+            try:
+                kw.setdefault("default_ttl_s", float(ttl))
+            except ValueError:
+                raise ValueError(f"{TTL_ENV} must be a number of seconds, got {ttl[:40]!r}") from None
         return cls(env.encode() if env else None, **kw)
 
     def _sign(self, payload: str) -> str:
