@@ -80,6 +80,11 @@ def test_figures_loss_ratios_and_the_last_level_without_loss() -> None:
     assert one["setup_ms_p50"] == 60.0 and one["loss_pct"] == 0.0
     assert levels[1]["loss_pct"] == pytest.approx(1.0)
     assert levels[3]["cpu_pct_per_call"] == 2.0 and levels[3]["loss_pct"] == pytest.approx(4.0)
+    assert levels[3]["cpu_us_per_packet"] == pytest.approx(200.0)  # 5 s of CPU for 25000 packets in
+    raw = raw_job("passthrough", 25, 25000, 12500, 25.0, [0.0003] * 100)
+    raw["window"]["bridge_in"] = 12500  # a starved bridge took in half the packets
+    starved = figures(raw)
+    assert starved["cpu_pct_per_call"] == 1.0 and starved["cpu_pct_per_call_full_rate"] == pytest.approx(2.0)
     assert max_without_loss(levels, "passthrough") == 10
     text = table(levels)
     assert "| 1 | transcode / passthrough | 800.0x |" in text  # 80 ms against 0.1 ms

@@ -9,8 +9,10 @@ from typing import Any
 
 from voicebridge.media.passthrough import latency_summary
 
+PACKETS_PER_CALL_S = 100  # into the bridge: two agents, 50 packets/s each
 LOSS_THRESHOLD_PCT = 0.1  # below this a level counts as "without loss" (boundary effects of the window)
 KEYS = ("added_latency_ms", "cpu_pct_per_call", "mem_mib_per_call", "loss_pct", "setup_ms_p50")
+EXTRA_KEYS = ("e2e_latency_ms", "cpu_pct_per_call_full_rate", "cpu_us_per_packet", "presend_latency_ms")
 
 
 def _lat(samples: list[float]) -> dict[str, float | int]:
@@ -18,9 +20,14 @@ def _lat(samples: list[float]) -> dict[str, float | int]:
     return {k: s[k] for k in ("p50", "p99", "max", "count") if k in s}
 
 
+def win_cpu_s(win: dict[str, Any]) -> float:
+    return float(win["cpu_pct"]) / 100.0 * float(win["wall_s"])
+
+
 def figures(job: dict[str, Any]) -> dict[str, Any]:
     """One measured level of one relay, in the JSON's units."""
     calls = int(job["calls"])
+    cpu_us = 1e6 * win_cpu_s(job["window"]) / job["window"]["bridge_in"] if job["window"]["bridge_in"] else None
     phases = [p if isinstance(p, list | tuple) else (0.0, 0.0, p) for p in job["setup_s"]]
     total = [p[2] for p in phases]
     win = job["window"]
@@ -62,10 +69,11 @@ def figures(job: dict[str, Any]) -> dict[str, Any]:
         "bridge_packets_out": win["bridge_out"],
         "bridge_dropped": win["bridge_dropped"],
         # CPU per packet taken in: robust when the machine cannot deliver the full packet rate.
-        "cpu_us_per_packet": round(1e6 * win["cpu_pct"] / 100 * win["wall_s"] / win["bridge_in"], 1)
-        if win["bridge_in"]
-        else None,
+        "cpu_us_per_packet": round(cpu_us, 1) if cpu_us else None,
         "udp_rcvbuf_errors": win["udp_rcvbuf_errors"],
+        # What a call costs when all its packets flow: at an overloaded level fewer packets got through, so
+        # CPU per call there understates the cost; CPU per packet does not.
+        "cpu_pct_per_call_full_rate": round(cpu_us * PACKETS_PER_CALL_S / 1e4, 3) if cpu_us else None,
         "load_processes": job["load_processes"],
         "load_cpu_pct": [round(x["cpu_pct"], 1) for x in win["loads"]],
         "bridge_loop_lag_ms": win["loop_lag_ms"],
@@ -91,7 +99,7 @@ def figures(job: dict[str, Any]) -> dict[str, Any]:
 def headline(levels: list[dict[str, Any]], relay: str, calls: int) -> dict[str, Any] | None:
     for lv in levels:
         if lv["relay"] == relay and lv["calls"] == calls:
-            return {k: lv[k] for k in ("calls", *KEYS, "e2e_latency_ms")}
+            return {k: lv.get(k) for k in ("calls", *KEYS, *EXTRA_KEYS)}
     return None
 
 
@@ -255,7 +263,7 @@ def _p99(r: dict[str, Any]) -> Any:
 TARGETS: tuple[tuple[str, Callable[[dict[str, Any]], Any], float], ...] = (  # issue 6, at the headline level
     ("added latency p50 <= 0.5 ms", _p50, 0.5),
     ("added latency p99 <= 2 ms", _p99, 2.0),
-    ("bridge CPU <= 2 % of a core per call", lambda r: r["cpu_pct_per_call"], 2.0),
+    ("bridge CPU <= 2 % of a core per call (at the full packet rate)", lambda r: r["cpu_pct_per_call_full_rate"], 2.0),
     ("set-up p50 <= 100 ms", lambda r: r["setup_ms_p50"], 100.0),
     ("memory <= 10 MiB per call", lambda r: r["mem_mib_per_call"], 10.0),
 )
@@ -296,6 +304,11 @@ def markdown(result: dict[str, Any]) -> str:
             f"p50 {ratios['added_latency_p50']}x and p99 {ratios['added_latency_p99']}x higher, CPU per call "
             f"{ratios['cpu_pct_per_call']}x, memory per call {ratios['mem_mib_per_call']}x.",
         ]
+    if (result.get("loss_pct") or 0) > LOSS_THRESHOLD_PCT:
+        lines.append(
+            f"\nAt the headline level {result['loss_pct']} % of the packets did not arrive within 0.5 s: the "
+            "machine could not run the bridge and the load at that rate, so latency there includes waiting for a CPU."
+        )
     lines += ["", table(result["levels"]), ""]
     if result.get("failures"):
         lines += ["Notes: " + "; ".join(result["failures"]), ""]
