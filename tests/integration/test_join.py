@@ -372,6 +372,11 @@ async def test_a_vanished_browser_gives_the_call_back_to_the_caller_agent(
             and "on hold" in str(r["event"])
         )
     )
+    # The seat is free again: another human can take over.
+    again = browsers("takeover")
+    assert await again.join(client, call_id, await token(client, call_id, "takeover")) == 201
+    await watch.wait(lambda r: len(watch.notes("takeover.started")) == 2)
+    assert call.relay.on_hold
     resp = await client.post(f"/api/calls/{call_id}/hangup")
     assert resp.status == 202
     assert (await watch_end(call))["end_reason"] == "operator_hangup"
