@@ -28,7 +28,9 @@ async def test_short_soak_has_no_failures_and_no_leaks() -> None:
     limits = Limits()
     assert result.after.fds - result.baseline.fds <= limits.fds
     assert result.after.tasks - result.baseline.tasks <= limits.tasks
-    assert result.after.peer_connections == 0  # the bridge's AND the emulator's (same process) are all gone
+    # The bridge's AND the emulator's (same process) peer connections are all gone again: none is left alive beyond
+    # what earlier tests in this process already held when the soak began.
+    assert result.after.peer_connections <= result.baseline.peer_connections
     assert result.emulator_sessions_left == 0
     assert len(result.rss_trace_mb) == SEQUENTIAL
     # The metrics watched every call, warm-up included, and none is left counted as active.
