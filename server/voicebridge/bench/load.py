@@ -24,7 +24,7 @@ from voicebridge.media.loopback import set_loopback_only
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
 
 FRAME_S = 0.020
-CACHE_PACKETS = 500  # 10 s of unique packets: a payload identifies its send time within a window
+CACHE_PACKETS = 1500  # 30 s of unique packets: longer than window + grace, so a payload names one send
 
 
 def noise_packets(count: int = CACHE_PACKETS, seed: int = 7) -> list[bytes]:
@@ -196,6 +196,9 @@ async def _serve(conn: Any) -> None:
 
 async def _window(agents: list[Agent], listeners: list[Listener], seconds: float, shift: float) -> dict[str, Any]:
     """Packets sent in [0, seconds] against packets received in [shift, seconds + shift] (shift = latency)."""
+    if 2 * (seconds + shift) > CACHE_PACKETS * FRAME_S:
+        # A payload must name one send: an earlier copy received in the window would hide a lost later one.
+        raise ValueError(f"bench window {seconds} s is too long for {CACHE_PACKETS} cached packets")
     for a in agents:
         a.matched, a.sent_log, a.got = [], [], set()
         a.late = 0
