@@ -95,6 +95,7 @@ def _session_update(s: Session, data: dict[str, Any]) -> None:
             from .persona import Script
 
             s.script = Script(persona)
+            s.warm_up()
     s.send(ev.event("session.updated", session=s.config))
 
 

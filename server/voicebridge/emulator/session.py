@@ -160,8 +160,28 @@ class Session:
         self.created_at = time.monotonic()
         self.channel_open_at: float | None = None
         self.ear = self._new_ear()
+        self.warm_up()
 
     # ---- set-up -----------------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Synthesise the persona's fixed lines and load its recognizer now, in the background, so a turn's reply
+        is not delayed by espeak (~40 ms per second of speech) or pocketsphinx's grammar load (~0.2 s). Lines with
+        `{tool.field}` values wait for those values."""
+        persona = self.script.persona
+        if persona is None:
+            return
+        for rule in persona.script:
+            if rule.say and "{" not in rule.say:
+                self.spawn(self._warm_line(rule.say, persona.espeak_voice, persona.espeak_speed))
+        if self.script.phrases:
+            self.spawn(asyncio.to_thread(recognizer_for, self.script.phrases))
+
+    async def _warm_line(self, text: str, espeak_voice: str, speed: int) -> None:
+        try:
+            await self.voice.speak(text, espeak_voice, speed)
+        except Exception as e:  # a line that cannot be spoken fails again, visibly, when it is said
+            log.warning("session %s: cannot pre-synthesise %r: %s", self.id, text, e)
 
     @property
     def output_buffer_events(self) -> bool:
