@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -208,7 +209,10 @@ async def soak(
 
                 def report(done: int, total: int, summary: dict[str, Any]) -> None:
                     if name == "sequential":
-                        malloc_trim()  # as in Resources.now(): memory in use, not retained free memory
+                        # As Resources.now(): after the cyclic GC (an ended call's objects form cycles that a
+                        # big heap collects only now and then) and malloc_trim, so the trend is memory in use.
+                        gc.collect()
+                        malloc_trim()
                         result.rss_trace_mb.append(round(rss_kb() / 1024.0, 1))
                     if bar is not None:
                         bar(done, total, summary)
