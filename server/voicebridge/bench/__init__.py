@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .bridge import Job, bridge_main
-from .report import figures, markdown, plot, summarise, table
+from .report import figures, lossy, markdown, plot, summarise, table
 
 FULL_LEVELS = [1, 10, 25, 50]
 EXTRA_LEVELS = [75, 100, 150]  # full run: go on while there is no loss
@@ -101,7 +101,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 failures.append(f"transcode baseline overloaded at {calls} calls; skipped {queue}")
                 _say(failures[-1])
                 break
-            if not queue and extra and lv["loss_pct"] <= 0.1:
+            if not queue and extra and not lossy(lv):
                 queue.append(extra.pop(0))
     main_relay = relays[0]
     result: dict[str, Any] = {
