@@ -368,10 +368,13 @@ async def test_events_jsonl_never_has_response_create_during_an_active_response(
         h.cs.server(created(f"r{i}"))
         h.cs.server(fcall(f"r{i}", "issue_refund", {"order_id": "1", "reason": "x"}, f"c{i}"))
         h.cs.server(done(f"r{i}"))
-        h.cs.server(created(f"vad{i}"))
-        await asyncio.sleep(0.02)
+        h.cs.server(created(f"vad{i}"))  # a VAD-triggered response starts before the tool's result is back
+        await h.cs.wait_sent(lambda e, i=i: e.get("item", {}).get("call_id") == f"c{i}")
+        assert h.cs.types().count("response.create") == 1 + i, "response.create sent while vad response active"
         h.cs.server(done(f"vad{i}"))
-    await h.cs.wait_sent(lambda e: h.cs.types().count("response.create") >= 4)
+        await h.cs.wait_sent(lambda e, i=i: h.cs.types().count("response.create") >= 2 + i)
+        h.cs.server(created(f"answer{i}"))  # the server answers the queued response.create
+        h.cs.server(done(f"answer{i}"))
     await h.call.hangup()
     assert_no_response_create_while_active(read_events(tmp_path / "call"))
 
