@@ -3,10 +3,13 @@
 It must show, as visible text: the transcript, the tool calls, and for BOTH agent legs the SDP explanation
 (Opus with its fmtp, the data channel, BUNDLE, DTLS roles, candidates), the connection states, RTP stats
 that move, and the download of the whole debug JSON. Screenshots go to test-artifacts/, and the one taken
-late in the call (transcript, tools and debug all filled) becomes docs/console.png for the README.
+late in the call (transcript, tools and debug all filled) becomes docs/console.png for the README when
+VOICEBRIDGE_UPDATE_DOCS=1 is set (a plain test run never changes a tracked file).
 """
 
 from __future__ import annotations
+
+import os
 
 import json
 from pathlib import Path
@@ -68,9 +71,9 @@ async def test_debug_panel_shows_both_legs_during_a_live_call(page: Any, tmp_pat
     await page.click('.pc-card[data-pc="cs"] details[data-key="cs:timeline"] summary')
     assert "dtls" in str(await page.inner_text('.pc-card[data-pc="cs"] .timeline'))
     ARTIFACTS.mkdir(exist_ok=True)
-    DOCS_IMAGE.parent.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "console-debug.png"), full_page=True)
-    await page.screenshot(path=str(DOCS_IMAGE), full_page=True)
+    if os.environ.get("VOICEBRIDGE_UPDATE_DOCS") == "1":  # refresh the README's picture only when asked to
+        await page.screenshot(path=str(DOCS_IMAGE), full_page=True)
 
     # The download is the same report as the API's, with the stats history.
     async with page.expect_download() as info:
