@@ -9,9 +9,8 @@ VOICEBRIDGE_UPDATE_DOCS=1 is set (a plain test run never changes a tracked file)
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 from pathlib import Path
 from typing import Any
 
