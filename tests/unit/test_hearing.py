@@ -266,3 +266,22 @@ async def test_each_persona_of_the_builtin_scenario_hears_every_line_it_listens_
             line = await VOICE.speak(phrase, speaker.espeak_voice, speaker.espeak_speed)
             heard = recognizer.transcribe(pcm16k(decode(silence(200) + list(line.packets) + silence(200))))
             assert heard == phrase, f"{listener.role} heard {heard!r} for {phrase!r}"
+
+
+async def test_drop_speech_forgets_the_turn_in_progress_but_keeps_the_clock() -> None:
+    """input_audio_buffer.clear mid-speech: no speech_stopped for what was dropped; the clock is not rewound."""
+    line = await VOICE.speak(GREETING)
+    turns = Turns()
+    ear = turns.ear()
+    frames = decode(silence(500) + list(line.packets) + silence(1500))
+    half = (500 + line.duration_ms // 2) // FRAME_MS
+    for frame in frames[:half]:
+        ear.feed(frame)
+    assert len(turns.started) == 1 and ear.speaking
+    before = ear.audio_ms
+    ear.drop_speech()
+    assert not ear.speaking and ear.audio_ms == before
+    for frame in frames[half:]:  # the rest of the line may start a new turn, but the dropped half is never heard
+        ear.feed(frame)
+    assert all(len(pcm) < 16 * (line.duration_ms // 2 + 1500 + 300) for _, pcm in turns.stopped)
+    assert ear.audio_ms > before

@@ -258,6 +258,7 @@ def _audio_commit(s: Session, data: dict[str, Any]) -> None:
 
 def _audio_clear(s: Session, data: dict[str, Any]) -> None:
     s.manual_turns, s.appended_bytes = [], 0
+    s.ear.drop_speech()  # what was heard so far is gone, so it can no longer end a turn or be transcribed
     s.send(ev.event("input_audio_buffer.cleared"))
 
 

@@ -112,6 +112,14 @@ class Ear:
         self._last_voiced_end = 0
         self.speech_end_ms = 0  # where the last utterance's speech ended (before the closing silence)
 
+    def drop_speech(self) -> None:
+        """input_audio_buffer.clear: forget the speech in progress and the padding kept for the next one; unlike
+        reset(), the clock goes on, so later audio_start_ms values stay on the session's audio timeline."""
+        self._history.clear()
+        self._speaking = False
+        self._utterance = []
+        self._silent_run = 0
+
     @property
     def audio_ms(self) -> int:
         """Milliseconds of audio heard so far: the clock of audio_start_ms and audio_end_ms."""
