@@ -131,12 +131,16 @@ def configure_logging(
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CHATTY_LIBRARIES = ("aioice", "aiortc", "httpx", "httpx2", "httpcore", "openai")
 
 
 def setup_logging_from_env(level: int = logging.INFO) -> logging.Handler:
     """The CLI's logging: JSON lines when VOICEBRIDGE_LOG_FORMAT=json, else readable text; redacted either way
     (OPENAI_API_KEY and key-shaped strings), on stderr."""
     secrets = [os.environ.get("OPENAI_API_KEY", "")]
+    # Libraries that log every ICE check and HTTP request at INFO would bury the calls' own lines.
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
     if os.environ.get("VOICEBRIDGE_LOG_FORMAT", "").strip().lower() == "json":
         return configure_logging(level, secrets=secrets)
     handler = configure_logging(level, secrets=secrets)
