@@ -32,7 +32,13 @@ from .debug import add_debug_routes
 from .events_ws import call_events
 from .join import add_join_routes
 from .lifecycle import graceful_shutdown, install_lifecycle
-from .security import SecurityConfigError, SecurityPolicy, install_security, policy_for_serve
+from .security import (
+    SecurityConfigError,
+    SecurityPolicy,
+    install_security,
+    is_loopback_host,
+    policy_for_serve,
+)
 from .tls import TlsError, server_ssl_context
 
 log = logging.getLogger(__name__)
@@ -117,6 +123,14 @@ async def create_app(
     return app
 
 
+def restrict_ice_to_loopback(host: str, base_url: str) -> bool:
+    """Gather only 127.0.0.1 candidates when the Realtime backend is on this machine and so are the browsers.
+
+    Serving beyond loopback means browsers on other machines join calls: they need the machine's real
+    addresses, so then the emulator legs use them too (they still connect: both ends are local)."""
+    return is_local_url(base_url) and is_loopback_host(host)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     try:  # off loopback, no management token means no server (security.py says why)
         policy = policy_for_serve(args.host, os.environ, getattr(args, "allow_origin", None) or ())
@@ -138,7 +152,7 @@ async def _serve(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, base_url=url, api_key=settings.api_key or EMULATOR_KEY)
     elif not settings.api_key:
         settings = dataclasses.replace(settings, api_key=EMULATOR_KEY)
-    if is_local_url(settings.base_url):
+    if restrict_ice_to_loopback(args.host, settings.base_url):
         set_loopback_only(True)  # both ends of every leg are on this machine: keep ICE on 127.0.0.1
     app = await create_app(settings, security=policy)
     runner = web.AppRunner(app, access_log=None)
