@@ -95,6 +95,23 @@ async def test_management_api_needs_the_admin_token(guarded: TestClient[Any, Any
     assert FakeCall.made[0].end_reason == "operator_hangup"
 
 
+async def test_metrics_need_the_admin_token_when_the_server_has_one(
+    guarded: TestClient[Any, Any], tmp_path: Path
+) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}):
+        resp = await guarded.get("/metrics", headers=headers)
+        assert "VOICEBRIDGE_ADMIN_TOKEN" in await error_of(resp, 401)
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    resp = await guarded.get("/metrics", headers=AUTH)  # what Prometheus sends with `authorization:` set
+    assert resp.status == 200 and "voicebridge_" in await resp.text()
+    open_server = await _client(tmp_path, SecurityPolicy())  # loopback without a token: open, as before
+    try:
+        resp = await open_server.get("/metrics")
+        assert resp.status == 200 and "voicebridge_" in await resp.text()
+    finally:
+        await open_server.close()
+
+
 def test_serve_policy_refuses_an_open_management_api_beyond_loopback() -> None:
     with pytest.raises(SecurityConfigError, match=ADMIN_TOKEN_ENV):
         policy_for_serve("0.0.0.0", {})

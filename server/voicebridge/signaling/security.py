@@ -3,10 +3,11 @@
 * Management token. Off loopback anyone on the network could start calls (each one spends API money) or
   read transcripts, so every /api/ route then needs `Authorization: Bearer <VOICEBRIDGE_ADMIN_TOKEN>` and
   `serve` refuses to start without one (`policy_for_serve`). On loopback it is optional; when set it is
-  required there too. Browser join endpoints keep their own signed join tokens (join.py): a join token is
-  not a management token and a management token is not a join token (it is stripped before the handler so
-  an operator's hang-up stays the operator's). The events WebSocket may carry it as `?access_token=`
-  because browsers cannot set headers on a WebSocket.
+  required there too. GET /metrics needs it as well (it says how busy the server is). Browser join
+  endpoints keep their own signed join tokens (join.py): a join token is not a management token and a
+  management token is not a join token (it is stripped before the handler so an operator's hang-up stays
+  the operator's). The events WebSocket may carry it as `?access_token=` because browsers cannot set
+  headers on a WebSocket.
 * Rate limits. Call creation and joins (plus join-token minting) are limited per client IP with a token
   bucket: 429 with Retry-After beyond it. The table of clients is bounded.
 * CORS. No wildcard, ever: a request with an `Origin` that is neither this server's own origin nor on the
@@ -43,6 +44,9 @@ _JOIN_TOKEN_ROUTE = re.compile(r"^/api/calls/[^/]+/(join|handback|leave|hangup)$
 _EVENTS_ROUTE = re.compile(r"^/api/calls/[^/]+/events$")
 _CALL_CREATE = re.compile(r"^/api/calls/?$")
 _JOIN_ROUTE = re.compile(r"^/api/calls/[^/]+/(join|tokens)$")
+# Metrics tell how busy the server is and what calls cost: the management token guards them too (Prometheus
+# sends it with `authorization: {credentials: <token>}` in its scrape config). /healthz, /readyz stay open.
+_GUARDED_OUTSIDE_API = frozenset({"/metrics"})
 
 
 class SecurityConfigError(ValueError):
@@ -191,7 +195,7 @@ def _client_key(request: web.Request) -> str:
 @web.middleware
 async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
-    if not path.startswith("/api/"):
+    if not path.startswith("/api/") and path not in _GUARDED_OUTSIDE_API:
         return await handler(request)
     policy = request.app[SECURITY]
 
