@@ -82,7 +82,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         )
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def read_json_body(request: web.Request) -> dict[str, Any]:
     ctype = request.content_type
     if request.can_read_body and ctype not in ("application/json", "application/octet-stream", ""):
         raise ApiError(415, f"send JSON (Content-Type: application/json), not {ctype}")
@@ -107,7 +107,7 @@ def find_record(request: web.Request) -> CallRecord:
 
 
 async def create_call(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await read_json_body(request)
     unknown = sorted(set(body) - {"scenario"})
     if unknown:
         raise ApiError(400, f"unknown field(s) {unknown}; known: ['scenario']")
@@ -146,7 +146,7 @@ async def hangup_call(request: web.Request) -> web.Response:
 
         return await human_hangup(request)
     rec = find_record(request)
-    await _json_body(request)  # an empty body is fine; a malformed one is still an error
+    await read_json_body(request)  # an empty body is fine; a malformed one is still an error
     manager = request.app[MANAGER]
     if rec.ended or rec.call.state in ("ending", "ended"):
         raise ApiError(409, f"call {rec.call.id} is already {rec.call.state}", "conflict")

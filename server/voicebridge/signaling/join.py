@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .api import MANAGER, SETTINGS, ApiError, find_record, json_response
+from .api import MANAGER, SETTINGS, ApiError, find_record, json_response, read_json_body
 from .calls import CallRecord
 from .tokens import ROLES, Grant, TokenError, TokenSigner, bearer
 
@@ -57,22 +57,9 @@ def _participants(request: web.Request, rec: CallRecord, create: bool = True) ->
     return found
 
 
-async def _read_json(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
-    return body
-
-
 async def create_token(request: web.Request) -> web.Response:
     rec = find_record(request)
-    body = await _read_json(request)
+    body = await read_json_body(request)
     unknown = sorted(set(body) - {"role", "ttl_s"})
     if unknown:
         raise ApiError(400, f"unknown field(s) {unknown}; known: ['role', 'ttl_s']")
@@ -104,7 +91,7 @@ async def join(request: web.Request) -> web.Response:
         raise ApiError(403, f"a {grant.role!r} token cannot {wanted}; ask for a {wanted!r} token", "wrong_role")
     as_json = request.content_type == "application/json"
     if as_json:
-        body = await _read_json(request)
+        body = await read_json_body(request)
         if body.get("type", "offer") != "offer" or not isinstance(body.get("sdp"), str):
             raise ApiError(400, 'send the browser\'s offer as {"type": "offer", "sdp": "v=0..."}')
         offer = str(body["sdp"])
@@ -143,7 +130,7 @@ async def handback(request: web.Request) -> web.Response:
 async def leave(request: web.Request) -> web.Response:
     rec = find_record(request)
     _grant(request, rec)
-    body = await _read_json(request)
+    body = await read_json_body(request)
     pid = body.get("participant_id")
     participants = _participants(request, rec, create=False)
     if not isinstance(pid, str) or participants is None or pid not in participants.members:
