@@ -317,6 +317,13 @@ def markdown(result: dict[str, Any]) -> str:
             "machine could not run the bridge and the load at that rate, so latency there includes waiting for a CPU."
         )
     lines += ["", table(result["levels"]), ""]
+    ws = result.get("ws_transcoding")
+    if ws:
+        lines += [
+            "WebSocket leg meeting a WebRTC leg (PCM16 24 kHz <-> Opus 48 kHz, media/pcm.py), codec cost per call: "
+            + ", ".join(f"{k} {v}" for k, v in ws.items() if isinstance(v, (int, float))),
+            "",
+        ]
     if result.get("failures"):
         lines += ["Notes: " + "; ".join(result["failures"]), ""]
     return "\n".join(lines)
