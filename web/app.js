@@ -1,6 +1,7 @@
 // voicebridge console: start calls, list them, and follow one live (transcript, tool calls, raw events).
 // Plain ES module, no build step. Everything from the server is rendered with textContent, never as HTML.
 
+import { authFetch, wsUrl } from "./auth.js";
 import { debugEnded, debugState, showDebug } from "./debug.js";
 
 const $ = (id) => document.getElementById(id);
@@ -21,7 +22,7 @@ function h(tag, attrs = {}, ...children) {
 }
 
 async function api(path, options = {}) {
-  const resp = await fetch(path, { headers: { "Content-Type": "application/json" }, ...options });
+  const resp = await authFetch(path, { headers: { "Content-Type": "application/json" }, ...options });
   const body = await resp.json().catch(() => ({}));
   if (!resp.ok) throw new Error(body?.error?.message || `${resp.status} ${resp.statusText}`);
   return body;
@@ -38,9 +39,14 @@ const fmtTime = (s) => (typeof s === "number" ? `${s.toFixed(1)}s` : "");
 const shortId = (id) => id.replace(/^call_/, "");
 
 // ---- calls list ------------------------------------------------------------------------------------------
+let listing = false; // one listing at a time: the poll must not pile up requests waiting for the admin token
+
 async function refreshCalls() {
+  if (listing) return;
+  listing = true;
   let data;
   try { data = await api("/api/calls"); } catch (e) { notify(`Cannot list calls: ${e.message}`); return; }
+  finally { listing = false; }
   const list = $("call-list");
   list.replaceChildren(...data.calls.map((c) => h("li", {
       class: `call-row${c.id === view.callId ? " selected" : ""}`, "data-call": c.id, "data-state": c.state,
@@ -88,8 +94,7 @@ function selectCall(id) {
 
 function connect() {
   const id = view.callId;
-  const proto = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${proto}://${location.host}/api/calls/${encodeURIComponent(id)}/events?since=${view.lastSeq}`);
+  const ws = new WebSocket(wsUrl(`/api/calls/${encodeURIComponent(id)}/events?since=${view.lastSeq}`));
   view.ws = ws;
   ws.onmessage = (m) => {
     if (view.callId !== id) return;

@@ -4,6 +4,8 @@
 // Data: GET /api/calls/{id}/debug (everything) and /api/calls/{id}/stats (stats only, cheap).
 // Everything from the server is rendered with textContent, never as HTML.
 
+import { adminToken, authFetch } from "./auth.js";
+
 const $ = (id) => document.getElementById(id);
 const STATS_MS = 1000;
 const DEBUG_MS = 5000; // the full report (SDP, timeline) changes rarely: a browser joins, a state moves
@@ -21,7 +23,7 @@ function h(tag, attrs = {}, ...children) {
 }
 
 async function getJson(path) {
-  const resp = await fetch(path, { cache: "no-store" });
+  const resp = await authFetch(path, { cache: "no-store" });
   const body = await resp.json().catch(() => ({}));
   if (!resp.ok) throw new Error(body?.error?.message || `${resp.status} ${resp.statusText}`);
   return body;
@@ -58,6 +60,22 @@ export function debugEnded() {
   if (dbg.timer) { clearInterval(dbg.timer); dbg.timer = null; }
   refreshDebug();
 }
+
+// A plain link cannot send the admin token: with one, fetch the report and save it from a blob instead.
+$("debug-download").addEventListener("click", async (ev) => {
+  if (!adminToken() || !dbg.callId) return;
+  ev.preventDefault();
+  const callId = dbg.callId;
+  try {
+    const resp = await authFetch(`/api/calls/${encodeURIComponent(callId)}/debug?download=1`, { cache: "no-store" });
+    if (!resp.ok) throw new Error(`${resp.status} ${resp.statusText}`);
+    const url = URL.createObjectURL(await resp.blob());
+    h("a", { href: url, download: `${callId}-debug.json` }).click();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (e) {
+    console.warn("debug download:", e.message);
+  }
+});
 
 // ---- polling --------------------------------------------------------------------------------------------
 async function tick() {

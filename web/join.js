@@ -6,6 +6,8 @@
 // Each join fetches a short-lived token bound to this call and role; the API key never reaches the page.
 // Test hook: window.vbJoin.stats() -> {role, connectionState, parties: {caller|cs|mic: {bytes, packets, level, peak}}}.
 
+import { authFetch } from "./auth.js";
+
 const $ = (id) => document.getElementById(id);
 const METER_MS = 100;
 const PARTIES = { listen: ["caller", "cs"], takeover: ["cs"] };
@@ -46,7 +48,8 @@ async function apiPost(path, { token, json, sdp } = {}) {
   let body;
   if (sdp !== undefined) { headers["Content-Type"] = "application/sdp"; body = sdp; }
   else { headers["Content-Type"] = "application/json"; body = JSON.stringify(json || {}); }
-  const resp = await fetch(path, { method: "POST", headers, body });
+  // With a join token, that token alone; without one (minting it), the admin token when the server has one.
+  const resp = await (token ? fetch : authFetch)(path, { method: "POST", headers, body });
   if (!resp.ok) {
     const err = await resp.json().catch(() => ({}));
     throw new Error(err?.error?.message || `${resp.status} ${resp.statusText}`);
