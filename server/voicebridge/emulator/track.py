@@ -53,34 +53,16 @@ class Playback:
             self.finished.set_result(completed)
 
 
-class SpeechTrack(MediaStreamTrack):
-    kind = "audio"
+class PlaybackQueue:
+    """The lines a mouth has to say, in order: what the WebRTC track and the WebSocket delta sender share."""
 
-    def __init__(self, silence_packet: bytes) -> None:
-        super().__init__()
-        self._silence = silence_packet
+    def __init__(self) -> None:
         self._queue: deque[Playback] = deque()
-        self._pts = 0
-        self._next_time: float | None = None
-        self._last: Playback | None = None  # the playback whose final packet recv() returned last time
-        self.packets_sent = 0
 
     @property
     def busy(self) -> bool:
         """True while a line is queued or playing."""
         return bool(self._queue)
-
-    @property
-    def current(self) -> Playback | None:
-        return self._queue[0] if self._queue else None
-
-    def play(self, packets: Sequence[bytes], tag: str) -> Playback:
-        playback = Playback(packets, tag)
-        if not playback.packets:
-            playback._finish(True)
-        else:
-            self._queue.append(playback)
-        return playback
 
     def clear(self) -> list[Playback]:
         """Drop everything queued or playing; returns the dropped playbacks (their `sent_ms` says what was
@@ -98,6 +80,31 @@ class SpeechTrack(MediaStreamTrack):
             self._queue.remove(p)
             p._finish(False)
         return dropped
+
+
+class SpeechTrack(MediaStreamTrack, PlaybackQueue):
+    kind = "audio"
+
+    def __init__(self, silence_packet: bytes) -> None:
+        MediaStreamTrack.__init__(self)
+        PlaybackQueue.__init__(self)
+        self._silence = silence_packet
+        self._pts = 0
+        self._next_time: float | None = None
+        self._last: Playback | None = None  # the playback whose final packet recv() returned last time
+        self.packets_sent = 0
+
+    @property
+    def current(self) -> Playback | None:
+        return self._queue[0] if self._queue else None
+
+    def play(self, packets: Sequence[bytes], tag: str) -> Playback:
+        playback = Playback(packets, tag)
+        if not playback.packets:
+            playback._finish(True)
+        else:
+            self._queue.append(playback)
+        return playback
 
     def stop(self) -> None:
         self.clear()

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,7 @@ from . import events as ev
 from .handlers import MAX_EVENT_BYTES, handle
 from .schema import ApiError
 from .session import Session, default_session
-from .track import Playback
+from .track import Playback, PlaybackQueue
 
 if TYPE_CHECKING:
     from .server import Emulator
@@ -43,7 +42,7 @@ MAX_LAG_S = 2.0  # a stall shorter than this is caught up (a burst); after a lon
 MAX_QUEUED_EVENTS = 20000  # a client that stops reading for minutes is dropped, not buffered forever
 
 
-class DeltaMouth:
+class DeltaMouth(PlaybackQueue):
     """A session's speech as `response.output_audio.delta` events, one per 20 ms Opus packet of the cached line,
     decoded to PCM16 24 kHz mono, sent at real-time pace after a LEAD_S burst. Idle: nothing is sent.
 
@@ -52,18 +51,14 @@ class DeltaMouth:
     """
 
     def __init__(self, session: Session) -> None:
+        super().__init__()
         self._s = session
-        self._queue: deque[Playback] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._decoder: Any = None
         self._resampler: Any = None
         self._stopped = False
         self.deltas_sent = 0
-
-    @property
-    def busy(self) -> bool:
-        return bool(self._queue)
 
     def play(self, packets: Sequence[bytes], tag: str) -> Playback:
         playback = Playback(packets, tag)
@@ -75,20 +70,6 @@ class DeltaMouth:
             self._task = asyncio.ensure_future(self._run())
         self._wake.set()
         return playback
-
-    def clear(self) -> list[Playback]:
-        dropped = list(self._queue)
-        self._queue.clear()
-        for p in dropped:
-            p._finish(False)
-        return dropped
-
-    def drop(self, tag: str) -> list[Playback]:
-        dropped = [p for p in self._queue if p.tag == tag]
-        for p in dropped:
-            self._queue.remove(p)
-            p._finish(False)
-        return dropped
 
     def stop(self) -> None:
         self._stopped = True
