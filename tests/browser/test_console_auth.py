@@ -7,7 +7,9 @@ the first 401 brings up a form; the token typed there lets the page carry on.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -92,6 +94,13 @@ async def test_console_opened_with_the_token_lists_and_follows_calls(
     # The raw events arrive over the WebSocket, which carries the token as ?access_token=.
     await page.wait_for_selector("#events .ev", timeout=WAIT_MS)
     await page.wait_for_selector("#debug .pc-card", timeout=WAIT_MS)  # debug.js fetches with the token too
+    # A plain link cannot carry the token: the page fetches the debug report and saves it from a blob.
+    async with page.expect_download() as info:
+        await page.click("#debug-download")
+    download = await info.value
+    assert download.suggested_filename == f"{guarded.call_id}-debug.json"
+    saved = Path(await download.path())
+    assert json.loads(await asyncio.to_thread(saved.read_text))["call_id"] == guarded.call_id
     assert errors == [], f"the page logged errors: {errors}"
 
 
