@@ -23,8 +23,9 @@ from voicebridge.bridge.artifacts import read_events
 from voicebridge.bridge.audio import AudioRelay
 from voicebridge.bridge.call import Call
 from voicebridge.config import Settings
+from voicebridge.realtime.transports import PcmRelay, leg_factory
 from voicebridge.realtime.webrtc import WebRtcLeg
-from voicebridge.realtime.websocket import PcmRelay, WebSocketLeg, leg_factory
+from voicebridge.realtime.websocket import WebSocketLeg
 from voicebridge.scenarios.model import load_scenario, normalize_phrase
 
 pytestmark = pytest.mark.integration

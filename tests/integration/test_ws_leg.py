@@ -16,7 +16,8 @@ from voicebridge.bridge.call import build_session
 from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.realtime.api import LegError
-from voicebridge.realtime.websocket import PcmRelay, WebSocketLeg
+from voicebridge.realtime.transports import PcmRelay
+from voicebridge.realtime.websocket import WebSocketLeg
 from voicebridge.scenarios.model import load_scenario
 
 pytestmark = pytest.mark.integration

@@ -281,7 +281,8 @@ class Call(AsyncIOEventEmitter):
         leg.on("peer_connection", lambda pc: self.debug.attach(pc, role, kind="agent"))
 
     def _start_relay(self) -> None:
-        from voicebridge.realtime.websocket import PcmRelay, WebSocketLeg
+        from voicebridge.realtime.transports import PcmRelay
+        from voicebridge.realtime.websocket import WebSocketLeg
 
         from .audio import AudioRelay
 

@@ -76,7 +76,7 @@ async def run_call(
     """Run one call to its end and return its summary. Ctrl-C ends it gracefully (end_reason `shutdown`).
 
     `transports`: (caller, cs), each "webrtc" or "ws" (the Realtime WebSocket transport)."""
-    from voicebridge.realtime.websocket import leg_factory
+    from voicebridge.realtime.transports import leg_factory
 
     call = Call(scenario, settings, out_dir, leg_factory=leg_factory(*transports))
     if progress is not None:

@@ -5,7 +5,7 @@ are the SDK's. To the call it is the same Leg as `WebRtcLeg`:
 
 * audio: `audio_in` is a `PcmToOpusTap` and `audio_out` an `OpusToPcmSink` (media/pcm.py), so the
   pass-through relay carries a WebSocket leg unchanged; the transcoding happens only here, where a WebSocket
-  leg meets a WebRTC leg. Two WebSocket legs are linked PCM to PCM by `PcmRelay` (no codec at all).
+  leg meets a WebRTC leg. Two WebSocket legs are linked PCM to PCM by `transports.PcmRelay` (no codec).
 * playout: the server sends `response.output_audio.delta` as fast as it likes and no output_audio_buffer.*
   events (those exist only on WebRTC). The leg plays the audio itself, 20 ms every 20 ms (`_pace`), and emits
   its own `output_audio_buffer.started` / `stopped` / `cleared` server events (event ids `vb_playout_...`),
@@ -465,68 +465,3 @@ def _refusal(base_url: str, e: InvalidStatus) -> str:
             message += f" ({err['code']})"
     hint = "; check OPENAI_API_KEY" if status == 401 else ""
     return f"the WebSocket handshake was refused: HTTP {status} from {base_url}: {message or e}{hint}"
-
-
-class PcmRelay:
-    """Two WebSocket legs: each one's played frames go straight to the other's input, PCM16 as it is."""
-
-    def __init__(self, caller: WebSocketLeg, cs: WebSocketLeg) -> None:
-        self.caller, self.cs = caller, cs
-        self._unsubs: list[Callable[[], None]] = []
-        self.frames = {"caller_to_cs": 0, "cs_to_caller": 0}
-
-    def start(self) -> None:
-        if self._unsubs:
-            return
-        self._unsubs = [
-            self.caller.on_pcm(lambda pcm, _at: self._forward("caller_to_cs", self.cs, pcm)),
-            self.cs.on_pcm(lambda pcm, _at: self._forward("cs_to_caller", self.caller, pcm)),
-        ]
-
-    def _forward(self, direction: str, to: WebSocketLeg, pcm: bytes) -> None:
-        self.frames[direction] += 1
-        to.append_pcm(pcm)
-
-    def stop(self) -> None:
-        for unsub in self._unsubs:
-            unsub()
-        self._unsubs = []
-
-    def stats(self) -> dict[str, Any]:
-        return {"kind": "pcm", "frames": dict(self.frames), "on_hold": False}
-
-    # AudioRelay's other methods, so callers written for it get an answer instead of an AttributeError.
-    on_hold = False
-
-    def on_packet(self, fn: Callable[[str, Any], None]) -> Callable[[], None]:
-        """No Opus packets cross this relay: packet hooks (metrics, recording) are accepted and never called."""
-        return lambda: None
-
-    def add_listener(self, caller_out: Any, cs_out: Any) -> Callable[[], None]:
-        raise RuntimeError(NO_OPUS)
-
-    def set_caller_source(self, human: Any, human_out: Any = None) -> None:
-        raise RuntimeError(NO_OPUS)
-
-
-NO_OPUS = (
-    "both legs of this call use the WebSocket transport (PCM16, relayed without a codec): listeners and a human "
-    "caller need at least one WebRTC leg (--caller-transport/--cs-transport webrtc)"
-)
-
-
-def leg_factory(caller: str = "webrtc", cs: str = "webrtc") -> Callable[[str, Settings], Leg]:
-    """A Call's leg factory with a transport per role ("webrtc" or "ws")."""
-    chosen = {"caller": caller, "cs": cs}
-    for role, name in chosen.items():
-        if name not in ("webrtc", "ws", "websocket"):
-            raise ValueError(f"{role} transport must be 'webrtc' or 'ws', got {name!r}")
-
-    def make(role: str, settings: Settings) -> Leg:
-        if chosen.get(role, "webrtc") == "webrtc":
-            from .webrtc import WebRtcLeg
-
-            return WebRtcLeg(role, settings)
-        return WebSocketLeg(role, settings)
-
-    return make
