@@ -33,6 +33,11 @@ function setAdminToken(token) {
   try { storage()?.setItem(KEY, token); } catch { /* full or disabled: memo still has it */ }
 }
 
+function forgetAdminToken() {
+  memo = null;
+  try { storage()?.removeItem(KEY); } catch { /* nothing stored */ }
+}
+
 // fetch() with the admin token; on 401 asks for a token (once for all waiting requests) and tries again.
 export async function authFetch(path, options = {}) {
   for (;;) {
@@ -42,6 +47,13 @@ export async function authFetch(path, options = {}) {
     if (!own && token) headers.set("Authorization", `Bearer ${token}`);
     const resp = await fetch(path, { ...options, headers });
     if (resp.status !== 401 || own) return resp;
+    if (!(resp.headers.get("WWW-Authenticate") || "").includes('realm="voicebridge"')) {
+      // Not the management guard's 401: this server has no admin token (a restart without one) and read ours
+      // as a join token (an operator hang-up looks like a human's with one). Forget it and ask again without.
+      if (!token) return resp;
+      forgetAdminToken();
+      continue;
+    }
     await askForToken(token ? "The server refused this admin token." : "This server needs its admin token.", token);
   }
 }

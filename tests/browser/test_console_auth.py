@@ -119,3 +119,30 @@ async def test_console_without_the_token_asks_for_it(guarded: Guarded, browser_p
     assert not await page.is_visible("#auth-form")
     assert await page.text_content("#backend") == "emulator"
     assert errors == [], f"the page logged errors: {errors}"
+
+
+async def test_a_stale_token_on_a_server_without_one_is_dropped(
+    tmp_path: Path, browser_page: tuple[Any, list[str]]
+) -> None:
+    # The tab kept a token from before the server restarted without one: the operator's hang-up must stay an
+    # operator hang-up (with the stale bearer, the server would take it for a human's forged join token).
+    emulator = Emulator()
+    base = await emulator.start("127.0.0.1", 0)
+    settings = dataclasses.replace(Settings(), base_url=base, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
+    srv = TestServer(await create_app(settings), host="127.0.0.1")
+    await srv.start_server()
+    page, errors = browser_page
+    try:
+        await page.goto(f"{srv.make_url('/')}#admin_token=stale-token-from-another-server")
+        await page.wait_for_selector("#scenario option[value=late_order]", state="attached", timeout=WAIT_MS)
+        await page.click("#start")
+        await page.wait_for_selector("#call-state.live", timeout=WAIT_MS)
+        await page.click("#hangup")
+        await page.wait_for_selector("#call-state.ended", timeout=WAIT_MS)
+        assert "operator_hangup" in str(await page.text_content("#call-end"))
+        assert await page.evaluate("sessionStorage.getItem('voicebridge.admin_token')") is None
+        assert not await page.is_visible("#auth-form")
+        assert all("401" in e for e in errors), errors  # the one refused hang-up before the token was dropped
+    finally:
+        await srv.close()
+        await emulator.stop()
