@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parents[3] / "web"
 # Not a secret: the embedded emulator accepts any `sk-` key, and the SDK insists on having one.
-EMULATOR_KEY = "sk-voicebridge-emulator"
+EMULATOR_KEY = "sk-emulator"
 
 
 def default_call_factory(settings: Settings) -> CallFactory:
