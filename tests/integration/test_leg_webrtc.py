@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from voicebridge.bridge.call import build_session
+from voicebridge.bridge.sessions import build_session
 from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.realtime.api import LegError

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import validate_client_event, validate_server_event
 from tests.integration.test_ws_emulator import spoken_pcm
-from voicebridge.bridge.call import build_session
+from voicebridge.bridge.sessions import build_session
 from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.realtime.api import LegError

@@ -10,7 +10,6 @@ Events out (pyee): "state"(str), "event"({t, leg, direction, event}), "turn"(dic
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import secrets
@@ -24,11 +23,12 @@ from pyee.asyncio import AsyncIOEventEmitter
 from voicebridge.config import Settings
 from voicebridge.media.pc_debug import PcDebug
 from voicebridge.realtime.leg import Leg
-from voicebridge.scenarios.model import ROLES, Persona, Scenario, ScenarioError
+from voicebridge.scenarios.model import ROLES, Scenario
 
 from .artifacts import Artifacts
 from .context import sync_context
 from .functions import FunctionCall, FunctionCalls, Reply, ResponseGate
+from .sessions import HANGUP_TOOL, build_session, load_tools
 from .tools import ToolRegistry, ToolResult
 from .transcript import OTHER, Transcript
 from .turns import CallRecording, TurnLatency, artifact_files
@@ -42,13 +42,6 @@ EndReason = Literal[
 ]
 LegFactory = Callable[[str, Settings], Leg]
 
-HANGUP_TOOL = {
-    "type": "function",
-    "name": "hangup",
-    "description": "End the phone call. Call it only after you have said goodbye.",
-    "parameters": {"type": "object", "properties": {}, "required": []},
-}
-TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
 # Server events that mean someone is talking or about to: they reset the idle timer.
 _ACTIVITY = (
     "input_audio_buffer.speech_started",
@@ -58,42 +51,6 @@ _ACTIVITY = (
     "output_audio_buffer.stopped",
 )
 HEAR_TIMEOUT_S = 3.0
-
-
-def build_session(persona: Persona, settings: Settings, tools: list[dict[str, Any]]) -> dict[str, Any]:
-    """The GA session object sent with the offer."""
-    return {
-        "type": "realtime",
-        "model": settings.model,
-        "instructions": persona.instructions,
-        "output_modalities": ["audio"],
-        "audio": {
-            "input": {
-                "transcription": {"model": TRANSCRIPTION_MODEL},
-                "turn_detection": {"type": "server_vad", "create_response": True, "interrupt_response": True},
-            },
-            "output": {"voice": persona.voice},
-        },
-        "tools": tools,
-        "tool_choice": "auto",
-    }
-
-
-def load_tools(scenario: Scenario, data_dir: Path, timeout_s: float) -> ToolRegistry:
-    """Call the scenario's `module:function` factory with the call's folder."""
-    if not scenario.tools:
-        return ToolRegistry(timeout_s=timeout_s)
-    module_name, _, attr = scenario.tools.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ScenarioError(
-            f"{scenario.path or scenario.name}: `tools` = {scenario.tools!r} cannot be loaded: {e}"
-        ) from e
-    registry = factory(data_dir)
-    if not isinstance(registry, ToolRegistry):
-        raise ScenarioError(f"{scenario.tools} returned {type(registry).__name__}, not a ToolRegistry")
-    return registry
 
 
 async def _all_or_cancel(aws: list[Coroutine[Any, Any, None]]) -> None:
