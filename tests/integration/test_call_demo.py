@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,6 @@ from voicebridge.scenarios.model import load_scenario, normalize_phrase
 from voicebridge.scenarios.shop import DB_NAME
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[Emulator]:
-    emu = Emulator()
-    await emu.start(host="127.0.0.1", port=0)
-    try:
-        yield emu
-    finally:
-        await emu.stop()
 
 
 def assert_no_response_create_while_active(events: list[dict[str, Any]]) -> None:

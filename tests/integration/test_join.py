@@ -40,16 +40,6 @@ Client = TestClient[Any, Any]
 
 
 @pytest.fixture
-async def emulator() -> AsyncIterator[Emulator]:
-    emu = Emulator(voice=_VOICE)
-    await emu.start("127.0.0.1", 0)
-    try:
-        yield emu
-    finally:
-        await emu.stop()
-
-
-@pytest.fixture
 async def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: Emulator) -> AsyncIterator[Client]:
     monkeypatch.setenv("VOICEBRIDGE_TOKEN_SECRET", SECRET)  # so a test can make tokens (e.g. expired ones)
     settings = dataclasses.replace(Settings(), base_url=emulator.base_url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)

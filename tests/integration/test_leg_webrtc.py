@@ -4,7 +4,6 @@ clear errors from the API, stats, and a hang-up that leaves nothing open."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,16 +17,6 @@ from voicebridge.realtime.webrtc import WebRtcLeg
 from voicebridge.scenarios.model import load_scenario
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[Emulator]:
-    emu = Emulator()
-    await emu.start(host="127.0.0.1", port=0)
-    try:
-        yield emu
-    finally:
-        await emu.stop()
 
 
 def session(settings: Settings) -> dict[str, Any]:

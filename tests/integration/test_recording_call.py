@@ -12,7 +12,6 @@ import asyncio
 import itertools
 import json
 import wave
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,6 @@ pytestmark = pytest.mark.integration
 
 MARGIN_S = 0.25  # transcript times are when a leg started/stopped sending; packets reach the bridge just after
 LOUD = 0.02  # RMS of espeak speech is ~0.1; decoded Opus silence is exactly 0
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[Emulator]:
-    emu = Emulator()
-    await emu.start(host="127.0.0.1", port=0)
-    try:
-        yield emu
-    finally:
-        await emu.stop()
 
 
 def read_wav(path: Path) -> tuple[int, np.ndarray[Any, np.dtype[np.float32]]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,16 +24,6 @@ from voicebridge.scenarios.model import load_scenario
 pytestmark = pytest.mark.integration
 
 SLACK_S = 0.3  # transcript times come from the legs' events; packet times from the relay tap
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[Emulator]:
-    emu = Emulator()
-    await emu.start(host="127.0.0.1", port=0)
-    try:
-        yield emu
-    finally:
-        await emu.stop()
 
 
 async def test_turn_latency_of_a_demo_call(emulator: Emulator, tmp_path: Path) -> None:
