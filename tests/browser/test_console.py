@@ -15,22 +15,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
+from tests.browser.conftest import ARTIFACTS, BASE_ARGS, CHROMIUM
 from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.signaling.app import EMULATOR_KEY, create_app
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CALL_MS = 60_000  # the demo call is ~30 s of speech
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -56,7 +46,7 @@ async def server(tmp_path: Path) -> AsyncIterator[str]:
 async def page(server: str) -> AsyncIterator[Any]:
     ARTIFACTS.mkdir(exist_ok=True)
     async with playwright_api.async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=BASE_ARGS)
         try:
             pg = await browser.new_page(viewport={"width": 1440, "height": 900})
             errors: list[str] = []

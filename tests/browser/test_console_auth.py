@@ -19,15 +19,13 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from tests.browser.conftest import BASE_ARGS, CHROMIUM
 from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.signaling.app import EMULATOR_KEY, create_app
 from voicebridge.signaling.security import SecurityPolicy
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ADMIN = "console-admin-token-0123456789abcdef"
 WAIT_MS = 30_000
 
@@ -69,7 +67,7 @@ async def guarded(tmp_path: Path) -> AsyncIterator[Guarded]:
 @pytest.fixture
 async def browser_page() -> AsyncIterator[tuple[Any, list[str]]]:
     async with playwright_api.async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=BASE_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1440, "height": 900})
             errors: list[str] = []

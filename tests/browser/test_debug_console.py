@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.browser import test_console as console
+from tests.browser.conftest import ARTIFACTS
 from tests.browser.test_console import CALL_MS, start_demo_call
 
 # The console tests' fixtures (a server with the embedded emulator, a Chromium page on it), shared as they are.
@@ -25,7 +26,6 @@ page = console.page
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
 DOCS_IMAGE = ROOT / "docs" / "console.png"
 
 

@@ -8,22 +8,27 @@ measures the audio it receives (decoded frames, and how many of them are not sil
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
 from tests.conftest import SERVER_EVENT
+from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.emulator.track import SpeechTrack
 from voicebridge.emulator.voice import Voice
 from voicebridge.scenarios.model import load_scenario
+from voicebridge.signaling.app import EMULATOR_KEY, create_app
 
 # Fields the real API sends in session objects that the SDK's request-shaped session model does not declare.
 _KNOWN_EXTRAS = {"id", "object", "expires_at"}
@@ -168,6 +173,19 @@ async def emulator() -> AsyncIterator[Emulator]:
         yield emu
     finally:
         await emu.stop()
+
+
+@pytest.fixture
+async def console_client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    """The console server (REST API + event WebSocket) over an embedded emulator, as `voicebridge serve` runs it."""
+    emulator = Emulator(voice=_VOICE)
+    url = await emulator.start("127.0.0.1", 0)
+    settings = dataclasses.replace(Settings(), base_url=url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
+    try:
+        async with TestClient(TestServer(await create_app(settings))) as c:
+            yield c
+    finally:
+        await emulator.stop()
 
 
 @pytest.fixture

@@ -7,40 +7,22 @@ the ICE/DTLS/connection timeline, live RTP stats with bitrates; after the call e
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from voicebridge.config import Settings
-from voicebridge.emulator.server import Emulator
 from voicebridge.signaling.api import MANAGER
-from voicebridge.signaling.app import EMULATOR_KEY, create_app
 
 pytestmark = pytest.mark.integration
 CALL_TIMEOUT = 60.0
 
 
-@pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    emulator = Emulator()
-    url = await emulator.start("127.0.0.1", 0)
-    settings = dataclasses.replace(Settings(), base_url=url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
-    try:
-        async with TestClient(TestServer(await create_app(settings))) as c:
-            yield c
-    finally:
-        await emulator.stop()
-
-
-async def wait_for(client: TestClient[Any, Any], call_id: str, kind: str, pred: Any = None) -> dict[str, Any]:
+async def wait_for(console_client: TestClient[Any, Any], call_id: str, kind: str, pred: Any = None) -> dict[str, Any]:
     """The first message of `kind` (matching `pred`) on the call's event socket, backlog included."""
-    ws = await client.ws_connect(f"/api/calls/{call_id}/events")
+    ws = await console_client.ws_connect(f"/api/calls/{call_id}/events")
 
     async def read() -> dict[str, Any]:
         while True:
@@ -58,18 +40,18 @@ def rows_by_type(snapshot: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {r["type"]: r for r in snapshot["rows"]}
 
 
-async def test_debug_of_a_live_call_then_after_it_ends(client: TestClient[Any, Any]) -> None:
-    resp = await client.post("/api/calls", json={"scenario": "late_order"})
+async def test_debug_of_a_live_call_then_after_it_ends(console_client: TestClient[Any, Any]) -> None:
+    resp = await console_client.post("/api/calls", json={"scenario": "late_order"})
     call_id = (await resp.json())["id"]
-    await wait_for(client, call_id, "state", lambda s: s == "live")
+    await wait_for(console_client, call_id, "state", lambda s: s == "live")
 
-    resp = await client.get(f"/api/calls/{call_id}/debug")
+    resp = await console_client.get(f"/api/calls/{call_id}/debug")
     assert resp.status == 200 and "Content-Disposition" not in resp.headers
     text = await resp.text()
     body = json.loads(text)
     pcs = {pc["name"]: pc for pc in body["peer_connections"]}
     assert set(pcs) == {"caller", "cs"} and all(pc["kind"] == "agent" for pc in pcs.values())
-    call = client.server.app[MANAGER].get(call_id).call  # type: ignore[union-attr]
+    call = console_client.server.app[MANAGER].get(call_id).call  # type: ignore[union-attr]
     for role, pc in pcs.items():
         assert pc["local"]["type"] == "offer" and pc["remote"]["type"] == "answer"
         assert pc["local"]["sdp"] == re.sub(r"a=ice-pwd:\S+", "a=ice-pwd:***", call.legs[role].offer_sdp)
@@ -87,9 +69,11 @@ async def test_debug_of_a_live_call_then_after_it_ends(client: TestClient[Any, A
         assert rows_by_type(pc["stats"])["transport-sent"]["bytes"] > 0
 
     # Stats now, then again once the caller has answered the CS greeting (seconds later): bitrates from the two.
-    first = (await (await client.get(f"/api/calls/{call_id}/stats")).json())["stats"]
-    await wait_for(client, call_id, "turn", lambda t: t.get("speaker") == "caller" and t.get("kind", "said") == "said")
-    second = (await (await client.get(f"/api/calls/{call_id}/stats")).json())["stats"]
+    first = (await (await console_client.get(f"/api/calls/{call_id}/stats")).json())["stats"]
+    await wait_for(
+        console_client, call_id, "turn", lambda t: t.get("speaker") == "caller" and t.get("kind", "said") == "said"
+    )
+    second = (await (await console_client.get(f"/api/calls/{call_id}/stats")).json())["stats"]
     for role in ("caller", "cs"):
         before, after = rows_by_type(first[role]), rows_by_type(second[role])
         assert after["outbound-rtp"]["packets"] > before["outbound-rtp"]["packets"]
@@ -97,13 +81,13 @@ async def test_debug_of_a_live_call_then_after_it_ends(client: TestClient[Any, A
         assert after["outbound-rtp"]["kbps"] > 0 and after["transport-received"]["kbps"] > 0
         assert after["inbound-rtp"]["pps"] > 0
 
-    resp = await client.get(f"/api/calls/{call_id}/debug?download=1")
+    resp = await console_client.get(f"/api/calls/{call_id}/debug?download=1")
     assert resp.headers["Content-Disposition"] == f'attachment; filename="{call_id}-debug.json"'
     assert len((await resp.json())["peer_connections"][0]["stats_history"]) >= 2
 
-    assert (await client.post(f"/api/calls/{call_id}/hangup")).status == 202
-    await wait_for(client, call_id, "ended")
-    body = await (await client.get(f"/api/calls/{call_id}/debug")).json()
+    assert (await console_client.post(f"/api/calls/{call_id}/hangup")).status == 202
+    await wait_for(console_client, call_id, "ended")
+    body = await (await console_client.get(f"/api/calls/{call_id}/debug")).json()
     assert body["state"] == "ended"
     for pc in body["peer_connections"]:
         assert pc["closed"] and pc["states"]["connection"] == "closed"
@@ -112,12 +96,12 @@ async def test_debug_of_a_live_call_then_after_it_ends(client: TestClient[Any, A
         assert kept["outbound-rtp"]["packets"] >= rows_by_type(second[pc["name"]])["outbound-rtp"]["packets"]
         assert pc["local"]["sdp"].startswith("v=0") and pc["explained"]["media"]
     assert body["turn_latency"]["rows"] and all(r["latency_s"] >= 0 for r in body["turn_latency"]["rows"])
-    stats = await (await client.get(f"/api/calls/{call_id}/stats")).json()
+    stats = await (await console_client.get(f"/api/calls/{call_id}/stats")).json()
     assert set(stats["stats"]) == {"caller", "cs"} and stats["states"]["cs"]["connection"] == "closed"
 
 
-async def test_unknown_call_is_a_json_404(client: TestClient[Any, Any]) -> None:
+async def test_unknown_call_is_a_json_404(console_client: TestClient[Any, Any]) -> None:
     for path in ("/api/calls/nope/debug", "/api/calls/nope/stats"):
-        resp = await client.get(path)
+        resp = await console_client.get(path)
         assert resp.status == 404
         assert "no call with id 'nope'" in (await resp.json())["error"]["message"]

@@ -7,39 +7,22 @@ inspected; and an operator hang-up mid-call.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from voicebridge.config import Settings
-from voicebridge.emulator.server import Emulator
-from voicebridge.signaling.app import EMULATOR_KEY, create_app
+from voicebridge.signaling.app import EMULATOR_KEY
 
 pytestmark = pytest.mark.integration
 CALL_TIMEOUT = 60.0  # the demo call takes ~30 s of speech; pytest's own limit is 120 s
 
 
-@pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    emulator = Emulator()
-    url = await emulator.start("127.0.0.1", 0)
-    settings = dataclasses.replace(Settings(), base_url=url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
-    try:
-        async with TestClient(TestServer(await create_app(settings))) as c:
-            yield c
-    finally:
-        await emulator.stop()
-
-
 async def watch(
-    client: TestClient[Any, Any], call_id: str, until_kind: str = "ended", until: Any = None
+    console_client: TestClient[Any, Any], call_id: str, until_kind: str = "ended", until: Any = None
 ) -> list[dict[str, Any]]:
     """Messages of the call's event socket until one of `until_kind` (and matching `until`) arrives."""
-    ws = await client.ws_connect(f"/api/calls/{call_id}/events")
+    ws = await console_client.ws_connect(f"/api/calls/{call_id}/events")
     seen: list[dict[str, Any]] = []
 
     async def read() -> list[dict[str, Any]]:
@@ -60,11 +43,11 @@ async def watch(
         await ws.close()
 
 
-async def test_demo_call_from_greeting_to_caller_hangup(client: TestClient[Any, Any]) -> None:
-    resp = await client.post("/api/calls", json={"scenario": "late_order"})
+async def test_demo_call_from_greeting_to_caller_hangup(console_client: TestClient[Any, Any]) -> None:
+    resp = await console_client.post("/api/calls", json={"scenario": "late_order"})
     assert resp.status == 201, await resp.text()
     call_id = (await resp.json())["id"]
-    seen = await watch(client, call_id)
+    seen = await watch(console_client, call_id)
     assert seen[-1]["data"]["end_reason"] == "caller_hangup"
     kinds = {m["kind"] for m in seen}
     assert kinds >= {"hello", "state", "event", "turn", "tool_call", "ended"}
@@ -72,7 +55,7 @@ async def test_demo_call_from_greeting_to_caller_hangup(client: TestClient[Any, 
     assert states.index("live") < states.index("ending") < states.index("ended")
     legs = {m["data"]["leg"] for m in seen if m["kind"] == "event"}
     assert legs == {"caller", "cs"}
-    detail = await (await client.get(f"/api/calls/{call_id}")).json()
+    detail = await (await console_client.get(f"/api/calls/{call_id}")).json()
     assert (detail["state"], detail["end_reason"]) == ("ended", "caller_hangup")
     assert [t["name"] for t in detail["tool_calls"] if t.get("leg") == "cs"] == [
         "lookup_order",
@@ -80,10 +63,10 @@ async def test_demo_call_from_greeting_to_caller_hangup(client: TestClient[Any, 
     ]
     speakers = [t["speaker"] for t in detail["turns"]]
     assert "caller" in speakers and "cs" in speakers
-    assert EMULATOR_KEY not in await (await client.get(f"/api/calls/{call_id}")).text()
+    assert EMULATOR_KEY not in await (await console_client.get(f"/api/calls/{call_id}")).text()
 
     # Both legs' SDP, explained: Opus, the data channel, loopback candidates, no classic mistakes.
-    sdp = await (await client.get(f"/api/calls/{call_id}/sdp")).json()
+    sdp = await (await console_client.get(f"/api/calls/{call_id}/sdp")).json()
     assert {leg["role"] for leg in sdp["legs"]} == {"caller", "cs"}
     for leg in sdp["legs"]:
         ex = leg["explained"]
@@ -95,12 +78,12 @@ async def test_demo_call_from_greeting_to_caller_hangup(client: TestClient[Any, 
         assert ex["warnings"] == [], ex["warnings"]
 
 
-async def test_operator_hangup_mid_call(client: TestClient[Any, Any]) -> None:
-    call_id = (await (await client.post("/api/calls", json={"scenario": "late_order"})).json())["id"]
-    await watch(client, call_id, "state", lambda s: s == "live")
-    resp = await client.post(f"/api/calls/{call_id}/hangup")
+async def test_operator_hangup_mid_call(console_client: TestClient[Any, Any]) -> None:
+    call_id = (await (await console_client.post("/api/calls", json={"scenario": "late_order"})).json())["id"]
+    await watch(console_client, call_id, "state", lambda s: s == "live")
+    resp = await console_client.post(f"/api/calls/{call_id}/hangup")
     assert resp.status == 202
-    seen = await watch(client, call_id)
+    seen = await watch(console_client, call_id)
     assert seen[-1]["data"]["end_reason"] == "operator_hangup"
-    listed = await (await client.get("/api/calls")).json()
+    listed = await (await console_client.get("/api/calls")).json()
     assert listed["live"] == 0 and listed["calls"][0]["end_reason"] == "operator_hangup"
