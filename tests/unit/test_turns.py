@@ -1,8 +1,11 @@
-"""Per-turn latency (bridge/turns.py) from packet and event sequences on a controlled call clock."""
+"""Per-turn latency (bridge/turns.py) from packet and event sequences on a controlled call clock.
+
+The test owns both clocks the observer reads: the call's clock and the relay's packet clock (``received_at``), so
+every figure, the relay's share included, is exact and independent of how fast the machine is.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -16,7 +19,12 @@ SPEECH = b"\x78" + bytes(range(60))  # tens of bytes: speech
 SILENCE = b"\xf8\xff\xfe"  # the 3-byte Opus silence frame the emulator sends between lines
 
 
+RELAY_S = 0.0001  # each packet reaches the tap 0.1 ms after it arrived: the relay's forwarding time
+
+
 class Clock:
+    """The call's clock and the relay's packet clock at once (one timeline is enough for the observer)."""
+
     def __init__(self) -> None:
         self.t = 0.0
 
@@ -24,16 +32,29 @@ class Clock:
         return self.t
 
 
-def packet(payload: bytes = SPEECH) -> RtpAudio:
-    return RtpAudio(payload, 0, 0, False, time.perf_counter())
+def observer(clock: Clock) -> TurnLatency:
+    return TurnLatency(clock, perf=clock)
 
 
-def talk(obs: TurnLatency, clock: Clock, party: str, start: float, end: float, payload: bytes = SPEECH) -> None:
+def packet(clock: Clock, payload: bytes = SPEECH, relay_s: float = RELAY_S) -> RtpAudio:
+    """A packet seen at the tap now, that arrived at the bridge relay_s ago."""
+    return RtpAudio(payload, 0, 0, False, clock.t - relay_s)
+
+
+def talk(
+    obs: TurnLatency,
+    clock: Clock,
+    party: str,
+    start: float,
+    end: float,
+    payload: bytes = SPEECH,
+    relay_s: float = RELAY_S,
+) -> None:
     """Packets every 20 ms from start to end (inclusive) as they would reach the relay tap."""
     n = round((end - start) / 0.02)
     for i in range(n + 1):
         clock.t = start + i * 0.02
-        obs.on_packet(party, packet(payload))
+        obs.on_packet(party, packet(clock, payload, relay_s))
 
 
 def event(obs: TurnLatency, t: float, leg: str, direction: str, ev: dict[str, Any]) -> None:
@@ -47,23 +68,39 @@ def output_sent(obs: TurnLatency, t: float, leg: str, call_id: str) -> None:
 
 def test_a_reply_after_the_other_party_stopped_is_one_turn_with_its_gap() -> None:
     clock = Clock()
-    obs = TurnLatency(clock)
+    obs = observer(clock)
     talk(obs, clock, "cs", 1.0, 2.0)
     talk(obs, clock, "cs", 2.02, 2.9, SILENCE)  # silence packets are not speech
     talk(obs, clock, "caller", 3.0, 4.0)
     [turn] = obs.turns
     assert (turn["from"], turn["to"]) == ("cs", "caller")
-    assert turn["speech_end"] == pytest.approx(2.0, abs=0.005)
-    assert turn["reply_start"] == pytest.approx(3.0, abs=0.005)
-    assert turn["total_ms"] == pytest.approx(1000, abs=5)
+    # Times are arrivals at the bridge: 0.1 ms before each packet reached the tap.
+    assert turn["speech_end"] == pytest.approx(2.0 - RELAY_S, abs=1e-4)
+    assert turn["reply_start"] == pytest.approx(3.0 - RELAY_S, abs=1e-4)
+    assert turn["total_ms"] == pytest.approx(1000, abs=0.01)
     assert turn["tools_ms"] == 0 and turn["gating_ms"] == 0
-    assert 0 < turn["relay_ms"] == turn["bridge_ms"] <= turn["total_ms"]
-    assert turn["other_ms"] == pytest.approx(turn["total_ms"] - turn["bridge_ms"], abs=0.01)
+    assert turn["relay_ms"] == turn["bridge_ms"] == pytest.approx(0.2)  # the two packets' 0.1 ms each
+    assert turn["other_ms"] == pytest.approx(1000 - 0.2, abs=0.01)
+
+
+def test_the_relay_share_is_the_forwarding_time_of_the_two_packets_around_the_gap() -> None:
+    clock = Clock()
+    obs = observer(clock)
+    talk(obs, clock, "cs", 1.0, 1.98, relay_s=0.002)  # earlier packets' forwarding times do not count
+    talk(obs, clock, "cs", 2.0, 2.0, relay_s=0.0003)  # the last speech packet before the gap
+    talk(obs, clock, "caller", 3.0, 3.0, relay_s=0.0005)  # the first packet of the reply
+    talk(obs, clock, "caller", 3.02, 3.5, relay_s=0.004)
+    [turn] = obs.turns
+    assert turn["relay_ms"] == turn["bridge_ms"] == pytest.approx(0.8)
+    assert turn["speech_end"] == pytest.approx(2.0 - 0.0003, abs=1e-4)
+    assert turn["reply_start"] == pytest.approx(3.0 - 0.0005, abs=1e-4)
+    assert turn["total_ms"] == pytest.approx(1000 - 0.2, abs=0.01)
+    assert obs.summary()["relay_ms"] == {"p50": pytest.approx(0.8), "max": pytest.approx(0.8)}
 
 
 def test_the_first_speaker_has_no_turn_and_pauses_within_a_party_are_not_turns() -> None:
     clock = Clock()
-    obs = TurnLatency(clock)
+    obs = observer(clock)
     talk(obs, clock, "cs", 1.0, 2.0)
     talk(obs, clock, "cs", 3.0, 4.0)  # the same party again after a pause
     assert obs.turns == []
@@ -72,7 +109,7 @@ def test_the_first_speaker_has_no_turn_and_pauses_within_a_party_are_not_turns()
 
 def test_tool_time_and_response_gating_inside_the_turn_are_the_bridges_share() -> None:
     clock = Clock()
-    obs = TurnLatency(clock)
+    obs = observer(clock)
     talk(obs, clock, "caller", 1.0, 2.0)
     event(obs, 2.5, "cs", "in", {"type": "response.function_call_arguments.done", "call_id": "c1"})
     output_sent(obs, 2.8, "cs", "c1")
@@ -82,14 +119,14 @@ def test_tool_time_and_response_gating_inside_the_turn_are_the_bridges_share() -
     [turn] = obs.turns
     assert turn["tools_ms"] == pytest.approx(300, abs=0.5)
     assert turn["gating_ms"] == pytest.approx(100, abs=0.5)
-    assert turn["bridge_ms"] == pytest.approx(400 + turn["relay_ms"], abs=0.5)
-    assert turn["bridge_ms"] <= turn["total_ms"] == pytest.approx(1500, abs=5)
+    assert turn["bridge_ms"] == pytest.approx(400 + 0.2, abs=0.01)
+    assert turn["total_ms"] == pytest.approx(1500, abs=0.01)
     assert "tools 300.0" in format_turns({"turn_latency": obs.summary()})[0]
 
 
 def test_concurrent_tool_calls_count_once_and_only_inside_the_turn() -> None:
     clock = Clock()
-    obs = TurnLatency(clock)
+    obs = observer(clock)
     for call_id, start, end in (("a", 0.5, 1.5), ("b", 2.2, 2.6), ("c", 2.4, 2.8)):  # "a" before the turn
         event(obs, start, "cs", "in", {"type": "response.function_call_arguments.done", "call_id": call_id})
         output_sent(obs, end, "cs", call_id)
@@ -101,14 +138,14 @@ def test_concurrent_tool_calls_count_once_and_only_inside_the_turn() -> None:
 
 def test_barge_in_is_one_turn_not_a_ping_pong_and_a_human_speaks_for_the_caller() -> None:
     clock = Clock()
-    obs = TurnLatency(clock)
+    obs = observer(clock)
     talk(obs, clock, "cs", 1.0, 1.5)
     for i in range(25):  # the human talks over the CS agent, which keeps talking for half a second
         clock.t = 1.52 + i * 0.02
-        obs.on_packet("human", packet())
-        obs.on_packet("cs", packet())
+        obs.on_packet("human", packet(clock))
+        obs.on_packet("cs", packet(clock))
     assert [(t["from"], t["to"]) for t in obs.turns] == [("cs", "caller")]
-    obs.on_packet("listener", packet())  # not a party: ignored
+    obs.on_packet("listener", packet(clock))  # not a party: ignored
     assert len(obs.turns) == 1
 
 

@@ -42,8 +42,10 @@ SIDE = {"caller": "caller", "human": "caller", "cs": "cs"}  # a human who took o
 class TurnLatency:
     """Observer: ``call.on("event", obs.on_event)`` and ``relay.on_packet(obs.on_packet)``; ``summary()``."""
 
-    def __init__(self, now: Callable[[], float]) -> None:
+    def __init__(self, now: Callable[[], float], perf: Callable[[], float] = time.perf_counter) -> None:
         self._now = now  # the call's clock (seconds since the call started), the clock of its events
+        # The clock of RtpAudio.received_at; a parameter so tests control the relay time they assert on.
+        self._perf = perf
         self._last: dict[str, tuple[float, float] | None] = {"caller": None, "cs": None}  # (t, relay_ms)
         self._spoke_after: dict[str, bool] = {"caller": False, "cs": False}  # other side spoke since
         self._calls: dict[tuple[str, str], float] = {}  # (leg, call_id) -> arguments done at
@@ -60,7 +62,7 @@ class TurnLatency:
         side = SIDE.get(party)
         if side is None:
             return
-        relay_s = time.perf_counter() - pkt.received_at  # the hook runs after the packet was forwarded
+        relay_s = self._perf() - pkt.received_at  # the hook runs after the packet was forwarded
         t = self._now() - relay_s
         other = "cs" if side == "caller" else "caller"
         mine, theirs = self._last[side], self._last[other]
