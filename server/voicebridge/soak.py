@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from voicebridge.batch.backend import realtime_backend
+from voicebridge.backend import realtime_backend
 from voicebridge.batch.emulator_process import EmulatorProcess, ProcessResources, emulator_process
 from voicebridge.batch.progress import ProgressBar
 from voicebridge.batch.runner import BatchRunner, succeeded
@@ -200,9 +200,10 @@ async def soak(
             child: EmulatorProcess | None = None
             if emulator == "process":
                 child = await stack.enter_async_context(emulator_process([scenario], folder / "emulator.log"))
-            settings, embedded = await stack.enter_async_context(
+            backend = await stack.enter_async_context(
                 realtime_backend([scenario], child.url if child else "", force_emulator=True)
             )
+            settings, embedded = backend.settings, backend.emulator
 
             async def phase(name: str, calls: int, concurrency: int) -> None:
                 bar = ProgressBar(progress, calls, f"{name} calls") if progress is not None else None

@@ -23,10 +23,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from voicebridge.config import Settings
+from voicebridge.config import EMULATOR_KEY, Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.emulator.voice import parse_wav, resample_to_48k_stereo, synthesize_wav
-from voicebridge.signaling.app import EMULATOR_KEY, create_app
+from voicebridge.signaling.app import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

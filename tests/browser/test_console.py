@@ -16,9 +16,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.browser.conftest import ARTIFACTS, BASE_ARGS, CHROMIUM
-from voicebridge.config import Settings
+from voicebridge.config import EMULATOR_KEY, Settings
 from voicebridge.emulator.server import Emulator
-from voicebridge.signaling.app import EMULATOR_KEY, create_app
+from voicebridge.signaling.app import create_app
 
 pytestmark = pytest.mark.browser
 CALL_MS = 60_000  # the demo call is ~30 s of speech

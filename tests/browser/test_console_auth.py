@@ -20,9 +20,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.browser.conftest import BASE_ARGS, CHROMIUM
-from voicebridge.config import Settings
+from voicebridge.config import EMULATOR_KEY, Settings
 from voicebridge.emulator.server import Emulator
-from voicebridge.signaling.app import EMULATOR_KEY, create_app
+from voicebridge.signaling.app import create_app
 from voicebridge.signaling.security import SecurityPolicy
 
 pytestmark = pytest.mark.browser

@@ -23,12 +23,12 @@ from openai import AsyncOpenAI
 from pydantic import BaseModel
 
 from tests.conftest import SERVER_EVENT
-from voicebridge.config import Settings
+from voicebridge.config import EMULATOR_KEY, Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.emulator.track import SpeechTrack
 from voicebridge.emulator.voice import Voice
 from voicebridge.scenarios.model import load_scenario
-from voicebridge.signaling.app import EMULATOR_KEY, create_app
+from voicebridge.signaling.app import create_app
 
 # Fields the real API sends in session objects that the SDK's request-shaped session model does not declare.
 _KNOWN_EXTRAS = {"id", "object", "expires_at"}

@@ -18,7 +18,10 @@ pytestmark = pytest.mark.integration
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None, limit_s: float = 90) -> tuple[int, str, str]:
-    environment = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "VOICEBRIDGE_BASE_URL")}
+    # Only what the test gives: none of the developer's own OPENAI_* or VOICEBRIDGE_BASE_URL settings.
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith("OPENAI_") and k != "VOICEBRIDGE_BASE_URL"
+    }
     environment.update(env or {})
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -23,12 +23,12 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from tests.integration.conftest import _VOICE
-from voicebridge.config import Settings
+from voicebridge.config import EMULATOR_KEY, Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.emulator.track import SpeechTrack
 from voicebridge.scenarios.model import load_scenario, normalize_phrase
 from voicebridge.signaling.api import MANAGER
-from voicebridge.signaling.app import EMULATOR_KEY, create_app
+from voicebridge.signaling.app import create_app
 from voicebridge.signaling.tokens import TokenSigner
 
 pytestmark = pytest.mark.integration

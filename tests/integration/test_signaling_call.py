@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from voicebridge.signaling.app import EMULATOR_KEY
+from voicebridge.config import EMULATOR_KEY
 
 pytestmark = pytest.mark.integration
 CALL_TIMEOUT = 60.0  # the demo call takes ~30 s of speech; pytest's own limit is 120 s

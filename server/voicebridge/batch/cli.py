@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from voicebridge.backend import realtime_backend
 from voicebridge.observability.logs import json_handler
 from voicebridge.observability.metrics import Metrics
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
 
-from .backend import realtime_backend
 from .html import render
 from .progress import ProgressBar
 from .report import build_report, headline, write_json
@@ -54,7 +54,8 @@ async def run_batch(
     """The whole batch: backend up, calls run, report written, backend down. Ctrl-C (SIGINT) stops starting
     calls and hangs up the live ones; the report covers what ran."""
     out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before any call: nothing to block)
-    async with realtime_backend([scenario], emulator_url) as (settings, _emulator):
+    async with realtime_backend([scenario], emulator_url) as backend:
+        settings = backend.settings
         log_file = open(out_dir / "batch.log.jsonl", "a", encoding="utf-8")  # noqa: ASYNC230 (as above)
         handler = json_handler(log_file, [settings.api_key])
         root = logging.getLogger()

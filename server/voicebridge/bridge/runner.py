@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from voicebridge.backend import realtime_backend
 from voicebridge.config import Settings
-from voicebridge.media.loopback import is_local_url, set_loopback_only
 from voicebridge.realtime.api import LegError
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
 
@@ -102,24 +102,10 @@ async def run_call(
 
 async def _main(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
-    settings = Settings.from_env()
-    emulator: Any = None
-    if args.emulator_url:
-        settings = Settings.from_env(base_url=args.emulator_url.rstrip("/"))
-    elif not settings.base_url:
-        from voicebridge.emulator.server import Emulator
-
-        # The emulator plays the scenario's personas: give it this scenario's file (built-ins it has).
-        emulator = Emulator(scenarios=[scenario.path] if scenario.path is not None else [])
-        settings = Settings.from_env(base_url=await emulator.start(host="127.0.0.1", port=0))
-    if is_local_url(settings.base_url):
-        set_loopback_only(True)  # both ends of each leg are on this machine: keep ICE on 127.0.0.1
-    try:
+    async with realtime_backend([scenario], args.emulator_url) as backend:
+        print(f"Realtime backend: {backend.description}", file=sys.stderr)
         transports = (getattr(args, "caller_transport", "webrtc"), getattr(args, "cs_transport", "webrtc"))
-        summary = await run_call(scenario, settings, args.out, transports=transports)
-    finally:
-        if emulator is not None:
-            await emulator.stop()
+        summary = await run_call(scenario, backend.settings, args.out, transports=transports)
     print_summary(summary, sys.stderr)
     if summary["end_reason"] == "error":
         print(f"voicebridge call: {summary['error']}", file=sys.stderr)

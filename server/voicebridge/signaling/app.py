@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
+from voicebridge.backend import Backend, realtime_backend
 from voicebridge.config import Settings
-from voicebridge.media.loopback import is_local_url, set_loopback_only
 from voicebridge.observability.http import add_metrics_route, observed
 from voicebridge.observability.logs import setup_logging_from_env
 from voicebridge.observability.metrics import Metrics
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parents[3] / "web"
 # Not a secret: the embedded emulator accepts any `sk-` key, and the SDK insists on having one.
-EMULATOR_KEY = "sk-emulator"
 
 
 def default_call_factory(settings: Settings) -> CallFactory:
@@ -123,14 +122,6 @@ async def create_app(
     return app
 
 
-def restrict_ice_to_loopback(host: str, base_url: str) -> bool:
-    """Gather only 127.0.0.1 candidates when the Realtime backend is on this machine and so are the browsers.
-
-    Serving beyond loopback means browsers on other machines join calls: they need the machine's real
-    addresses, so then the emulator legs use them too (they still connect: both ends are local)."""
-    return is_local_url(base_url) and is_loopback_host(host)
-
-
 async def _serve(args: argparse.Namespace) -> int:
     try:  # off loopback, no management token means no server (security.py says why)
         policy = policy_for_serve(args.host, os.environ, getattr(args, "allow_origin", None) or ())
@@ -142,18 +133,18 @@ async def _serve(args: argparse.Namespace) -> int:
     except TlsError as e:
         print(f"voicebridge serve: {e}", file=sys.stderr)
         return 2
-    settings = Settings.from_env(artifacts_dir=args.artifacts, base_url=args.emulator_url or None)
-    emulator = None
-    if not settings.base_url:
-        from voicebridge.emulator.server import Emulator
+    async with realtime_backend(
+        emulator_url=args.emulator_url,
+        browsers_off_loopback=not is_loopback_host(args.host),
+        artifacts_dir=args.artifacts,
+    ) as backend:
+        return await _run_server(args, backend, policy, ssl_context)
 
-        emulator = Emulator()
-        url = await emulator.start("127.0.0.1", 0)
-        settings = dataclasses.replace(settings, base_url=url, api_key=settings.api_key or EMULATOR_KEY)
-    elif not settings.api_key:
-        settings = dataclasses.replace(settings, api_key=EMULATOR_KEY)
-    if restrict_ice_to_loopback(args.host, settings.base_url):
-        set_loopback_only(True)  # both ends of every leg are on this machine: keep ICE on 127.0.0.1
+
+async def _run_server(
+    args: argparse.Namespace, backend: Backend, policy: SecurityPolicy, ssl_context: ssl.SSLContext | None
+) -> int:
+    settings = backend.settings
     app = await create_app(settings, security=policy)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -163,15 +154,12 @@ async def _serve(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"voicebridge serve: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
         await runner.cleanup()
-        if emulator is not None:
-            await emulator.stop()
         return 1
-    backend = "OpenAI" if settings.uses_openai else f"the emulator at {settings.base_url}"
     scheme = "https" if ssl_context is not None else "http"
     port = runner.addresses[0][1] if runner.addresses else args.port  # the real one when --port 0
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(
-        f"voicebridge serve: console at {scheme}://{host}:{port}/ (Realtime backend: {backend})",
+        f"voicebridge serve: console at {scheme}://{host}:{port}/ (Realtime backend: {backend.description})",
         flush=True,
     )
     stop = asyncio.Event()
@@ -181,8 +169,6 @@ async def _serve(args: argparse.Namespace) -> int:
     await stop.wait()
     print("voicebridge serve: shutting down (refusing new calls, ending live ones)", flush=True)
     await graceful_shutdown(app, runner)
-    if emulator is not None:
-        await emulator.stop()
     return 0
 
 
