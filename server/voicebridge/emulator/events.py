@@ -85,6 +85,7 @@ def response_object(
     status: str,
     output: list[Event],
     voice: str,
+    audio_format: Event | None = None,
     status_details: Event | None = None,
     usage: Event | None = None,
     metadata: dict[str, str] | None = None,
@@ -99,7 +100,7 @@ def response_object(
         "conversation_id": conversation_id,
         "output_modalities": ["audio"],
         "max_output_tokens": "inf",
-        "audio": {"output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": voice}},
+        "audio": {"output": {"format": audio_format or {"type": "audio/pcm", "rate": 24000}, "voice": voice}},
         "usage": usage,
         "metadata": metadata,
     }

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import audio_formats
 from . import events as ev
 from .hearing import HearingError
 from .schema import CLIENT_EVENTS, ApiError, check_client_event, check_session
@@ -229,18 +230,13 @@ def _audio_append(s: Session, data: dict[str, Any]) -> None:
         ) from e
     s.appended_bytes += len(raw)
     if s.transport == "websocket":
-        # The WebSocket transport's only audio: PCM16 24 kHz mono, heard by the same server VAD and ear.
-        if len(raw) % 2:
-            raise ApiError(
-                400,
-                f"Invalid 'audio': {len(raw)} bytes is not whole PCM16 samples (2 bytes each).",
-                code="invalid_value",
-                param="audio",
-            )
+        # The WebSocket transport's audio, in the session's input format (PCM16 24 kHz or G.711 8 kHz), heard by
+        # the same server VAD and ear as a WebRTC track.
+        kind = s.input_format
         try:
-            s.ear.feed_pcm16(np.frombuffer(raw, dtype="<i2").astype(np.int16), 24000)
-        except HearingError as e:
-            raise ApiError(400, f"Invalid 'audio': {e}", code="invalid_value", param="audio") from e
+            s.ear.feed_pcm16(audio_formats.decode(kind, raw), audio_formats.RATES[kind])
+        except (audio_formats.FormatError, HearingError) as e:
+            raise ApiError(400, f"Invalid 'audio': {e}.", code="invalid_value", param="audio") from e
 
 
 def _audio_commit(s: Session, data: dict[str, Any]) -> None:

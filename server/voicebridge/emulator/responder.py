@@ -51,6 +51,11 @@ def _voice(s: Session) -> str:
     return str(out.get("voice") or "marin")
 
 
+def _format(s: Session) -> dict[str, Any] | None:
+    fmt = ((s.config.get("audio") or {}).get("output") or {}).get("format")
+    return dict(fmt) if isinstance(fmt, dict) else None
+
+
 def _done(s: Session, r: Response, status: str, details: dict[str, Any] | None) -> None:
     s.send(
         ev.event(
@@ -60,6 +65,7 @@ def _done(s: Session, r: Response, status: str, details: dict[str, Any] | None) 
                 status=status,
                 output=r.output,
                 voice=_voice(s),
+                audio_format=_format(s),
                 status_details=details,
                 usage=_usage(s, r),
                 metadata=r.metadata,
@@ -74,7 +80,7 @@ async def run(s: Session, r: Response, action: Action | None) -> None:
         ev.event(
             "response.created",
             response=ev.response_object(
-                r.id, status="in_progress", output=[], voice=_voice(s), metadata=r.metadata
+                r.id, status="in_progress", output=[], voice=_voice(s), audio_format=_format(s), metadata=r.metadata
             ),
         )
     )

@@ -28,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from . import events as ev
 from . import responder
+from .audio_formats import FormatType, format_type
 from .hearing import Ear, HearingError, VadSettings, recognizer_for
 from .persona import Action, PersonaBook, Script
 from .schema import ApiError
@@ -182,6 +183,15 @@ class Session:
             await self.voice.speak(text, espeak_voice, speed)
         except Exception as e:  # a line that cannot be spoken fails again, visibly, when it is said
             log.warning("session %s: cannot pre-synthesise %r: %s", self.id, text, e)
+
+    @property
+    def input_format(self) -> FormatType:
+        """What `input_audio_buffer.append` carries on a WebSocket session (a WebRTC track is always Opus)."""
+        return format_type(((self.config.get("audio") or {}).get("input") or {}).get("format"))
+
+    def output_format(self, response_id: str | None = None) -> FormatType:
+        """What `response.output_audio.delta` carries for this response on a WebSocket session."""
+        return format_type(((self.config.get("audio") or {}).get("output") or {}).get("format"))
 
     @property
     def output_buffer_events(self) -> bool:

@@ -1,9 +1,10 @@
 """The Realtime GA WebSocket transport: `GET /v1/realtime?model=...` and the sideband `?call_id=rtc_...`.
 
 * `?model=M` (or an `ek_` key) opens a WebSocket session: the same `Session`, personas and script as a WebRTC
-  call, with `session.created` on connect. Audio in is `input_audio_buffer.append` (base64 PCM16 24 kHz mono,
-  heard by the same server VAD and ear: handlers.py); audio out is `response.output_audio.delta` events
-  (base64 PCM16 24 kHz mono) paced in real time by `DeltaMouth`. There are no output_audio_buffer.* events
+  call, with `session.created` on connect. Audio in is `input_audio_buffer.append` (base64, in the session's
+  `audio.input.format`: PCM16 24 kHz mono by default, or G.711 μ-law/A-law 8 kHz; heard by the same server VAD
+  and ear: handlers.py); audio out is `response.output_audio.delta` events in `audio.output.format`, paced in
+  real time by `DeltaMouth`. There are no output_audio_buffer.* events
   on a WebSocket (as the real API): the client plays the audio and truncates on barge-in itself.
 * `?call_id=rtc_...` (an API key) joins an existing WebRTC call as a sideband: every server event the data
   channel gets goes to the socket too, and client events from the socket are handled as if from the channel.
@@ -25,6 +26,7 @@ import av
 from aiohttp import WSMsgType, web
 
 from . import events as ev
+from .audio_formats import PCM, RATES, encode
 from .handlers import MAX_EVENT_BYTES, handle
 from .schema import ApiError
 from .session import Session, default_session
@@ -44,7 +46,9 @@ MAX_QUEUED_EVENTS = 20000  # a client that stops reading for minutes is dropped,
 
 class DeltaMouth(PlaybackQueue):
     """A session's speech as `response.output_audio.delta` events, one per 20 ms Opus packet of the cached line,
-    decoded to PCM16 24 kHz mono, sent at real-time pace after a LEAD_S burst. Idle: nothing is sent.
+    decoded and converted to the output format (PCM16 24 kHz, or G.711 8 kHz: audio_formats.py; chosen when a
+    line starts, so a session.update never switches format mid-line), sent at real-time pace after a LEAD_S
+    burst. Idle: nothing is sent.
 
     Same contract as `SpeechTrack`: `Playback.started` resolves at the first delta, `finished` at the last
     (False if cleared first), and `sent_ms` says how much was sent.
@@ -57,6 +61,7 @@ class DeltaMouth(PlaybackQueue):
         self._task: asyncio.Task[None] | None = None
         self._decoder: Any = None
         self._resampler: Any = None
+        self._format = PCM
         self._stopped = False
         self.deltas_sent = 0
 
@@ -77,14 +82,16 @@ class DeltaMouth(PlaybackQueue):
         if self._task is not None:
             self._task.cancel()
 
-    def _pcm(self, payload: bytes, first: bool) -> bytes:
+    def _audio(self, payload: bytes, tag: str, first: bool) -> bytes:
+        """One Opus packet of a line, in the session's output format."""
         if first or self._decoder is None:  # a new line: fresh decoder state, as a new RTP talkspurt
+            self._format = self._s.output_format(tag)
             self._decoder = av.CodecContext.create("opus", "r")
-            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=24000)
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATES[self._format])
         out = []
         for frame in self._decoder.decode(av.Packet(payload)):
             for f in self._resampler.resample(frame):
-                out.append(f.to_ndarray().astype("<i2").tobytes())
+                out.append(encode(self._format, f.to_ndarray().reshape(-1)))
         return b"".join(out)
 
     async def _run(self) -> None:
@@ -104,16 +111,16 @@ class DeltaMouth(PlaybackQueue):
             if not self._queue:
                 continue
             head = self._queue[0]
-            pcm = self._pcm(head.packets[head.sent], head.sent == 0)
+            audio = self._audio(head.packets[head.sent], head.tag, head.sent == 0)
             if head.sent == 0 and not head.started.done():
                 head.started.set_result(True)
             head.sent += 1
-            self._send_delta(head.tag, pcm)
+            self._send_delta(head.tag, audio)
             if head.sent == len(head.packets):
                 self._queue.popleft()
                 head._finish(True)
 
-    def _send_delta(self, response_id: str, pcm: bytes) -> None:
+    def _send_delta(self, response_id: str, audio: bytes) -> None:
         s = self._s
         r = s.response
         self.deltas_sent += 1
@@ -124,7 +131,7 @@ class DeltaMouth(PlaybackQueue):
                 item_id=s.audio_items.get(response_id, ""),
                 output_index=len(r.output) if r is not None and r.id == response_id else 0,
                 content_index=0,
-                delta=base64.b64encode(pcm).decode("ascii"),
+                delta=base64.b64encode(audio).decode("ascii"),
             )
         )
 
