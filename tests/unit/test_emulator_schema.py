@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from openai.types.realtime import (
+    ConversationItemCreateEventParam,
+    RealtimeSessionCreateRequestParam,
+    ResponseCreateEventParam,
+)
 
 from tests.conftest import validate_server_event
+from tests.sdk_nulls import NullCase, null_cases
 from voicebridge.emulator import events as ev
 from voicebridge.emulator.schema import ApiError, check_client_event, check_session
 from voicebridge.emulator.session import default_session, merge_session
@@ -95,3 +101,46 @@ def test_ids_and_deltas() -> None:
     parts = ev.transcript_deltas(text)
     assert "".join(parts) == text and len(parts) > 1
     assert ev.transcript_deltas("") == []
+
+
+SESSION_NULLS = null_cases(RealtimeSessionCreateRequestParam)
+EVENT_NULLS = null_cases(ResponseCreateEventParam) + null_cases(ConversationItemCreateEventParam)
+
+
+def test_the_walk_finds_the_documented_and_the_optional_nulls() -> None:
+    paths = {c.path for c in SESSION_NULLS}
+    # documented ("can be set to `null` to turn off") though typed as objects, and typed Optional
+    assert {"audio.input.noise_reduction", "audio.input.transcription"} <= paths
+    assert {"audio.input.turn_detection", "audio.input.turn_detection.idle_timeout_ms", "tracing", "prompt"} <= paths
+    assert "audio.input.format" not in paths and "instructions" not in paths
+    events = {c.path for c in EVENT_NULLS}
+    assert {"response.metadata", "response.prompt", "item.output"} <= events
+
+
+@pytest.mark.parametrize("case", SESSION_NULLS, ids=lambda c: c.path)
+def test_every_nullable_session_field_takes_null(case: NullCase) -> None:
+    check_session(case.value)
+    check_client_event({"type": "session.update", "session": case.value})
+    merged = merge_session(default_session("gpt-realtime"), case.value)
+    validate_server_event(ev.event("session.updated", session=merged))
+
+
+@pytest.mark.parametrize("case", EVENT_NULLS, ids=lambda c: c.path)
+def test_every_nullable_item_and_response_field_takes_null(case: NullCase) -> None:
+    check_client_event(case.value)
+
+
+@pytest.mark.parametrize(
+    ("session", "param"),
+    [
+        ({"type": "realtime", "audio": {"input": {"format": None}}}, "session.audio.input.format"),
+        ({"type": "realtime", "instructions": None}, "session.instructions"),
+        ({"type": "realtime", "audio": {"output": {"voice": None}}}, "session.audio.output.voice"),
+        ({"type": "realtime", "audio": {"input": {"noise_reduction": {"type": "loud"}}}},
+         "session.audio.input.noise_reduction.type"),
+    ],
+)
+def test_null_stays_invalid_where_the_sdk_does_not_allow_it(session: dict[str, Any], param: str) -> None:
+    with pytest.raises(ApiError) as info:
+        check_session(session)
+    assert info.value.code == "invalid_value" and info.value.param == param

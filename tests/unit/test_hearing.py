@@ -285,3 +285,19 @@ async def test_drop_speech_forgets_the_turn_in_progress_but_keeps_the_clock() ->
         ear.feed(frame)
     assert all(len(pcm) < 16 * (line.duration_ms // 2 + 1500 + 300) for _, pcm in turns.stopped)
     assert ear.audio_ms > before
+
+
+async def test_take_speech_hands_over_the_turn_in_progress() -> None:
+    """input_audio_buffer.commit with turn detection off commits the speech heard so far, mid-line too."""
+    line = await VOICE.speak(GREETING)
+    turns = Turns()
+    ear = turns.ear(VadSettings(prefix_padding_ms=300))
+    assert ear.take_speech() is None
+    frames = decode(silence(500) + list(line.packets))
+    for frame in frames:
+        ear.feed(frame)
+    before = ear.audio_ms
+    pcm = ear.take_speech()
+    assert pcm is not None and not ear.speaking and ear.audio_ms == before
+    assert len(pcm) == 16 * (before - turns.started[0])  # from audio_start_ms (padding included) to now
+    assert turns.stopped == []  # handed over, not ended by silence

@@ -240,6 +240,11 @@ def _audio_append(s: Session, data: dict[str, Any]) -> None:
 
 
 def _audio_commit(s: Session, data: dict[str, Any]) -> None:
+    if s.turn_detection is None:
+        # The buffer holds everything heard so far, speech still in progress included.
+        tail = s.ear.take_speech()
+        if tail is not None:
+            s.manual_turns.append(tail)
     if not s.manual_turns and s.appended_bytes == 0:
         raise ApiError(
             400,

@@ -120,6 +120,15 @@ class Ear:
         self._utterance = []
         self._silent_run = 0
 
+    def take_speech(self) -> npt.NDArray[np.int16] | None:
+        """input_audio_buffer.commit with turn detection off: the speech in progress so far (prefix padding
+        included) goes into the committed turn, and the ear listens afresh; the clock goes on."""
+        if not self._speaking:
+            return None
+        pcm = np.concatenate(self._utterance) if self._utterance else np.zeros(0, dtype=np.int16)
+        self.drop_speech()
+        return pcm
+
     @property
     def audio_ms(self) -> int:
         """Milliseconds of audio heard so far: the clock of audio_start_ms and audio_end_ms."""

@@ -1,14 +1,24 @@
 """Checks outside input against the openai SDK's own request types, the way the API answers bad input.
 
 The SDK's `*Param` TypedDicts describe exactly what the API accepts. Pydantic validates value types against
-them but
-silently ignores unknown keys, so a small walker over the same TypedDicts finds unknown fields and names them
-(`session.audio.input.foo`), as the real API's `unknown_parameter` errors do.
+them but silently ignores unknown keys, so a small walker over the same TypedDicts finds unknown fields and
+names them (`session.audio.input.foo`), as the real API's `unknown_parameter` errors do.
+
+`null`: a field takes null when its annotation is Optional, or when the SDK documents it ("can be set to
+`null` to turn off": `audio.input.noise_reduction`, `audio.input.transcription`) although its annotation
+says otherwise. The real API follows its documentation (official clients send `noise_reduction: null` by
+default), so those documented nulls are read from the SDK's own docstrings and accepted as well.
 """
 
 from __future__ import annotations
 
+import ast
 import collections.abc
+import functools
+import inspect
+import itertools
+import re
+import textwrap
 import types
 import typing
 from typing import Any, Literal, Union
@@ -102,18 +112,94 @@ def _literal_type(td: Any) -> set[Any] | None:
     return vals or None
 
 
+def _chosen(tp: Any, value: dict[str, Any]) -> list[Any]:
+    """The TypedDicts of `tp` that describe this object (by its `type` when the union has several)."""
+    tds = [a for a in _unwrap(tp) if is_typeddict(a)]
+    return [td for td in tds if value.get("type") in (_literal_type(td) or {value.get("type")})] or tds
+
+
+def _hints(tds: list[Any]) -> dict[str, tuple[Any, Any]]:
+    """field -> (annotation, the TypedDict declaring it), over the chosen TypedDicts."""
+    hints: dict[str, tuple[Any, Any]] = {}
+    for td in tds:
+        for k, h in typing.get_type_hints(td, include_extras=True).items():
+            hints.setdefault(k, (h, td))
+    return hints
+
+
+# "can be set to `null` to turn off", "Set to null to disable", "pass `null`": the SDK's wording for a null
+# that switches a feature off.
+_NULL_DOC = re.compile(r"\b(?:set to|pass)\s+`?null\b", re.IGNORECASE)
+
+
+@functools.cache
+def _field_docs(td: Any) -> dict[str, str]:
+    """Each field's docstring in the SDK's source: the string literal right after its annotation."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(td)))
+    except (OSError, TypeError, SyntaxError):  # no source installed: only Optional annotations count
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for a, b in itertools.pairwise(body):
+        if (
+            isinstance(a, ast.AnnAssign)
+            and isinstance(a.target, ast.Name)
+            and isinstance(b, ast.Expr)
+            and isinstance(b.value, ast.Constant)
+            and isinstance(b.value.value, str)
+        ):
+            docs[a.target.id] = b.value.value
+    return docs
+
+
+def nullable(td: Any, field: str) -> bool:
+    """Whether the API takes `null` for this field of this TypedDict (Optional, or documented so)."""
+    hint = typing.get_type_hints(td, include_extras=True).get(field)
+    if hint is None:
+        return False
+    alts = _unwrap(hint)
+    if type(None) in alts:
+        return True
+    if _NULL_DOC.search(_field_docs(td).get(field, "")):
+        return True
+    return any(is_typeddict(a) and _NULL_DOC.search(a.__doc__ or "") for a in alts)
+
+
+def _documented_nulls_removed(tp: Any, value: Any) -> Any:
+    """`value` without the nulls that the SDK documents but does not type (pydantic would refuse them);
+    they mean "off", which to the validator is the same as absent."""
+    if isinstance(value, dict):
+        tds = _chosen(tp, value)
+        if not tds:
+            return value
+        hints = _hints(tds)
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            if key not in hints:
+                out[key] = sub
+                continue
+            hint, td = hints[key]
+            if sub is None and type(None) not in _unwrap(hint) and nullable(td, key):
+                continue
+            out[key] = _documented_nulls_removed(hint, sub)
+        return out
+    if isinstance(value, list):
+        for a in _unwrap(tp):
+            if typing.get_origin(a) in (list, collections.abc.Iterable, collections.abc.Sequence):
+                (item_tp,) = typing.get_args(a)
+                return [_documented_nulls_removed(item_tp, sub) for sub in value]
+    return value
+
+
 def unknown_field(tp: Any, value: Any, path: str) -> str | None:
     """The dotted path of the first key in `value` that `tp` does not declare, or None."""
     alts = _unwrap(tp)
     if isinstance(value, dict):
-        tds = [a for a in alts if is_typeddict(a)]
+        tds = _chosen(tp, value)
         if not tds:
             return None  # free-form dicts (JSON schema `parameters`, metadata) take any key
-        chosen = [td for td in tds if value.get("type") in (_literal_type(td) or {value.get("type")})] or tds
-        hints: dict[str, Any] = {}
-        for td in chosen:
-            for k, h in typing.get_type_hints(td, include_extras=True).items():
-                hints.setdefault(k, h)
+        hints = {k: h for k, (h, _) in _hints(tds).items()}
         for key, sub in value.items():
             where = f"{path}.{key}" if path else str(key)
             if key not in hints:
@@ -165,7 +251,7 @@ def check(td: Any, value: Any, prefix: str, status: int = 400) -> None:
     if bad:
         raise ApiError(status, f"Unknown parameter: '{bad}'.", code="unknown_parameter", param=bad)
     try:
-        _adapter(td).validate_python(value)
+        _adapter(td).validate_python(_documented_nulls_removed(td, value))
     except ValidationError as e:
         err = e.errors()[0]
         where = _error_path(value, tuple(err["loc"]), prefix)
