@@ -25,10 +25,11 @@ deps-debian:
 	  fi; \
 	fi
 
+# Every extra: the tests use the emulator, the batch report plots and the bench (see voicebridge/extras.py).
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,emulator,reports,bench]'
 	@touch $@
 
 run: install

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .extras import EXIT_STATUS, MissingExtra
+
 
 def _port(text: str) -> int:
     try:
@@ -98,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cmd: str = args.command
+    try:
+        return _run(cmd, args)
+    except MissingExtra as e:  # a base install: say which extra to install, no traceback
+        print(f"voicebridge {cmd}: {e}", file=sys.stderr)
+        return EXIT_STATUS
+
+
+def _run(cmd: str, args: argparse.Namespace) -> int:
     if cmd == "emulator":
         from .emulator.server import main as emulator_main
 

@@ -31,6 +31,7 @@ from voicebridge.backend import realtime_backend
 from voicebridge.batch.emulator_process import EmulatorProcess, ProcessResources, emulator_process
 from voicebridge.batch.progress import ProgressBar
 from voicebridge.batch.runner import BatchRunner, succeeded
+from voicebridge.extras import require
 from voicebridge.observability.logs import setup_logging_from_env
 from voicebridge.observability.metrics import Metrics
 from voicebridge.observability.resources import Resources, malloc_trim, rss_kb
@@ -311,5 +312,6 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    require("emulator")  # a soak always runs against the emulator
     setup_logging_from_env(logging.WARNING)
     return asyncio.run(_main(args))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from voicebridge.backend import realtime_backend
+from voicebridge.extras import require
 from voicebridge.observability.logs import json_handler
 from voicebridge.observability.metrics import Metrics
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
@@ -122,6 +123,7 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    require("reports")  # before the calls, not after them
     try:
         return asyncio.run(_main(args))
     except ScenarioError as e:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from voicebridge.extras import require
 from voicebridge.scenarios.model import BUILTIN_DIR, Scenario
 
 START_TIMEOUT_S = 60.0  # a cold start imports aiortc, av and pocketsphinx: seconds on a loaded machine
@@ -78,6 +79,7 @@ class EmulatorProcess:
 @contextlib.asynccontextmanager
 async def emulator_process(scenarios: Sequence[Scenario], log_path: Path) -> AsyncIterator[EmulatorProcess]:
     """Start the emulator as a child process on a free loopback port; stop it (SIGTERM, then SIGKILL)."""
+    require("emulator")  # here, not as a child that dies into its log file
     args = [sys.executable, "-c", _BOOTSTRAP, "emulator", "--host", "127.0.0.1", "--port", "0"]
     for s in scenarios:
         if s.path is not None and s.path.parent.resolve() != BUILTIN_DIR.resolve():

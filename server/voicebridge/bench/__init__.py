@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from voicebridge.extras import require
+
 from .bridge import Job, bridge_main
 from .report import figures, lossy, markdown, plot, summarise, table
 
@@ -156,6 +158,7 @@ def _steal_s() -> float:
 
 
 def main(args: argparse.Namespace) -> int:
+    require("bench")  # before minutes of measuring, not after
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import ssl
 import sys
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
@@ -43,8 +45,8 @@ from .tls import TlsError, server_ssl_context
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parents[3] / "web"
-# Not a secret: the embedded emulator accepts any `sk-` key, and the SDK insists on having one.
+# The console (HTML, ES modules, CSS) is package data: found where the package is installed, not in a source tree.
+CONSOLE = resources.files("voicebridge") / "web"
 
 
 def default_call_factory(settings: Settings) -> CallFactory:
@@ -71,7 +73,7 @@ async def _security_headers(
 async def _index(request: web.Request) -> web.StreamResponse:
     index = request.app[WEB_DIR_KEY] / "index.html"
     if not index.is_file():
-        return web.Response(text="voicebridge: the web console is not installed (web/index.html missing)\n")
+        return web.Response(text="voicebridge: the web console is not installed (voicebridge/web/index.html missing)\n")
     return web.FileResponse(index)
 
 
@@ -103,7 +105,16 @@ async def create_app(
     app[SETTINGS] = settings
     app[SETTINGS_BODY] = max_body_bytes
     app[MANAGER] = manager
-    app[WEB_DIR_KEY] = (web_dir or WEB_DIR).resolve()
+    if web_dir is None:
+        # A directory on disk for the file responses: the installed package's own (as_file copies only from a zip).
+        files = contextlib.ExitStack()
+        web_dir = files.enter_context(resources.as_file(CONSOLE))
+
+        async def _release(_: web.Application) -> None:
+            files.close()
+
+        app.on_cleanup.append(_release)
+    app[WEB_DIR_KEY] = web_dir.resolve()
     add_routes(app)
     add_join_routes(app)
     add_debug_routes(app)
@@ -112,7 +123,7 @@ async def create_app(
     install_security(app, security or SecurityPolicy())  # management token, rate limits, CORS
     install_lifecycle(app)  # /readyz, 503 for new work while shutting down
     app.router.add_get("/", _index)
-    # Everything else outside /api/ is a file of web/ (so an unknown /api/ path stays a JSON 404 or 405).
+    # Everything else outside /api/ is a file of the console (so an unknown /api/ path stays a JSON 404 or 405).
     app.router.add_get(r"/{path:(?!api/).+}", _static)
 
     async def _shutdown(_: web.Application) -> None:

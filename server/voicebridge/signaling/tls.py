@@ -2,8 +2,9 @@
 context, and http:// qualifies only on localhost. So:
 
 - a loopback host (127.0.0.0/8, ::1, localhost) serves plain HTTP unless --cert/--key are given;
-- any other host serves HTTPS, with --cert/--key or else certs/dev-cert.pem + certs/dev-key.pem from
-  `make certs`, and refuses to start (TlsError, with what to do) when they are missing or unreadable.
+- any other host serves HTTPS, with --cert/--key or else certs/dev-cert.pem + certs/dev-key.pem in the working
+  directory (where `make certs` writes them), and refuses to start (TlsError, with what to do) when they are
+  missing or unreadable.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import ipaddress
 import ssl
 from pathlib import Path
 
-CERTS_DIR = Path(__file__).resolve().parents[3] / "certs"
+CERTS_DIR = Path("certs")  # the working directory's, not the package's: an installed package has no checkout
 DEFAULT_CERT = CERTS_DIR / "dev-cert.pem"
 DEFAULT_KEY = CERTS_DIR / "dev-key.pem"
 
