@@ -1,11 +1,18 @@
-"""Shared fixtures: loopback-only ICE (no STUN, 127.0.0.1 candidates) and SDK validators for every event."""
+"""Shared fixtures: loopback-only ICE (no STUN, 127.0.0.1 candidates) and SDK validators for every event.
+
+Also, for the whole suite: each test is marked after the folder it lives in (tests/unit -> `unit`, and so on), so
+`make test-fast` (-m unit) runs every unit test, a new file included; and hypothesis never judges a test by how
+fast the machine is (no per-example deadline, no too-slow health check), only by what it asserts.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from pydantic import Field, TypeAdapter
 
@@ -13,6 +20,25 @@ from voicebridge.media.loopback import loopback_only, set_loopback_only
 
 SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(Annotated[RealtimeServerEvent, Field(discriminator="type")])
 CLIENT_EVENT: TypeAdapter[Any] = TypeAdapter(Annotated[RealtimeClientEvent, Field(discriminator="type")])
+
+# Settings given on a test (@settings(...)) override these per field; suppress_health_check is replaced, not merged,
+# so a test that lists its own health checks adds HealthCheck.too_slow itself.
+settings.register_profile("voicebridge", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("voicebridge")
+
+TESTS = Path(__file__).resolve().parent
+MARK_BY_FOLDER = {"unit": pytest.mark.unit, "integration": pytest.mark.integration, "browser": pytest.mark.browser}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            folder = item.path.resolve().relative_to(TESTS).parts[0]
+        except ValueError:  # not under tests/
+            continue
+        mark = MARK_BY_FOLDER.get(folder)
+        if mark is not None and item.get_closest_marker(mark.name) is None:
+            item.add_marker(mark)
 
 
 @pytest.fixture(autouse=True)

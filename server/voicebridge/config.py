@@ -44,6 +44,8 @@ class Settings:
     artifacts_dir: Path = Path("calls")
     session_timeout_s: float = 10.0
     hangup_drain_timeout_s: float = 5.0
+    # After the last words played out: how long the hang-up waits for the other side's transcription of them.
+    hangup_hear_timeout_s: float = 3.0
     tool_timeout_s: float = 10.0
     # aiortc notices a dead peer only after ~30 s (ICE consent); a live one sends RTP/RTCP every second or so.
     # A WebRTC leg that receives nothing at all for this long has lost its peer (0 turns the watchdog off).

@@ -31,8 +31,9 @@ def _id(prefix: str) -> str:
 class FakeLeg(Leg):
     """Acknowledges context items like the API; everything else is driven by the test through `server()`."""
 
-    def __init__(self, role: str, settings: Settings) -> None:
+    def __init__(self, role: str, settings: Settings, order: list[str] | None = None) -> None:
         super().__init__(role)
+        self.order = order if order is not None else []  # shared by a call's legs: "<role> <what>", in order
         self.sent: list[dict[str, Any]] = []
         self.hung_up = False
         self.sent_signal = asyncio.Event()
@@ -58,9 +59,11 @@ class FakeLeg(Leg):
             )
 
     def server(self, event: dict[str, Any]) -> None:
+        self.order.append(f"{self.role} {event['type']}")
         self._received({"event_id": _id("event"), **event})
 
     async def hangup(self) -> None:
+        self.order.append(f"{self.role} hangup")
         self.hung_up = True
         if self.state != "failed":
             self.state = "closed"
@@ -85,6 +88,13 @@ class FakeLeg(Leg):
                 await self.sent_signal.wait()
 
         return await asyncio.wait_for(loop(), limit_s)
+
+
+async def loop_turns(n: int = 50) -> None:
+    """Let whatever is ready run for n turns of the event loop: a fixed amount of progress on any machine (a
+    wall-clock sleep gives a slow machine fewer turns). Used before asserting that something did NOT happen."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 def scenario(**over: Any) -> Scenario:
@@ -134,10 +144,18 @@ def fcall(rid: str, name: str, args: dict[str, Any], call_id: str) -> dict[str, 
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, sc: Scenario | None = None, tools: ToolRegistry | None = None) -> None:
+    def __init__(
+        self, tmp_path: Path, sc: Scenario | None = None, tools: ToolRegistry | None = None, **settings: Any
+    ) -> None:
         self.legs: dict[str, FakeLeg] = {}
+        self.order: list[str] = []
         self.settings = Settings(
-            base_url="http://127.0.0.1:9/v1", hangup_drain_timeout_s=1.0, session_timeout_s=2.0
+            **{
+                "base_url": "http://127.0.0.1:9/v1",
+                "hangup_drain_timeout_s": 1.0,
+                "session_timeout_s": 10.0,
+                **settings,
+            }
         )
         self.tools = tools or ToolRegistry()
         self.call = Call(
@@ -150,7 +168,7 @@ class Harness:
         )
 
     def make(self, role: str, settings: Settings) -> Leg:
-        leg = FakeLeg(role, settings)
+        leg = FakeLeg(role, settings, self.order)
         self.legs[role] = leg
         return leg
 
@@ -164,18 +182,22 @@ class Harness:
 
 
 def make_tools(log: list[str]) -> ToolRegistry:
-    reg = ToolRegistry(timeout_s=0.5)
+    reg = ToolRegistry(timeout_s=30)  # a safety net: no test here waits for a tool to time out
+    refund_started = asyncio.Event()
 
     @reg.register
     async def lookup_order(order_id: str) -> dict[str, Any]:
         """Look an order up."""
         log.append(f"lookup_order {order_id}")
-        await asyncio.sleep(0.05)  # both calls of one response overlap: they run concurrently
+        # The calls of one response run concurrently: this one (the first) returns only once the second has
+        # started. Run one after the other, it would never return (and the test fails on its timeout).
+        await refund_started.wait()
         return {"order_id": order_id, "status": "delayed"}
 
     @reg.register
     async def issue_refund(order_id: str, reason: str) -> dict[str, Any]:
         """Refund an order."""
+        refund_started.set()
         log.append(f"issue_refund {order_id}")
         return {"order_id": order_id, "amount": 42}
 
@@ -224,7 +246,7 @@ async def test_parallel_tool_calls_then_one_response_create_after_the_active_res
     h.cs.server(created("resp_2"))
     await h.cs.wait_sent(lambda e: e.get("item", {}).get("call_id") == "call_a")
     await h.cs.wait_sent(lambda e: e.get("item", {}).get("call_id") == "call_b")
-    await asyncio.sleep(0)
+    await loop_turns()
     first_speaker = 1
     assert h.cs.types().count("response.create") == first_speaker  # still held back: resp_2 is active
     h.cs.server(done("resp_2"))
@@ -243,6 +265,7 @@ async def test_parallel_tool_calls_then_one_response_create_after_the_active_res
     assert sorted(log) == ["issue_refund 4217", "lookup_order 4217"]
     assert {r["name"]: r["ok"] for r in results} == {"lookup_order": True, "issue_refund": True}
     await h.call.hangup()
+    assert_no_response_create_while_active(read_events(tmp_path / "call"))
 
 
 async def test_tool_errors_are_outputs_and_the_call_goes_on(tmp_path: Path) -> None:
@@ -281,7 +304,10 @@ async def test_caller_may_only_hang_up(tmp_path: Path) -> None:
 
 
 async def test_caller_hangup_waits_for_playout_and_the_other_side_hearing_it(tmp_path: Path) -> None:
-    h = Harness(tmp_path)
+    # Timeouts far beyond the test: only the events may end the waits, however slow the machine is.
+    h = Harness(tmp_path, hangup_drain_timeout_s=60.0, hangup_hear_timeout_s=60.0)
+    ending = asyncio.Event()
+    h.call.on("state", lambda s: s == "ending" and ending.set())
     await h.call.start()
     h.caller.server(created("r1"))
     h.caller.server({"type": "output_audio_buffer.started", "response_id": "r1"})
@@ -289,10 +315,11 @@ async def test_caller_hangup_waits_for_playout_and_the_other_side_hearing_it(tmp
     h.caller.server(done("r1"))
     ack = await h.caller.wait_sent(lambda e: e.get("item", {}).get("call_id") == "hang_1")
     assert json.loads(ack["item"]["output"]) == {"ok": True}
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(ending.wait(), 5)
+    await loop_turns()
     assert h.call.state == "ending" and not h.caller.hung_up  # the goodbye is still playing
     h.caller.server({"type": "output_audio_buffer.stopped", "response_id": "r1"})
-    await asyncio.sleep(0.05)
+    await loop_turns()
     assert not h.caller.hung_up  # ... and the CS side has not transcribed it yet
     h.cs.server(
         {
@@ -304,6 +331,11 @@ async def test_caller_hangup_waits_for_playout_and_the_other_side_hearing_it(tmp
     )
     await h.call.wait_ended(5)
     assert h.call.end_reason == "caller_hangup" and h.call.ended_by == "caller"
+    # In the order things happened: played out, then heard by the CS side, then (only then) the legs hung up.
+    order = h.order
+    stopped = order.index("caller output_audio_buffer.stopped")
+    heard = order.index("cs conversation.item.input_audio_transcription.completed")
+    assert stopped < heard < order.index("caller hangup") and heard < order.index("cs hangup")
     assert h.caller.types().count("response.create") == 0  # a hang-up ack asks for no response
     summary = json.loads((tmp_path / "call" / "summary.json").read_text())
     assert summary["end_reason"] == "caller_hangup"
@@ -350,11 +382,26 @@ async def test_results_after_the_call_ended_are_not_sent(tmp_path: Path) -> None
 
     h = Harness(tmp_path, tools=reg)
     await h.call.start()
+    # The tool finishes exactly when the call has stopped sending results (FunctionCalls.close), not after a
+    # guessed delay: a spy on close() says when.
+    functions = h.call.functions["cs"]
+    stopped_sending = asyncio.Event()
+    real_close = functions.close
+
+    async def close(limit_s: float = 2.0) -> None:
+        closing = asyncio.ensure_future(real_close(limit_s))
+        await asyncio.sleep(0)  # close() marks itself closed before its first wait
+        assert functions.closed
+        stopped_sending.set()
+        await closing
+
+    functions.close = close  # type: ignore[method-assign]
     h.cs.server(created("r1"))
     h.cs.server(fcall("r1", "slow", {}, "c_slow"))
     h.cs.server(done("r1"))
     end = asyncio.ensure_future(h.call.hangup())
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(stopped_sending.wait(), 5)
+    assert not end.done()  # the call waits (bounded) for the tool it still runs
     release.set()
     await asyncio.wait_for(end, 5)
     assert not any(e.get("item", {}).get("call_id") == "c_slow" for e in h.cs.sent)

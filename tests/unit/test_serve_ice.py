@@ -7,6 +7,7 @@ import pytest
 from voicebridge.backend import keep_ice_on_loopback
 from voicebridge.signaling.security import is_loopback_host
 
+pytestmark = pytest.mark.unit
 LOCAL_EMULATOR = "http://127.0.0.1:8765/v1"
 
 

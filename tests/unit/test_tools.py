@@ -102,16 +102,19 @@ async def test_sync_and_async_tools_run_and_results_are_json() -> None:
 
 
 async def test_errors_become_json_outputs_the_model_can_read() -> None:
-    reg = ToolRegistry(timeout_s=0.2)
+    # Tools that finish get a generous timeout: a sync tool runs in a thread, and a loaded machine must not turn
+    # its error into a timeout. The registry-wide timeout is exercised by a tool that can never finish.
+    reg = ToolRegistry(timeout_s=60)
+    timed = ToolRegistry(timeout_s=0.2)
 
     @reg.register
     def boom(order_id: str) -> None:
         """Always fails."""
         raise LookupError(f"there is no order {order_id}")
 
-    @reg.register
+    @timed.register
     async def slow() -> None:
-        """Never finishes in time."""
+        """Never finishes."""
         await asyncio.Event().wait()
 
     @reg.register
@@ -120,17 +123,17 @@ async def test_errors_become_json_outputs_the_model_can_read() -> None:
         return object()
 
     cases = {
-        ("boom", '{"order_id": "1"}'): ("tool_error", "there is no order 1"),
-        ("slow", "{}"): ("timeout", "within 0.2 s"),
-        ("boom", '{"order_id": 5}'): ("invalid_arguments", "order_id"),
-        ("boom", "{}"): ("invalid_arguments", "'order_id' is a required property"),
-        ("boom", '{"order_id": "1", "extra": 1}'): ("invalid_arguments", "extra"),
-        ("boom", "{not json"): ("invalid_arguments", "not valid JSON"),
-        ("nope", "{}"): ("unknown_tool", "available: boom, slow, bad_value"),
-        ("bad_value", ""): ("tool_error", "not JSON"),
+        (reg, "boom", '{"order_id": "1"}'): ("tool_error", "there is no order 1"),
+        (timed, "slow", "{}"): ("timeout", "within 0.2 s"),
+        (reg, "boom", '{"order_id": 5}'): ("invalid_arguments", "order_id"),
+        (reg, "boom", "{}"): ("invalid_arguments", "'order_id' is a required property"),
+        (reg, "boom", '{"order_id": "1", "extra": 1}'): ("invalid_arguments", "extra"),
+        (reg, "boom", "{not json"): ("invalid_arguments", "not valid JSON"),
+        (reg, "nope", "{}"): ("unknown_tool", "available: boom, bad_value"),
+        (reg, "bad_value", ""): ("tool_error", "not JSON"),
     }
-    for (name, args), (kind, text) in cases.items():
-        r = await reg.run(name, args)
+    for (registry, name, args), (kind, text) in cases.items():
+        r = await registry.run(name, args)
         assert not r.ok, (name, args)
         err = json.loads(r.output)["error"]
         assert err["type"] == kind, (name, args, err)

@@ -50,7 +50,6 @@ _ACTIVITY = (
     "response.done",
     "output_audio_buffer.stopped",
 )
-HEAR_TIMEOUT_S = 3.0
 
 
 async def _all_or_cancel(aws: list[Coroutine[Any, Any, None]]) -> None:
@@ -371,15 +370,16 @@ class Call(AsyncIOEventEmitter):
         )
         if not played:
             log.warning("call %s: last words still playing after %.1f s; ending anyway", self.id, limit)
+        hear_limit = self.settings.hangup_hear_timeout_s
         heard = await self._wait_until(
             lambda: not any(self.transcript.unheard[r] for r in roles if not self.legs[OTHER[r]].failed),
-            HEAR_TIMEOUT_S,
+            hear_limit,
         )
         if not heard:
             log.info(
                 "call %s: the other side did not confirm hearing the last words within %.1f s",
                 self.id,
-                HEAR_TIMEOUT_S,
+                hear_limit,
             )
 
     async def _finish(self, reason: EndReason, by: str, error: str | None) -> None:

@@ -1,0 +1,61 @@
+"""voicebridge bench for real: one small job per relay kind (the bridge in this process, a real load process, real
+WebRTC on loopback) and the CLI end to end. What is asserted is what the bench measured and how it counts, never how
+fast: every figure is compared with another measured in the same run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from voicebridge.bench.bridge import Job, run_job
+from voicebridge.bench.report import figures
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_a_small_passthrough_job_relays_every_packet_and_matches_them_end_to_end() -> None:
+    raw = await run_job(Job("passthrough", 1, 1.0, 0.3, listeners=2))
+    lv = figures(raw)
+    win = raw["window"]
+    assert win["bridge_in"] > 0 and win["bridge_out"] == win["bridge_in"] and win["bridge_dropped"] == 0
+    assert lv["added_latency_ms"]["count"] == win["bridge_out"]  # one latency sample per forwarded packet
+    assert lv["e2e_latency_ms"]["count"] > 0  # the load matched payloads sent by one agent, received by the other
+    assert lv["e2e_latency_ms"]["p50"] > lv["presend_latency_ms"]["p50"] > 0
+    assert lv["packets_sent"] > 0 and lv["mem_mib_per_call"] is not None
+    fan = lv["fanout"]
+    assert fan["listeners"] == 2 and fan["listener_delivery_pct"] > 0
+
+
+async def test_a_small_transcode_job_decodes_and_reencodes_and_traces_frames_to_packets() -> None:
+    raw = await run_job(Job("transcode", 1, 1.0, 0.3))
+    lv = figures(raw)
+    assert lv["added_latency_ms"]["count"] > 0  # decoded frames traced back to the packets they came from
+    assert lv["e2e_latency_ms"] is None  # re-encoded payloads cannot be matched: reported as such
+    assert raw["window"]["bridge_in"] > 0 and raw["window"]["bridge_out"] > 0  # packets in, frames out
+    assert lv["packets_received"] > 0
+
+
+def test_bench_cli_json_last_line_and_files(tmp_path: Path) -> None:
+    flags = ["--quick", "--calls", "1", "--relay", "passthrough", "--json", "--out", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "voicebridge.cli", "bench", *flags],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("calls", "added_latency_ms", "cpu_pct_per_call", "mem_mib_per_call", "loss_pct", "setup_ms_p50"):
+        assert key in result, key
+    assert result["calls"] == 1 and set(result["added_latency_ms"]) >= {"p50", "p99", "max"}
+    assert "baseline" in result and result["baseline"] is None  # --relay passthrough: no baseline run
+    assert result["max_calls_without_loss"] in (0, 1) and len(result["levels"]) == 1
+    assert json.loads((tmp_path / "bench.json").read_text())["levels"] == result["levels"]
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "[bench" in proc.stderr  # progress on stderr
