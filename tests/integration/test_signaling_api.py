@@ -9,7 +9,6 @@ the real Call.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -276,7 +275,7 @@ async def test_too_many_live_calls(client: TestClient[Any, Any]) -> None:
 
 async def test_api_key_never_in_a_response(client: TestClient[Any, Any], tmp_path: Path) -> None:
     # A call whose summary (wrongly) carries the key: the server must redact it on every path out.
-    leaky = dataclasses.replace(load_scenario("late_order"), name="leaky")
+    leaky = load_scenario("late_order").model_copy(update={"name": "leaky"})
     rec = client.app[MANAGER].start(leaky)
     texts = [
         await (await client.get(p)).text()
