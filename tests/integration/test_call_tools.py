@@ -54,7 +54,7 @@ after_tool = "explode"
 call = { name = "slow", arguments = { seconds = 60 } }
 [[cs.script]]
 after_tool = "slow"
-call = { name = "lookup_order", arguments = { order = 5 } }
+call = { name = "lookup_order", arguments = { order_id = 5, order = 5 } }
 [[cs.script]]
 after_tool = "lookup_order"
 say = "Sorry, our system is down. Goodbye."
@@ -131,6 +131,11 @@ async def test_refused_caller_function_and_failing_tools_do_not_end_the_call(
     }
     assert kinds == {"cs.explode": "tool_error", "cs.slow": "timeout", "cs.lookup_order": "invalid_arguments"}
     assert "on fire" in json.loads(by_name["cs.explode"]["output"])["error"]["message"]
+    bad_arguments = (
+        "bad arguments for lookup_order: order_id: expected a string, got 5 (an integer); "
+        "order: unknown field (known: order_id)"
+    )
+    assert json.loads(by_name["cs.lookup_order"]["output"])["error"]["message"] == bad_arguments
     assert by_name["caller.hangup"]["ok"]
 
     # The call went on after each error: the CS said its last line and the caller heard it.
@@ -144,3 +149,11 @@ async def test_refused_caller_function_and_failing_tools_do_not_end_the_call(
     # Every error output was followed by a response.create on the CS leg (four function calls in all).
     cs_out = [r["event"]["type"] for r in events if r["leg"] == "cs" and r["direction"] == "out"]
     assert cs_out.count("response.create") == 1 + 3
+    # The model itself is told which argument was wrong and why, in the function_call_output it gets.
+    outputs = [
+        r["event"]["item"]["output"]
+        for r in events
+        if r["leg"] == "cs" and r["direction"] == "out" and r["event"]["type"] == "conversation.item.create"
+        and r["event"]["item"].get("type") == "function_call_output"
+    ]
+    assert any(bad_arguments in json.loads(o)["error"]["message"] for o in outputs), outputs

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, TypedDict
 
-import jsonschema
 import pytest
 
 from voicebridge.bridge.tools import ToolDefinitionError, ToolRegistry, tool_from_function
+from voicebridge.scenarios.shop import build_tools
 
 pytestmark = pytest.mark.unit
 
@@ -37,22 +38,93 @@ def find_flights(
     return {"origin": origin}
 
 
+def _keys(schema: Any) -> set[str]:
+    """Every key used anywhere in a schema."""
+    if isinstance(schema, dict):
+        return set(schema).union(*(_keys(v) for v in schema.values()))
+    if isinstance(schema, list):
+        return set().union(*(_keys(v) for v in schema))
+    return set()
+
+
+UNSET: Any = object()
+
+
+class Point(TypedDict):
+    x: int
+
+
 def test_schema_from_type_hints_and_docstring() -> None:
     tool = tool_from_function(find_flights)
     assert tool.description == "Find flights from an airport."
-    props = tool.parameters["properties"]
-    assert props["origin"] == {"type": "string", "description": "IATA code of the departure airport."}
-    assert props["passengers"]["type"] == "integer"
-    assert props["passengers"]["description"] == "How many people travel, children included."
-    assert props["cabin"]["enum"] == ["economy", "business"] and props["cabin"]["default"] == "economy"
-    assert props["max_price"]["anyOf"] == [{"type": "number"}, {"type": "null"}]
-    assert props["tags"]["anyOf"][0] == {"type": "array", "items": {"type": "string"}}
-    assert props["direct"]["type"] == "boolean"
-    assert tool.parameters["required"] == ["origin", "passengers"]
-    assert tool.parameters["additionalProperties"] is False
-    jsonschema.Draft202012Validator.check_schema(tool.parameters)
+    # The exact schema the hand-written generator produced before pydantic built it.
+    assert tool.parameters == {
+        "type": "object",
+        "properties": {
+            "origin": {"type": "string", "description": "IATA code of the departure airport."},
+            "passengers": {"type": "integer", "description": "How many people travel, children included."},
+            "cabin": {"type": "string", "enum": ["economy", "business"], "description": "Cabin class.",
+                      "default": "economy"},
+            "max_price": {"anyOf": [{"type": "number"}, {"type": "null"}], "default": None},
+            "tags": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}], "default": None},
+            "direct": {"type": "boolean", "default": False},
+        },
+        "required": ["origin", "passengers"],
+        "additionalProperties": False,
+    }  # fmt: skip
     decl = tool.declaration()
     assert decl["type"] == "function" and decl["name"] == "find_flights"
+
+
+def test_demo_shop_declarations_are_unchanged(tmp_path: Path) -> None:
+    """What the Realtime API gets for the demo tools, byte for byte what it got before pydantic: an OpenAI function
+    tool's parameters (object, properties, required, additionalProperties false) and nothing else: no `title`,
+    no `$defs`."""
+    decls = build_tools(tmp_path).declarations()
+    order_id = 'The order number the customer gives, digits only, for example "4217".'
+    assert decls == [
+        {
+            "type": "function",
+            "name": "lookup_order",
+            "description": "Look up an order by its number: item, status, amount and dates.",
+            "parameters": {
+                "type": "object",
+                "properties": {"order_id": {"type": "string", "description": order_id}},
+                "required": ["order_id"],
+                "additionalProperties": False,
+            },
+        },
+        {
+            "type": "function",
+            "name": "issue_refund",
+            "description": "Refund an order in full. Only orders that are delayed or lost can be refunded, "
+            "and only once.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "order_id": {"type": "string", "description": 'The order number, digits only, for example "4217".'},
+                    "reason": {
+                        "type": "string",
+                        "description": 'Why the order is refunded, in a few words, for example "late delivery".',
+                    },
+                },
+                "required": ["order_id", "reason"],
+                "additionalProperties": False,
+            },
+        },
+    ]
+    for decl in decls:
+        assert not _keys(decl["parameters"]) & {"title", "$defs", "$ref"}
+
+
+def test_a_tool_without_parameters_declares_an_empty_object() -> None:
+    def ping() -> str:
+        """Ping."""
+        return "pong"
+
+    assert tool_from_function(ping).parameters == {
+        "type": "object", "properties": {}, "required": [], "additionalProperties": False
+    }  # fmt: skip
 
 
 def test_untyped_or_unsupported_parameters_are_refused() -> None:
@@ -68,6 +140,18 @@ def test_untyped_or_unsupported_parameters_are_refused() -> None:
         tool_from_function(weird)
     with pytest.raises(ToolDefinitionError, match="must match"):
         tool_from_function(find_flights, name="bad name!")
+
+    def not_json_default(when: str | None = UNSET) -> None:
+        return None
+
+    with pytest.raises(ToolDefinitionError, match=r"not_json_default.when: the default <object .*> is not JSON"):
+        tool_from_function(not_json_default)
+
+    def nested(p: Point) -> None:  # would need `$defs` in the schema
+        return None
+
+    with pytest.raises(ToolDefinitionError, match="unsupported parameter type"):
+        tool_from_function(nested)
 
 
 def test_duplicate_names_are_refused() -> None:
@@ -125,9 +209,10 @@ async def test_errors_become_json_outputs_the_model_can_read() -> None:
     cases = {
         (reg, "boom", '{"order_id": "1"}'): ("tool_error", "there is no order 1"),
         (timed, "slow", "{}"): ("timeout", "within 0.2 s"),
-        (reg, "boom", '{"order_id": 5}'): ("invalid_arguments", "order_id"),
-        (reg, "boom", "{}"): ("invalid_arguments", "'order_id' is a required property"),
-        (reg, "boom", '{"order_id": "1", "extra": 1}'): ("invalid_arguments", "extra"),
+        (reg, "boom", '{"order_id": 5}'): ("invalid_arguments", "order_id: expected a string, got 5 (an integer)"),
+        (reg, "boom", "{}"): ("invalid_arguments", "order_id: required but missing"),
+        (reg, "boom", '{"order_id": "1", "extra": 1}'): ("invalid_arguments", "extra: unknown field (known: order_id)"),
+        (reg, "boom", "[1, 2]"): ("invalid_arguments", "bad arguments for boom: expected an object, got an array"),
         (reg, "boom", "{not json"): ("invalid_arguments", "not valid JSON"),
         (reg, "nope", "{}"): ("unknown_tool", "available: boom, bad_value"),
         (reg, "bad_value", ""): ("tool_error", "not JSON"),
@@ -152,3 +237,34 @@ async def test_per_tool_timeout_overrides_the_registry() -> None:
     reg.register(nap, timeout_s=0.05)
     r = await asyncio.wait_for(reg.run("nap", "{}"), 5)
     assert not r.ok and json.loads(r.output)["error"]["type"] == "timeout"
+
+
+async def test_arguments_are_validated_by_the_type_that_made_the_schema() -> None:
+    """JSON types are strict (the schema says integer: "2" is refused, not converted); the error names every
+    wrong argument, what its type is and what was sent."""
+    reg = ToolRegistry()
+    reg.register(find_flights)
+    r = await reg.run("find_flights", '{"origin": "OSL", "passengers": "2", "direct": "yes", "tags": ["a", 3]}')
+    assert not r.ok
+    message = json.loads(r.output)["error"]["message"]
+    assert message == (
+        "bad arguments for find_flights: passengers: expected an integer, got '2' (a string); "
+        "tags[1]: expected a string, got 3 (an integer); direct: expected true or false, got 'yes' (a string)"
+    )
+    r = await reg.run("find_flights", '{"origin": "OSL", "passengers": 2, "cabin": "first"}')
+    assert "cabin: expected 'economy' or 'business', got 'first' (a string)" in json.loads(r.output)["error"]["message"]
+    r = await reg.run("find_flights", '{"origin": "OSL", "passengers": 2, "max_price": 300}')
+    assert r.ok and r.arguments == {"origin": "OSL", "passengers": 2, "max_price": 300}  # recorded as sent
+
+
+async def test_parameter_names_a_model_class_would_reserve_and_json_arrays_as_tuples() -> None:
+    reg = ToolRegistry()
+
+    @reg.register
+    def export(json: str, copy: bool = False, schema: tuple[int, ...] = (), _draft: float = 1.0) -> list[object]:
+        """Names that BaseModel reserves or hides."""
+        return [json, copy, list(schema), _draft]
+
+    assert set(reg.declarations()[0]["parameters"]["properties"]) == {"json", "copy", "schema", "_draft"}
+    r = await reg.run("export", '{"json": "csv", "schema": [1, 2], "_draft": 2}')
+    assert r.ok and json.loads(r.output) == ["csv", False, [1, 2], 2.0]

@@ -1,8 +1,9 @@
 """Tool registry: typed Python functions (sync or async) exposed to the CS agent as Realtime function tools.
 
-The JSON schema of each tool comes from its type hints; its description and parameter descriptions from the
-docstring (Google style `Args:` section). Running a tool never raises: bad arguments, exceptions, timeouts and
-unknown names become a JSON error the model can talk about, so one broken tool never ends a call.
+Each tool's parameters become a pydantic TypedDict built from the function's signature: its JSON schema is what the
+model is told (descriptions from the docstring's Google style `Args:` section), and the same type validates the
+arguments the model sends. Running a tool never raises: bad arguments, exceptions, timeouts and unknown names become
+a JSON error the model can talk about, so one broken tool never ends a call.
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, NotRequired, Required, Union, get_args, get_origin, get_type_hints
 
-import jsonschema
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticSerializationError, to_json
+from typing_extensions import TypedDict
+
+from voicebridge.validation import explain
 
 log = logging.getLogger(__name__)
 # Bounds on what crosses the model boundary: arguments a model sends, and an output that must fit in one
@@ -27,48 +33,58 @@ MAX_ARGUMENT_CHARS = 64 * 1024
 MAX_OUTPUT_CHARS = 128 * 1024
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_SUPPORTED = "use str, int, float, bool, Literal, list, dict or X | None"
+# Arguments are JSON: a parameter gets exactly the JSON type its schema names (no "5" for 5, no "yes" for true).
+_ARGUMENTS_CONFIG = ConfigDict(extra="forbid", strict=True)
+# typing_extensions.TypedDict (pydantic needs it before Python 3.12) built from a runtime dict of fields, which
+# mypy only accepts through an untyped name.
+_typed_dict: Any = TypedDict
 
 
 class ToolDefinitionError(TypeError):
     """A function cannot be turned into a tool (bad name, missing or unsupported type hint)."""
 
 
-def _schema_for(hint: Any, where: str) -> dict[str, Any]:
-    """JSON schema of one parameter type; only types a model can produce as JSON are allowed."""
-    if hint is str:
-        return {"type": "string"}
-    if hint is bool:  # before int: bool is a subclass of int
-        return {"type": "boolean"}
-    if hint is int:
-        return {"type": "integer"}
-    if hint is float:
-        return {"type": "number"}
+def _check_hint(hint: Any, where: str) -> None:
+    """Refuse a parameter type a model cannot produce as JSON, or whose schema would need `$defs`."""
+    if hint in (str, bool, int, float, list, tuple, dict):
+        return
     origin = get_origin(hint)
     args = get_args(hint)
     if origin is Literal:
         kinds = {type(a) for a in args}
-        if kinds <= {str}:
-            return {"type": "string", "enum": list(args)}
-        if kinds <= {int}:
-            return {"type": "integer", "enum": list(args)}
-        raise ToolDefinitionError(f"{where}: Literal values must be all str or all int")
-    if origin in (list, tuple) or hint in (list, tuple):
-        item = args[0] if args else None
-        schema: dict[str, Any] = {"type": "array"}
-        if item is not None and item is not Ellipsis:
-            schema["items"] = _schema_for(item, where)
-        return schema
-    if origin is dict or hint is dict:
-        return {"type": "object"}
+        if not (kinds <= {str} or kinds <= {int}):
+            raise ToolDefinitionError(f"{where}: Literal values must be all str or all int")
+        return
+    if origin in (list, tuple):
+        for item in args:
+            if item is not Ellipsis:
+                _check_hint(item, where)
+        return
+    if origin is dict:
+        if len(args) == 2 and args[1] is not Any:
+            _check_hint(args[1], where)
+        return
     if origin in (Union, types.UnionType):
         non_none = [a for a in args if a is not type(None)]
         if len(non_none) == 1 and len(args) == 2:
-            inner = _schema_for(non_none[0], where)
-            return {"anyOf": [inner, {"type": "null"}]}
-    raise ToolDefinitionError(
-        f"{where}: unsupported parameter type {hint!r} (use str, int, float, bool, "
-        "Literal, list, dict or X | None)"
-    )
+            _check_hint(non_none[0], where)
+            return
+    raise ToolDefinitionError(f"{where}: unsupported parameter type {hint!r} ({_SUPPORTED})")
+
+
+class _OpenAISchema(GenerateJsonSchema):
+    """JSON schema as a function tool's `parameters`: no `title` on each property (pydantic's default), which the
+    model would read as noise."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def generate(self, schema: CoreSchema, mode: Any = "validation") -> JsonSchemaValue:
+        out = super().generate(schema, mode)
+        out.pop("title", None)  # the TypedDict's name
+        out.setdefault("required", [])  # pydantic leaves it out when empty; some APIs require the key
+        return out
 
 
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
@@ -101,6 +117,8 @@ class Tool:
     description: str
     parameters: dict[str, Any]
     fn: Callable[..., Any]
+    arguments_type: Any  # the TypedDict of the parameters; `parameters` is its JSON schema
+    validator: TypeAdapter[dict[str, Any]]  # validates what the model sends against `arguments_type`
     timeout_s: float | None = None
 
     def declaration(self) -> dict[str, Any]:
@@ -149,29 +167,30 @@ def tool_from_function(
     except Exception as e:  # unresolvable forward references
         raise ToolDefinitionError(f"{tool_name}: cannot resolve type hints: {e}") from e
     description, docs = _parse_docstring(inspect.getdoc(fn) or "")
-    properties: dict[str, Any] = {}
-    required: list[str] = []
+    # A TypedDict rather than a BaseModel: parameters may be called `json`, `copy`, `schema` or `_x` (names a
+    # model reserves or hides), and what validates is a plain dict, ready for fn(**arguments).
+    fields: dict[str, Any] = {}
     for pname, param in inspect.signature(fn).parameters.items():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            raise ToolDefinitionError(f"{tool_name}: *args/**kwargs cannot be described to a model")
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
+            raise ToolDefinitionError(
+                f"{tool_name}: *args, **kwargs and positional-only parameters cannot be described to a model"
+            )
         if pname not in hints:
             raise ToolDefinitionError(f"{tool_name}: parameter {pname!r} has no type hint")
-        schema = _schema_for(hints[pname], f"{tool_name}.{pname}")
-        if pname in docs:
-            schema["description"] = docs[pname]
+        _check_hint(hints[pname], f"{tool_name}.{pname}")
+        doc = docs.get(pname)
         if param.default is param.empty:
-            required.append(pname)
+            fields[pname] = Required[Annotated[hints[pname], Field(description=doc)]]
         else:
-            schema["default"] = param.default
-        properties[pname] = schema
-    parameters = {
-        "type": "object",
-        "properties": properties,
-        "required": required,
-        "additionalProperties": False,
-    }
-    jsonschema.Draft202012Validator.check_schema(parameters)
-    return Tool(tool_name, description or tool_name, parameters, fn, timeout_s)
+            try:
+                to_json(param.default)  # the schema shows it to the model
+            except PydanticSerializationError:
+                raise ToolDefinitionError(f"{tool_name}.{pname}: the default {param.default!r} is not JSON") from None
+            fields[pname] = NotRequired[Annotated[hints[pname], Field(param.default, description=doc)]]
+    args_type = with_config(_ARGUMENTS_CONFIG)(_typed_dict(f"{tool_name}_arguments", fields))
+    adapter: TypeAdapter[dict[str, Any]] = TypeAdapter(args_type)
+    parameters = adapter.json_schema(schema_generator=_OpenAISchema)
+    return Tool(tool_name, description or tool_name, parameters, fn, args_type, adapter, timeout_s)
 
 
 def _error(kind: str, message: str) -> str:
@@ -240,21 +259,18 @@ class ToolRegistry:
             msg = f"arguments are not valid JSON: {e if isinstance(e, json.JSONDecodeError) else 'nested too deep'}"
             return done(_error("invalid_arguments", msg), False, arguments[:200], msg)
         try:
-            jsonschema.validate(args, tool.parameters)
-        except RecursionError:
-            msg = f"bad arguments for {name}: nested too deep"
-            return done(_error("invalid_arguments", msg), False, arguments[:200], msg)
-        except jsonschema.ValidationError as e:
-            where = "/".join(str(p) for p in e.absolute_path) or "arguments"
-            msg = f"bad arguments for {name}: {where}: {e.message}"
+            # The JSON text, not `args`: in JSON mode a strict tuple parameter accepts an array.
+            kwargs = tool.validator.validate_json(arguments if arguments.strip() else "{}")
+        except ValidationError as e:
+            msg = f"bad arguments for {name}: {explain(e, tool.arguments_type)}"
             return done(_error("invalid_arguments", msg), False, args, msg)
         timeout = tool.timeout_s if tool.timeout_s is not None else self.timeout_s
         try:
             if inspect.iscoroutinefunction(tool.fn):
-                value = await asyncio.wait_for(tool.fn(**args), timeout)
+                value = await asyncio.wait_for(tool.fn(**kwargs), timeout)
             else:
                 # Blocking tools (SQLite, files) run in a thread so the media and events keep flowing.
-                value = await asyncio.wait_for(asyncio.to_thread(tool.fn, **args), timeout)
+                value = await asyncio.wait_for(asyncio.to_thread(tool.fn, **kwargs), timeout)
         except TimeoutError:
             msg = f"{name} did not finish within {timeout:g} s"
             return done(_error("timeout", msg), False, args, msg)
