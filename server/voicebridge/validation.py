@@ -128,7 +128,7 @@ def _type_at(root: Any, loc: tuple[int | str, ...]) -> Any:
     return tp
 
 
-def problem(error: ErrorDetails, root: Any = None, object_word: str = "an object") -> str:
+def problem(error: ErrorDetails, root: type | None = None, object_word: str = "an object") -> str:
     """One error as `location: what was expected, what was given`; `root` (the validated model or TypedDict)
     lets an unknown field be answered with the known ones."""
     loc = tuple(error["loc"])
@@ -165,7 +165,7 @@ def problem(error: ErrorDetails, root: Any = None, object_word: str = "an object
     return f"{at}expected {expected}, got {shown(given)}"
 
 
-def explain(exc: ValidationError, root: Any = None, object_word: str = "an object") -> str:
+def explain(exc: ValidationError, root: type | None = None, object_word: str = "an object") -> str:
     """Every problem of a ValidationError (the first MAX_PROBLEMS), joined into one line."""
     errors = exc.errors()
     parts = [problem(e, root, object_word) for e in errors[:MAX_PROBLEMS]]

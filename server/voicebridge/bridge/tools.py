@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired, Required, Union, get_args, get_origin, get_type_hints
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticSerializationError, to_json
 from typing_extensions import TypedDict
 
@@ -77,10 +77,10 @@ class _OpenAISchema(GenerateJsonSchema):
     """JSON schema as a function tool's `parameters`: no `title` on each property (pydantic's default), which the
     model would read as noise."""
 
-    def field_title_should_be_set(self, schema: Any) -> bool:
+    def field_title_should_be_set(self, schema: object) -> bool:
         return False
 
-    def generate(self, schema: CoreSchema, mode: Any = "validation") -> JsonSchemaValue:
+    def generate(self, schema: CoreSchema, mode: JsonSchemaMode = "validation") -> JsonSchemaValue:
         out = super().generate(schema, mode)
         out.pop("title", None)  # the TypedDict's name
         out.setdefault("required", [])  # pydantic leaves it out when empty; some APIs require the key
@@ -117,7 +117,7 @@ class Tool:
     description: str
     parameters: dict[str, Any]
     fn: Callable[..., Any]
-    arguments_type: Any  # the TypedDict of the parameters; `parameters` is its JSON schema
+    arguments_type: type  # the TypedDict of the parameters; `parameters` is its JSON schema
     validator: TypeAdapter[dict[str, Any]]  # validates what the model sends against `arguments_type`
     timeout_s: float | None = None
 
