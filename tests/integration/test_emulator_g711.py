@@ -114,3 +114,28 @@ async def test_g711_speech_is_heard_and_answered_in_g711(emulator: Emulator, kin
     finally:
         await ws.close()
         await sdk.close()
+
+
+async def test_a_responses_own_output_format_applies_to_its_audio(emulator: Emulator) -> None:
+    """A PCM16 session; one response asks for μ-law: its deltas are 8 kHz G.711, the session stays PCM16."""
+    _, decode = REFERENCE["audio/pcmu"]
+    sdk = AsyncOpenAI(base_url=emulator.base_url, api_key="sk-test", max_retries=0)
+    ws = WsClient(await sdk.realtime.connect(model="gpt-realtime").enter())
+    try:
+        await ws.wait_for("session.created")
+        session = {"type": "realtime", "instructions": LATE_ORDER.cs.instructions}
+        await ws.send({"type": "session.update", "session": session})
+        updated = await ws.wait_for("session.updated")
+        assert updated["session"]["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+        start = len(ws.events)
+        pcmu = {"output": {"format": {"type": "audio/pcmu"}}}
+        await ws.send({"type": "response.create", "response": {"audio": pcmu}})
+        done = await ws.wait_for("response.done", start=start, within=30)
+        assert done["response"]["audio"]["output"]["format"] == {"type": "audio/pcmu"}
+        deltas = [e["delta"] for e in ws.events[start:] if e["type"] == "response.output_audio.delta"]
+        raw = b"".join(base64.b64decode(d) for d in deltas)
+        assert abs(len(raw) - FRAME * len(deltas)) <= FRAME  # one byte a sample at 8 kHz, not PCM16 at 24 kHz
+        assert np.abs(decode(np.frombuffer(raw, dtype=np.uint8))).max() > 3000
+    finally:
+        await ws.close()
+        await sdk.close()

@@ -64,6 +64,18 @@ def assistant_audio_item(item_id: str, transcript: str | None, status: str) -> E
     }
 
 
+def assistant_text_item(item_id: str, text: str | None, status: str) -> Event:
+    content = [] if text is None else [{"type": "output_text", "text": text}]
+    return {
+        "id": item_id,
+        "type": "message",
+        "object": "realtime.item",
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
 def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> Event:
     return {
         "id": item_id,
@@ -90,7 +102,10 @@ def response_object(
     usage: Event | None = None,
     metadata: dict[str, str] | None = None,
     conversation_id: str | None = None,
+    output_modalities: list[str] | None = None,
+    max_output_tokens: int | str = "inf",
 ) -> Event:
+    """`conversation_id` is the default conversation's id, or None for an out-of-band response."""
     return {
         "object": "realtime.response",
         "id": response_id,
@@ -98,8 +113,8 @@ def response_object(
         "status_details": status_details,
         "output": output,
         "conversation_id": conversation_id,
-        "output_modalities": ["audio"],
-        "max_output_tokens": "inf",
+        "output_modalities": output_modalities or ["audio"],
+        "max_output_tokens": max_output_tokens,
         "audio": {"output": {"format": audio_format or {"type": "audio/pcm", "rate": 24000}, "voice": voice}},
         "usage": usage,
         "metadata": metadata,

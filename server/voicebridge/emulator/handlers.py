@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import audio_formats
+from . import audio_formats, response_plan
 from . import events as ev
 from .hearing import HearingError
 from .schema import CLIENT_EVENTS, ApiError, check_client_event, check_session
@@ -201,24 +201,29 @@ def _item_delete(s: Session, data: dict[str, Any]) -> None:
 
 
 def _response_create(s: Session, data: dict[str, Any]) -> None:
-    if s.response is not None:
+    params = data.get("response") or {}
+    settings = response_plan.settings(s, params)
+    response_plan.resolve_input(s, params)  # a bad item reference is refused before anything happens
+    # Only the default conversation has one response at a time; out-of-band ones run beside it.
+    if settings.in_conversation and s.response is not None:
         raise ApiError(
             400,
             f"Conversation already has an active response in progress: {s.response.id}. "
             "Wait until the response is finished before creating a new one.",
             code="conversation_already_has_active_response",
         )
-    params = data.get("response") or {}
-    s.start_response(metadata=params.get("metadata"))
+    s.start_response(params)
 
 
 def _response_cancel(s: Session, data: dict[str, Any]) -> None:
+    # Without response_id: the default conversation's response (an out-of-band one must be named).
     wanted = data.get("response_id")
-    if s.response is None or (wanted is not None and wanted != s.response.id):
+    r = s.responses.get(wanted) if wanted is not None else s.response
+    if r is None:
         raise ApiError(
             400, "Cancellation failed: no active response found", code="response_cancel_not_active"
         )
-    s.cancel_response("client_cancelled")
+    s.cancel_response("client_cancelled", r)
 
 
 def _audio_append(s: Session, data: dict[str, Any]) -> None:

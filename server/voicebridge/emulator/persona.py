@@ -98,6 +98,22 @@ class Script:
     tool_outputs: dict[str, Any] = field(default_factory=dict)
     started: bool = False
 
+    def scratch(self) -> Script:
+        """A copy that knows what this one knows (rules fired, tool outputs) but changes nothing here: what an
+        out-of-band response answers with, so the conversation's own script is untouched."""
+        return Script(self.persona, set(self.fired), dict(self.tool_outputs), self.started)
+
+    def respond(self, outputs: list[str], heard: list[str], typed: list[str]) -> Action | None:
+        """What the persona does for a response, given what is new since its last one: the newest tool output
+        first, else what it heard, else what it was told in text, else it speaks first."""
+        if outputs:
+            return self.after_tool(outputs[-1])
+        if heard:
+            return self.on_heard(" ".join(heard))
+        if typed:
+            return self.on_typed(" ".join(typed))
+        return self.on_start()
+
     @property
     def phrases(self) -> list[str]:
         """What this persona may hear: the recognizer's grammar."""

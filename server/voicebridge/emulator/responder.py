@@ -5,6 +5,17 @@ content_part.added, output_audio_buffer.started, transcript deltas, transcript.d
 content_part.done, output_item.done, conversation.item.done] -> [function_call item: output_item.added,
 conversation.item.added, arguments delta/done, output_item.done, conversation.item.done] -> response.done.
 `output_audio_buffer.stopped` follows later, when the track has sent the line's last frame.
+
+A text-only response (`output_modalities: ["text"]`) has `output_text` content instead: content_part.added
+(`text`), output_text.delta*, output_text.done, content_part.done, and no audio anywhere. An out-of-band
+response (`conversation: "none"`) has no conversation.item.* events and leaves no item behind
+(response_plan.py).
+
+`max_output_tokens` counts what the usage reports as output: one text token per word (of a text answer, of an
+audio answer's transcript, of a function call's arguments) and one audio token per 100 ms of speech, about the
+real model's rate. A line over the budget is cut in proportion (the first words of the transcript, the first
+packets of the audio; the item is `incomplete`), nothing after it is produced, and the response ends
+`incomplete` with `status_details.reason` `max_output_tokens`. So `usage.output_tokens` never exceeds the limit.
 """
 
 from __future__ import annotations
@@ -17,73 +28,73 @@ from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from .persona import Action
-from .voice import VoiceError
+from .response_plan import Settings
+from .voice import FRAME_MS, VoiceError
 
 if TYPE_CHECKING:
     from .session import Session
 
 log = logging.getLogger(__name__)
+AUDIO_TOKEN_MS = 100  # one audio token per 100 ms of speech, in usage and against max_output_tokens
 
 
 @dataclass
 class Response:
     id: str
+    settings: Settings
     metadata: dict[str, str] | None = None
+    context_texts: list[str] | None = None  # a custom `input`'s texts (None: the default conversation)
     output: list[dict[str, Any]] = field(default_factory=list)
     cancel_reason: str = "client_cancelled"
-    text_out_words: int = 0
-    audio_out_ms: int = 0
+    text_tokens: int = 0
+    audio_tokens: int = 0
     task: asyncio.Task[None] | None = None
+
+    @property
+    def tokens_left(self) -> int | None:
+        """Output tokens this response may still produce (None: no limit)."""
+        limit = self.settings.max_output_tokens
+        return None if limit is None else limit - self.text_tokens - self.audio_tokens
+
+
+class OutOfTokens(Exception):
+    """The response reached max_output_tokens: it ends `incomplete`."""
 
 
 def _usage(s: Session, r: Response) -> dict[str, Any]:
-    words = sum(len(str(t).split()) for t in s.conversation_texts())
+    texts = s.conversation_texts() if r.context_texts is None else r.context_texts
+    words = sum(len(str(t).split()) for t in texts)
     return ev.usage(
         text_in=words + len((s.config.get("instructions") or "").split()),
-        audio_in=s.heard_ms // 100,  # about ten audio tokens a second, like the real model
-        text_out=r.text_out_words,
-        audio_out=r.audio_out_ms // 100,
+        audio_in=s.heard_ms // AUDIO_TOKEN_MS,
+        text_out=r.text_tokens,
+        audio_out=r.audio_tokens,
     )
 
 
-def _voice(s: Session) -> str:
-    out = (s.config.get("audio") or {}).get("output") or {}
-    return str(out.get("voice") or "marin")
-
-
-def _format(s: Session) -> dict[str, Any] | None:
-    fmt = ((s.config.get("audio") or {}).get("output") or {}).get("format")
-    return dict(fmt) if isinstance(fmt, dict) else None
+def _response(s: Session, r: Response, status: str, **fields: Any) -> dict[str, Any]:
+    st = r.settings
+    return ev.response_object(
+        r.id,
+        status=status,
+        voice=st.voice,
+        audio_format=st.audio_format,
+        metadata=r.metadata,
+        conversation_id=s.conversation_id if st.in_conversation else None,
+        output_modalities=st.modalities,
+        max_output_tokens="inf" if st.max_output_tokens is None else st.max_output_tokens,
+        **fields,
+    )
 
 
 def _done(s: Session, r: Response, status: str, details: dict[str, Any] | None) -> None:
-    s.send(
-        ev.event(
-            "response.done",
-            response=ev.response_object(
-                r.id,
-                status=status,
-                output=r.output,
-                voice=_voice(s),
-                audio_format=_format(s),
-                status_details=details,
-                usage=_usage(s, r),
-                metadata=r.metadata,
-            ),
-        )
-    )
+    response = _response(s, r, status, output=r.output, status_details=details, usage=_usage(s, r))
+    s.send(ev.event("response.done", response=response))
 
 
 async def run(s: Session, r: Response, action: Action | None) -> None:
     """Play one response to the end (or until cancelled: then `response.done` says `cancelled`)."""
-    s.send(
-        ev.event(
-            "response.created",
-            response=ev.response_object(
-                r.id, status="in_progress", output=[], voice=_voice(s), audio_format=_format(s), metadata=r.metadata
-            ),
-        )
-    )
+    s.send(ev.event("response.created", response=_response(s, r, "in_progress", output=[])))
     try:
         if action is not None and action.say:
             await _say(s, r, action.say)
@@ -91,6 +102,9 @@ async def run(s: Session, r: Response, action: Action | None) -> None:
             _function_call(s, r, action.call.name, json.dumps(action.call.arguments))
         if action is not None and action.hangup:
             _function_call(s, r, "hangup", "{}")
+    except OutOfTokens:
+        _done(s, r, "incomplete", {"type": "incomplete", "reason": "max_output_tokens"})
+        return
     except asyncio.CancelledError:
         _done(s, r, "cancelled", {"type": "cancelled", "reason": r.cancel_reason})
         return
@@ -101,60 +115,116 @@ async def run(s: Session, r: Response, action: Action | None) -> None:
     _done(s, r, "completed", None)
 
 
+def _added(s: Session, r: Response, index: int, item: dict[str, Any]) -> None:
+    s.send(ev.event("response.output_item.added", response_id=r.id, output_index=index, item=item))
+    if r.settings.in_conversation:
+        s.add_item(item, emit=False)
+        s.send(ev.event("conversation.item.added", previous_item_id=s.previous_item_id(item["id"]), item=item))
+
+
+def _finished(s: Session, r: Response, index: int, done: dict[str, Any]) -> None:
+    r.output.append(done)
+    s.send(ev.event("response.output_item.done", response_id=r.id, output_index=index, item=done))
+    if r.settings.in_conversation:
+        s.items[done["id"]] = done
+        s.send(ev.event("conversation.item.done", previous_item_id=s.previous_item_id(done["id"]), item=done))
+
+
+def _first_words(text: str, n: int) -> str:
+    return " ".join(text.split()[:n])
+
+
 async def _say(s: Session, r: Response, text: str) -> None:
+    if r.settings.audio:
+        await _say_audio(s, r, text)
+    else:
+        _say_text(s, r, text)
+
+
+def _say_text(s: Session, r: Response, text: str) -> None:
+    words = len(text.split())
+    left = r.tokens_left
+    cut = left is not None and words > left
+    if cut:
+        assert left is not None
+        if left <= 0:
+            raise OutOfTokens
+        text, words = _first_words(text, left), left
+    item_id = ev.new_id("item")
+    index = len(r.output)
+    base = {"response_id": r.id, "item_id": item_id, "output_index": index, "content_index": 0}
+    _added(s, r, index, ev.assistant_text_item(item_id, None, "in_progress"))
+    s.send(ev.event("response.content_part.added", **base, part={"type": "text", "text": ""}))
+    for delta in ev.transcript_deltas(text):
+        s.send(ev.event("response.output_text.delta", **base, delta=delta))
+    s.send(ev.event("response.output_text.done", **base, text=text))
+    s.send(ev.event("response.content_part.done", **base, part={"type": "text", "text": text}))
+    r.text_tokens += words
+    _finished(s, r, index, ev.assistant_text_item(item_id, text, "incomplete" if cut else "completed"))
+    if cut:
+        raise OutOfTokens
+
+
+async def _say_audio(s: Session, r: Response, text: str) -> None:
     persona = s.script.persona
     utterance = await s.voice.speak(
         text,
         persona.espeak_voice if persona else "en-us",
         persona.espeak_speed if persona else 165,
     )
+    packets, words = utterance.packets, len(text.split())
+    per_token = AUDIO_TOKEN_MS // FRAME_MS  # packets per audio token
+    cost = words + len(packets) // per_token
+    left = r.tokens_left
+    cut = left is not None and cost > left
+    if cut:
+        # Keep the same share of words and of audio; floor(a*f) + floor(b*f)//5 <= left for f = left/cost.
+        assert left is not None
+        share = max(0, left) / cost
+        words, packets = int(words * share), packets[: int(len(packets) * share)]
+        if not packets and not words:
+            raise OutOfTokens
+        text = _first_words(text, words)
     item_id = ev.new_id("item")
     index = len(r.output)
     base = {"response_id": r.id, "item_id": item_id, "output_index": index, "content_index": 0}
-    item = ev.assistant_audio_item(item_id, None, "in_progress")
-    s.send(ev.event("response.output_item.added", response_id=r.id, output_index=index, item=item))
-    s.add_item(item, emit=False)
-    s.send(ev.event("conversation.item.added", previous_item_id=s.previous_item_id(item_id), item=item))
+    _added(s, r, index, ev.assistant_audio_item(item_id, None, "in_progress"))
     s.send(ev.event("response.content_part.added", **base, part={"type": "audio", "transcript": ""}))
-    playback = s.mouth.play(utterance.packets, r.id)
     s.audio_items[r.id] = item_id
-    s.item_audio_ms[item_id] = utterance.duration_ms
-    s.watch_playback(playback)
-    r.audio_out_ms += utterance.duration_ms
-    r.text_out_words += len(text.split())
-    if not await asyncio.shield(playback.started):
-        raise asyncio.CancelledError  # cleared before it began: the response was interrupted
-    if s.output_buffer_events:
-        s.send(ev.event("output_audio_buffer.started", response_id=r.id))
+    if r.settings.in_conversation:
+        s.item_audio_ms[item_id] = len(packets) * FRAME_MS
+    r.audio_tokens += len(packets) // per_token
+    r.text_tokens += words
+    playback = s.mouth.play(packets, r.id) if packets else None  # a line cut to no audio plays nothing
+    if playback is not None:
+        s.watch_playback(playback)
+        if not await asyncio.shield(playback.started):
+            raise asyncio.CancelledError  # cleared before it began: the response was interrupted
+        if s.output_buffer_events:
+            s.send(ev.event("output_audio_buffer.started", response_id=r.id))
     for delta in ev.transcript_deltas(text):
         s.send(ev.event("response.output_audio_transcript.delta", **base, delta=delta))
     s.send(ev.event("response.output_audio_transcript.done", **base, transcript=text))
     # Over a WebSocket the audio itself is in the events (paced deltas): it is done when the last one is sent.
-    if not s.output_buffer_events and not await asyncio.shield(playback.finished):
+    if playback is not None and not s.output_buffer_events and not await asyncio.shield(playback.finished):
         raise asyncio.CancelledError  # cleared while streaming: interrupted
     s.send(ev.event("response.output_audio.done", **base))
     s.send(ev.event("response.content_part.done", **base, part={"type": "audio", "transcript": text}))
-    done = ev.assistant_audio_item(item_id, text, "completed")
-    s.items[item_id] = done
-    r.output.append(done)
-    s.send(ev.event("response.output_item.done", response_id=r.id, output_index=index, item=done))
-    s.send(ev.event("conversation.item.done", previous_item_id=s.previous_item_id(item_id), item=done))
+    _finished(s, r, index, ev.assistant_audio_item(item_id, text, "incomplete" if cut else "completed"))
+    if cut:
+        raise OutOfTokens
 
 
 def _function_call(s: Session, r: Response, name: str, arguments: str) -> None:
+    left = r.tokens_left
+    if left is not None and len(arguments.split()) > left:
+        raise OutOfTokens  # a call is all or nothing: half its arguments would not be JSON
     item_id, call_id = ev.new_id("item"), ev.new_id("call", 16)
     index = len(r.output)
-    item = ev.function_call_item(item_id, call_id, name, "", "in_progress")
-    s.send(ev.event("response.output_item.added", response_id=r.id, output_index=index, item=item))
-    s.add_item(item, emit=False)
-    s.send(ev.event("conversation.item.added", previous_item_id=s.previous_item_id(item_id), item=item))
+    _added(s, r, index, ev.function_call_item(item_id, call_id, name, "", "in_progress"))
     base = {"response_id": r.id, "item_id": item_id, "output_index": index, "call_id": call_id}
     s.send(ev.event("response.function_call_arguments.delta", **base, delta=arguments))
     s.send(ev.event("response.function_call_arguments.done", **base, name=name, arguments=arguments))
-    done = ev.function_call_item(item_id, call_id, name, arguments, "completed")
-    s.items[item_id] = done
     s.call_names[call_id] = name
-    r.output.append(done)
-    r.text_out_words += len(arguments.split())
-    s.send(ev.event("response.output_item.done", response_id=r.id, output_index=index, item=done))
-    s.send(ev.event("conversation.item.done", previous_item_id=s.previous_item_id(item_id), item=done))
+    r.text_tokens += len(arguments.split())
+    _finished(s, r, index, ev.function_call_item(item_id, call_id, name, arguments, "completed"))

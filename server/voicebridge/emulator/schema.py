@@ -34,7 +34,7 @@ from openai.types.realtime import (
     OutputAudioBufferClearEventParam,
     RealtimeSessionCreateRequestParam,
     ResponseCancelEventParam,
-    ResponseCreateEventParam,
+    ResponseCreateEventWithReferencesParam,
     SessionUpdateEventParam,
 )
 from openai.types.realtime.client_secret_create_params import ClientSecretCreateParams
@@ -74,7 +74,7 @@ CLIENT_EVENTS: dict[str, Any] = {
     "conversation.item.retrieve": ConversationItemRetrieveEventParam,
     "conversation.item.truncate": ConversationItemTruncateEventParam,
     "conversation.item.delete": ConversationItemDeleteEventParam,
-    "response.create": ResponseCreateEventParam,
+    "response.create": ResponseCreateEventWithReferencesParam,  # `input` may hold item_reference items
     "response.cancel": ResponseCancelEventParam,
     "output_audio_buffer.clear": OutputAudioBufferClearEventParam,
 }

@@ -27,7 +27,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from . import events as ev
-from . import responder
+from . import responder, response_plan
 from .audio_formats import FormatType, format_type
 from .hearing import Ear, HearingError, VadSettings, recognizer_for
 from .persona import Action, PersonaBook, Script
@@ -149,7 +149,9 @@ class Session:
         self.heard: list[str] = []  # transcripts of speech heard since the last response
         self.typed: list[str] = []  # user text items added since the last response
         self.outputs: list[str] = []  # tool names of function_call_outputs since the last response
-        self.response: responder.Response | None = None
+        self.conversation_id = ev.new_id("conv")  # the default conversation (response.conversation_id)
+        self.response: responder.Response | None = None  # the default conversation's active response
+        self.responses: dict[str, responder.Response] = {}  # every active response, out-of-band ones included
         self.last_response_id: str | None = None
         self.heard_ms = 0
         self.events_sent = 0
@@ -190,7 +192,11 @@ class Session:
         return format_type(((self.config.get("audio") or {}).get("input") or {}).get("format"))
 
     def output_format(self, response_id: str | None = None) -> FormatType:
-        """What `response.output_audio.delta` carries for this response on a WebSocket session."""
+        """What `response.output_audio.delta` carries for this response on a WebSocket session (its own
+        `audio.output.format`, else the session's)."""
+        r = self.responses.get(response_id or "")
+        if r is not None:
+            return format_type(r.settings.audio_format)
         return format_type(((self.config.get("audio") or {}).get("output") or {}).get("format"))
 
     @property
@@ -309,32 +315,43 @@ class Session:
     # ---- responses --------------------------------------------------------------------------------------
 
     def next_action(self) -> Action | None:
-        """What the persona does now: answer the newest tool output, else what it heard, else speak first."""
+        """What the persona does now (consuming what is new): answer the newest tool output, else what it
+        heard, else speak first."""
         outputs, heard, typed = self.outputs, self.heard, self.typed
         self.outputs, self.heard, self.typed = [], [], []
-        if outputs:
-            return self.script.after_tool(outputs[-1])
-        if heard:
-            return self.script.on_heard(" ".join(heard))
-        if typed:
-            return self.script.on_typed(" ".join(typed))
-        return self.script.on_start()
+        return self.script.respond(outputs, heard, typed)
 
-    def start_response(self, metadata: dict[str, str] | None = None) -> None:
-        r = responder.Response(id=ev.new_id("resp"), metadata=metadata)
-        self.response = r
+    def start_response(self, params: dict[str, Any] | None = None) -> responder.Response:
+        """Start a response with response.create's `response` parameters (checked by the caller: a refused
+        one must change nothing); auto responses (server VAD) pass none."""
+        params = params or {}
+        settings = response_plan.settings(self, params)
+        items = response_plan.resolve_input(self, params)
+        r = responder.Response(
+            id=ev.new_id("resp"),
+            settings=settings,
+            metadata=params.get("metadata"),
+            context_texts=None if items is None else response_plan.input_texts(items),
+        )
+        action = response_plan.action(self, settings, items)
+        self.responses[r.id] = r
+        if settings.in_conversation:
+            self.response = r
         self.last_response_id = r.id
-        r.task = asyncio.ensure_future(responder.run(self, r, self.next_action()))
+        r.task = asyncio.ensure_future(responder.run(self, r, action))
         self._tasks.add(r.task)
         r.task.add_done_callback(lambda t: self._response_done(r, t))
+        return r
 
     def _response_done(self, r: responder.Response, task: asyncio.Future[Any]) -> None:
         self._task_done(task)
+        self.responses.pop(r.id, None)
         if self.response is r:
             self.response = None
 
-    def cancel_response(self, reason: str) -> bool:
-        r = self.response
+    def cancel_response(self, reason: str, response: responder.Response | None = None) -> bool:
+        """Cancel a response (by default the default conversation's active one)."""
+        r = response or self.response
         if r is None or r.task is None or r.task.done():
             return False
         r.cancel_reason = reason
@@ -349,9 +366,14 @@ class Session:
 
         self.spawn(watch())
 
-    def clear_output(self, truncate: bool) -> list[Playback]:
-        """Stop speaking now; with `truncate`, cut the playing item to what was heard (barge-in)."""
+    def clear_output(self, truncate: bool, reason: str | None = None) -> list[Playback]:
+        """Stop speaking now; with `truncate`, cut the playing item to what was heard (barge-in). A response
+        whose audio is dropped before it started ends cancelled, with `reason` when given."""
         dropped = self.mouth.clear()
+        for playback in dropped:
+            r = self.responses.get(playback.tag)
+            if r is not None and reason is not None:
+                r.cancel_reason = reason
         if dropped and self.output_buffer_events:
             head = dropped[0]
             item_id = self.audio_items.get(head.tag)
@@ -420,8 +442,11 @@ class Session:
         )
         if td.get("interrupt_response", True):
             self.cancel_response("turn_detected")
-            # Over a WebSocket the server cannot know what was played: the client truncates (and stops).
-            self.clear_output(truncate=self.output_buffer_events)
+            # WebRTC: the server clears its output buffer (all audio queued, out-of-band lines included) and
+            # truncates the playing item. Over a WebSocket it cannot know what was played: the client truncates
+            # (and stops); out-of-band responses go on streaming, as reported for the real API.
+            if self.output_buffer_events:
+                self.clear_output(truncate=True, reason="turn_detected")
 
     def _on_speech_stopped(self, audio_end_ms: int, pcm: npt.NDArray[np.int16]) -> None:
         self.heard_ms += len(pcm) // 16

@@ -122,14 +122,14 @@ class DeltaMouth(PlaybackQueue):
 
     def _send_delta(self, response_id: str, audio: bytes) -> None:
         s = self._s
-        r = s.response
+        r = s.responses.get(response_id)
         self.deltas_sent += 1
         s.send(
             ev.event(
                 "response.output_audio.delta",
                 response_id=response_id,
                 item_id=s.audio_items.get(response_id, ""),
-                output_index=len(r.output) if r is not None and r.id == response_id else 0,
+                output_index=len(r.output) if r is not None else 0,
                 content_index=0,
                 delta=base64.b64encode(audio).decode("ascii"),
             )
