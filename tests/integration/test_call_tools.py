@@ -110,9 +110,9 @@ async def test_refused_caller_function_and_failing_tools_do_not_end_the_call(
 ) -> None:
     executed: list[str] = []
     scenario = load_scenario(scenario_file)
-    call = Call(
-        scenario, Settings(base_url=emulator.base_url), tmp_path / "call", tools=trouble_tools(executed)
-    )
+    # The hang-up waits for the goodbye to be heard (asserted below); its limits are for a broken peer only.
+    settings = Settings(base_url=emulator.base_url, hangup_drain_timeout_s=30.0, hangup_hear_timeout_s=30.0)
+    call = Call(scenario, settings, tmp_path / "call", tools=trouble_tools(executed))
     await call.start()
     await call.wait_ended(80)
     summary = call.summary()

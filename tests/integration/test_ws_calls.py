@@ -50,7 +50,8 @@ async def emulator_url() -> AsyncIterator[str]:
 
 
 async def run(base_url: str, folder: Path, caller: str, cs: str) -> tuple[Call, dict[str, Any]]:
-    settings = Settings(base_url=base_url, hangup_drain_timeout_s=8.0)
+    # The hang-up waits for the goodbye to be heard (asserted below); its limits are for a broken peer only.
+    settings = Settings(base_url=base_url, hangup_drain_timeout_s=30.0, hangup_hear_timeout_s=30.0)
     call = Call(load_scenario("late_order"), settings, folder, leg_factory=leg_factory(caller, cs))
     await call.start()
     await call.wait_ended(120)
