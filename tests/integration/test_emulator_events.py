@@ -104,7 +104,8 @@ async def test_client_events_and_their_errors(emulator: Emulator, client: Client
     err = await _error(
         client, {"type": "conversation.item.retrieve", "event_id": "e5", "item_id": "nope"}, "e5"
     )
-    assert err["code"] == "item_not_found"
+    assert err["code"] == "item_retrieve_invalid_item_id"
+    assert err["message"] == "Error retrieving item: the item with id 'nope' does not exist."
     err = await _error(
         client,
         {
@@ -116,7 +117,7 @@ async def test_client_events_and_their_errors(emulator: Emulator, client: Client
         },
         "e6",
     )
-    assert err["code"] == "item_not_found"
+    assert err["code"] == "item_truncate_invalid_item_id"
     err = await _error(client, {"type": "response.cancel", "event_id": "e7"}, "e7")
     assert err["code"] == "response_cancel_not_active"
     err = await _error(client, {"type": "input_audio_buffer.commit", "event_id": "e8"}, "e8")
@@ -125,6 +126,19 @@ async def test_client_events_and_their_errors(emulator: Emulator, client: Client
     assert err["param"] == "audio"
     err = await _error(client, {"type": "conversation.item.delete", "event_id": "e10"}, "e10")
     assert err["code"] == "missing_required_parameter" and err["param"] == "item_id"
+    err = await _error(client, {"type": "conversation.item.delete", "event_id": "e11", "item_id": "nope"}, "e11")
+    assert err["code"] == "item_delete_invalid_item_id"
+    err = await _error(
+        client,
+        {
+            "type": "conversation.item.create",
+            "event_id": "e12",
+            "previous_item_id": "nope",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        },
+        "e12",
+    )
+    assert err["code"] == "item_create_invalid_previous_item_id"
 
 
 async def test_cancel_and_clear_and_truncate_a_response(emulator: Emulator, client: Client) -> None:
@@ -160,6 +174,8 @@ async def test_cancel_and_clear_and_truncate_a_response(emulator: Emulator, clie
         "t2",
     )
     assert err["param"] == "audio_end_ms"
+    assert err["message"].startswith("Audio content of ")
+    assert err["message"].endswith("ms is already shorter than 10000000ms")
 
 
 async def test_ten_concurrent_calls_each_get_their_own_greeting(emulator: Emulator) -> None:

@@ -182,7 +182,7 @@ async def test_unknown_call_id_is_404(emulator: Emulator) -> None:
         f"{emulator.base_url}/realtime/calls/rtc_nothere/hangup", headers={"Authorization": "Bearer sk-test"}
     )
     assert status == 404
-    _assert_api_error(body, "call_not_found", "call_id")
+    _assert_api_error(body, "call_id_not_found", "call_id")
 
 
 async def test_client_secret_validation(emulator: Emulator) -> None:

@@ -106,7 +106,7 @@ async def test_out_of_band_text_response_leaves_the_conversation_alone(ws: WsCli
     mark = len(ws.events)
     await ws.send({"type": "conversation.item.retrieve", "item_id": item["id"], "event_id": "r1"})
     err = await ws.wait_for("error", start=mark)
-    assert err["error"]["event_id"] == "r1"
+    assert err["error"]["event_id"] == "r1" and err["error"]["code"] == "item_retrieve_invalid_item_id"
 
     # In band: the same greeting is still news to the conversation (the out-of-band answer consumed nothing and
     # fired no `once` rule), so the persona answers it again, now into the default conversation.

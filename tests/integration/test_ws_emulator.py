@@ -248,7 +248,7 @@ async def test_sideband_to_an_unknown_call_is_404(emulator: Emulator, sdk: Async
     with pytest.raises(InvalidStatus) as info:
         await sdk.realtime.connect(call_id="rtc_nope").enter()
     assert info.value.response.status_code == 404
-    assert json.loads(info.value.response.body or b"{}")["error"]["code"] == "call_not_found"
+    assert json.loads(info.value.response.body or b"{}")["error"]["code"] == "call_id_not_found"
 
 
 async def test_closing_the_socket_ends_the_session(emulator: Emulator, sdk: AsyncOpenAI) -> None:

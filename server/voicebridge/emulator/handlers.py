@@ -106,9 +106,8 @@ def _item_create(s: Session, data: dict[str, Any]) -> None:
     if after is not None and after != "root" and after not in s.items:
         raise ApiError(
             400,
-            f"Previous item with item_id not found: {after}",
-            code="item_not_found",
-            param="previous_item_id",
+            f"Error adding item: the previous item with id '{after}' does not exist.",
+            code="item_create_invalid_previous_item_id",
         )
     item_id = item.get("id") or ev.new_id("item")
     if item_id in s.items:
@@ -156,7 +155,9 @@ def _item_retrieve(s: Session, data: dict[str, Any]) -> None:
     item = s.items.get(data["item_id"])
     if item is None:
         raise ApiError(
-            400, f"Item with item_id not found: {data['item_id']}", code="item_not_found", param="item_id"
+            400,
+            f"Error retrieving item: the item with id '{data['item_id']}' does not exist.",
+            code="item_retrieve_invalid_item_id",
         )
     s.send(ev.event("conversation.item.retrieved", item=item))
 
@@ -165,7 +166,9 @@ def _item_truncate(s: Session, data: dict[str, Any]) -> None:
     item = s.items.get(data["item_id"])
     if item is None:
         raise ApiError(
-            400, f"Item with item_id not found: {data['item_id']}", code="item_not_found", param="item_id"
+            400,
+            f"Error truncating item: the item with id '{data['item_id']}' does not exist.",
+            code="item_truncate_invalid_item_id",
         )
     if item.get("role") != "assistant" or item.get("type") != "message":
         raise ApiError(
@@ -174,10 +177,14 @@ def _item_truncate(s: Session, data: dict[str, Any]) -> None:
     if data["content_index"] != 0:
         raise ApiError(400, "Content index out of range.", code="invalid_value", param="content_index")
     duration = s.item_audio_ms.get(item["id"])
-    if data["audio_end_ms"] < 0 or (duration is not None and data["audio_end_ms"] > duration):
+    if data["audio_end_ms"] < 0:
+        raise ApiError(
+            400, f"audio_end_ms {data['audio_end_ms']} is negative.", code="invalid_value", param="audio_end_ms"
+        )
+    if duration is not None and data["audio_end_ms"] > duration:
         raise ApiError(
             400,
-            f"audio_end_ms {data['audio_end_ms']} is outside the item's audio (0..{duration} ms).",
+            f"Audio content of {duration}ms is already shorter than {data['audio_end_ms']}ms",
             code="invalid_value",
             param="audio_end_ms",
         )
@@ -194,7 +201,9 @@ def _item_truncate(s: Session, data: dict[str, Any]) -> None:
 def _item_delete(s: Session, data: dict[str, Any]) -> None:
     if data["item_id"] not in s.items:
         raise ApiError(
-            400, f"Item with item_id not found: {data['item_id']}", code="item_not_found", param="item_id"
+            400,
+            f"Error deleting item: the item with id '{data['item_id']}' does not exist.",
+            code="item_delete_invalid_item_id",
         )
     del s.items[data["item_id"]]
     s.send(ev.event("conversation.item.deleted", item_id=data["item_id"]))

@@ -65,6 +65,9 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
 
 
+# The API's answer (404 `call_id_not_found`) to a call id it has no session for, as reported for the sideband.
+NO_SUCH_CALL = "No session found for the provided call_id."
+
 CLIENT_EVENTS: dict[str, Any] = {
     "session.update": SessionUpdateEventParam,
     "input_audio_buffer.append": InputAudioBufferAppendEventParam,

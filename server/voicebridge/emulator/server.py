@@ -26,7 +26,7 @@ from ..media.loopback import is_local_url, set_loopback_only
 from ..scenarios.model import Scenario, ScenarioError, builtin_names
 from . import events as ev
 from .persona import PersonaBook
-from .schema import ApiError, check_client_secret_request, check_session
+from .schema import NO_SUCH_CALL, ApiError, check_client_secret_request, check_session
 from .session import Session, default_session, merge_session
 from .voice import Voice
 
@@ -285,7 +285,7 @@ class Emulator:
         call_id = request.match_info["call_id"]
         session = self.sessions.get(call_id)
         if session is None:
-            raise ApiError(404, f"Call not found: {call_id}", code="call_not_found", param="call_id")
+            raise ApiError(404, NO_SUCH_CALL, code="call_id_not_found", param="call_id")
         await session.close("hangup endpoint")
         return web.Response(status=200)
 
@@ -334,7 +334,7 @@ def _check_offer(sdp: str) -> None:
     if "\nm=audio " not in text.replace("\r\n", "\n"):
         raise ApiError(
             400,
-            "Invalid SDP offer: it has no audio media section (m=audio).",
+            "Offer did not have an audio media section.",  # the API's own words
             code="invalid_offer",
             param="sdp",
         )

@@ -28,7 +28,7 @@ from aiohttp import WSMsgType, web
 from . import events as ev
 from .audio_formats import PCM, RATES, encode
 from .handlers import MAX_EVENT_BYTES, handle
-from .schema import ApiError
+from .schema import NO_SUCH_CALL, ApiError
 from .session import Session, default_session
 from .track import Playback, PlaybackQueue
 
@@ -151,7 +151,7 @@ async def realtime_socket(emulator: Emulator, request: web.Request) -> web.Strea
         emulator._api_key(request)  # a sideband is a server's connection: API keys only
         session = emulator.sessions.get(call_id)
         if session is None or session.transport != "webrtc":
-            raise ApiError(404, f"Call not found: {call_id}", code="call_not_found", param="call_id")
+            raise ApiError(404, NO_SUCH_CALL, code="call_id_not_found", param="call_id")
         return await _serve(request, session, sideband=True)
     config = default_session(model or "gpt-realtime")
     if key.startswith("ek_"):
