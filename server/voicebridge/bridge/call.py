@@ -108,6 +108,7 @@ class Call(AsyncIOEventEmitter):
         self._ended = asyncio.Event()
         self._activity = asyncio.Event()
         self._end_task: asyncio.Task[None] | None = None
+        self._setup: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._idle: asyncio.TimerHandle | None = None
         self._leg_stats: dict[str, dict[str, Any]] = {}
@@ -124,7 +125,13 @@ class Call(AsyncIOEventEmitter):
         return time.monotonic() - self._t0
 
     async def start(self) -> None:
-        """Connect both legs, start the relay, sync context, go live; on failure end with `error`, raise."""
+        """Connect both legs, start the relay, sync context, go live; on failure end with `error`, raise.
+
+        Ended while connecting (hang-up, shutdown): the set-up is called off, every Realtime session created or
+        being created is hung up (realtime/webrtc.py), and start() returns once the call has ended."""
+        if self._end_task is not None or self.ended:
+            await self.wait_ended()
+            return
         self.artifacts = Artifacts(self.out_dir)
         self._set_state("connecting")
         try:
@@ -136,15 +143,16 @@ class Call(AsyncIOEventEmitter):
             }
             for role in ROLES:
                 self._add_leg(role)
-            await _all_or_cancel([self.legs[r].connect(sessions[r]) for r in ROLES])
-            if self._with_relay:
-                self._start_relay()
-                self._observe_media()
-            timeout = self.settings.session_timeout_s
-            await asyncio.gather(
-                *(sync_context(self.legs[r], self.scenario.persona(r).context, timeout) for r in ROLES)
-            )
+            self._setup = asyncio.ensure_future(self._connect(sessions))
+            await self._setup
         except BaseException as e:
+            me = asyncio.current_task()
+            if self._end_task is not None and not (me is not None and me.cancelling()):
+                # Ended on purpose while connecting: that end stands, and it is no failure of start().
+                if not isinstance(e, asyncio.CancelledError):
+                    log.info("call %s: set-up stopped by the end: %s", self.id, e)
+                await self.wait_ended()
+                return
             if self.state == "connecting":
                 await self._finish(
                     "error", "bridge", f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
@@ -160,10 +168,23 @@ class Call(AsyncIOEventEmitter):
         self._touch()
         self.gates[self.scenario.first_speaker].request()
 
+    async def _connect(self, sessions: dict[str, dict[str, Any]]) -> None:
+        """The set-up as one task, so an end while connecting can call it off (`_begin_end`)."""
+        await _all_or_cancel([self.legs[r].connect(sessions[r]) for r in ROLES])
+        if self._with_relay:
+            self._start_relay()
+            self._observe_media()
+        timeout = self.settings.session_timeout_s
+        await asyncio.gather(*(sync_context(self.legs[r], self.scenario.persona(r).context, timeout) for r in ROLES))
+
     async def hangup(self, reason: EndReason = "operator_hangup", by: str = "operator") -> None:
         """End the call gracefully (last words play out and reach the other side); wait until it has ended."""
-        self._begin_end(reason, by)
+        self.end(reason, by)
         await self.wait_ended()
+
+    def end(self, reason: EndReason = "operator_hangup", by: str = "operator") -> None:
+        """Begin ending the call now and return at once (`wait_ended()` waits for it); a second end is ignored."""
+        self._begin_end(reason, by)
 
     async def wait_ended(self, timeout_s: float | None = None) -> None:
         await asyncio.wait_for(self._ended.wait(), timeout_s)
@@ -329,10 +350,13 @@ class Call(AsyncIOEventEmitter):
     def _begin_end(self, reason: EndReason, by: str) -> None:
         if self.state in ("ending", "ended") or self._end_task is not None:
             return
-        if self.state == "connecting" and reason != "leg_failed":
-            reason_note = f"{reason} while connecting"
-            log.info("call %s: %s", self.id, reason_note)
-        graceful = reason not in ("leg_failed", "error")
+        if self.state == "connecting":
+            # Nothing has been said yet, so nothing to drain: call the set-up off. Each leg then ends the Realtime
+            # session it created or is still creating (an in-flight create is let finish, then hung up).
+            log.info("call %s: %s while connecting", self.id, reason)
+            if self._setup is not None:
+                self._setup.cancel()
+        graceful = reason not in ("leg_failed", "error") and self.state == "live"
         self._end_task = asyncio.ensure_future(self._end(reason, by, graceful))
 
     async def _wait_until(self, ok: Callable[[], bool], limit_s: float) -> bool:

@@ -160,6 +160,7 @@ class Session:
         self._speech_item: str | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self.closed = asyncio.Event()
+        self.close_reason: str | None = None  # why it ended ("hangup endpoint", "data channel closed", ...)
         self.created_at = time.monotonic()
         self.channel_open_at: float | None = None
         self.ear = self._new_ear()
@@ -498,6 +499,7 @@ class Session:
         if self.closed.is_set():
             return
         self.closed.set()
+        self.close_reason = reason
         log.info("session %s closed: %s", self.id, reason)
         self._on_closed(self)
         me = asyncio.current_task()

@@ -13,7 +13,12 @@ from openai import AsyncOpenAI
 
 
 class LegError(RuntimeError):
-    """A Realtime leg could not be set up or failed; the message says which step and why."""
+    """A Realtime leg could not be set up or failed; the message says which step and why. `timed_out`: the
+    server did not answer in time (it may still have acted on the request)."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 def _api_message(e: openai.APIStatusError) -> str:
@@ -32,7 +37,7 @@ def describe_error(step: str, base_url: str, e: Exception) -> LegError:
     if isinstance(e, openai.APIStatusError):
         return LegError(f"{step}: HTTP {e.status_code} from {base_url}: {_api_message(e)}")
     if isinstance(e, openai.APITimeoutError):
-        return LegError(f"{step}: {base_url} did not answer in time")
+        return LegError(f"{step}: {base_url} did not answer in time", timed_out=True)
     if isinstance(e, openai.APIConnectionError):
         cause = e.__cause__ or e
         return LegError(f"{step}: cannot reach {base_url}: {type(cause).__name__}: {cause}")

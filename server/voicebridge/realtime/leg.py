@@ -7,6 +7,8 @@ Events out (pyee):
   "failed"(str)          the transport broke (data channel or peer connection closed without our hang-up)
   "closed"()             the leg is closed (after hangup() or a failure)
   "peer_connection"(pc)  WebRTC legs: the new RTCPeerConnection, before any negotiation (for debug recorders)
+  "state"(str)           every change of `state` (connecting, open, closing, closed, failed)
+  "call_created"(id)     WebRTC legs: the Realtime call exists (answer received), before session.created
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class Leg(AsyncIOEventEmitter):
         super().__init__()
         self.role = role
         self.call_id: str | None = None
-        self.state: LegState = "new"
+        self._state: LegState = "new"
         self.failure: str | None = None
         self.invalid_events: list[dict[str, Any]] = []
         self.events_in = 0
@@ -94,6 +96,16 @@ class Leg(AsyncIOEventEmitter):
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------------------------
+    @property
+    def state(self) -> LegState:
+        return self._state
+
+    @state.setter
+    def state(self, value: LegState) -> None:
+        if value != self._state:
+            self._state = value
+            self.emit("state", value)
+
     @property
     def failed(self) -> bool:
         return self.state == "failed"

@@ -3,6 +3,12 @@
 The bridge is the offerer, exactly like a browser client: the audio sender and the data channel are added
 BEFORE the offer (the API only answers what was offered), the offer goes to POST /realtime/calls through the
 SDK, and the leg is ready when the server's `session.created` arrives on the channel.
+
+Ending is the same whenever it happens: the Realtime session is hung up with the REST endpoint before the peer
+connection closes, and that includes a session still being created. A create in flight is never aborted (the
+server may have made the session already, and its id would be lost): the leg lets it finish, bounded by the
+request's own time-out, and hangs up the id it returns. Only a create that times out leaves a session the leg
+cannot name; the server ends it when its peer never connects.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ class WebRtcLeg(Leg):
         self.answer_sdp = ""
         self._watchdog: asyncio.Task[None] | None = None
         self._closing: asyncio.Future[None] | None = None
+        # POST /realtime/calls as its own task: cancelling connect() must not abort it (see the module doc).
+        self._create: asyncio.Future[tuple[str, str]] | None = None
 
     async def connect(self, session: dict[str, Any]) -> None:
         """Offer, create the call, apply the answer, await session.created; raises LegError on failure."""
@@ -60,12 +68,17 @@ class WebRtcLeg(Leg):
         dc.on("close", lambda: self._fail("the oai-events data channel closed"))
         try:
             await pc.setLocalDescription(await pc.createOffer())
+            self._still_connecting()
             self.offer_sdp = pc.localDescription.sdp
-            self.answer_sdp, self.call_id = await self.api.create_call(self.offer_sdp, session)
+            self._create = asyncio.ensure_future(self.api.create_call(self.offer_sdp, session))
+            self.answer_sdp, self.call_id = await asyncio.shield(self._create)
+            self.emit("call_created", self.call_id)
+            self._still_connecting()
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=self.answer_sdp, type="answer"))
             except Exception as e:
                 raise LegError(f"{self.role} leg: the SDP answer was refused: {e}") from e
+            self._still_connecting()
             if self.audio_out.receiver is None:
                 raise LegError(f"{self.role} leg: no audio transceiver")
             # The same transceiver receives the agent's audio: tap it before any RTP can arrive.
@@ -77,10 +90,16 @@ class WebRtcLeg(Leg):
                     f"{self.role} leg: no session.created within {self.settings.session_timeout_s:g} s "
                     f"(call {self.call_id}, connection {pc.connectionState})"
                 ) from None
-            if self.state != "connecting":
-                raise LegError(f"{self.role} leg: {self.failure or 'closed while connecting'}")
+            self._still_connecting()
+        except asyncio.CancelledError:
+            # Called off (a hang-up, the other leg failing, shutdown): end what was created or is being created.
+            if self.state == "connecting":
+                self.state = "closing"
+            await self._close_transport()
+            raise
         except BaseException:
-            self.state = "failed"
+            if self.state == "connecting":
+                self.state = "failed"
             await self._close_transport()
             raise
         self.state = "open"
@@ -160,23 +179,29 @@ class WebRtcLeg(Leg):
             raise LegError(f"{self.role} leg: the data channel is not open")
         self._dc.send(text)
 
+    def _still_connecting(self) -> None:
+        """After each step of connect(): stop if the leg failed or was hung up meanwhile."""
+        if self.state != "connecting":
+            raise LegError(f"{self.role} leg: {self.failure or 'hung up while connecting'}")
+
     async def hangup(self) -> None:
-        """REST hang-up (best effort: a dropped leg may be gone already), then close the peer connection."""
+        """End the Realtime session (REST hang-up, including one still being created), then close the peer
+        connection. Best effort: a dropped leg's session may be gone already."""
         if self.state in ("closing", "closed"):
             await self.closed.wait()
             return
         was = self.state
         self.state = "closing"
-        if self.call_id:
-            try:
-                await asyncio.wait_for(self.api.hangup(self.call_id), self.settings.session_timeout_s)
-            except (LegError, TimeoutError) as e:
-                level = logging.INFO if was == "failed" else logging.WARNING
-                log.log(level, "%s leg: hang-up: %s", self.role, e or "timed out")
         await self._close_transport()
         self.state = "failed" if was == "failed" else "closed"
-        self.closed.set()
-        self.emit("closed")
+        self._closed_now()
+
+    def _closed_now(self) -> None:
+        if not self.closed.is_set():
+            if self.state == "closing":
+                self.state = "closed"
+            self.closed.set()
+            self.emit("closed")
 
     async def _close_transport(self) -> None:
         """Close once; every caller waits for that one close. A cancelled caller must not cut a close short:
@@ -186,15 +211,41 @@ class WebRtcLeg(Leg):
             self._watchdog.cancel()
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._close_once())
+            # A leg called off while connecting is closed when this finishes, even if nobody is waiting any more.
+            self._closing.add_done_callback(lambda _: self._closed_now() if self.state == "closing" else None)
         await asyncio.shield(self._closing)
 
     async def _close_once(self) -> None:
+        await self._end_remote()  # first: against the emulator a closed peer would end the session on its own
         if self.audio_out is not None:
             with contextlib.suppress(Exception):
                 self.audio_out.close()
         if self.pc is not None:
             await self.pc.close()
         await self.api.close()
+
+    async def _end_remote(self) -> None:
+        """REST hang-up of the session this leg created, or is creating: an in-flight create is awaited (its
+        own time-out bounds it) so that a session the server made anyway is not left open."""
+        call_id = self.call_id
+        if call_id is None and self._create is not None:
+            try:
+                _, call_id = await self._create
+            except LegError as e:
+                if e.timed_out:
+                    log.warning(
+                        "%s leg: the Realtime create timed out; a session the server made anyway cannot be "
+                        "hung up by id (it ends when its peer never connects)", self.role
+                    )
+                return  # nothing was created (or nothing we can name)
+            log.info("%s leg: hanging up %s, created while the leg was ending", self.role, call_id)
+        if call_id is None:
+            return
+        try:
+            await asyncio.wait_for(self.api.hangup(call_id), self.settings.session_timeout_s)
+        except (LegError, TimeoutError) as e:
+            level = logging.INFO if self.failure else logging.WARNING
+            log.log(level, "%s leg: hang-up: %s", self.role, e or "timed out")
 
     async def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {

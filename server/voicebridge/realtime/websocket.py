@@ -138,16 +138,34 @@ class WebSocketLeg(Leg):
                 ) from None
             except OSError as e:
                 raise LegError(f"{self.role} leg: cannot reach {self.base_url}: {type(e).__name__}: {e}") from None
+            self._still_connecting()  # hung up during the handshake: the socket is closed below
             self._tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._write())]
             created = await self._wait(self._created, "session.created", timeout)
+            self._still_connecting()
             self.call_id = str((created.get("session") or {}).get("id") or "") or None
             self.state = "open"
             await self._apply_session(session, timeout)
+        except asyncio.CancelledError:
+            # Called off (a hang-up, the other leg failing, shutdown). Closing the socket is this transport's
+            # hang-up: a handshake cut short closes its TCP connection, so the server ends what it created.
+            if self.state in ("connecting", "open"):
+                self.state = "closing"
+            await self._close_transport()
+            if self.state == "closing":
+                self.state = "closed"
+                self.closed.set()
+                self.emit("closed")
+            raise
         except BaseException:
             await self._close_transport()
-            self.state = "failed"
+            if self.state not in ("closing", "closed"):  # hung up meanwhile: that stands
+                self.state = "failed"
             raise
         self._tasks.append(asyncio.ensure_future(self._pace()))
+
+    def _still_connecting(self) -> None:
+        if self.state != "connecting":
+            raise LegError(f"{self.role} leg: {self.failure or 'hung up while connecting'}")
 
     async def _wait(self, fut: asyncio.Future[dict[str, Any]], what: str, limit_s: float) -> dict[str, Any]:
         try:
