@@ -36,6 +36,13 @@ async def test_listener_hears_both_parties(webrtc_browser: Launch, join_server: 
             timeout=CALL_MS,
         )
     await page.screenshot(path=str(ARTIFACTS / "console-listening.png"))
+    # The meters are styled by style.css (no <style> injected by a script): the caller's bar has its own colour.
+    meter = await page.evaluate(
+        """() => ({ styles: document.querySelectorAll("style").length,
+                   caller: getComputedStyle(document.querySelector(".join-row.caller .join-bar-fill")).backgroundColor,
+                   cs: getComputedStyle(document.querySelector(".join-row.cs .join-bar-fill")).backgroundColor })"""
+    )
+    assert meter == {"styles": 0, "caller": "rgb(231, 111, 81)", "cs": "rgb(42, 157, 143)"}
     stats = await page.evaluate("() => window.vbJoin.stats()")
     assert stats["role"] == "listen" and stats["callId"] == call_id
     call = join_server.app[MANAGER].get(call_id).call  # type: ignore[union-attr]
@@ -46,6 +53,8 @@ async def test_listener_hears_both_parties(webrtc_browser: Launch, join_server: 
     await page.wait_for_function("() => window.vbJoin.stats().connectionState === 'closed'")
     await call.wait_ended(CALL_MS / 1000)
     assert call.end_reason == "caller_hangup"  # joining and leaving did not disturb the call
+    await page.wait_for_selector("#call-state.ended")
+    assert await page.is_disabled("#join-listen")  # join.js follows the call's state (ui.js): no joining it now
     notes = [e["event"] for e in _events(call) if e["leg"] == "bridge"]
     assert [n["type"] for n in notes] == ["participant.joined", "participant.left"]
 

@@ -55,7 +55,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (built,) = dist.glob("voicebridge-*.whl")
     with zipfile.ZipFile(built) as z:
         names = set(z.namelist())
-    for data in ("index.html", "app.js", "auth.js", "debug.js", "join.js", "style.css"):
+    for data in ("index.html", "app.js", "auth.js", "debug.js", "join.js", "ui.js", "style.css"):
         assert f"voicebridge/web/{data}" in names, f"the console's {data} is not in the wheel"
     return built
 

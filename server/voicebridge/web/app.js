@@ -1,32 +1,13 @@
 // voicebridge console: start calls, list them, and follow one live (transcript, tool calls, raw events).
 // Plain ES module, no build step. Everything from the server is rendered with textContent, never as HTML.
 
-import { authFetch, wsUrl } from "./auth.js";
-import { debugEnded, debugState, showDebug } from "./debug.js";
+import { wsUrl } from "./auth.js";
+import { $, api, h, announceCall } from "./ui.js";
 
-const $ = (id) => document.getElementById(id);
 const POLL_MS = 2000;
 const MAX_EVENT_ROWS = 1500; // the DOM slows down beyond this; the full log is in the call's events.jsonl
 
 const view = { callId: null, ws: null, lastSeq: 0, ended: false, events: [], turns: [], tools: [], state: null };
-
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") el.className = v;
-    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-    else el.setAttribute(k, v);
-  }
-  for (const c of children) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
-  return el;
-}
-
-async function api(path, options = {}) {
-  const resp = await authFetch(path, { headers: { "Content-Type": "application/json" }, ...options });
-  const body = await resp.json().catch(() => ({}));
-  if (!resp.ok) throw new Error(body?.error?.message || `${resp.status} ${resp.statusText}`);
-  return body;
-}
 
 function notify(message) {
   const n = $("notice");
@@ -68,13 +49,19 @@ async function refreshCalls() {
 function renderHead(c) {
   $("call-title").textContent = c.title || c.scenario;
   $("call-id").textContent = c.id;
-  const st = $("call-state");
-  st.textContent = c.state;
-  st.className = `state ${c.state}`;
+  renderState(c.state);
   $("call-end").textContent = c.end_reason ? `ended: ${c.end_reason}${c.ended_by ? ` (by ${c.ended_by})` : ""}` : "";
   $("call-duration").textContent = c.duration_s != null ? fmtTime(c.duration_s) : "";
   if (c.error) $("call-end").textContent += ` — ${c.error}`;
-  $("hangup").disabled = !(c.state === "connecting" || c.state === "live");
+}
+
+// The state of the call on screen: its badge, the hang-up button, and the other modules (join.js, debug.js).
+function renderState(state) {
+  const st = $("call-state");
+  st.textContent = state;
+  st.className = `state ${state}`;
+  $("hangup").disabled = !(state === "connecting" || state === "live");
+  announceCall(view.callId, state);
 }
 
 function selectCall(id) {
@@ -87,8 +74,9 @@ function selectCall(id) {
   $("no-tools").hidden = false;
   $("event-count").textContent = "";
   document.querySelectorAll(".call-row").forEach((r) => r.classList.toggle("selected", r.dataset.call === id));
-  api(`/api/calls/${encodeURIComponent(id)}`).then(renderHead).catch((e) => notify(e.message));
-  showDebug(id);
+  announceCall(id); // its state is not known yet: until it is, nobody may join it
+  api(`/api/calls/${encodeURIComponent(id)}`).then((c) => { if (c.id === view.callId) renderHead(c); })
+    .catch((e) => notify(e.message));
   connect();
 }
 
@@ -113,11 +101,7 @@ function onMessage({ kind, data }) {
     if (data.truncated) notify("The oldest events of this call were dropped from the server's memory.");
   } else if (kind === "state") {
     view.state = data;
-    const st = $("call-state");
-    st.textContent = data;
-    st.className = `state ${data}`;
-    $("hangup").disabled = !(data === "connecting" || data === "live");
-    debugState(data);
+    renderState(data);
   } else if (kind === "event") {
     addEvent(data);
   } else if (kind === "turn") {
@@ -126,7 +110,6 @@ function onMessage({ kind, data }) {
     addTool(data);
   } else if (kind === "ended") {
     view.ended = true;
-    debugEnded();
     renderHead({ ...data, id: data.call_id || view.callId, title: data.title || $("call-title").textContent });
     refreshCalls();
   }
@@ -206,7 +189,7 @@ async function startCall(ev) {
   const btn = $("start");
   btn.disabled = true;
   try {
-    const call = await api("/api/calls", { method: "POST", body: JSON.stringify({ scenario: $("scenario").value }) });
+    const call = await api("/api/calls", { method: "POST", json: { scenario: $("scenario").value } });
     await refreshCalls();
     selectCall(call.id);
   } catch (e) {

@@ -2,32 +2,16 @@
 // browser that joined) with its SDP raw and explained, the ICE/DTLS/connection timeline, live RTP stats
 // (refreshed every second while the call is on) and the call's per-turn latency.
 // Data: GET /api/calls/{id}/debug (everything) and /api/calls/{id}/stats (stats only, cheap).
-// Everything from the server is rendered with textContent, never as HTML.
+// It follows the call the console selects (ui.js), and its state. Everything from the server is rendered with
+// textContent, never as HTML.
 
-import { adminToken, authFetch } from "./auth.js";
+import { adminToken } from "./auth.js";
+import { $, api, h, onCallChange, request } from "./ui.js";
 
-const $ = (id) => document.getElementById(id);
 const STATS_MS = 1000;
 const DEBUG_MS = 5000; // the full report (SDP, timeline) changes rarely: a browser joins, a state moves
 
 const dbg = { callId: null, timer: null, ended: false, pcs: new Map(), lastDebug: 0, busy: false, gen: 0 };
-
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") el.className = v;
-    else el.setAttribute(k, v);
-  }
-  for (const c of children) if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : String(c));
-  return el;
-}
-
-async function getJson(path) {
-  const resp = await authFetch(path, { cache: "no-store" });
-  const body = await resp.json().catch(() => ({}));
-  if (!resp.ok) throw new Error(body?.error?.message || `${resp.status} ${resp.statusText}`);
-  return body;
-}
 
 const num = (v, digits = 0) => (typeof v === "number" ? v.toFixed(digits) : "–");
 const fmtBytes = (b) => (typeof b !== "number" ? "–" : b >= 1e6 ? `${(b / 1e6).toFixed(2)} MB` : b >= 1e3 ? `${(b / 1e3).toFixed(1)} kB` : `${b} B`);
@@ -36,8 +20,14 @@ const STAT_LABEL = {
   "remote-outbound-rtp": "peer sent (RTCP)", "transport-sent": "transport sent", "transport-received": "transport received",
 };
 
-// ---- public: app.js calls these -------------------------------------------------------------------------
-export function showDebug(callId) {
+// ---- the selected call ----------------------------------------------------------------------------------
+onCallChange(({ id, state }) => {
+  if (!id) return;
+  if (id !== dbg.callId) showDebug(id);
+  if (state) debugState(state);
+});
+
+function showDebug(callId) {
   dbg.gen += 1;
   Object.assign(dbg, { callId, ended: false, pcs: new Map(), lastDebug: 0, busy: false });
   $("debug").replaceChildren();
@@ -49,13 +39,13 @@ export function showDebug(callId) {
   refreshDebug();
 }
 
-export function debugState(state) {
+function debugState(state) {
   // A leg's SDP exists once it is connecting/live; at the end the last snapshot is final.
   if (state === "ended") debugEnded();
   else if (state === "live" || state === "ending") refreshDebug();
 }
 
-export function debugEnded() {
+function debugEnded() {
   dbg.ended = true;
   if (dbg.timer) { clearInterval(dbg.timer); dbg.timer = null; }
   refreshDebug();
@@ -67,8 +57,7 @@ $("debug-download").addEventListener("click", async (ev) => {
   ev.preventDefault();
   const callId = dbg.callId;
   try {
-    const resp = await authFetch(`/api/calls/${encodeURIComponent(callId)}/debug?download=1`, { cache: "no-store" });
-    if (!resp.ok) throw new Error(`${resp.status} ${resp.statusText}`);
+    const resp = await request(`/api/calls/${encodeURIComponent(callId)}/debug?download=1`);
     const url = URL.createObjectURL(await resp.blob());
     h("a", { href: url, download: `${callId}-debug.json` }).click();
     setTimeout(() => URL.revokeObjectURL(url), 60_000);
@@ -84,7 +73,7 @@ async function tick() {
   const gen = dbg.gen;
   dbg.busy = true;
   try {
-    const data = await getJson(`/api/calls/${encodeURIComponent(dbg.callId)}/stats`);
+    const data = await api(`/api/calls/${encodeURIComponent(dbg.callId)}/stats`);
     if (gen !== dbg.gen) return;
     const names = Object.keys(data.stats || {});
     if (names.some((n) => !dbg.pcs.has(n))) { dbg.lastDebug = 0; return; } // someone joined: full report next tick
@@ -106,7 +95,7 @@ async function refreshDebug() {
   const gen = dbg.gen;
   dbg.busy = true;
   try {
-    const data = await getJson(`/api/calls/${encodeURIComponent(dbg.callId)}/debug`);
+    const data = await api(`/api/calls/${encodeURIComponent(dbg.callId)}/debug`);
     if (gen !== dbg.gen) return;
     dbg.lastDebug = Date.now();
     render(data);

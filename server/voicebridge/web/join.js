@@ -4,11 +4,11 @@
 //   Hand back  the caller agent gets the call back (and is told what the CS agent said meanwhile).
 //   Hang up    (as the human caller) ends the whole call.
 // Each join fetches a short-lived token bound to this call and role; the API key never reaches the page.
+// It follows the call the console selects, and its state, through ui.js.
 // Test hook: window.vbJoin.stats() -> {role, connectionState, parties: {caller|cs|mic: {bytes, packets, level, peak}}}.
 
-import { authFetch } from "./auth.js";
+import { $, api, h, isLive, onCallChange, request, selectedCall } from "./ui.js";
 
-const $ = (id) => document.getElementById(id);
 const METER_MS = 100;
 const PARTIES = { listen: ["caller", "cs"], takeover: ["cs"] };
 const LABELS = { caller: "Caller", cs: "CS agent", mic: "Your mic" };
@@ -23,16 +23,11 @@ function partyState(name) {
   return s.parties[name];
 }
 
-function selectedCall() {
-  const id = ($("call-id")?.textContent || "").trim();
-  const state = ($("call-state")?.textContent || "").trim();
-  return { id: id || null, live: state === "live" || state === "connecting" };
-}
-
 function setStatus(text) { $("join-status").textContent = text; }
 
 function render() {
-  const { id, live } = selectedCall();
+  const { id, state } = selectedCall();
+  const live = isLive(state);
   const joined = !!s.pc && s.callId === id;
   $("join-listen").disabled = !live || s.busy || (joined && s.role === "listen");
   $("join-takeover").disabled = !live || s.busy || (joined && s.role === "takeover");
@@ -42,19 +37,10 @@ function render() {
   $("join-meters").hidden = Object.keys(s.parties).length === 0;
 }
 
-async function apiPost(path, { token, json, sdp } = {}) {
-  const headers = {};
-  if (token) headers.Authorization = `Bearer ${token}`;
-  let body;
-  if (sdp !== undefined) { headers["Content-Type"] = "application/sdp"; body = sdp; }
-  else { headers["Content-Type"] = "application/json"; body = JSON.stringify(json || {}); }
-  // With a join token, that token alone; without one (minting it), the admin token when the server has one.
-  const resp = await (token ? fetch : authFetch)(path, { method: "POST", headers, body });
-  if (!resp.ok) {
-    const err = await resp.json().catch(() => ({}));
-    throw new Error(err?.error?.message || `${resp.status} ${resp.statusText}`);
-  }
-  return resp;
+// With the join token: that token alone (ui.js never adds the admin token to a request that has one).
+function apiPost(path, { token, json, sdp } = {}) {
+  if (sdp !== undefined) return request(path, { method: "POST", token, headers: { "Content-Type": "application/sdp" }, body: sdp });
+  return request(path, { method: "POST", token, json: json || {} });
 }
 
 function iceGatheringDone(pc) {
@@ -80,10 +66,8 @@ function onTrack(ev) {
   const name = PARTIES[s.role][index] || `track${index}`;
   const stream = new MediaStream([ev.track]);
   // Chromium only feeds a remote WebRTC track into WebAudio while a media element plays it as well.
-  const audio = document.createElement("audio");
-  audio.autoplay = true;
+  const audio = h("audio", { autoplay: "", "data-party": name });
   audio.srcObject = stream;
-  audio.dataset.party = name;
   $("join-audio").append(audio);
   audio.play().catch(() => {});
   partyState(name).trackId = ev.track.id;
@@ -115,23 +99,12 @@ async function sample() {
 
 function drawMeters() {
   const rows = Object.entries(s.parties).map(([name, p]) => {
-    const width = Math.min(100, Math.round(p.level * 400));
-    const bar = document.createElement("div");
-    bar.className = "join-bar-fill";
-    bar.style.width = `${width}%`;
-    const meter = document.createElement("div");
-    meter.className = "join-meter";
-    meter.append(bar);
-    const row = document.createElement("div");
-    row.className = `join-row ${name}`;
-    row.dataset.party = name;
-    const label = document.createElement("span");
-    label.textContent = LABELS[name] || name;
-    const bytes = document.createElement("span");
-    bytes.className = "muted num";
-    bytes.textContent = name === "mic" ? "" : `${(p.bytes / 1024).toFixed(1)} KB`;
-    row.append(label, meter, bytes);
-    return row;
+    const bar = h("div", { class: "join-bar-fill" });
+    bar.style.width = `${Math.min(100, Math.round(p.level * 400))}%`; // the one style set here: it is the level
+    return h("div", { class: `join-row ${name}`, "data-party": name },
+      h("span", {}, LABELS[name] || name),
+      h("div", { class: "join-meter" }, bar),
+      h("span", { class: "muted num" }, name === "mic" ? "" : `${(p.bytes / 1024).toFixed(1)} KB`));
   });
   $("join-meters").replaceChildren(...rows);
 }
@@ -146,8 +119,7 @@ async function join(role) {
   render();
   try {
     setStatus(role === "listen" ? "joining as a listener…" : "taking over…");
-    const tokenResp = await apiPost(`/api/calls/${encodeURIComponent(id)}/tokens`, { json: { role } });
-    const { token } = await tokenResp.json();
+    const { token } = await api(`/api/calls/${encodeURIComponent(id)}/tokens`, { method: "POST", json: { role } });
     Object.assign(s, { role, callId: id, token });
     s.ctx = new AudioContext();
     const pc = new RTCPeerConnection({ iceServers: [] });
@@ -221,28 +193,16 @@ async function humanHangup() {
 }
 
 function init() {
-  const style = document.createElement("style");
-  style.textContent = `
-    .join-bar { display: flex; gap: .4rem; align-items: center; flex-wrap: wrap; }
-    .join-meters { display: grid; gap: .25rem; margin: .4rem 0; max-width: 34rem; }
-    .join-row { display: grid; grid-template-columns: 6rem 1fr 5rem; gap: .5rem; align-items: center; }
-    .join-meter { height: .6rem; background: #0002; border-radius: .3rem; overflow: hidden; }
-    .join-bar-fill { height: 100%; background: #2a9d8f; transition: width .1s linear; }
-    .join-row.caller .join-bar-fill { background: #e76f51; }
-    .join-row.mic .join-bar-fill { background: #457b9d; }`;
-  document.head.append(style);
   $("join-listen").addEventListener("click", () => join("listen"));
   $("join-takeover").addEventListener("click", () => join("takeover"));
   $("join-handback").addEventListener("click", handback);
   $("join-hangup").addEventListener("click", humanHangup);
   $("join-leave").addEventListener("click", () => leave(true));
-  // Follow the console's selected call and its state without reaching into app.js.
-  const observer = new MutationObserver(() => {
-    const { id, live } = selectedCall();
-    if (s.pc && (id !== s.callId || !live)) cleanup(id !== s.callId ? "" : "the call ended");
+  // Another call selected, or this one over, and a joined browser leaves it (a null state is not known yet).
+  onCallChange(({ id, state }) => {
+    if (s.pc && (id !== s.callId || (state && !isLive(state)))) cleanup(id !== s.callId ? "" : "the call ended");
     render();
   });
-  for (const el of [$("call-id"), $("call-state")]) observer.observe(el, { childList: true, characterData: true, subtree: true });
   window.vbJoin = {
     join, leave, handback, hangup: humanHangup,
     stats: () => ({
