@@ -1,7 +1,10 @@
 """The emulator's ears: server VAD on the incoming track, and a recognizer that knows what a persona may hear.
 
-`Ear` is the server-VAD half: fed every decoded frame, it runs webrtcvad on 16 kHz mono 20 ms frames and
-reports `speech_started` / `speech_stopped` on the Realtime API's clock (ms of input audio heard so far).
+`Ear` is the server-VAD half: fed every decoded frame, it judges 16 kHz mono 20 ms frames (voicing.py: webrtcvad,
+loudness, not a tone, voiced) and reports `speech_started` / `speech_stopped` on the Realtime API's clock (ms of
+input audio heard so far). A turn starts only after START_VOICED voiced frames within START_WINDOW (120 ms of
+voiced speech in 200 ms), so clicks, beeps and short bursts never start one; it ends after `silence_duration_ms`
+without active (speech-like) frames.
 Following the SDK's definitions, `audio_start_ms` includes `prefix_padding_ms` (it is backdated) and
 `audio_end_ms` includes `silence_duration_ms` (it is when the silence grew long enough to end the turn); the
 speech itself ended at `Ear.speech_end_ms`.
@@ -25,15 +28,23 @@ from pathlib import Path
 import av
 import numpy as np
 import numpy.typing as npt
-import webrtcvad
 
 from voicebridge.scenarios import normalize_phrase
+
+from .voicing import SpeechJudge, Verdict
+from .voicing import aggressiveness as vad_aggressiveness
 
 VAD_RATE = 16000
 VAD_FRAME_MS = 20
 VAD_FRAME_SAMPLES = VAD_RATE * VAD_FRAME_MS // 1000  # 320
-START_WINDOW = 5  # speech starts when START_VOICED of the last START_WINDOW frames (100 ms) are voiced
-START_VOICED = 3
+# Speech starts when START_VOICED of the last START_WINDOW frames are voiced speech: 120 ms within 200 ms. A
+# syllable is longer; a beep, a click, a DTMF digit's edges or webrtcvad's hangover after a bang are shorter.
+START_WINDOW = 10
+START_VOICED = 6
+# Inside a turn, a speech-like frame counts when RESUME_ACTIVE of the last RESUME_WINDOW frames are: a beep every
+# 500 ms (one or two frames) cannot hold a turn open.
+RESUME_WINDOW = 5
+RESUME_ACTIVE = 3
 MAX_UTTERANCE_MS = 120_000  # a turn longer than two minutes is ended anyway: memory stays bounded
 MAX_PHRASES = 500
 
@@ -44,7 +55,7 @@ class HearingError(ValueError):
 
 @dataclass(frozen=True)
 class VadSettings:
-    threshold: float = 0.5  # 0..1, mapped to webrtcvad aggressiveness 0..3 (higher: needs clearer speech)
+    threshold: float = 0.5  # 0..1: webrtcvad aggressiveness 0..3 and a level floor (higher: louder, clearer)
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
 
@@ -58,7 +69,7 @@ class VadSettings:
 
     @property
     def aggressiveness(self) -> int:
-        return min(3, int(self.threshold * 4))
+        return vad_aggressiveness(self.threshold)
 
 
 class _Resampler:
@@ -92,7 +103,7 @@ class Ear:
         self.settings = vad
         self._on_started = on_speech_started
         self._on_stopped = on_speech_stopped
-        self._vad = webrtcvad.Vad(vad.aggressiveness)
+        self._judge = SpeechJudge(vad.threshold)
         self._prefix_frames = -(-vad.prefix_padding_ms // VAD_FRAME_MS)
         self._silence_frames = -(-vad.silence_duration_ms // VAD_FRAME_MS)
         self._resampler: _Resampler | None = None
@@ -100,15 +111,17 @@ class Ear:
 
     def reset(self) -> None:
         """Forget everything heard (input_audio_buffer.clear, or a new session): the clock restarts at 0."""
+        self._judge.reset()
         self._pending = np.zeros(0, dtype=np.int16)  # 16 kHz samples not yet a whole VAD frame
         self._frames = 0  # whole VAD frames processed: the clock
-        self._history: deque[tuple[npt.NDArray[np.int16], bool]] = deque(
-            maxlen=max(self._prefix_frames, START_WINDOW)
+        # Frames heard outside a turn, judged: the start window, and the prefix padding before it.
+        self._history: deque[tuple[npt.NDArray[np.int16], Verdict]] = deque(
+            maxlen=self._prefix_frames + START_WINDOW
         )
         self._speaking = False
+        self._recent: deque[Verdict] = deque(maxlen=RESUME_WINDOW)  # the last frames' verdicts, inside a turn
         self._utterance: list[npt.NDArray[np.int16]] = []
         self._start_frame = 0
-        self._silent_run = 0
         self._last_voiced_end = 0
         self.speech_end_ms = 0  # where the last utterance's speech ended (before the closing silence)
 
@@ -118,7 +131,6 @@ class Ear:
         self._history.clear()
         self._speaking = False
         self._utterance = []
-        self._silent_run = 0
 
     def take_speech(self) -> npt.NDArray[np.int16] | None:
         """input_audio_buffer.commit with turn detection off: the speech in progress so far (prefix padding
@@ -165,44 +177,56 @@ class Ear:
         self.feed(frame)
 
     def _step(self, chunk: npt.NDArray[np.int16]) -> None:
-        voiced = bool(self._vad.is_speech(chunk.tobytes(), VAD_RATE))
+        verdict = self._judge.judge(chunk)
         self._frames += 1
         if not self._speaking:
-            self._history.append((chunk, voiced))
+            self._history.append((chunk, verdict))
             window = list(self._history)[-START_WINDOW:]
-            if sum(v for _, v in window) >= START_VOICED:
-                self._begin(window)
+            if sum(v.onset for _, v in window) >= START_VOICED:
+                self._begin()
             return
         self._utterance.append(chunk)
-        if voiced:
-            self._silent_run = 0
+        self._recent.append(verdict)
+        # Speech goes on only with RESUME_ACTIVE speech-like frames of the last RESUME_WINDOW: a lone beep or click
+        # in the silence after a turn does not restart its silence count.
+        if verdict.active and sum(v.active for v in self._recent) >= RESUME_ACTIVE:
             self._last_voiced_end = self._frames
-        else:
-            self._silent_run += 1
-        long_enough = len(self._utterance) * VAD_FRAME_MS >= MAX_UTTERANCE_MS
-        if self._silent_run >= self._silence_frames or long_enough:
-            self._end()
+        # Active frames just now may be a word beginning (confirmed within RESUME_ACTIVE frames): wait for them.
+        pending = any(v.active for v in list(self._recent)[-(RESUME_ACTIVE - 1) :])
+        if self._frames - self._last_voiced_end >= self._silence_frames and not pending:
+            self._end(self._last_voiced_end + self._silence_frames)
+        elif len(self._utterance) * VAD_FRAME_MS >= MAX_UTTERANCE_MS:
+            self._end(self._frames)
 
-    def _begin(self, window: list[tuple[npt.NDArray[np.int16], bool]]) -> None:
-        # Speech began at the window's first voiced frame; the turn's audio starts prefix_padding_ms earlier.
-        first_voiced = next(i for i, (_, v) in enumerate(window) if v)
-        onset = self._frames - len(window) + first_voiced
-        keep = min(len(self._history), self._frames - max(0, onset - self._prefix_frames))
-        self._utterance = [c for c, _ in list(self._history)[-keep:]]
+    def _begin(self) -> None:
+        # Speech began with the run of active frames (an unvoiced "th" or "s" included) that leads to the window's
+        # first voiced frame; the turn's audio starts prefix_padding_ms before that.
+        history = list(self._history)
+        first = next(i for i in range(max(0, len(history) - START_WINDOW), len(history)) if history[i][1].onset)
+        while first > 0 and history[first - 1][1].active:
+            first -= 1
+        onset = self._frames - len(history) + first
+        keep = min(len(history), self._frames - max(0, onset - self._prefix_frames))
+        self._utterance = [c for c, _ in history[-keep:]]
         self._history.clear()
         self._speaking = True
-        self._silent_run = 0
+        self._recent = deque([v for _, v in history[-RESUME_WINDOW:]], maxlen=RESUME_WINDOW)
         self._last_voiced_end = self._frames
         self._start_frame = self._frames - keep
         self._on_started(self._start_frame * VAD_FRAME_MS)
 
-    def _end(self) -> None:
-        pcm = np.concatenate(self._utterance) if self._utterance else np.zeros(0, dtype=np.int16)
+    def _end(self, end_frame: int) -> None:
+        """The turn ends at `end_frame` (speech end + silence_duration_ms); frames heard after it, while a blip was
+        being ruled out, go back to the history: they may be the padding of the next turn."""
+        extra = self._frames - end_frame
+        turn = self._utterance[: len(self._utterance) - extra]
+        if extra:
+            self._history.extend(zip(self._utterance[-extra:], list(self._recent)[-extra:], strict=True))
+        pcm = np.concatenate(turn) if turn else np.zeros(0, dtype=np.int16)
         self._utterance = []
         self._speaking = False
-        self._silent_run = 0
         self.speech_end_ms = self._last_voiced_end * VAD_FRAME_MS
-        self._on_stopped(self.audio_ms, pcm)
+        self._on_stopped(end_frame * VAD_FRAME_MS, pcm)
 
 
 def _model_dir() -> Path:
