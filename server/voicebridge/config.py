@@ -50,6 +50,9 @@ class Settings:
     # aiortc notices a dead peer only after ~30 s (ICE consent); a live one sends RTP/RTCP every second or so.
     # A WebRTC leg that receives nothing at all for this long has lost its peer (0 turns the watchdog off).
     peer_silence_timeout_s: float = 5.0
+    # A browser that joined (listen / take over) but whose peer connection is not up this long after its answer
+    # is dropped: its seat and its peer connection are freed.
+    join_connect_timeout_s: float = 30.0
 
     @property
     def uses_openai(self) -> bool:

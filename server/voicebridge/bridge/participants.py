@@ -16,6 +16,11 @@ transceivers the offer created (``OutboundAudio.bind``):
   agent's turn detection goes back on, its input buffer is cleared, and it is told what the CS agent said
   meanwhile (a user message, then response.create).
 
+Seats are bounded (MAX_LISTENERS listeners and one human at once) and taken atomically: the limit is checked and
+the seat reserved before the join's first await, so concurrent joins cannot all pass the same check. A browser
+that got its answer but whose peer connection is not up within `connect_timeout_s` is dropped (its seat and peer
+connection freed).
+
 Each of these is written to the call's event stream and events.jsonl as a `bridge` note (participant.joined/left,
 takeover.started, takeover.handback, takeover.briefed). All peer connections close when the call ends.
 """
@@ -41,7 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ParticipantRole = Literal["listen", "takeover"]
-MAX_LISTENERS = 16
+MAX_LISTENERS = 16  # at once, joining ones included
+MAX_LEFT_KEPT = 64  # participants that left, kept for the participants view; older ones are forgotten
+CONNECT_TIMEOUT_S = 30.0  # a browser whose peer connection is not up this long after its answer is dropped
 MAX_OFFER_CHARS = 64 * 1024  # Chromium's offers are ~5 KB
 MEDIA_TIMEOUT_S = 5.0  # a taking-over browser sends RTP every 20 ms; this long without any means it is gone
 _WATCH_EVERY_S = 1.0
@@ -71,6 +78,7 @@ class Participant:
     _remove_listener: Any = None
     _unsub_first: Any = None
     _watchdog: asyncio.Future[Any] | None = None
+    _connect_watch: asyncio.Future[Any] | None = None
 
     @property
     def left(self) -> bool:
@@ -93,13 +101,24 @@ class Participants:
     """The browsers on one call."""
 
     def __init__(
-        self, call: Call, *, ice_servers: tuple[str, ...] = (), media_timeout_s: float = MEDIA_TIMEOUT_S
+        self,
+        call: Call,
+        *,
+        ice_servers: tuple[str, ...] = (),
+        media_timeout_s: float = MEDIA_TIMEOUT_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        max_listeners: int = MAX_LISTENERS,
     ) -> None:
         self.call = call
         self.ice_servers = ice_servers
         self.media_timeout_s = media_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.max_listeners = max_listeners
         self.members: dict[str, Participant] = {}
         self.human: Participant | None = None  # the take-over participant, from join until hand-back
+        # Seats taken by joins still in progress (participant id -> role): a limit is checked and the seat taken
+        # in one synchronous step, before the first await, so concurrent joins cannot all pass the same check.
+        self._joining: dict[str, ParticipantRole] = {}
         self.missed: list[str] = []  # the CS agent's lines while the caller agent was on hold
         self._collecting = False  # from take-over until the caller agent is briefed
         self._brief_pending = False
@@ -115,17 +134,37 @@ class Participants:
         self._check_open()
         if not offer_sdp.strip() or len(offer_sdp) > MAX_OFFER_CHARS:
             raise JoinError(400, f"the SDP offer must be 1 to {MAX_OFFER_CHARS} characters")
-        if role == "takeover" and self.human is not None:
-            raise JoinError(409, f"{self.human.id} has already taken over this call; hand back first", "conflict")
-        if role == "listen" and sum(1 for p in self.members.values() if p.role == "listen") >= MAX_LISTENERS:
-            raise JoinError(429, f"this call already has {MAX_LISTENERS} listeners", "too_many_listeners")
+        pid = self._take_seat(role)
+        try:
+            return await self._join(pid, role, offer_sdp, timeout_s)
+        finally:
+            del self._joining[pid]
+
+    def _take_seat(self, role: ParticipantRole) -> str:
+        """Check the limit and take the seat at once (no await in between); returns the new participant's id."""
+        if role == "takeover":
+            joining = next((pid for pid, r in self._joining.items() if r == "takeover"), None)
+            holder = self.human.id if self.human is not None else joining
+            if holder is not None:
+                raise JoinError(409, f"{holder} has already taken over this call; hand back first", "conflict")
+        else:
+            listening = sum(1 for p in self.members.values() if p.role == "listen" and not p.left)
+            listening += sum(1 for r in self._joining.values() if r == "listen")
+            if listening >= self.max_listeners:
+                raise JoinError(
+                    429, f"this call already has {self.max_listeners} listeners", "too_many_listeners"
+                )
+        pid = f"p_{secrets.token_hex(4)}"
+        self._joining[pid] = role
+        return pid
+
+    async def _join(self, pid: str, role: ParticipantRole, offer_sdp: str, timeout_s: float) -> Participant:
         await self._wait_live(timeout_s)
         relay = self.call.relay
         servers = [RTCIceServer(urls=u) for u in self.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
-        p = Participant(f"p_{secrets.token_hex(4)}", role, pc, [])
-        if role == "takeover":
-            self.human = p  # reserve the seat now: a second take-over racing this one gets 409
+        p = Participant(pid, role, pc, [])
+        connected = asyncio.Event()
         try:
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
@@ -148,13 +187,12 @@ class Participants:
                 p.outs = [OutboundAudio()]
                 p.outs[0].bind(audio[0], "sendrecv")
                 p.tap = InboundTap(audio[0].receiver)  # before the answer: no RTP can arrive untapped
+            pc.on("connectionstatechange", lambda: connected.set() if pc.connectionState == "connected" else None)
             await pc.setLocalDescription(await pc.createAnswer())
             p.answer_sdp = pc.localDescription.sdp
-            if self.closed or relay is None:
+            if self.closed or relay is None or self.call.state != "live":
                 raise JoinError(409, f"call {self.call.id} ended while joining", "conflict")
         except BaseException:
-            if self.human is p:
-                self.human = None
             await self._close_pc(p)
             raise
         pc.on("connectionstatechange", lambda: self._on_pc_state(p))
@@ -162,10 +200,27 @@ class Participants:
         if role == "listen":
             p._remove_listener = relay.add_listener(p.outs[0], p.outs[1])
         else:
+            self.human = p
             assert p.tap is not None
             p._unsub_first = p.tap.subscribe(lambda pkt: self._first_human_packet(p, pkt))
+        p._connect_watch = self._spawn(self._drop_unless_connected(p, connected))
         self._note("participant.joined", participant_id=p.id, role=role)
+        self._forget_left()
         return p
+
+    async def _drop_unless_connected(self, p: Participant, connected: asyncio.Event) -> None:
+        """A browser that got its answer but never connects (it vanished, or its candidates are unusable) holds
+        a peer connection and, for a take-over, the seat: let both go after `connect_timeout_s`."""
+        try:
+            await asyncio.wait_for(connected.wait(), self.connect_timeout_s)
+        except TimeoutError:
+            if not p.left:
+                await self.leave(p.id, f"the browser did not connect within {self.connect_timeout_s:g} s")
+
+    def _forget_left(self) -> None:
+        left = [pid for pid, p in self.members.items() if p.left]
+        for pid in left[: max(0, len(left) - MAX_LEFT_KEPT)]:
+            del self.members[pid]
 
     async def _wait_live(self, timeout_s: float) -> None:
         """A join may come while the call is still connecting: wait (bounded) until its relay runs."""
@@ -333,8 +388,9 @@ class Participants:
         p.left_reason = reason
         if p._remove_listener is not None:
             p._remove_listener()
-        if p._watchdog is not None and p._watchdog is not asyncio.current_task():
-            p._watchdog.cancel()
+        for task in (p._watchdog, p._connect_watch):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         await self._close_pc(p)
         self._note("participant.left", participant_id=p.id, role=p.role, reason=reason)
 

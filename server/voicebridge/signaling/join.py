@@ -52,7 +52,10 @@ def _participants(request: web.Request, rec: CallRecord, create: bool = True) ->
 
         if not isinstance(rec.call, Call):
             raise ApiError(501, "this server's calls do not support browser participants", "not_supported")
-        found = table[rec.call.id] = Participants(rec.call, ice_servers=request.app[SETTINGS].ice_servers)
+        settings = request.app[SETTINGS]
+        found = table[rec.call.id] = Participants(
+            rec.call, ice_servers=settings.ice_servers, connect_timeout_s=settings.join_connect_timeout_s
+        )
         rec.call.on("ended", lambda _summary: table.pop(rec.call.id, None))
     return found
 
