@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-origin", action="append", default=[], metavar="ORIGIN",
         help="another origin (scheme://host[:port]) whose pages may call /api/ (CORS); repeatable",
     )
+    s.add_argument(
+        "--allowed-host", action="append", default=[], metavar="NAME",
+        help="another host name this server answers to (the Host header; others get 421: DNS rebinding); repeatable",
+    )
 
     c = sub.add_parser("call", help="run one whole call, start to hang-up, then print a summary")
     c.add_argument("--scenario", default="late_order", help="a built-in scenario name or a scenario file path")
@@ -67,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--host", default="127.0.0.1")
     e.add_argument("--port", type=_port, default=8765)
     e.add_argument("--scenario", action="append", default=[], help="extra scenario file(s) whose personas to load")
+    e.add_argument(
+        "--allowed-host", action="append", default=[], metavar="NAME",
+        help="another host name the emulator answers to (the Host header; others get 421); repeatable",
+    )
 
     b = sub.add_parser("bench", help="measure the media path against a transcoding baseline")
     b.add_argument("--quick", action="store_true", help="a small run in under a minute")

@@ -1,6 +1,11 @@
 """The emulator's HTTP face: the Realtime GA endpoints under /v1, with the API's errors, status codes
 and CORS.
 
+Host names: like `serve` (edge/hosts.py), the emulator answers only to the names it was started for (the loopback
+names on loopback, plus `--allowed-host`); any other `Host` gets 421 before anything else, a CORS preflight
+included. Its CORS allows any origin (as the real API), so without this a page on a name rebound to 127.0.0.1
+could mint `ek_` keys and open sessions.
+
 Keys: any `Bearer sk-...` is accepted as an API key (nothing is checked against OpenAI: there is no
 network); `Bearer ek_...` must be a client secret this emulator issued, unexpired and not yet used for a
 call (like the real ones, each works for one call). `Emulator` embeds the whole thing in-process; `main`
@@ -22,6 +27,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..edge.headers import undecodable_header
+from ..edge.hosts import HostConfigError, HostPolicy, host_policy
 from ..media.loopback import is_local_url, set_loopback_only
 from ..scenarios.model import Scenario, ScenarioError, builtin_names
 from . import events as ev
@@ -104,13 +111,19 @@ class Emulator:
     """The Realtime GA emulator, embeddable: `base_url = await Emulator().start()`, then `await stop()`."""
 
     def __init__(
-        self, scenarios: Sequence[str | Path] = (), load_builtin: bool = True, voice: Voice | None = None
+        self,
+        scenarios: Sequence[str | Path] = (),
+        load_builtin: bool = True,
+        voice: Voice | None = None,
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         self.personas = PersonaBook()
         self.voice = voice or Voice()  # pass one Voice to share its cache of spoken lines between emulators
         self.sessions: dict[str, Session] = {}
         self.secrets: dict[str, ClientSecret] = {}
         self.base_url = ""
+        self._extra_hosts = tuple(allowed_hosts)
+        self.hosts: HostPolicy = host_policy("127.0.0.1", self._extra_hosts)  # start() sets the real bind
         self._runner: web.AppRunner | None = None
         if load_builtin:
             for name in builtin_names():
@@ -125,7 +138,11 @@ class Emulator:
         return self.personas.load(str(name_or_path))
 
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_api_middleware])
+        @web.middleware
+        async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await self._edge(request, handler)
+
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[edge, _api_middleware])
         app.router.add_post("/v1/realtime/calls", self._create_call)
         app.router.add_post("/v1/realtime/calls/{call_id}/hangup", self._hangup)
         app.router.add_post("/v1/realtime/client_secrets", self._client_secret)
@@ -135,8 +152,20 @@ class Emulator:
             app.router.add_route("*", path, self._beta)
         return app
 
+    async def _edge(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Before anything else (CORS included): headers that are text, and only the Host names we serve."""
+        undecodable = undecodable_header(request.headers)
+        if undecodable is not None:
+            return _json_error(ApiError(400, undecodable[0].upper() + undecodable[1:] + ".", code="invalid_header"))
+        host = request.headers.get("Host")
+        if not self.hosts.allows(host):
+            message = self.hosts.refusal(host or "", "voicebridge emulator --allowed-host")
+            return _json_error(ApiError(421, message[0].upper() + message[1:] + ".", code="misdirected_request"))
+        return await handler(request)
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on host:port (0: any free port); returns the base URL, e.g. http://127.0.0.1:8765/v1."""
+        self.hosts = host_policy(host, self._extra_hosts)
         if is_local_url(f"http://{host}"):
             set_loopback_only(True)  # local clients only: offer 127.0.0.1 candidates, never other interfaces
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -356,8 +385,8 @@ def _check_offer(sdp: str) -> None:
 
 async def _serve(args: argparse.Namespace) -> int:
     try:
-        emulator = Emulator(scenarios=args.scenario)
-    except ScenarioError as e:
+        emulator = Emulator(scenarios=args.scenario, allowed_hosts=getattr(args, "allowed_host", None) or ())
+    except (ScenarioError, HostConfigError) as e:
         print(f"voicebridge emulator: {e}", flush=True)
         return 2
     try:
@@ -376,6 +405,6 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    """`voicebridge emulator [--host] [--port] [--scenario FILE]...`"""
+    """`voicebridge emulator [--host] [--port] [--scenario FILE]... [--allowed-host NAME]...`"""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(_serve(args))

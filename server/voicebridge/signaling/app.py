@@ -120,7 +120,7 @@ async def create_app(
     add_debug_routes(app)
     add_metrics_route(app, metrics)
     app.router.add_get("/api/calls/{call_id}/events", call_events)
-    install_security(app, security or SecurityPolicy())  # management token, rate limits, CORS
+    install_security(app, security or SecurityPolicy())  # Host names, management token, rate limits, CORS
     install_lifecycle(app)  # /readyz, 503 for new work while shutting down
     app.router.add_get("/", _index)
     # Everything else outside /api/ is a file of the console (so an unknown /api/ path stays a JSON 404 or 405).
@@ -134,8 +134,13 @@ async def create_app(
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    try:  # off loopback, no management token means no server (security.py says why)
-        policy = policy_for_serve(args.host, os.environ, getattr(args, "allow_origin", None) or ())
+    try:  # off loopback, no management token means no server; a bad --allowed-host neither (security.py)
+        policy = policy_for_serve(
+            args.host,
+            os.environ,
+            getattr(args, "allow_origin", None) or (),
+            getattr(args, "allowed_host", None) or (),
+        )
     except SecurityConfigError as e:
         print(f"voicebridge serve: {e}", file=sys.stderr)
         return 2

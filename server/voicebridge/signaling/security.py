@@ -1,4 +1,14 @@
-"""The signaling server's guards: the management token, per-client rate limits and the CORS policy.
+"""The signaling server's guards: the Host names it answers to, the management token, per-client rate limits
+and the CORS policy.
+
+* Host names (every route: the API, the WebSockets, the console's files). A page on a name rebound to
+  127.0.0.1 is same-origin to the browser, so on loopback without a token it could drive the whole API (start
+  calls that spend money, read transcripts, take over). Its requests carry its own name in `Host`, so they are
+  refused with 421 Misdirected Request unless the name is one the server was started for (edge/hosts.py:
+  127.0.0.1, localhost and ::1 on loopback, the configured name elsewhere, plus `--allowed-host`). 421 rather
+  than 403: the request is not forbidden to someone, it was sent to a name this server does not serve (RFC
+  9110 15.5.20), and it stays distinct from the 403 of a refused cross-origin request. A header that is not
+  valid UTF-8 is refused first with 400 (edge/headers.py).
 
 * Management token. Off loopback anyone on the network could start calls (each one spends API money) or
   read transcripts, so every /api/ route then needs `Authorization: Bearer <VOICEBRIDGE_ADMIN_TOKEN>` and
@@ -30,6 +40,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDict
+
+from voicebridge.edge.headers import undecodable_header
+from voicebridge.edge.hosts import HostConfigError, HostPolicy, host_policy
 
 from .api import error_body, json_response
 
@@ -96,6 +109,7 @@ class TokenBuckets:
 class SecurityPolicy:
     admin_token: str | None = field(default=None, repr=False)
     allowed_origins: frozenset[str] = frozenset()
+    hosts: HostPolicy = field(default_factory=HostPolicy)  # the loopback names, as `serve` on 127.0.0.1
     call_rate: RateLimit = RateLimit(burst=20, per_s=0.5)  # generous for people, a wall for scripts
     join_rate: RateLimit = RateLimit(burst=60, per_s=2.0)
 
@@ -138,7 +152,9 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def policy_for_serve(host: str, env: Mapping[str, str], allowed_origins: Iterable[str] = ()) -> SecurityPolicy:
+def policy_for_serve(
+    host: str, env: Mapping[str, str], allowed_origins: Iterable[str] = (), allowed_hosts: Iterable[str] = ()
+) -> SecurityPolicy:
     """The policy `voicebridge serve` runs with; raises SecurityConfigError when it must not start."""
     token = env.get(ADMIN_TOKEN_ENV, "").strip() or None
     if token is None and not is_loopback_host(host):
@@ -155,7 +171,11 @@ def policy_for_serve(host: str, env: Mapping[str, str], allowed_origins: Iterabl
                 f"--allow-origin {o!r} is not an origin: give scheme://host[:port] (no path, no wildcard)"
             )
         origins.append(norm)
-    return SecurityPolicy(admin_token=token, allowed_origins=frozenset(origins))
+    try:
+        hosts = host_policy(host, allowed_hosts)
+    except HostConfigError as e:
+        raise SecurityConfigError(str(e)) from None
+    return SecurityPolicy(admin_token=token, allowed_origins=frozenset(origins), hosts=hosts)
 
 
 SECURITY: web.AppKey[SecurityPolicy] = web.AppKey("security", SecurityPolicy)
@@ -194,10 +214,17 @@ def _client_key(request: web.Request) -> str:
 
 @web.middleware
 async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    policy = request.app[SECURITY]
+    undecodable = undecodable_header(request.headers)
+    if undecodable is not None:
+        return _refuse(request, 400, undecodable, "invalid_header")
+    host = request.headers.get("Host")
+    if not policy.hosts.allows(host):
+        message = policy.hosts.refusal(host or "", "voicebridge serve --allowed-host")
+        return _refuse(request, 421, message, "misdirected_request")
     path = request.path
     if not path.startswith("/api/") and path not in _GUARDED_OUTSIDE_API:
         return await handler(request)
-    policy = request.app[SECURITY]
 
     origin = request.headers.get("Origin")
     if origin is not None and not origin_allowed(request, origin):
