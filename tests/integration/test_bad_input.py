@@ -1,10 +1,13 @@
-"""Property-based bad input over real HTTP (hypothesis): the signaling API's bodies, SDP offers to the
-emulator and data-channel messages to an emulator session. Every answer is a clear 4xx in the right JSON
-shape (never a 5xx, never a dropped connection) and the server or session keeps serving afterwards.
-Example counts are modest so the file runs in well under 30 s."""
+"""Property-based bad input over real HTTP (hypothesis): the signaling API's bodies, hostile shapes (deep
+nesting, huge numbers, header bytes that are not UTF-8) on every endpoint of both servers (enumerated from
+their routers, so a new endpoint is covered without touching this file), SDP offers to the emulator and
+data-channel messages to an emulator session. Every answer is a clear 4xx in the right JSON shape (never a
+5xx, never a dropped connection) and the server or session keeps serving afterwards. Example counts are
+modest so the file runs in well under a minute."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -19,6 +22,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.integration.test_dns_rebinding import routes
 from tests.integration.test_signaling_api import FakeCall
 from voicebridge.config import Settings
 from voicebridge.emulator import events as ev
@@ -98,6 +102,178 @@ async def test_the_api_limits_bodies_and_names() -> None:
     from voicebridge.signaling.api import MAX_BODY_BYTES as API_MAX
 
     assert API_MAX <= 64 * 1024 and MAX_BODY_BYTES <= 1024 * 1024 and MAX_EVENT_BYTES <= 16 * 1024 * 1024
+
+
+# ---- hostile shapes on every endpoint of both servers ----------------------------------------------------
+
+ADMIN = "admin-token-for-bad-input-0123456789"
+
+
+def _deep(n: int, closed: bool) -> bytes:
+    return b"[" * n + (b"]" * n if closed else b"")
+
+
+hostile_json = st.one_of(
+    st.builds(_deep, st.integers(33, 20_000), st.booleans()),
+    st.integers(41, 6_000).map(lambda n: b"9" * n),
+    st.integers(300, 6_000).map(lambda n: b"1e%d" % n),
+    st.sampled_from([b"NaN", b"-Infinity", b'{"a": [1, 2, 3]}']),
+)
+hostile_bodies = st.one_of(
+    hostile_json,
+    st.builds(
+        lambda key, value: b'{"%s": %s}' % (key.encode(), value),
+        st.sampled_from(["scenario", "role", "ttl_s", "sdp", "participant_id", "session", "expires_after"]),
+        hostile_json,
+    ),
+    st.builds(lambda value: b'{"expires_after": {"anchor": "created_at", "seconds": %s}}' % value, hostile_json),
+)
+# Header values that are not UTF-8 (or are, but not ASCII). No control characters: aiohttp's HTTP parser
+# refuses those itself (a plain-text 400) before any application code runs.
+header_bytes = st.binary(min_size=1, max_size=24).map(
+    lambda b: bytes(c for c in b if c >= 0x20 and c != 0x7F).strip() or b"\xff"
+) | st.sampled_from([b"Bearer \xff\xfe", b"Bearer sk-\xc3\x28", "Bearer é".encode(), b"http://\xff.example"])
+header_names = st.sampled_from(
+    ["Authorization", "Origin", "Host", "Content-Type", "OpenAI-Beta", "Upgrade", "Accept",
+     "Access-Control-Request-Headers", "Cookie", "X-Anything"]
+)  # fmt: skip
+BOUNDARY = b"vb-hostile-boundary"
+
+
+def _multipart(session: bytes) -> bytes:
+    part = b'--%s\r\nContent-Disposition: form-data; name="%s"\r\nContent-Type: %s\r\n\r\n%s\r\n'
+    return (
+        part % (BOUNDARY, b"sdp", b"application/sdp", b"v=0")
+        + part % (BOUNDARY, b"session", b"application/json", session)
+        + b"--%s--\r\n" % BOUNDARY
+    )
+
+
+async def raw_request(
+    port: int, method: str, path: str, headers: dict[bytes, bytes], body: bytes
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request written byte for byte (aiohttp's client cannot send a header that is not UTF-8)."""
+    fields = {b"Host": b"127.0.0.1:%d" % port, b"Connection": b"close", b"Content-Length": b"%d" % len(body)}
+    fields.update(headers)
+    head = b"%s %s HTTP/1.1\r\n" % (method.encode(), path.encode()) + b"".join(
+        b"%s: %s\r\n" % kv for kv in fields.items()
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + b"\r\n" + body)
+        data = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    assert data, f"{method} {path}: the connection was dropped without an answer"
+    top, _, rest = data.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    answer = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    if answer.get("transfer-encoding") == "chunked":
+        chunks = b""
+        while rest:
+            size, _, rest = rest.partition(b"\r\n")
+            n = int(size, 16)
+            chunks, rest = chunks + rest[:n], rest[n + 2 :]
+        rest = chunks
+    return int(lines[0].split(" ")[1]), answer, rest
+
+
+def _fill(path: str, call_id: str) -> str:
+    path = re.sub(r"\{path[^}]*\}", "app.js", path)
+    return re.sub(r"\{[^}]+\}", quote(call_id, safe=""), path)
+
+
+@pytest.fixture
+async def servers(tmp_path: Path) -> AsyncIterator[dict[str, tuple[int, list[tuple[str, str]], dict[bytes, bytes]]]]:
+    """`serve` open (loopback, no token) and with an admin token, and the emulator: port, routes, auth header."""
+    FakeCall.made = []
+    emu = Emulator(load_builtin=False)
+    await emu.start()
+    emu_port = int(emu.base_url.rsplit(":", 1)[1].split("/")[0])
+    settings_ = Settings(base_url=emu.base_url, api_key="sk-test", artifacts_dir=tmp_path)  # /readyz: 200
+    roomy = dict(call_rate=RateLimit(10_000, 1000), join_rate=RateLimit(10_000, 1000))
+    open_app = await create_app(settings_, call_factory=FakeCall, max_live_calls=5, security=SecurityPolicy(**roomy))
+    admin_app = await create_app(
+        settings_, call_factory=FakeCall, max_live_calls=5, security=SecurityPolicy(admin_token=ADMIN, **roomy)
+    )
+    async with TestClient(TestServer(open_app)) as open_c, TestClient(TestServer(admin_app)) as admin_c:
+        try:
+            yield {
+                "serve": (open_c.port, routes(open_app), {}),
+                "serve-admin": (admin_c.port, routes(admin_app), {b"Authorization": b"Bearer " + ADMIN.encode()}),
+                "emulator": (emu_port, routes(emu.app), {b"Authorization": b"Bearer sk-test"}),
+            }
+        finally:
+            await emu.stop()
+
+
+@settings(FAST, max_examples=200)  # cheap requests: enough examples to reach every route with every shape
+@given(
+    data=st.data(),
+    server=st.sampled_from(["serve", "serve-admin", "emulator"]),
+    body=hostile_bodies,
+    ctype=st.sampled_from([b"application/json", b"multipart/form-data", b"application/sdp", b""]),
+    bad_header=st.none() | st.tuples(header_names, header_bytes),
+    call_id=st.sampled_from(["rtc_nothere", "call_fake_0"]) | st.text(min_size=1, max_size=20),
+)
+async def test_hostile_shapes_on_every_endpoint_get_a_clear_4xx(
+    servers: dict[str, tuple[int, list[tuple[str, str]], dict[bytes, bytes]]],
+    data: st.DataObject,
+    server: str,
+    body: bytes,
+    ctype: bytes,
+    bad_header: tuple[str, bytes] | None,
+    call_id: str,
+) -> None:
+    port, paths, auth = servers[server]
+    method, template = data.draw(st.sampled_from(paths), label="route")
+    path = _fill(template, call_id)
+    headers = dict(auth)
+    if ctype == b"multipart/form-data":
+        body, ctype = _multipart(body), b"multipart/form-data; boundary=" + BOUNDARY
+    if ctype:
+        headers[b"Content-Type"] = ctype
+    if bad_header is not None:
+        headers[bad_header[0].encode()] = bad_header[1]
+    status, answer, text = await raw_request(port, method, path, headers, body)
+    assert status < 500, (server, method, path, headers, body[:80], status, text[:300])
+    api = path.startswith(("/api/", "/v1/")) or path in ("/healthz", "/readyz", "/metrics")
+    if status >= 400 and (api or status in (400, 421)):
+        assert answer.get("content-type", "").startswith("application/json"), (path, status, text[:200])
+        error = json.loads(text)["error"]
+        assert isinstance(error["message"], str) and error["message"] and error["type"]
+    health = "/v1/realtime/calls/rtc_nothere/hangup" if server == "emulator" else "/healthz"
+    status, _, text = await raw_request(port, "POST" if server == "emulator" else "GET", health, auth, b"")
+    assert status in (200, 404), text[:200]  # still serving
+
+
+async def test_named_hostile_inputs_are_4xx_in_the_api_shape(
+    servers: dict[str, tuple[int, list[tuple[str, str]], dict[bytes, bytes]]],
+) -> None:
+    """The shapes issue 12 found as 500s, one by one, with what each answer must say."""
+    serve, _, _ = servers["serve"]
+    admin, _, _ = servers["serve-admin"]
+    emu, _, emu_auth = servers["emulator"]
+    json_type = {b"Content-Type": b"application/json"}
+    cases: list[tuple[int, str, dict[bytes, bytes], bytes, str]] = [
+        (serve, "/api/calls", json_type, b"[" * 16_000, "levels deep"),
+        (serve, "/api/calls", json_type, b'{"scenario": ' + b"1" * 5_000 + b"}", "5000 digits"),
+        (admin, "/api/calls", {**json_type, b"Authorization": b"Bearer \xff\xfe"}, b"{}", "'Authorization' header"),
+        (emu, "/v1/realtime/calls",
+         {**emu_auth, b"Content-Type": b"multipart/form-data; boundary=" + BOUNDARY}, _multipart(b"[" * 16_000),
+         "levels deep"),
+        (emu, "/v1/realtime/client_secrets", {**emu_auth, **json_type}, b'{"session": ' + b"[" * 16_000 + b"}",
+         "levels deep"),
+        (emu, "/v1/realtime/client_secrets", {**emu_auth, **json_type},
+         b'{"expires_after": {"anchor": "created_at", "seconds": ' + b"9" * 5_000 + b"}}", "5000 digits"),
+        (emu, "/v1/realtime/client_secrets", {b"Authorization": b"Bearer sk-\xff"}, b"", "'Authorization' header"),
+        (emu, "/v1/realtime/calls", {**emu_auth, b"Origin": b"http://\xff"}, b"", "'Origin' header"),
+    ]  # fmt: skip
+    for port, path, headers, body, why in cases:
+        status, _, text = await raw_request(port, "POST", path, headers, body)
+        assert status == 400, (path, status, text[:300])
+        assert why in json.loads(text)["error"]["message"], (path, text[:300])
+    assert not FakeCall.made  # none of them started a call
 
 
 # ---- SDP offers to the emulator -------------------------------------------------------------------------
@@ -248,6 +424,17 @@ async def test_random_channel_messages_get_error_events_and_the_session_lives(
     assert not sess.closed.is_set()
     handle(sess, json.dumps({"type": "session.update", "session": {"type": "realtime", "instructions": "Hi."}}))
     assert sent[-1]["type"] == "session.updated"  # still answering properly
+
+
+async def test_hostile_json_in_a_channel_message_is_an_invalid_json_error_event(
+    session: tuple[Session, list[dict[str, Any]]],
+) -> None:
+    sess, sent = session
+    for message, why in [("[" * 16_000, "levels deep"), ('{"type": "response.create", "x": ' + "7" * 5_000 + "}",
+                          "5000 digits")]:  # fmt: skip
+        handle(sess, message)
+        assert sent[-1]["type"] == "error" and sent[-1]["error"]["code"] == "invalid_json", sent[-1]
+        assert why in sent[-1]["error"]["message"]
 
 
 async def test_an_oversized_channel_message_is_an_error_event(

@@ -1,6 +1,8 @@
 """Property-based bad input (hypothesis) for the parts that parse what others write: scenario files (dicts and
 TOML text) raise ScenarioError and nothing else; tool arguments (whatever a model sends) give error outputs
-and never raise. Each has a size limit, pinned here."""
+and never raise; what both servers read from the network (JSON of any depth or number size, Host headers,
+header bytes that are not UTF-8, `--allowed-host` values) is accepted within bounds or refused with a reason.
+Each has a size limit, pinned here."""
 
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from voicebridge.bridge.tools import MAX_ARGUMENT_CHARS, MAX_OUTPUT_CHARS, ToolRegistry
+from voicebridge.edge.headers import undecodable_header
+from voicebridge.edge.hosts import HostConfigError, allowed_host_name, host_name, host_policy
+from voicebridge.edge.json_body import MAX_DEPTH, MAX_INT_DIGITS, JsonBodyError, parse_json
+from voicebridge.edge.json_body import depth as json_depth
 from voicebridge.scenarios.model import (
     BUILTIN_DIR,
     MAX_SCENARIO_BYTES,
@@ -162,3 +168,89 @@ async def test_tool_arguments_and_outputs_have_size_limits() -> None:
     r = await reg.run("chatty", json.dumps({"size": MAX_OUTPUT_CHARS + 1}))
     assert not r.ok and json.loads(r.output)["error"]["type"] == "tool_error" and "limit" in r.output
     assert len(r.output) < 1000
+
+
+# ---- what both servers read from the network (edge/) -------------------------------------------------------
+
+hostile_json = st.one_of(
+    st.integers(1, 20_000).map(lambda n: "[" * n + "]" * n),  # deep
+    st.integers(1, 20_000).map(lambda n: "[" * n),  # deep and never closed
+    st.integers(1, 3_000).map(lambda n: '{"a":' * n + "1" + "}" * n),
+    st.integers(1, 6_000).map(lambda n: "9" * n),  # huge integers
+    st.integers(1, 6_000).map(lambda n: '{"ttl_s": -' + "9" * n + "}"),
+    st.integers(300, 6_000).map(lambda n: f"[1e{n}, 2]"),  # a float that overflows to inf
+    st.sampled_from(["NaN", "[Infinity]", '{"a": -Infinity}']),
+    json_values.map(json.dumps),
+    st.text(max_size=200),
+)
+
+
+@FAST
+@given(text=hostile_json, as_bytes=st.booleans())
+def test_network_json_is_bounded_json_or_says_why(text: str, as_bytes: bool) -> None:
+    try:
+        value = parse_json(text.encode("utf-8", "surrogatepass") if as_bytes else text)
+    except JsonBodyError as e:
+        assert str(e)
+    else:
+        assert json_depth(value) <= MAX_DEPTH
+        json.dumps(value, allow_nan=False)  # only finite numbers: any JSON peer can read it back
+
+
+def test_network_json_limits_name_what_is_wrong() -> None:
+    assert json_depth(parse_json("[" * MAX_DEPTH + "]" * MAX_DEPTH)) == MAX_DEPTH
+    for text, why in [
+        ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "levels deep"),
+        ("[" * 16_000, "levels deep"),
+        ("9" * 5_000, "5000 digits"),
+        ("1e999", "too large"),
+        ("NaN", "not a JSON value"),
+        (b"\xff{}", "not UTF-8"),
+        ("{", "Expecting"),
+    ]:
+        with pytest.raises(JsonBodyError, match=why):
+            parse_json(text)
+    assert parse_json("9" * MAX_INT_DIGITS) == int("9" * MAX_INT_DIGITS)
+
+
+@FAST
+@given(header=st.text(max_size=80) | st.binary(max_size=40).map(lambda b: b.decode("utf-8", "surrogateescape")))
+def test_host_headers_never_raise(header: str) -> None:
+    name = host_name(header)
+    assert name is None or (name.isascii() and name == name.lower())
+    for policy in (host_policy("127.0.0.1"), host_policy("0.0.0.0"), host_policy("10.0.0.5", ["a.example"])):
+        allowed = policy.allows(header)
+        assert not allowed or name is not None
+        if not allowed:
+            assert "answers to" in policy.refusal(header, "--allowed-host")
+
+
+@FAST
+@given(value=st.text(max_size=40))
+def test_allowed_host_values_are_names_or_refused(value: str) -> None:
+    try:
+        name = allowed_host_name(value)
+    except HostConfigError as e:
+        assert "--allowed-host" in str(e)
+    else:
+        assert host_policy("127.0.0.1", [value]).allows(f"[{name}]:8080" if ":" in name else f"{name}:8080")
+
+
+@FAST
+@given(headers=st.dictionaries(st.text(min_size=1, max_size=10), st.binary(max_size=30), max_size=4))
+def test_headers_that_are_not_utf8_are_named(headers: dict[str, bytes]) -> None:
+    decoded = {k: v.decode("utf-8", "surrogateescape") for k, v in headers.items()}
+    why = undecodable_header(decoded)
+    bad = [k for k, v in headers.items() if _not_utf8(v)]
+    assert (why is None) == (not bad)
+    if why is not None:
+        assert "not valid UTF-8" in why
+        why.encode("ascii")  # safe to put in any response
+
+
+def _not_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False

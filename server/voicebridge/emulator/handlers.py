@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ import numpy as np
 from . import audio_formats, response_plan
 from . import events as ev
 from .hearing import HearingError
-from .schema import CLIENT_EVENTS, ApiError, check_client_event, check_session
+from .schema import CLIENT_EVENTS, ApiError, check_client_event, check_session, parse_body_json
 from .session import merge_session
 
 if TYPE_CHECKING:
@@ -37,12 +36,7 @@ def handle(s: Session, message: str | bytes) -> None:
                 f"Event is {len(message)} bytes, over the {MAX_EVENT_BYTES}-byte limit.",
                 code="event_too_large",
             )
-        try:
-            data = json.loads(message)
-        except ValueError as e:
-            raise ApiError(
-                400, f"We could not parse the JSON body of your request: {e}", code="invalid_json"
-            ) from e
+        data = parse_body_json(message)  # depth and number sizes bounded, like the HTTP bodies
         if not isinstance(data, dict):
             raise ApiError(400, "Invalid event: expected a JSON object.", code="invalid_value")
         event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None

@@ -41,6 +41,10 @@ from openai.types.realtime.client_secret_create_params import ClientSecretCreate
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import is_typeddict
 
+from ..edge.json_body import JsonBodyError, parse_json
+
+MAX_JSON_DEPTH = 64  # a session nests a few levels, tool parameter schemas a few more; 64 is generous
+
 
 class ApiError(Exception):
     """An error in the API's shape: HTTP status plus the `error` object's fields."""
@@ -288,3 +292,15 @@ def check_client_secret_request(body: Any) -> None:
 def check_client_event(ev: dict[str, Any]) -> None:
     """Validate a client event whose `type` is known (the caller checks that first)."""
     check(CLIENT_EVENTS[ev["type"]], ev, "")
+
+
+def parse_body_json(raw: str | bytes, param: str | None = None) -> Any:
+    """The one JSON reader of the emulator (the body, the multipart `session`, client events): bounded depth and
+    number sizes, and a 400 saying what is wrong instead of a server error."""
+    try:
+        return parse_json(raw, max_depth=MAX_JSON_DEPTH)
+    except JsonBodyError as e:
+        if param is None:
+            message = f"We could not parse the JSON body of your request: {e}."
+            raise ApiError(400, message, code="invalid_json") from None
+        raise ApiError(400, f"Invalid '{param}': not valid JSON ({e}).", code="invalid_value", param=param) from None

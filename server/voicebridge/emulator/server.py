@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import time
@@ -33,7 +32,7 @@ from ..media.loopback import is_local_url, set_loopback_only
 from ..scenarios.model import Scenario, ScenarioError, builtin_names
 from . import events as ev
 from .persona import PersonaBook
-from .schema import NO_SUCH_CALL, ApiError, check_client_secret_request, check_session
+from .schema import NO_SUCH_CALL, ApiError, check_client_secret_request, check_session, parse_body_json
 from .session import Session, default_session, merge_session
 from .voice import Voice
 
@@ -254,15 +253,7 @@ class Emulator:
             raw_session = _form_text(form.get("session"))
             session = None
             if raw_session is not None:
-                try:
-                    session = json.loads(raw_session)
-                except ValueError as e:
-                    raise ApiError(
-                        400,
-                        f"Invalid 'session': not valid JSON ({e}).",
-                        code="invalid_value",
-                        param="session",
-                    ) from e
+                session = parse_body_json(raw_session, "session")
             return sdp, session
         if ctype == "application/sdp":
             try:
@@ -320,12 +311,8 @@ class Emulator:
 
     async def _client_secret(self, request: web.Request) -> web.Response:
         self._api_key(request)
-        try:
-            body = await request.json() if await request.read() else {}
-        except ValueError as e:
-            raise ApiError(
-                400, f"We could not parse the JSON body of your request: {e}", code="invalid_json"
-            ) from e
+        raw = await request.read()
+        body = parse_body_json(raw) if raw.strip() else {}
         check_client_secret_request(body)
         seconds = int((body.get("expires_after") or {}).get("seconds", SECRET_TTL_DEFAULT_S))
         lo, hi = SECRET_TTL_RANGE_S

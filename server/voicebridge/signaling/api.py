@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from voicebridge.config import Settings
+from voicebridge.edge.json_body import JsonBodyError, parse_json
 from voicebridge.media.loopback import is_local_url
 from voicebridge.media.sdp_explain import SdpError, explain
 from voicebridge.scenarios.model import ScenarioError, builtin_names, load_scenario
@@ -89,9 +90,9 @@ async def read_json_body(request: web.Request) -> dict[str, Any]:
     raw = await request.read()  # bounded by the app's client_max_size (413 beyond it)
     if not raw.strip():
         return {}
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    try:  # depth and number sizes bounded: `[` x 16,000 or a 5,000-digit number is a 400, not a 500
+        body = parse_json(raw)
+    except JsonBodyError as e:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
