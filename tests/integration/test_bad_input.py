@@ -334,10 +334,12 @@ async def _post_sdp(emu: Emulator, sdp: str | bytes) -> tuple[int, str]:
         return r.status, await r.text()
 
 
-def _assert_emulator_error(status: int, text: str, codes: set[int]) -> None:
+def _assert_emulator_error(status: int, text: str, codes: set[int]) -> str:
     assert status in codes, (status, text[:300])
     err = json.loads(text)["error"]
     assert set(err) == {"message", "type", "code", "param"} and err["message"]
+    assert err["message"].split(":", 1)[-1].strip(" ."), err  # says what is wrong, not just "Invalid SDP offer:"
+    return str(err["message"])
 
 
 async def test_named_bad_offers_are_refused_in_the_api_shape(emu: Emulator) -> None:
@@ -355,6 +357,16 @@ async def test_named_bad_offers_are_refused_in_the_api_shape(emu: Emulator) -> N
         status, text = await _post_sdp(emu, sdp)
         _assert_emulator_error(status, text, codes)
         assert not emu.sessions, name
+    # DTLS needs the offerer's fingerprint: the real API cannot answer an offer without one, nor can the emulator.
+    no_fingerprint = "\r\n".join(x for x in good.split("\r\n") if not x.startswith("a=fingerprint:"))
+    message = _assert_emulator_error(*await _post_sdp(emu, no_fingerprint), {400})
+    assert "a=fingerprint" in message and "audio" in message
+    for line, why in [("m=audio x UDP/TLS/RTP/SAVPF 111", "port 'x'"), ("m=audio 70000 UDP/TLS/RTP/SAVPF 111", "70000"),
+                      ("m=audio 9", "m=<media> <port> <proto> <formats>")]:  # fmt: skip
+        bad_port = re.sub(r"m=audio [^\r\n]*", line, good, count=1)
+        message = _assert_emulator_error(*await _post_sdp(emu, bad_port), {400})
+        assert why in message and "Invalid SDP offer" in message, message
+    assert not emu.sessions
     status, text = await _post_sdp(emu, good)
     assert status == 201 and text.startswith("v=0")  # and it still answers a good offer
 

@@ -354,6 +354,8 @@ def _check_offer(sdp: str) -> None:
             code="invalid_offer",
             param="sdp",
         )
+    _check_media_lines(text)
+    _check_fingerprint(text)
     # The API speaks Opus only: an offer without it would get an answer with the audio rejected (port 0)
     # and a call that never hears or speaks, so it is refused here with the codecs that were offered.
     audio = text.replace("\r\n", "\n").split("\nm=audio ", 1)[1].split("\nm=", 1)[0]
@@ -368,6 +370,42 @@ def _check_offer(sdp: str) -> None:
             code="invalid_offer",
             param="sdp",
         )
+
+
+def _invalid_offer(why: str) -> ApiError:
+    return ApiError(400, f"Invalid SDP offer: {why}", code="invalid_offer", param="sdp")
+
+
+def _check_media_lines(text: str) -> None:
+    """Every `m=` line is `m=<media> <port>[/<count>] <proto> <fmt> ...` with a port aiortc can take; its parser
+    otherwise fails with an empty message."""
+    for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+        if not line.startswith("m="):
+            continue
+        shown = line[:80] + ("..." if len(line) > 80 else "")
+        fields = line[2:].split(" ")
+        if len(fields) < 4 or not all(fields[:4]):
+            raise _invalid_offer(f"line {number} {shown!r} is not 'm=<media> <port> <proto> <formats>'.")
+        port, _, count = fields[1].partition("/")
+        if not (port.isascii() and port.isdigit() and int(port) <= 65535) or (count and not count.isdigit()):
+            raise _invalid_offer(
+                f"line {number} {shown!r} has the port {fields[1][:20]!r}; expected a number from 0 to 65535."
+            )
+
+
+def _check_fingerprint(text: str) -> None:
+    """DTLS needs the offerer's certificate fingerprint, for the session or for each media section: the real API
+    cannot set up a call without it, so neither does the emulator."""
+    head, *sections = text.replace("\r\n", "\n").split("\nm=")
+    if "\na=fingerprint:" in f"\n{head}":
+        return
+    for section in sections:
+        if "\na=fingerprint:" not in section:
+            media = section.split(" ", 1)[0][:20]
+            raise _invalid_offer(
+                f"the {media} section has no a=fingerprint attribute (and the session has none): DTLS needs the "
+                "certificate fingerprint of the offerer, e.g. 'a=fingerprint:sha-256 AB:CD:...'."
+            )
 
 
 async def _serve(args: argparse.Namespace) -> int:

@@ -214,8 +214,10 @@ class Session:
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as e:  # aiortc's parser raises whatever a broken line trips (ValueError, AttributeError...)
+            why = str(e) or "a line is malformed"  # some of aiortc's parse errors carry no message at all
             raise ApiError(
-                400, f"Invalid SDP offer: {e or type(e).__name__}", code="invalid_offer", param="sdp"
+                400, f"Invalid SDP offer: it cannot be parsed ({type(e).__name__}: {why})",
+                code="invalid_offer", param="sdp",
             ) from e
         self.pc.addTrack(self.track)
         try:
