@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import av
 from aiohttp import WSMsgType, web
 
+from ..edge.websocket import LimitedWebSocketResponse
 from . import events as ev
 from .audio_formats import PCM, RATES, encode
 from .handlers import MAX_EVENT_BYTES, handle
@@ -182,7 +183,7 @@ async def realtime_socket(emulator: Emulator, request: web.Request) -> web.Strea
 
 
 async def _serve(request: web.Request, session: Session, *, sideband: bool) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(max_msg_size=MAX_EVENT_BYTES, autoping=True)
+    ws = LimitedWebSocketResponse(max_msg_size=MAX_EVENT_BYTES, autoping=True)  # over it: close 1009, a reason
     await ws.prepare(request)
     outbox: asyncio.Queue[str | None] = asyncio.Queue()
 

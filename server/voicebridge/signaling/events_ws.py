@@ -3,7 +3,8 @@
 Each text message is `{"seq", "kind", "data"}` with kind one of state, event, turn, tool_call, ended; the
 first message is `{"kind": "hello", "data": {"call_id", "state", "truncated"}}` (truncated: the oldest
 backlog messages were dropped). `?since=N` skips messages with seq <= N, for a client that reconnects. The
-socket closes (1000) after the `ended` message; an unknown call is a JSON 404 before any upgrade.
+socket closes (1000) after the `ended` message; an unknown call is a JSON 404 before any upgrade. A client
+message over 4 KiB closes it with 1009 and a reason (edge/websocket.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import logging
 
 from aiohttp import WSMsgType, web
 
+from voicebridge.edge.websocket import LimitedWebSocketResponse
+
 from .api import ApiError, find_record, safe_dumps
 from .calls import Watcher
 
 log = logging.getLogger(__name__)
+MAX_MESSAGE_BYTES = 4096  # the console sends nothing; a client that does gets room for a little, no more
 
 
 async def _pump(ws: web.WebSocketResponse, app: web.Application, watcher: Watcher, since: int) -> None:
@@ -40,7 +44,7 @@ async def call_events(request: web.Request) -> web.WebSocketResponse:
         since = int(request.query.get("since", "0"))
     except ValueError:
         raise ApiError(400, f"`since` must be a whole number, got {request.query['since'][:40]!r}") from None
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
+    ws = LimitedWebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_BYTES)  # over it: close 1009
     await ws.prepare(request)
     backlog, watcher = rec.subscribe()
     pump: asyncio.Task[None] | None = None
