@@ -133,7 +133,7 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
 
         return bench_main(args)
     if cmd == "sdp":
-        from .media.sdp_render import main as sdp_main
+        from .diagnostics.sdp_render import main as sdp_main
 
         return sdp_main(args)
     if cmd == "batch":

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from voicebridge.media.pc_debug import PcDebug, add_rates, mask_sdp, stats_rows
+from voicebridge.diagnostics.pc_debug import PcDebug, add_rates, mask_sdp, stats_rows
 
 pytestmark = pytest.mark.unit
 

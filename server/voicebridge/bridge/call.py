@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pyee.asyncio import AsyncIOEventEmitter
 
 from voicebridge.config import Settings
-from voicebridge.media.pc_debug import PcDebug
+from voicebridge.diagnostics.pc_debug import PcDebug
 from voicebridge.realtime.leg import Leg
 from voicebridge.scenarios.model import ROLES, Scenario
 

@@ -16,9 +16,9 @@ from typing import Any
 from aiohttp import web
 
 from voicebridge.config import Settings
+from voicebridge.diagnostics.sdp_explain import SdpError, explain
 from voicebridge.edge.json_body import JsonBodyError, parse_json
 from voicebridge.media.loopback import is_local_url
-from voicebridge.media.sdp_explain import SdpError, explain
 from voicebridge.scenarios.model import ScenarioError, builtin_names, load_scenario
 
 from .calls import CallManager, CallRecord, TooManyCalls

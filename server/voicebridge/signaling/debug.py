@@ -1,4 +1,4 @@
-"""Debug endpoints for one call's peer connections (the records of voicebridge.media.pc_debug.PcDebug).
+"""Debug endpoints for one call's peer connections (the records of voicebridge.diagnostics.pc_debug.PcDebug).
 
 GET /api/calls/{id}/debug   everything as one JSON: per peer connection its SDP (raw, ICE passwords masked,
                             and explained), state timeline and a fresh stats snapshot (the last one once
@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from voicebridge.diagnostics.pc_debug import PcDebug
 from voicebridge.media.loopback import is_local_url
-from voicebridge.media.pc_debug import PcDebug
 
 from .api import SETTINGS, find_record, json_response
 
