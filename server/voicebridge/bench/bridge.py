@@ -120,7 +120,7 @@ async def _setup_call(b: _Bridge, conn: Any) -> tuple[float, float, float]:
         b.outs += outs
         b.taps += taps
     else:
-        from voicebridge.media.transcode import TranscodeLeg, TranscodeRelay
+        from voicebridge.bench.transcode import TranscodeLeg, TranscodeRelay
 
         legs = [TranscodeLeg(pc) for pc in pcs]
     for pc in pcs:
@@ -151,7 +151,7 @@ async def _add_listener(b: _Bridge, conn: Any) -> None:
         s_out.add_to(pc, "sendonly")
         relay.add_listener(c_out, s_out)
     else:
-        from voicebridge.media.transcode import ForwardTrack
+        from voicebridge.bench.transcode import ForwardTrack
 
         c_fwd, s_fwd = ForwardTrack(), ForwardTrack()
         pc.addTransceiver(c_fwd, direction="sendonly")
