@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--allowed-host", action="append", default=[], metavar="NAME",
         help="another host name the emulator answers to (the Host header; others get 421); repeatable",
     )
+    e.add_argument(
+        "--connect-timeout", type=float, default=30.0, metavar="S",
+        help="close a WebRTC session whose peer has not connected this long after the answer (default 30)",
+    )
+    e.add_argument("--max-sessions", type=_positive_int, default=500, help="live sessions in all (default 500)")
+    e.add_argument(
+        "--max-sessions-per-key", type=_positive_int, default=200, help="live sessions per API key (default 200)"
+    )
 
     b = sub.add_parser("bench", help="measure the media path against a transcoding baseline")
     b.add_argument("--quick", action="store_true", help="a small run in under a minute")

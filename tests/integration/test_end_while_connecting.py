@@ -28,9 +28,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.integration.conftest import _VOICE
 from tests.integration.realtime_gate import Gate, TcpGate
 from voicebridge.bridge.call import Call
 from voicebridge.config import EMULATOR_KEY, Settings
+from voicebridge.emulator.limits import Limits
 from voicebridge.emulator.server import Emulator
 from voicebridge.realtime.leg import Leg
 from voicebridge.realtime.webrtc import WebRtcLeg
@@ -242,21 +244,31 @@ async def test_no_session_created_in_time_hangs_up_both_sessions(
     assert_hung_up_by_the_endpoint(gate, emulator, 2)
 
 
-async def test_a_create_that_times_out_is_reported_and_the_other_session_hung_up(
-    gate: Gate, emulator: Emulator, tmp_path: Path
-) -> None:
-    """The caller's create outlives its time-out: the client cannot learn the id of what the server made (the
-    emulator ends such a session when its peer never connects: test_emulator_limits.py); the CS session is hung
-    up and the error says what happened."""
-    gate.rules = {"caller": "hold_answer", "cs": "pass"}
-    async with console(gate.base_url, tmp_path, timeout_s=3.0) as c:
-        call_id, call = await c.start_call()
-        await call.wait_ended(30)
-        view = await c.view(call_id)
-        assert view["end_reason"] == "error"
-        assert "did not answer in time" in view["error"], view["error"]
-    cs = gate.by_role("cs").session
-    assert cs is not None and cs.close_reason == "hangup endpoint"
+async def test_a_create_that_times_out_is_reported_and_the_other_session_hung_up(tmp_path: Path) -> None:
+    """The caller's create outlives its time-out: the client cannot learn the id of what the server made, so the
+    server ends that session itself when its peer never connects (the emulator's connect time-out); the CS
+    session is hung up and the error says what happened."""
+    emulator = Emulator(voice=_VOICE, limits=Limits(connect_timeout_s=3.0))
+    await emulator.start()
+    gate = Gate(emulator, SCENARIO)
+    await gate.start()
+    try:
+        gate.rules = {"caller": "hold_answer", "cs": "pass"}
+        async with console(gate.base_url, tmp_path, timeout_s=3.0) as c:
+            call_id, call = await c.start_call()
+            await call.wait_ended(30)
+            view = await c.view(call_id)
+            assert view["end_reason"] == "error"
+            assert "did not answer in time" in view["error"], view["error"]
+        cs, caller = gate.by_role("cs").session, gate.by_role("caller").session
+        assert cs is not None and cs.close_reason == "hangup endpoint"
+        assert caller is not None
+        await asyncio.wait_for(caller.closed.wait(), 30)
+        assert caller.close_reason == "not connected within 3 s"
+        assert not emulator.sessions
+    finally:
+        await gate.stop()
+        await emulator.stop()
 
 
 # -- the WebSocket transport ----------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ class ApiError(Exception):
         code: str | None = None,
         param: str | None = None,
         type_: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -64,6 +65,7 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.type = type_
+        self.headers = headers or {}  # e.g. Retry-After on a 429 or 503
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}

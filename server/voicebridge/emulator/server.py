@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,10 @@ from aiohttp import web
 from ..edge.headers import undecodable_header
 from ..edge.hosts import HostConfigError, HostPolicy, host_policy
 from ..media.loopback import is_local_url, set_loopback_only
+from ..observability.logs import CHATTY_LIBRARIES
 from ..scenarios.model import Scenario, ScenarioError, builtin_names
 from . import events as ev
+from .limits import AcceptErrorFilter, Limits, SessionCounter, overloaded
 from .persona import PersonaBook
 from .schema import NO_SUCH_CALL, ApiError, check_client_secret_request, check_session, parse_body_json
 from .session import Session, default_session, merge_session
@@ -53,11 +56,12 @@ class ClientSecret:
     value: str
     expires_at: int
     session: dict[str, Any]
+    owner: str = field(default="", repr=False)  # the API key that minted it: its sessions count for that key
     used: bool = False
 
 
 def _json_error(err: ApiError) -> web.Response:
-    return web.json_response(err.body(), status=err.status)
+    return web.json_response(err.body(), status=err.status, headers=err.headers)
 
 
 def _cors_headers(request: web.Request) -> dict[str, str]:
@@ -97,6 +101,15 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response = _json_error(ApiError(404, f"Invalid URL ({request.method} {request.path})"))
     except web.HTTPException as e:
         response = _json_error(ApiError(e.status, e.reason))
+    except ConnectionResetError:  # the client went away mid-request: nobody to answer, nothing to report
+        log.info("%s %s: the client disconnected before its request was read", request.method, request.path)
+        response = _json_error(ApiError(400, "The client disconnected before its request was read."))
+    except OSError as e:
+        if e.errno not in (errno.EMFILE, errno.ENFILE):
+            log.exception("%s %s failed", request.method, request.path)
+            raise
+        log.warning("%s %s: out of file descriptors: %s", request.method, request.path, e)
+        response = _json_error(overloaded("out of file descriptors"))
     except Exception:  # a bug in the emulator still answers in the API's shape, and is logged in full
         log.exception("%s %s failed", request.method, request.path)
         response = _json_error(
@@ -115,7 +128,11 @@ class Emulator:
         load_builtin: bool = True,
         voice: Voice | None = None,
         allowed_hosts: Sequence[str] = (),
+        limits: Limits | None = None,
     ) -> None:
+        self.limits = limits or Limits()
+        self.counter = SessionCounter(self.limits)  # live sessions per key and in all (limits.py)
+        self._accept_filter: AcceptErrorFilter | None = None
         self.personas = PersonaBook()
         self.voice = voice or Voice()  # pass one Voice to share its cache of spoken lines between emulators
         self.sessions: dict[str, Session] = {}
@@ -167,6 +184,9 @@ class Emulator:
         self.hosts = host_policy(host, self._extra_hosts)
         if is_local_url(f"http://{host}"):
             set_loopback_only(True)  # local clients only: offer 127.0.0.1 candidates, never other interfaces
+        if self._accept_filter is None:
+            self._accept_filter = AcceptErrorFilter(asyncio.get_running_loop())
+            self._accept_filter.install()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -182,6 +202,9 @@ class Emulator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._accept_filter is not None:
+            self._accept_filter.remove()
+            self._accept_filter = None
 
     # ---- auth -------------------------------------------------------------------------------------------
 
@@ -277,19 +300,31 @@ class Emulator:
         _check_offer(sdp)
         config = default_session(request.query.get("model") or DEFAULT_MODEL)
         if secret is not None:
-            secret.used = True  # spent only on a well-formed offer, as a typo must not burn the key
             config = secret.session
         if session is not None:
             check_session(session)
             config = merge_session(config, session)
         call_id = ev.new_id("rtc", 24)
-        sess = Session(call_id, config, self.personas, self.voice, self._session_closed)
+        # Limits checked and the session counted before any await (limits.py): concurrent offers cannot all pass.
+        owner = secret.owner if secret is not None else key
+        self.counter.add(call_id, owner, str(config.get("model") or DEFAULT_MODEL), needs_sockets=True)
+        try:
+            sess = Session(call_id, config, self.personas, self.voice, self._session_closed)
+        except BaseException:
+            self.counter.release(call_id)
+            raise
+        if secret is not None:
+            secret.used = True  # spent only on a well-formed offer it could have, as a typo must not burn the key
         self.sessions[call_id] = sess
         try:
             answer = await sess.accept(sdp)
+            if "\na=candidate:" not in answer.replace("\r\n", "\n"):
+                # aioice could not open a single socket (out of descriptors): nobody could reach this answer.
+                raise overloaded("no ICE candidate could be gathered for the answer")
         except BaseException:
             await sess.close("offer rejected")
             raise
+        sess.close_unless_connected(self.limits.connect_timeout_s)
         return web.Response(
             status=201,
             text=answer,
@@ -299,6 +334,7 @@ class Emulator:
 
     def _session_closed(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+        self.counter.release(session.id)
 
     async def _hangup(self, request: web.Request) -> web.Response:
         self._api_key(request)
@@ -310,7 +346,7 @@ class Emulator:
         return web.Response(status=200)
 
     async def _client_secret(self, request: web.Request) -> web.Response:
-        self._api_key(request)
+        key = self._api_key(request)
         raw = await request.read()
         body = parse_body_json(raw) if raw.strip() else {}
         check_client_secret_request(body)
@@ -327,7 +363,7 @@ class Emulator:
         if body.get("session") is not None:
             check_session(body["session"])
             config = merge_session(config, body["session"])
-        secret = ClientSecret(ev.new_id("ek", 32), int(time.time()) + seconds, config)
+        secret = ClientSecret(ev.new_id("ek", 32), int(time.time()) + seconds, config, owner=key)
         self.secrets[secret.value] = secret
         return web.json_response({"value": secret.value, "expires_at": secret.expires_at, "session": config})
 
@@ -410,8 +446,14 @@ def _check_fingerprint(text: str) -> None:
 
 async def _serve(args: argparse.Namespace) -> int:
     try:
-        emulator = Emulator(scenarios=args.scenario, allowed_hosts=getattr(args, "allowed_host", None) or ())
-    except (ScenarioError, HostConfigError) as e:
+        limits = Limits(
+            connect_timeout_s=getattr(args, "connect_timeout", Limits.connect_timeout_s),
+            max_sessions=getattr(args, "max_sessions", Limits.max_sessions),
+            max_sessions_per_key=getattr(args, "max_sessions_per_key", Limits.max_sessions_per_key),
+        )
+        allowed = getattr(args, "allowed_host", None) or ()
+        emulator = Emulator(scenarios=args.scenario, allowed_hosts=allowed, limits=limits)
+    except (ScenarioError, HostConfigError, ValueError) as e:
         print(f"voicebridge emulator: {e}", flush=True)
         return 2
     try:
@@ -432,4 +474,6 @@ async def _serve(args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     """`voicebridge emulator [--host] [--port] [--scenario FILE]... [--allowed-host NAME]...`"""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in CHATTY_LIBRARIES:  # ICE checks and HTTP requests only from WARNING up: a line per check is noise
+        logging.getLogger(name).setLevel(logging.WARNING)
     return asyncio.run(_serve(args))

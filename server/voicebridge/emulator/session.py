@@ -161,6 +161,7 @@ class Session:
         self._tasks: set[asyncio.Future[Any]] = set()
         self.closed = asyncio.Event()
         self.close_reason: str | None = None  # why it ended ("hangup endpoint", "data channel closed", ...)
+        self.peer_connected = asyncio.Event()  # WebRTC: the peer connection has been "connected" (once is enough)
         self.created_at = time.monotonic()
         self.channel_open_at: float | None = None
         self.ear = self._new_ear()
@@ -245,8 +246,22 @@ class Session:
         if track.kind == "audio":
             self.spawn(self._listen(track))
 
+    def close_unless_connected(self, timeout_s: float) -> None:
+        """Close the session if its peer has not connected within `timeout_s`: a client that vanished after its
+        offer, or whose candidates lead nowhere, must not hold a peer connection and its sockets for ever."""
+
+        async def watch() -> None:
+            try:
+                await asyncio.wait_for(self.peer_connected.wait(), timeout_s)
+            except TimeoutError:
+                await self.close(f"not connected within {timeout_s:g} s")
+
+        self.spawn(watch())
+
     def _on_connection_state(self) -> None:
         assert self.pc is not None
+        if self.pc.connectionState == "connected":
+            self.peer_connected.set()
         if self.pc.connectionState in ("failed", "closed"):
             self.spawn(self.close(f"peer connection {self.pc.connectionState}"))
 

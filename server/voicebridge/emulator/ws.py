@@ -155,9 +155,9 @@ async def realtime_socket(emulator: Emulator, request: web.Request) -> web.Strea
             raise ApiError(404, NO_SUCH_CALL, code="call_id_not_found", param="call_id")
         return await _serve(request, session, sideband=True)
     config = default_session(model or "gpt-realtime")
+    secret = None
     if key.startswith("ek_"):
         secret = emulator._secret(key)
-        secret.used = True
         config = secret.session
     elif not model:
         raise ApiError(
@@ -166,15 +166,25 @@ async def realtime_socket(emulator: Emulator, request: web.Request) -> web.Strea
             code="missing_required_parameter",
             param="model",
         )
-    session = Session(
-        str(config.get("id") or ev.new_id("sess")),
-        config,
-        emulator.personas,
-        emulator.voice,
-        emulator._session_closed,
-        transport="websocket",
-        mouth=DeltaMouth,
-    )
+    session_id = str(config.get("id") or ev.new_id("sess"))
+    # Counted against the limits (limits.py) in the same step as the check; a refusal is the handshake's 429.
+    owner = secret.owner if secret is not None else key
+    emulator.counter.add(session_id, owner, str(config.get("model") or "gpt-realtime"), needs_sockets=False)
+    if secret is not None:
+        secret.used = True
+    try:
+        session = Session(
+            session_id,
+            config,
+            emulator.personas,
+            emulator.voice,
+            emulator._session_closed,
+            transport="websocket",
+            mouth=DeltaMouth,
+        )
+    except BaseException:
+        emulator.counter.release(session_id)
+        raise
     emulator.sessions[session.id] = session
     try:
         return await _serve(request, session, sideband=False)

@@ -1,0 +1,162 @@
+"""What one emulator holds at most, and how it says no when it cannot hold more.
+
+* Peers that never connect. A WebRTC session whose peer connection is not `connected` within
+  `connect_timeout_s` of its answer is closed ("not connected within N s"): a client that vanished after its
+  offer, or whose candidates lead nowhere, no longer keeps a peer connection and its sockets for ever.
+* Counts. Live sessions per key (an `ek_` key counts for the API key that minted it) and in all, WebRTC and
+  WebSocket alike. Beyond either: 429 in the API's rate-limit shape (`type` "requests", `code`
+  "rate_limit_exceeded", a `Retry-After`), checked and counted in one synchronous step, so concurrent offers
+  cannot all slip past the same check.
+* File descriptors. A new WebRTC session needs sockets (ICE), and the process needs some to accept connections at
+  all. When fewer than `fd_reserve` are left, an offer gets a 503 in the API's shape before anything is allocated;
+  an answer that came out without a single ICE candidate (its sockets could not be opened) is a 503 too, never a
+  201 with an answer nobody can reach.
+* The accept() loop. Out of descriptors, asyncio logs a traceback for every accept() that fails, again and
+  again; `AcceptErrorFilter` makes that one warning per ACCEPT_WARN_EVERY_S with a count of the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from ..observability.resources import count_fds
+from .schema import ApiError
+
+log = logging.getLogger(__name__)
+ACCEPT_WARN_EVERY_S = 10.0
+_ACCEPT_FAILED = "socket.accept() out of system resource"
+RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class Limits:
+    connect_timeout_s: float = 30.0  # a WebRTC session's peer must be connected this long after the answer
+    max_sessions: int = 500  # live sessions in all
+    max_sessions_per_key: int = 200  # live sessions per API key
+    fd_reserve: int = 24  # descriptors kept free for accepting connections and answering
+
+    def __post_init__(self) -> None:
+        if not self.connect_timeout_s > 0 or self.max_sessions < 1 or self.max_sessions_per_key < 1:
+            raise ValueError(f"emulator limits must be positive: {self}")
+
+
+def rate_limited(what: str, limit: int, model: str) -> ApiError:
+    """The real API's 429 for a rate limit, with this limit named."""
+    return ApiError(
+        429,
+        f"Rate limit reached for {model} on {what}: Limit {limit}, Used {limit}, Requested 1. "
+        "Hang up a session (or wait for one to end) and try again.",
+        type_="requests",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def overloaded(why: str) -> ApiError:
+    return ApiError(
+        503,
+        f"The server is overloaded ({why}); please try again later.",
+        type_="server_error",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def free_fds() -> tuple[int, int]:
+    """(descriptors still free, the soft limit); (huge, huge) when there is no limit."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30, 1 << 30
+    return soft - count_fds(), soft
+
+
+class Throttle:
+    """At most one log line per `every_s`; counts what it held back so the next line can say how many."""
+
+    def __init__(self, every_s: float = ACCEPT_WARN_EVERY_S) -> None:
+        self.every_s = every_s
+        self.held_back = 0
+        self._last = -math.inf
+
+    def due(self) -> str | None:
+        """None when a line was logged less than `every_s` ago, else the suffix for the line to log now."""
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            self.held_back += 1
+            return None
+        more = f" ({self.held_back} more since the last such line)" if self.held_back else ""
+        self._last, self.held_back = now, 0
+        return more
+
+
+class SessionCounter:
+    """Live sessions per owning key, checked and counted together (`admit`), released when a session ends."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._owner: dict[str, str] = {}  # session id -> owning API key (kept in memory only, never shown)
+        self._per_key: Counter[str] = Counter()
+        self._fd_warning = Throttle()
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+    def add(self, session_id: str, owner: str, model: str, *, needs_sockets: bool) -> None:
+        """Check every limit and count the session, in one synchronous step (call it before any await that
+        follows the decision to create the session); raises the API's 429 or 503."""
+        lim = self.limits
+        if len(self._owner) >= lim.max_sessions:
+            raise rate_limited("concurrent sessions", lim.max_sessions, model)
+        if self._per_key[owner] >= lim.max_sessions_per_key:
+            raise rate_limited("concurrent sessions per API key", lim.max_sessions_per_key, model)
+        if needs_sockets:
+            free, soft = free_fds()
+            if free < lim.fd_reserve:
+                if (more := self._fd_warning.due()) is not None:
+                    log.warning("offers refused (503): %d of %d file descriptors in use%s", soft - free, soft, more)
+                raise overloaded(f"out of file descriptors: {soft - free} of {soft} in use")
+        self._owner[session_id] = owner
+        self._per_key[owner] += 1
+
+    def release(self, session_id: str) -> None:
+        owner = self._owner.pop(session_id, None)
+        if owner is not None:
+            self._per_key[owner] -= 1
+            if self._per_key[owner] <= 0:
+                del self._per_key[owner]
+
+
+class AcceptErrorFilter:
+    """A loop exception handler: failed accept()s (out of descriptors) become one warning per interval; anything
+    else goes to the handler that was there before (or the loop's default)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.previous = loop.get_exception_handler()
+        self._throttle = Throttle()
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") == _ACCEPT_FAILED:
+            if (more := self._throttle.due()) is not None:
+                log.warning(
+                    "cannot accept connections: %s; they wait until descriptors are free%s",
+                    context.get("exception"), more,
+                )
+            return
+        if self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    def install(self) -> None:
+        self.loop.set_exception_handler(self)
+
+    def remove(self) -> None:
+        if self.loop.get_exception_handler() is self:
+            self.loop.set_exception_handler(self.previous)
