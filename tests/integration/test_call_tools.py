@@ -15,10 +15,10 @@ import pytest
 from tests.integration.test_call_demo import assert_no_response_create_while_active
 from voicebridge.bridge.artifacts import read_events
 from voicebridge.bridge.call import Call
-from voicebridge.bridge.tools import ToolRegistry
 from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.scenarios.model import load_scenario, normalize_phrase
+from voicebridge.tools import ToolRegistry
 
 pytestmark = pytest.mark.integration
 

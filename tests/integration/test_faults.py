@@ -31,10 +31,10 @@ import pytest
 from tests.integration.test_call_demo import assert_no_tasks_left
 from voicebridge.bridge.artifacts import read_events
 from voicebridge.bridge.call import _ACTIVITY, Call
-from voicebridge.bridge.tools import ToolRegistry
 from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.scenarios.model import load_scenario
+from voicebridge.tools import ToolRegistry
 
 pytestmark = pytest.mark.integration
 

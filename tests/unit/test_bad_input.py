@@ -16,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from voicebridge.bridge.tools import MAX_ARGUMENT_CHARS, MAX_OUTPUT_CHARS, ToolRegistry
 from voicebridge.edge.headers import undecodable_header
 from voicebridge.edge.hosts import HostConfigError, allowed_host_name, host_name, host_policy
 from voicebridge.edge.json_body import MAX_DEPTH, MAX_INT_DIGITS, JsonBodyError, parse_json
@@ -29,6 +28,7 @@ from voicebridge.scenarios.model import (
     load_scenario,
     parse_scenario,
 )
+from voicebridge.tools import MAX_ARGUMENT_CHARS, MAX_OUTPUT_CHARS, ToolRegistry
 
 pytestmark = pytest.mark.unit
 FAST = settings(

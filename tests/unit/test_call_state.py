@@ -16,10 +16,10 @@ import pytest
 
 from voicebridge.bridge.artifacts import read_events
 from voicebridge.bridge.call import Call
-from voicebridge.bridge.tools import ToolRegistry
 from voicebridge.config import Settings
 from voicebridge.realtime.leg import Leg
 from voicebridge.scenarios.model import Scenario, parse_scenario
+from voicebridge.tools import ToolRegistry
 
 pytestmark = pytest.mark.unit
 

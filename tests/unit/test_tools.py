@@ -10,8 +10,8 @@ from typing import Any, Literal, TypedDict
 
 import pytest
 
-from voicebridge.bridge.tools import ToolDefinitionError, ToolRegistry, tool_from_function
 from voicebridge.scenarios.shop import build_tools
+from voicebridge.tools import ToolDefinitionError, ToolRegistry, tool_from_function
 
 pytestmark = pytest.mark.unit
 

@@ -24,12 +24,12 @@ from voicebridge.config import Settings
 from voicebridge.diagnostics.pc_debug import PcDebug
 from voicebridge.realtime.leg import Leg
 from voicebridge.scenarios.model import ROLES, Scenario
+from voicebridge.tools import ToolRegistry, ToolResult
 
 from .artifacts import Artifacts
 from .context import sync_context
 from .functions import FunctionCall, FunctionCalls, Reply, ResponseGate
 from .sessions import HANGUP_TOOL, build_session, load_tools
-from .tools import ToolRegistry, ToolResult
 from .transcript import OTHER, Transcript
 from .turns import CallRecording, TurnLatency, artifact_files
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .tools import ToolResult
+from voicebridge.tools import ToolResult
 
 log = logging.getLogger(__name__)
 

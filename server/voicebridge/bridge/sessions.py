@@ -11,8 +11,7 @@ from typing import Any
 
 from voicebridge.config import Settings
 from voicebridge.scenarios.model import Persona, Scenario, ScenarioError
-
-from .tools import ToolRegistry
+from voicebridge.tools import ToolRegistry
 
 HANGUP_TOOL = {
     "type": "function",

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from voicebridge.bridge.tools import ToolRegistry
+from voicebridge.tools import ToolRegistry
 
 DB_NAME = "shop.sqlite"
 
