@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import types
-from typing import Annotated, Any, NotRequired, Required, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, NotRequired, Required, Union, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
@@ -128,6 +128,12 @@ def _type_at(root: Any, loc: tuple[int | str, ...]) -> Any:
     return tp
 
 
+def _choices(values: tuple[Any, ...]) -> str:
+    """`'a', 'b' or 'c'`, as pydantic words a Literal's values."""
+    shown_ = [repr(v) for v in values]
+    return shown_[0] if len(shown_) == 1 else f"{', '.join(shown_[:-1])} or {shown_[-1]}"
+
+
 def problem(error: ErrorDetails, root: type | None = None, object_word: str = "an object") -> str:
     """One error as `location: what was expected, what was given`; `root` (the validated model or TypedDict)
     lets an unknown field be answered with the known ones."""
@@ -137,12 +143,18 @@ def problem(error: ErrorDetails, root: type | None = None, object_word: str = "a
     ctx = error.get("ctx") or {}
     given = error.get("input")
     if kind_ == "missing":
-        table = root is not None and _fields(_type_at(root, loc)) is not None
-        return f"{at}required but missing" + (f" (expected {object_word})" if table else "")
+        declared = _unwrap(_type_at(root, loc)) if root is not None else None
+        if _fields(declared) is not None:
+            return f"{at}required but missing (expected {object_word})"
+        if get_origin(declared) is Literal:  # say the values: a missing `role` is fixed by knowing them
+            return f"{at}required but missing (expected {_choices(get_args(declared))})"
+        return f"{at}required but missing"
     if kind_ == "extra_forbidden":
         known = _fields(_type_at(root, loc[:-1])) if root is not None else None
-        listed = f" (known: {', '.join(sorted(known))})" if known else ""
-        return f"{at}unknown field{listed}"
+        if known is None:
+            return f"{at}unknown field"
+        listed = f"known: {', '.join(sorted(known))}" if known else "none are accepted here"
+        return f"{at}unknown field ({listed})"
     if kind_ in ("value_error", "assertion_error"):
         return f"{at}{ctx.get('error', error['msg'])}"
     if kind_ == "json_invalid":

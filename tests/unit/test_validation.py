@@ -44,6 +44,29 @@ def test_each_kind_of_mistake() -> None:
     assert message([1, 2]) == "expected an object, got an array"
 
 
+class Token(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["listen", "takeover"]
+    scope: Literal["a", "b", "c"] = "a"
+
+
+class Nothing(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def test_a_missing_choice_lists_its_values_and_an_empty_model_says_it_takes_nothing() -> None:
+    with pytest.raises(ValidationError) as info:
+        Token.model_validate({})
+    assert explain(info.value, Token) == "role: required but missing (expected 'listen' or 'takeover')"
+    with pytest.raises(ValidationError) as info:
+        Token.model_validate({"role": "listen", "scope": "d"})
+    assert explain(info.value, Token) == "scope: expected 'a', 'b' or 'c', got 'd' (a string)"
+    with pytest.raises(ValidationError) as info:
+        Nothing.model_validate({"x": 1})
+    assert explain(info.value, Nothing) == "x: unknown field (none are accepted here)"
+    assert explain(info.value) == "x: unknown field"  # without the model: nothing to list
+
+
 def test_many_mistakes_are_cut_short() -> None:
     text = message({f"x{i}": i for i in range(MAX_PROBLEMS + 2)})
     assert text.count("unknown field") == MAX_PROBLEMS and text.endswith("; and 2 more")
