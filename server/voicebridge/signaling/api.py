@@ -17,10 +17,10 @@ from aiohttp import web
 
 from voicebridge.config import Settings
 from voicebridge.diagnostics.sdp_explain import SdpError, explain
-from voicebridge.edge.json_body import JsonBodyError, parse_json
 from voicebridge.media.loopback import is_local_url
 from voicebridge.scenarios.model import ScenarioError, builtin_names, load_scenario
 
+from .bodies import B, BodyError, NoFields, StartCall, parse_body, schemas
 from .calls import CallManager, CallRecord, TooManyCalls
 
 log = logging.getLogger(__name__)
@@ -83,20 +83,17 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         )
 
 
-async def read_json_body(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request, model: type[B]) -> B:
+    """The request's JSON body as `model` (bodies.py): 415 if it is not JSON, 413 over the size limit, 400
+    naming the field otherwise."""
     ctype = request.content_type
     if request.can_read_body and ctype not in ("application/json", "application/octet-stream", ""):
         raise ApiError(415, f"send JSON (Content-Type: application/json), not {ctype}")
     raw = await request.read()  # bounded by the app's client_max_size (413 beyond it)
-    if not raw.strip():
-        return {}
-    try:  # depth and number sizes bounded: `[` x 16,000 or a 5,000-digit number is a 400, not a 500
-        body = parse_json(raw)
-    except JsonBodyError as e:
-        raise ApiError(400, f"request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
-    return body
+    try:
+        return parse_body(raw, model)
+    except BodyError as e:
+        raise ApiError(400, str(e)) from None
 
 
 def find_record(request: web.Request) -> CallRecord:
@@ -108,16 +105,10 @@ def find_record(request: web.Request) -> CallRecord:
 
 
 async def create_call(request: web.Request) -> web.Response:
-    body = await read_json_body(request)
-    unknown = sorted(set(body) - {"scenario"})
-    if unknown:
-        raise ApiError(400, f"unknown field(s) {unknown}; known: ['scenario']")
-    name = body.get("scenario", "late_order")
-    if not isinstance(name, str) or not name:
-        raise ApiError(400, f"`scenario` must be a scenario name (text), got {json.dumps(name)[:80]}")
+    name = (await read_body(request, StartCall)).scenario
     # Only built-in names over the network: a path would let any client read files on the server.
     if name not in builtin_names():
-        raise ApiError(422, f"unknown scenario {name[:80]!r}; built-in: {', '.join(builtin_names())}")
+        raise ApiError(422, f"unknown scenario {name!r}; built-in: {', '.join(builtin_names())}")
     try:
         scenario = load_scenario(name)
     except ScenarioError as e:
@@ -147,7 +138,7 @@ async def hangup_call(request: web.Request) -> web.Response:
 
         return await human_hangup(request)
     rec = find_record(request)
-    await read_json_body(request)  # an empty body is fine; a malformed one is still an error
+    await read_body(request, NoFields)  # an empty body or {}; a malformed one is still an error
     manager = request.app[MANAGER]
     if rec.ended or rec.call.state in ("ending", "ended"):
         raise ApiError(409, f"call {rec.call.id} is already {rec.call.state}", "conflict")
@@ -196,6 +187,11 @@ async def list_scenarios(request: web.Request) -> web.Response:
     return json_response(request, {"scenarios": rows})
 
 
+async def body_schemas(request: web.Request) -> web.Response:
+    """The JSON schema of each route's body, for clients that generate or check their requests."""
+    return json_response(request, {"bodies": schemas()})
+
+
 async def healthz(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     backend = "openai" if settings.uses_openai else "emulator"
@@ -211,4 +207,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/calls/{call_id}/hangup", hangup_call)
     app.router.add_get("/api/calls/{call_id}/sdp", call_sdp)
     app.router.add_get("/api/scenarios", list_scenarios)
+    app.router.add_get("/api/schema", body_schemas)
     app.router.add_get("/healthz", healthz)

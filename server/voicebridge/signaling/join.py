@@ -11,19 +11,20 @@
                                   without one it is the operator's hang-up (api.py).
   GET  /api/calls/{id}/participants -> {participants: [...]}
 
-Token errors are 401 (missing, malformed, forged, expired) or 403 (another call, another role), JSON like
-every other error. Only the token's grant decides the role: a listener's answer is always send-only.
+The JSON bodies are bodies.py's models (unknown fields and wrong types are 400s naming the field). Token errors
+are 401 (missing, malformed, forged, expired) or 403 (another call, another role), JSON like every other error.
+Only the token's grant decides the role: a listener's answer is always send-only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .api import MANAGER, SETTINGS, ApiError, find_record, json_response, read_json_body
+from .api import MANAGER, SETTINGS, ApiError, find_record, json_response, read_body
+from .bodies import Leave, NoFields, Offer, TokenRequest
 from .calls import CallRecord
 from .tokens import ROLES, Grant, TokenError, TokenSigner, bearer
 
@@ -62,20 +63,11 @@ def _participants(request: web.Request, rec: CallRecord, create: bool = True) ->
 
 async def create_token(request: web.Request) -> web.Response:
     rec = find_record(request)
-    body = await read_json_body(request)
-    unknown = sorted(set(body) - {"role", "ttl_s"})
-    if unknown:
-        raise ApiError(400, f"unknown field(s) {unknown}; known: ['role', 'ttl_s']")
-    role = body.get("role")
-    if role not in ROLES:
-        raise ApiError(400, f"`role` must be one of {list(ROLES)}, got {json.dumps(role)[:60]}")
-    ttl = body.get("ttl_s")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
-        raise ApiError(400, f"`ttl_s` must be a number of seconds, got {json.dumps(ttl)[:60]}")
+    body = await read_body(request, TokenRequest)
     if rec.ended or rec.call.state in ("ending", "ended"):
         raise ApiError(409, f"call {rec.call.id} is {rec.call.state}; nobody can join it", "conflict")
     try:
-        token, grant = request.app[TOKENS].issue(rec.call.id, role, ttl)
+        token, grant = request.app[TOKENS].issue(rec.call.id, body.role, body.ttl_s)
     except ValueError as e:
         raise ApiError(400, str(e)) from None
     data = {"token": token, "role": grant.role, "call_id": grant.call_id, "expires_at": grant.expires_at}
@@ -94,10 +86,7 @@ async def join(request: web.Request) -> web.Response:
         raise ApiError(403, f"a {grant.role!r} token cannot {wanted}; ask for a {wanted!r} token", "wrong_role")
     as_json = request.content_type == "application/json"
     if as_json:
-        body = await read_json_body(request)
-        if body.get("type", "offer") != "offer" or not isinstance(body.get("sdp"), str):
-            raise ApiError(400, 'send the browser\'s offer as {"type": "offer", "sdp": "v=0..."}')
-        offer = str(body["sdp"])
+        offer = (await read_body(request, Offer)).sdp
     elif request.content_type == "application/sdp":
         offer = await request.text()
     else:
@@ -120,6 +109,7 @@ async def handback(request: web.Request) -> web.Response:
 
     rec = find_record(request)
     _grant(request, rec, "takeover")
+    await read_body(request, NoFields)
     participants = _participants(request, rec, create=False)
     if participants is None:
         raise ApiError(409, "nobody has taken over this call", "conflict")
@@ -132,13 +122,12 @@ async def handback(request: web.Request) -> web.Response:
 
 async def leave(request: web.Request) -> web.Response:
     rec = find_record(request)
-    _grant(request, rec)
-    body = await read_json_body(request)
-    pid = body.get("participant_id")
+    grant = _grant(request, rec)
+    pid = (await read_body(request, Leave)).participant_id
     participants = _participants(request, rec, create=False)
-    if not isinstance(pid, str) or participants is None or pid not in participants.members:
-        raise ApiError(404, f"no participant {str(pid)[:40]!r} on this call", "not_found")
-    if participants.members[pid].role != _grant(request, rec).role:
+    if participants is None or pid not in participants.members:
+        raise ApiError(404, f"no participant {pid!r} on this call", "not_found")
+    if participants.members[pid].role != grant.role:
         raise ApiError(403, "a token of another role cannot remove this participant", "wrong_role")
     await participants.leave(pid, "left")
     return json_response(request, {"participant_id": pid, "left": True})
@@ -148,6 +137,7 @@ async def human_hangup(request: web.Request) -> web.Response:
     """The taking-over human hangs up: the whole call ends (`human_hangup`, by `human`)."""
     rec = find_record(request)
     _grant(request, rec, "takeover")
+    await read_body(request, NoFields)
     if rec.ended or rec.call.state in ("ending", "ended"):
         raise ApiError(409, f"call {rec.call.id} is already {rec.call.state}", "conflict")
     request.app[MANAGER].hangup(rec, "human_hangup", "human")
