@@ -129,11 +129,11 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
 
         return emulator_main(args)
     if cmd == "call":
-        from .bridge.runner import main as call_main
+        from .commands.call import main as call_main
 
         return call_main(args)
     if cmd == "serve":
-        from .signaling.app import main as serve_main
+        from .commands.serve import main as serve_main
 
         return serve_main(args)
     if cmd == "bench":

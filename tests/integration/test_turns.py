@@ -21,7 +21,7 @@ import pytest
 
 from voicebridge.bridge.artifacts import read_events
 from voicebridge.bridge.call import Call
-from voicebridge.bridge.runner import print_summary
+from voicebridge.commands.call import print_summary
 from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.scenarios.model import load_scenario

@@ -1,30 +1,21 @@
-"""`voicebridge serve`: the signaling server (REST API, event WebSockets) and the web console.
+"""The signaling server (REST API, event WebSockets) and the web console.
 
 `create_app(settings)` builds the aiohttp application (tests drive it with aiohttp's TestServer/TestClient);
-`main(args)` runs it, with the embedded emulator as the Realtime backend unless OPENAI_API_KEY or
---emulator-url says otherwise.
+`voicebridge serve` (commands/serve.py) runs it against the Realtime backend it picks.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import logging
-import os
-import signal
-import ssl
-import sys
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
 
-from voicebridge.backend import Backend, realtime_backend
 from voicebridge.config import Settings
 from voicebridge.observability.http import add_metrics_route, observed
-from voicebridge.observability.logs import setup_logging_from_env
 from voicebridge.observability.metrics import Metrics
 from voicebridge.scenarios.model import Scenario
 
@@ -33,15 +24,8 @@ from .calls import CallFactory, CallLike, CallManager
 from .debug import add_debug_routes
 from .events_ws import call_events
 from .join import add_join_routes
-from .lifecycle import graceful_shutdown, install_lifecycle
-from .security import (
-    SecurityConfigError,
-    SecurityPolicy,
-    install_security,
-    is_loopback_host,
-    policy_for_serve,
-)
-from .tls import TlsError, server_ssl_context
+from .lifecycle import install_lifecycle
+from .security import SecurityPolicy, install_security
 
 log = logging.getLogger(__name__)
 
@@ -131,64 +115,3 @@ async def create_app(
 
     app.on_shutdown.append(_shutdown)
     return app
-
-
-async def _serve(args: argparse.Namespace) -> int:
-    try:  # off loopback, no management token means no server; a bad --allowed-host neither (security.py)
-        policy = policy_for_serve(
-            args.host,
-            os.environ,
-            getattr(args, "allow_origin", None) or (),
-            getattr(args, "allowed_host", None) or (),
-        )
-    except SecurityConfigError as e:
-        print(f"voicebridge serve: {e}", file=sys.stderr)
-        return 2
-    try:  # before anything starts: off loopback, no certificate means no server (tls.py says why)
-        ssl_context = server_ssl_context(args.host, getattr(args, "cert", None), getattr(args, "key", None))
-    except TlsError as e:
-        print(f"voicebridge serve: {e}", file=sys.stderr)
-        return 2
-    async with realtime_backend(
-        emulator_url=args.emulator_url,
-        browsers_off_loopback=not is_loopback_host(args.host),
-        artifacts_dir=args.artifacts,
-    ) as backend:
-        return await _run_server(args, backend, policy, ssl_context)
-
-
-async def _run_server(
-    args: argparse.Namespace, backend: Backend, policy: SecurityPolicy, ssl_context: ssl.SSLContext | None
-) -> int:
-    settings = backend.settings
-    app = await create_app(settings, security=policy)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, args.host, args.port, ssl_context=ssl_context)
-        await site.start()
-    except OSError as e:
-        print(f"voicebridge serve: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
-        await runner.cleanup()
-        return 1
-    scheme = "https" if ssl_context is not None else "http"
-    port = runner.addresses[0][1] if runner.addresses else args.port  # the real one when --port 0
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(
-        f"voicebridge serve: console at {scheme}://{host}:{port}/ (Realtime backend: {backend.description})",
-        flush=True,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    print("voicebridge serve: shutting down (refusing new calls, ending live ones)", flush=True)
-    await graceful_shutdown(app, runner)
-    return 0
-
-
-def main(args: argparse.Namespace) -> int:
-    """`voicebridge serve [--host] [--port] [--artifacts DIR] [--emulator-url URL]`"""
-    setup_logging_from_env()  # VOICEBRIDGE_LOG_FORMAT=json: one JSON object per line, with call_id
-    return asyncio.run(_serve(args))

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from voicebridge.backend import realtime_backend
+from voicebridge.bridge.call import Call
+from voicebridge.bridge.context import ContextError
+from voicebridge.bridge.turns import format_turns
 from voicebridge.config import Settings
 from voicebridge.realtime.api import LegError
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
-
-from .call import Call
-from .context import ContextError
-from .turns import format_turns
 
 
 def _progress(call: Call, out: TextIO) -> None:
