@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicebridge.diagnostics.sdp_explain import MAX_SDP_BYTES, SdpError, explain, main, parse, render
+from voicebridge.diagnostics.sdp_explain import MAX_SDP_BYTES, SdpError, explain, parse
+from voicebridge.diagnostics.sdp_render import main, render
 
 pytestmark = pytest.mark.unit
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "sdp"

@@ -418,11 +418,3 @@ def explain(sdp: str, other: str | None = None, *, expect_loopback: bool = False
     result["warnings"] = warnings
     return result
 
-
-def __getattr__(name: str) -> Any:
-    # render() and the CLI moved to sdp_render.py; kept importable from here for existing callers.
-    if name in ("render", "main"):
-        from . import sdp_render
-
-        return getattr(sdp_render, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
