@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 
 RESPONSE_SEQUENCE = [
     "response.created",
+    "rate_limits.updated",
     "response.output_item.added",
     "conversation.item.added",
     "response.content_part.added",

@@ -92,7 +92,9 @@ def test_default_session_validates_and_merge_keeps_nested_defaults() -> None:
     assert td["threshold"] == 0.9 and td["silence_duration_ms"] == 500
     assert merged["audio"]["output"]["voice"] == "marin"
     semantic = merge_session(base, {"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}})
-    assert semantic["audio"]["input"]["turn_detection"] == {"type": "semantic_vad"}
+    assert semantic["audio"]["input"]["turn_detection"] == {
+        "type": "semantic_vad", "eagerness": "auto", "create_response": True, "interrupt_response": True
+    }
 
 
 def test_ids_and_deltas() -> None:

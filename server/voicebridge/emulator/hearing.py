@@ -100,14 +100,20 @@ class Ear:
         on_speech_started: Callable[[int], None],
         on_speech_stopped: Callable[[int, npt.NDArray[np.int16]], None],
     ) -> None:
-        self.settings = vad
         self._on_started = on_speech_started
         self._on_stopped = on_speech_stopped
+        self._resampler: _Resampler | None = None
+        self.settings = vad
         self._judge = SpeechJudge(vad.threshold)
+        self._apply(vad)
+        self.reset()
+
+    def _apply(self, vad: VadSettings) -> None:
+        if vad.threshold != self.settings.threshold:
+            self._judge = SpeechJudge(vad.threshold)
+        self.settings = vad
         self._prefix_frames = -(-vad.prefix_padding_ms // VAD_FRAME_MS)
         self._silence_frames = -(-vad.silence_duration_ms // VAD_FRAME_MS)
-        self._resampler: _Resampler | None = None
-        self.reset()
 
     def reset(self) -> None:
         """Forget everything heard (input_audio_buffer.clear, or a new session): the clock restarts at 0."""
@@ -124,6 +130,14 @@ class Ear:
         self._start_frame = 0
         self._last_voiced_end = 0
         self.speech_end_ms = 0  # where the last utterance's speech ended (before the closing silence)
+
+    def configure(self, vad: VadSettings) -> None:
+        """New settings (session.update) from the next frame on: the clock, a turn in progress and the padding
+        heard so far are kept, as the API's audio timeline is."""
+        if vad == self.settings:
+            return
+        self._apply(vad)
+        self._history = deque(self._history, maxlen=self._prefix_frames + START_WINDOW)
 
     def drop_speech(self) -> None:
         """input_audio_buffer.clear: forget the speech in progress and the padding kept for the next one; unlike

@@ -1,6 +1,6 @@
 """One model response: the GA event sequence around a scripted line and/or a function call.
 
-Order (shared/realtime-ga.md): response.created -> [message item: output_item.added, conversation.item.added,
+Order: response.created -> rate_limits.updated -> [message item: output_item.added, conversation.item.added,
 content_part.added, output_audio_buffer.started, transcript deltas, transcript.done, output_audio.done,
 content_part.done, output_item.done, conversation.item.done] -> [function_call item: output_item.added,
 conversation.item.added, arguments delta/done, output_item.done, conversation.item.done] -> response.done.
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
+from . import rate_limits
 from .persona import Action
 from .response_plan import Settings
 from .voice import FRAME_MS, VoiceError
@@ -48,6 +49,7 @@ class Response:
     cancel_reason: str = "client_cancelled"
     text_tokens: int = 0
     audio_tokens: int = 0
+    reserved_tokens: int = 0  # counted against the session's rate limit at the start
     task: asyncio.Task[None] | None = None
 
     @property
@@ -88,13 +90,18 @@ def _response(s: Session, r: Response, status: str, **fields: Any) -> dict[str, 
 
 
 def _done(s: Session, r: Response, status: str, details: dict[str, Any] | None) -> None:
-    response = _response(s, r, status, output=r.output, status_details=details, usage=_usage(s, r))
+    usage = _usage(s, r)
+    s.rate_limits.settle(r.reserved_tokens, usage["total_tokens"])
+    response = _response(s, r, status, output=r.output, status_details=details, usage=usage)
     s.send(ev.event("response.done", response=response))
 
 
 async def run(s: Session, r: Response, action: Action | None) -> None:
     """Play one response to the end (or until cancelled: then `response.done` says `cancelled`)."""
     s.send(ev.event("response.created", response=_response(s, r, "in_progress", output=[])))
+    # The start reserves the input and the whole output budget; response.done settles it to the usage.
+    r.reserved_tokens = _usage(s, r)["input_tokens"] + rate_limits.output_reserve(r.settings.max_output_tokens)
+    s.send(ev.event("rate_limits.updated", rate_limits=[s.rate_limits.reserve(r.reserved_tokens)]))
     try:
         if action is not None and action.say:
             await _say(s, r, action.say)

@@ -27,10 +27,11 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from . import events as ev
-from . import responder, response_plan
+from . import responder, response_plan, turn_detection
 from .audio_formats import FormatType, format_type
-from .hearing import Ear, HearingError, VadSettings, recognizer_for
+from .hearing import Ear, HearingError, recognizer_for
 from .persona import Action, PersonaBook, Script
+from .rate_limits import TokenBucket
 from .schema import ApiError
 from .track import Playback, SpeechTrack
 from .voice import Voice
@@ -78,15 +79,7 @@ def default_session(model: str) -> dict[str, Any]:
                 "format": dict(pcm),
                 "transcription": None,
                 "noise_reduction": None,
-                "turn_detection": {
-                    "type": "server_vad",
-                    "threshold": 0.5,
-                    "prefix_padding_ms": 300,
-                    "silence_duration_ms": 500,
-                    "idle_timeout_ms": None,
-                    "create_response": True,
-                    "interrupt_response": True,
-                },
+                "turn_detection": turn_detection.with_defaults({"type": "server_vad"}),
             },
             "output": {"format": dict(pcm), "voice": "marin", "speed": 1.0},
         },
@@ -95,16 +88,17 @@ def default_session(model: str) -> dict[str, Any]:
 
 
 def merge_session(config: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Apply a session object to the current one: nested objects merge, everything else (lists,
-    turn_detection,
-    transcription) is replaced, as session.update does."""
+    """Apply a session object to the current one: nested objects merge, everything else (lists, transcription)
+    is replaced, as session.update does. turn_detection merges into the current one of the same type, else into
+    its type's defaults: the session reports every field in effect."""
     out = dict(config)
     for key, value in update.items():
         if key in ("audio", "input", "output") and isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge_session(out[key], value)
-        elif key == "turn_detection" and isinstance(value, dict) and isinstance(out.get(key), dict):
-            base = dict(out[key]) if out[key].get("type") == value.get("type") else {}
-            out[key] = {**base, **value}
+        elif key == "turn_detection" and isinstance(value, dict):
+            old = out.get(key)
+            same = isinstance(old, dict) and old.get("type") == value.get("type")
+            out[key] = {**(old if same and isinstance(old, dict) else turn_detection.with_defaults(value)), **value}
         else:
             out[key] = value
     return out
@@ -164,7 +158,11 @@ class Session:
         self.peer_connected = asyncio.Event()  # WebRTC: the peer connection has been "connected" (once is enough)
         self.created_at = time.monotonic()
         self.channel_open_at: float | None = None
-        self.ear = self._new_ear()
+        self.ear = Ear(
+            turn_detection.vad_settings(self.turn_detection), self._on_speech_started, self._on_speech_stopped
+        )
+        self.idle = turn_detection.IdleTimer(self._on_idle)
+        self.rate_limits = TokenBucket()
         self.warm_up()
 
     # ---- set-up -----------------------------------------------------------------------------------------
@@ -352,6 +350,7 @@ class Session:
             context_texts=None if items is None else response_plan.input_texts(items),
         )
         action = response_plan.action(self, settings, items)
+        self.idle.disarm()  # the idle timeout counts from the end of the newest response's audio
         self.responses[r.id] = r
         if settings.in_conversation:
             self.response = r
@@ -366,6 +365,7 @@ class Session:
         self.responses.pop(r.id, None)
         if self.response is r:
             self.response = None
+        self._maybe_idle()
 
     def cancel_response(self, reason: str, response: responder.Response | None = None) -> bool:
         """Cancel a response (by default the default conversation's active one)."""
@@ -381,8 +381,33 @@ class Session:
         async def watch() -> None:
             if await playback.finished and self.output_buffer_events:
                 self.send(ev.event("output_audio_buffer.stopped", response_id=playback.tag))
+            self._maybe_idle()
 
         self.spawn(watch())
+
+    def _maybe_idle(self) -> None:
+        """When no response runs and nothing is playing, the idle timeout starts counting (if it is set)."""
+        if self.responses or self.mouth.busy or self.ear.speaking or self.closed.is_set():
+            return
+        self.idle.anchor(self.ear.audio_ms, turn_detection.idle_timeout_ms(self.turn_detection))
+
+    def _on_idle(self, audio_start_ms: int) -> None:
+        """idle_timeout_ms passed without speech since the last response's audio ended: the silent audio is
+        committed as a user turn and answered."""
+        if self.responses or self.ear.speaking or self.closed.is_set():
+            return
+        item_id = ev.new_id("item")
+        audio_end_ms = max(audio_start_ms, self.ear.audio_ms)
+        self.send(
+            ev.event(
+                "input_audio_buffer.timeout_triggered",
+                audio_start_ms=audio_start_ms,
+                audio_end_ms=audio_end_ms,
+                item_id=item_id,
+            )
+        )
+        silence = np.zeros(16 * (audio_end_ms - audio_start_ms), dtype=np.int16)
+        self.spawn(self.commit_turn(item_id, silence, auto=True, idle=True))
 
     def clear_output(self, truncate: bool, reason: str | None = None) -> list[Playback]:
         """Stop speaking now; with `truncate`, cut the playing item to what was heard (barge-in). A response
@@ -416,26 +441,12 @@ class Session:
         )
         return td
 
-    def _new_ear(self) -> Ear:
-        td = self.turn_detection or {}
-        threshold = td.get("threshold")
-        try:
-            vad = VadSettings(
-                threshold=0.5 if threshold is None else float(threshold),
-                prefix_padding_ms=int(td.get("prefix_padding_ms") or 300),
-                silence_duration_ms=int(td.get("silence_duration_ms") or 500),
-            )
-        except HearingError as e:
-            raise ApiError(
-                400, str(e), code="invalid_value", param="session.audio.input.turn_detection"
-            ) from e
-        return Ear(vad, self._on_speech_started, self._on_speech_stopped)
-
     def vad_changed(self) -> None:
-        old = self.ear.settings
-        new = self._new_ear()
-        if new.settings != old:
-            self.ear = new
+        """session.update changed the config: the Ear takes the new settings (its clock goes on), the idle
+        timer the new timeout. Bad settings raise ApiError before anything changes."""
+        settings = turn_detection.vad_settings(self.turn_detection)
+        self.ear.configure(settings)
+        self.idle.rearm(turn_detection.idle_timeout_ms(self.turn_detection))
 
     async def _listen(self, track: Any) -> None:
         while True:
@@ -452,6 +463,7 @@ class Session:
         td = self.turn_detection
         if td is None:
             return
+        self.idle.disarm()
         self._speech_item = ev.new_id("item")
         self.send(
             ev.event(
@@ -476,32 +488,50 @@ class Session:
         self.send(ev.event("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id))
         self.spawn(self.commit_turn(item_id, pcm, auto=True))
 
-    async def commit_turn(self, item_id: str, pcm: npt.NDArray[np.int16], auto: bool) -> None:
+    async def commit_turn(
+        self, item_id: str, pcm: npt.NDArray[np.int16], auto: bool, idle: bool = False
+    ) -> None:
+        """Commit heard audio as a user item (transcribed when transcription is on) and, for a VAD turn with
+        create_response (or an idle timeout: it exists to prompt a response), answer it."""
         prev = next(reversed(self.items), None) if self.items else None
         self.send(ev.event("input_audio_buffer.committed", previous_item_id=prev, item_id=item_id))
         item = ev.user_audio_item(item_id, None)
         self.add_item(item)
-        transcript = await self._transcribe(pcm)
-        item["content"][0]["transcript"] = transcript or ""
-        if ((self.config.get("audio") or {}).get("input") or {}).get("transcription") is not None:
+        transcript = await self._transcribe(pcm) or ""
+        item["content"][0]["transcript"] = transcript
+        transcription = ((self.config.get("audio") or {}).get("input") or {}).get("transcription")
+        if transcription is not None:
             # Unrecognised speech is an empty transcript, never a guess (the script then asks to repeat).
+            # whisper-1 sends its whole transcript as one delta; the gpt-4o transcribers stream it word by word.
+            whole = transcription.get("model") == "whisper-1"
+            deltas = ([transcript] if transcript else []) if whole else ev.transcript_deltas(transcript)
+            for delta in deltas:
+                self.send(
+                    ev.event(
+                        "conversation.item.input_audio_transcription.delta",
+                        item_id=item_id,
+                        content_index=0,
+                        delta=delta,
+                    )
+                )
             self.send(
                 ev.event(
                     "conversation.item.input_audio_transcription.completed",
                     item_id=item_id,
                     content_index=0,
-                    transcript=transcript or "",
+                    transcript=transcript,
                     usage={"type": "duration", "seconds": round(len(pcm) / 16000, 3)},
                 )
             )
-        self.heard.append(transcript or "")
+        self.heard.append(transcript)
         td = self.turn_detection
-        if auto and td is not None and td.get("create_response", True) and self.response is None:
+        wanted = idle or (auto and td is not None and td.get("create_response", True))
+        if wanted and self.response is None:
             self.start_response()
 
     async def _transcribe(self, pcm: npt.NDArray[np.int16]) -> str | None:
         phrases = self.script.phrases
-        if not phrases:
+        if not phrases or not pcm.any():  # digital silence (an idle turn) has nothing to hear
             return None
         try:
             recognizer = await asyncio.to_thread(recognizer_for, phrases)
@@ -517,6 +547,7 @@ class Session:
             return
         self.closed.set()
         self.close_reason = reason
+        self.idle.disarm()
         log.info("session %s closed: %s", self.id, reason)
         self._on_closed(self)
         me = asyncio.current_task()
