@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import ARTIFACTS, JoinServer, Launch
-from voicebridge.signaling.api import MANAGER
+from voicebridge.signaling.http import MANAGER
 
 pytestmark = pytest.mark.browser
 CALL_MS = 60_000

@@ -13,7 +13,7 @@ import pytest
 from tests.browser.conftest import ARTIFACTS, JoinServer, Launch, spoken_wav
 from tests.browser.test_listen import AUDIBLE, CALL_MS, start_call
 from voicebridge.scenarios.model import load_scenario, normalize_phrase
-from voicebridge.signaling.api import MANAGER
+from voicebridge.signaling.http import MANAGER
 
 pytestmark = pytest.mark.browser
 LATE_ORDER = load_scenario("late_order")

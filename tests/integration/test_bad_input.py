@@ -99,7 +99,7 @@ async def test_api_bodies_get_a_clear_4xx_never_a_5xx(
 
 async def test_the_api_limits_bodies_and_names() -> None:
     # Each input has a bound; these pin the ones the properties above rely on.
-    from voicebridge.signaling.api import MAX_BODY_BYTES as API_MAX
+    from voicebridge.signaling.http import MAX_BODY_BYTES as API_MAX
 
     assert API_MAX <= 64 * 1024 and MAX_BODY_BYTES <= 1024 * 1024 and MAX_EVENT_BYTES <= 16 * 1024 * 1024
 

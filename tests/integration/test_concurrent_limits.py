@@ -26,8 +26,8 @@ from tests.integration.test_join import SECRET, Browser, browsers, start_call, t
 from voicebridge.bridge.participants import MAX_LISTENERS
 from voicebridge.config import EMULATOR_KEY, Settings
 from voicebridge.emulator.server import Emulator
-from voicebridge.signaling.api import MANAGER
 from voicebridge.signaling.app import create_app
+from voicebridge.signaling.http import MANAGER
 from voicebridge.signaling.security import RateLimit, SecurityPolicy
 
 pytestmark = pytest.mark.integration

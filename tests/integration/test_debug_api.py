@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from voicebridge.signaling.api import MANAGER
+from voicebridge.signaling.http import MANAGER
 
 pytestmark = pytest.mark.integration
 CALL_TIMEOUT = 60.0

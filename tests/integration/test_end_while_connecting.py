@@ -38,8 +38,8 @@ from voicebridge.realtime.leg import Leg
 from voicebridge.realtime.webrtc import WebRtcLeg
 from voicebridge.realtime.websocket import WebSocketLeg
 from voicebridge.scenarios.model import load_scenario
-from voicebridge.signaling.api import MANAGER
 from voicebridge.signaling.app import create_app
+from voicebridge.signaling.http import MANAGER
 
 pytestmark = pytest.mark.integration
 SCENARIO = load_scenario("late_order")

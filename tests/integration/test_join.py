@@ -27,8 +27,8 @@ from voicebridge.config import EMULATOR_KEY, Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.emulator.track import SpeechTrack
 from voicebridge.scenarios.model import load_scenario, normalize_phrase
-from voicebridge.signaling.api import MANAGER
 from voicebridge.signaling.app import create_app
+from voicebridge.signaling.http import MANAGER
 from voicebridge.signaling.tokens import TokenSigner
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests.integration.test_signaling_api import FakeCall, error_of
 from voicebridge.config import Settings
-from voicebridge.signaling.api import MANAGER
 from voicebridge.signaling.app import create_app
+from voicebridge.signaling.http import MANAGER
 from voicebridge.signaling.lifecycle import LIFECYCLE, backend_reachable, graceful_shutdown
 from voicebridge.signaling.security import (
     ADMIN_TOKEN_ENV,

@@ -21,8 +21,8 @@ from pyee.asyncio import AsyncIOEventEmitter
 
 from voicebridge.config import Settings
 from voicebridge.scenarios.model import Scenario, load_scenario
-from voicebridge.signaling.api import MANAGER
 from voicebridge.signaling.app import create_app
+from voicebridge.signaling.http import MANAGER
 
 pytestmark = pytest.mark.integration
 SECRET = "sk-" + "test-SECRET-never-shown-0123456789"  # split: no key-shaped literal in the source

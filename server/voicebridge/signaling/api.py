@@ -1,107 +1,22 @@
-"""The REST API: start, list, inspect and hang up calls; list scenarios; health.
+"""The REST API: start, list, inspect and hang up calls; list scenarios and the bodies' schemas; health.
 
-Every error is JSON `{"error": {"message", "type"}}` with a 4xx/5xx status, whatever raised it (aiohttp's
-own 413/404/405 included), and no response body ever contains the API key (checked on the way out, not
-trusted).
+Errors are JSON with a 4xx status and no response carries the API key (http.py, shared with the other routes).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from voicebridge.config import Settings
 from voicebridge.diagnostics.sdp_explain import SdpError, explain
 from voicebridge.media.loopback import is_local_url
 from voicebridge.scenarios.model import ScenarioError, builtin_names, load_scenario
 
-from .bodies import B, BodyError, NoFields, StartCall, parse_body, schemas
-from .calls import CallManager, CallRecord, TooManyCalls
-
-log = logging.getLogger(__name__)
-
-MAX_BODY_BYTES = 16 * 1024  # a start request is tiny; anything bigger is a mistake or an attack
-MANAGER: web.AppKey[CallManager] = web.AppKey("manager", CallManager)
-SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
-SETTINGS_BODY: web.AppKey[int] = web.AppKey("max_body", int)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_REDACTED = "[redacted]"
-
-
-class ApiError(Exception):
-    """An error the client can fix, with the status it deserves."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status_code, self.message, self.kind = status, message, kind
-
-
-def safe_dumps(app: web.Application, data: Any) -> str:
-    """JSON text for a client. Defence in depth: nothing should ever carry the API key, but if it does it
-    stops here."""
-    text = json.dumps(data, default=str)
-    key = app[SETTINGS].api_key
-    if key and key in text:
-        log.error("a message to a client contained the API key; redacted")
-        text = text.replace(key, _REDACTED)
-    return text
-
-
-def json_response(request: web.Request, data: Any, status: int = 200, **kw: Any) -> web.Response:
-    return web.Response(
-        text=safe_dumps(request.app, data), status=status, content_type="application/json", **kw
-    )
-
-
-def error_body(message: str, kind: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind}}
-
-
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as e:
-        return json_response(request, error_body(e.message, e.kind), e.status_code)
-    except web.HTTPRequestEntityTooLarge:
-        msg = f"request body is over the {request.app[SETTINGS_BODY]}-byte limit"
-        return json_response(request, error_body(msg, "request_too_large"), 413)
-    except web.HTTPException as e:
-        if e.status_code < 400 or not request.path.startswith("/api/"):
-            raise
-        msg = f"{request.method} {request.path}: {e.reason}"
-        return json_response(request, error_body(msg, "invalid_request_error"), e.status_code)
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return json_response(
-            request, error_body("internal server error (see the server log)", "server_error"), 500
-        )
-
-
-async def read_body(request: web.Request, model: type[B]) -> B:
-    """The request's JSON body as `model` (bodies.py): 415 if it is not JSON, 413 over the size limit, 400
-    naming the field otherwise."""
-    ctype = request.content_type
-    if request.can_read_body and ctype not in ("application/json", "application/octet-stream", ""):
-        raise ApiError(415, f"send JSON (Content-Type: application/json), not {ctype}")
-    raw = await request.read()  # bounded by the app's client_max_size (413 beyond it)
-    try:
-        return parse_body(raw, model)
-    except BodyError as e:
-        raise ApiError(400, str(e)) from None
-
-
-def find_record(request: web.Request) -> CallRecord:
-    call_id = request.match_info["call_id"]
-    rec = request.app[MANAGER].get(call_id)
-    if rec is None:
-        raise ApiError(404, f"no call with id {call_id[:80]!r}", "not_found")
-    return rec
+from .bodies import NoFields, StartCall, schemas
+from .calls import TooManyCalls
+from .http import MANAGER, SETTINGS, ApiError, find_record, json_response, read_body, verify_grant
 
 
 async def create_call(request: web.Request) -> web.Response:
@@ -133,16 +48,20 @@ async def get_call(request: web.Request) -> web.Response:
 
 
 async def hangup_call(request: web.Request) -> web.Response:
-    if "Authorization" in request.headers:  # a taking-over human hangs up with a join token (join.py)
-        from .join import human_hangup
-
-        return await human_hangup(request)
+    """The operator's hang-up; with a takeover token (join.py issues them) the taking-over human's, which ends the
+    whole call as `human_hangup` by `human`."""
     rec = find_record(request)
+    human = "Authorization" in request.headers
+    if human:
+        verify_grant(request, rec, "takeover")
     await read_body(request, NoFields)  # an empty body or {}; a malformed one is still an error
     manager = request.app[MANAGER]
     if rec.ended or rec.call.state in ("ending", "ended"):
         raise ApiError(409, f"call {rec.call.id} is already {rec.call.state}", "conflict")
-    manager.hangup(rec)
+    if human:
+        manager.hangup(rec, "human_hangup", "human")
+    else:
+        manager.hangup(rec)
     return json_response(request, manager.view(rec), 202)
 
 

@@ -19,10 +19,11 @@ from voicebridge.observability.http import add_metrics_route, observed
 from voicebridge.observability.metrics import Metrics
 from voicebridge.scenarios.model import Scenario
 
-from .api import MANAGER, MAX_BODY_BYTES, SETTINGS, SETTINGS_BODY, add_routes, errors_as_json
+from .api import add_routes
 from .calls import CallFactory, CallLike, CallManager
 from .debug import add_debug_routes
 from .events_ws import call_events
+from .http import MANAGER, MAX_BODY_BYTES, SETTINGS, SETTINGS_BODY, errors_as_json
 from .join import add_join_routes
 from .lifecycle import install_lifecycle
 from .security import SecurityPolicy, install_security

@@ -5,12 +5,12 @@ number, NaN) is refused with a reason before any model sees it; then the route's
 refused (a misspelt `ttl` must not silently mean "the default lifetime"), types are strict (`"scenario": 7` or
 `"ttl_s": "60"` is a client's mistake, not something to coerce), enumerations are Literals and numbers have
 bounds. `parse_body` raises BodyError with one line naming the field, what was expected and what was given
-(validation.explain); api.py turns it into the API's JSON error with status 400.
+(validation.explain); http.py's read_body turns it into the API's JSON error with status 400.
 
 Semantic checks stay with the routes, with their own statuses: a scenario name that is not built in (422), a
 call that has ended (409), a participant that is not on the call (404).
 
-This module imports nothing from the routes, so api.py and join.py can both use it.
+This module imports nothing from the routes, so every route module can use it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from aiohttp import web
 from voicebridge.diagnostics.pc_debug import PcDebug
 from voicebridge.media.loopback import is_local_url
 
-from .api import SETTINGS, find_record, json_response
+from .http import SETTINGS, find_record, json_response
 
 
 def _debug_of(call: Any) -> PcDebug | None:

@@ -17,8 +17,8 @@ from aiohttp import WSMsgType, web
 
 from voicebridge.edge.websocket import LimitedWebSocketResponse
 
-from .api import ApiError, find_record, safe_dumps
 from .calls import Watcher
+from .http import ApiError, find_record, safe_dumps
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 4096  # the console sends nothing; a client that does gets room for a little, no more

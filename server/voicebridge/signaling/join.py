@@ -7,8 +7,8 @@
                                   token's (a listen token asking to take over gets 403).
   POST /api/calls/{id}/handback   takeover token -> 200 {participant_id, reason, told_caller_agent}
   POST /api/calls/{id}/leave      any join token, JSON {"participant_id"} -> 200
-  POST /api/calls/{id}/hangup     with a takeover token: the human hangs up (end_reason `human_hangup`);
-                                  without one it is the operator's hang-up (api.py).
+  POST /api/calls/{id}/hangup     with a takeover token: the human hangs up (end_reason `human_hangup`;
+                                  api.py, where the operator's hang-up without a token is too).
   GET  /api/calls/{id}/participants -> {participants: [...]}
 
 The JSON bodies are bodies.py's models (unknown fields and wrong types are 400s naming the field). Token errors
@@ -23,25 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .api import MANAGER, SETTINGS, ApiError, find_record, json_response, read_body
 from .bodies import Leave, NoFields, Offer, TokenRequest
 from .calls import CallRecord
-from .tokens import ROLES, Grant, TokenError, TokenSigner, bearer
+from .http import SETTINGS, TOKENS, ApiError, find_record, json_response, read_body, verify_grant
+from .tokens import ROLES, TokenSigner
 
 if TYPE_CHECKING:
     from voicebridge.bridge.participants import Participants
 
 log = logging.getLogger(__name__)
 
-TOKENS: web.AppKey[TokenSigner] = web.AppKey("tokens", TokenSigner)
 PARTICIPANTS: web.AppKey[dict[str, Any]] = web.AppKey("participants", dict)
-
-
-def _grant(request: web.Request, rec: CallRecord, role: str | None = None) -> Grant:
-    try:
-        return request.app[TOKENS].verify(bearer(request.headers.get("Authorization")), rec.call.id, role)
-    except TokenError as e:
-        raise ApiError(e.status, e.message, e.kind) from None
 
 
 def _participants(request: web.Request, rec: CallRecord, create: bool = True) -> Participants | None:
@@ -78,7 +70,7 @@ async def join(request: web.Request) -> web.Response:
     from voicebridge.bridge.participants import JoinError
 
     rec = find_record(request)
-    grant = _grant(request, rec)
+    grant = verify_grant(request, rec)
     wanted = request.query.get("role")
     if wanted is not None and wanted != grant.role:
         if wanted not in ROLES:
@@ -108,7 +100,7 @@ async def handback(request: web.Request) -> web.Response:
     from voicebridge.bridge.participants import JoinError
 
     rec = find_record(request)
-    _grant(request, rec, "takeover")
+    verify_grant(request, rec, "takeover")
     await read_body(request, NoFields)
     participants = _participants(request, rec, create=False)
     if participants is None:
@@ -122,7 +114,7 @@ async def handback(request: web.Request) -> web.Response:
 
 async def leave(request: web.Request) -> web.Response:
     rec = find_record(request)
-    grant = _grant(request, rec)
+    grant = verify_grant(request, rec)
     pid = (await read_body(request, Leave)).participant_id
     participants = _participants(request, rec, create=False)
     if participants is None or pid not in participants.members:
@@ -131,17 +123,6 @@ async def leave(request: web.Request) -> web.Response:
         raise ApiError(403, "a token of another role cannot remove this participant", "wrong_role")
     await participants.leave(pid, "left")
     return json_response(request, {"participant_id": pid, "left": True})
-
-
-async def human_hangup(request: web.Request) -> web.Response:
-    """The taking-over human hangs up: the whole call ends (`human_hangup`, by `human`)."""
-    rec = find_record(request)
-    _grant(request, rec, "takeover")
-    await read_body(request, NoFields)
-    if rec.ended or rec.call.state in ("ending", "ended"):
-        raise ApiError(409, f"call {rec.call.id} is already {rec.call.state}", "conflict")
-    request.app[MANAGER].hangup(rec, "human_hangup", "human")
-    return json_response(request, request.app[MANAGER].view(rec), 202)
 
 
 async def list_participants(request: web.Request) -> web.Response:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .api import MANAGER, SETTINGS, error_body, json_response
+from .http import MANAGER, SETTINGS, error_body, json_response
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -44,7 +44,7 @@ from multidict import CIMultiDict
 from voicebridge.edge.headers import undecodable_header
 from voicebridge.edge.hosts import HostConfigError, HostPolicy, host_policy
 
-from .api import error_body, json_response
+from .http import error_body, json_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ADMIN_TOKEN_ENV = "VOICEBRIDGE_ADMIN_TOKEN"
