@@ -10,7 +10,9 @@ TEST_WORKERS ?= 3
 
 .PHONY: install deps-debian run test test-fast lint bench soak certs emulator call clean
 
-install: deps-debian $(VENV)/.installed
+JS_DIR := tests/js
+
+install: deps-debian $(VENV)/.installed $(JS_DIR)/node_modules/.installed
 
 # Debian packages: installed through apt-get when we are root; otherwise say exactly what is missing.
 deps-debian:
@@ -30,6 +32,12 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,emulator,reports,bench]'
+	@touch $@
+
+# The official JavaScript Realtime client the integration tests run against the emulator (locked versions).
+$(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: install Node.js 20 or newer (node and npm)" >&2; exit 1; }
+	cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 run: install
@@ -66,4 +74,4 @@ certs:
 	@echo "wrote certs/dev-cert.pem and certs/dev-key.pem (never commit them)"
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache out
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache out $(JS_DIR)/node_modules
