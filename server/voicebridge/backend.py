@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from voicebridge.config import EMULATOR_KEY, Settings
 from voicebridge.media.loopback import is_local_url, set_loopback_only
 from voicebridge.scenarios.model import Scenario
+
+from .config import EMULATOR_KEY, Settings
 
 if TYPE_CHECKING:
     from voicebridge.emulator.server import Emulator

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--relay", choices=["passthrough", "transcode"], default=None, help="measure only this relay")
     b.add_argument("--out", type=Path, default=Path("."), help="where bench.json and bench.png are written")
 
-    from .batch.args import add_arguments as add_batch_arguments
+    from voicebridge.batch.args import add_arguments as add_batch_arguments
 
     add_batch_arguments(sub.add_parser("batch", help="run many agent-to-agent calls and write a report"))
     k = sub.add_parser("soak", help="many short calls against the emulator; fails on failed calls or leaks")
@@ -125,27 +125,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(cmd: str, args: argparse.Namespace) -> int:
     if cmd == "emulator":
-        from .emulator.server import main as emulator_main
+        from voicebridge.emulator.server import main as emulator_main
 
         return emulator_main(args)
     if cmd == "call":
-        from .commands.call import main as call_main
+        from voicebridge.commands.call import main as call_main
 
         return call_main(args)
     if cmd == "serve":
-        from .commands.serve import main as serve_main
+        from voicebridge.commands.serve import main as serve_main
 
         return serve_main(args)
     if cmd == "bench":
-        from .bench import main as bench_main
+        from voicebridge.bench import main as bench_main
 
         return bench_main(args)
     if cmd == "sdp":
-        from .diagnostics.sdp_render import main as sdp_main
+        from voicebridge.diagnostics.sdp_render import main as sdp_main
 
         return sdp_main(args)
     if cmd == "batch":
-        from .batch.cli import main as batch_main
+        from voicebridge.batch.cli import main as batch_main
 
         return batch_main(args)
     if cmd == "soak":

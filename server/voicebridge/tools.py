@@ -24,7 +24,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaV
 from pydantic_core import CoreSchema, PydanticSerializationError, to_json
 from typing_extensions import TypedDict
 
-from voicebridge.validation import explain
+from .validation import explain
 
 log = logging.getLogger(__name__)
 # Bounds on what crosses the model boundary: arguments a model sends, and an output that must fit in one

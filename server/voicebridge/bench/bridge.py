@@ -21,7 +21,9 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from voicebridge.bench.probes import (
+from voicebridge.media.loopback import set_loopback_only
+
+from .probes import (
     GcProbe,
     LagProbe,
     instrument_presend,
@@ -30,7 +32,6 @@ from voicebridge.bench.probes import (
     udp_rcvbuf_errors,
     write_profile,
 )
-from voicebridge.media.loopback import set_loopback_only
 
 SETUP_TIMEOUT_S = 15.0
 CALLS_PER_LOAD = 25
@@ -120,7 +121,7 @@ async def _setup_call(b: _Bridge, conn: Any) -> tuple[float, float, float]:
         b.outs += outs
         b.taps += taps
     else:
-        from voicebridge.bench.transcode import TranscodeLeg, TranscodeRelay
+        from .transcode import TranscodeLeg, TranscodeRelay
 
         legs = [TranscodeLeg(pc) for pc in pcs]
     for pc in pcs:
@@ -151,7 +152,7 @@ async def _add_listener(b: _Bridge, conn: Any) -> None:
         s_out.add_to(pc, "sendonly")
         relay.add_listener(c_out, s_out)
     else:
-        from voicebridge.bench.transcode import ForwardTrack
+        from .transcode import ForwardTrack
 
         c_fwd, s_fwd = ForwardTrack(), ForwardTrack()
         pc.addTransceiver(c_fwd, direction="sendonly")
@@ -218,7 +219,7 @@ async def _window(b: _Bridge, conns: list[Any], seconds: float, shift: float) ->
 
 
 async def run_job(job: Job) -> dict[str, Any]:
-    from voicebridge.bench.load import load_main
+    from .load import load_main
 
     set_loopback_only(True)
     undo = instrument_presend() if job.relay == "passthrough" else (lambda: None)

@@ -19,9 +19,10 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from voicebridge.bench.probes import LagProbe
 from voicebridge.media.loopback import set_loopback_only
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
+
+from .probes import LagProbe
 
 FRAME_S = 0.020
 CACHE_PACKETS = 1500  # 30 s of unique packets: longer than window + grace, so a payload names one send

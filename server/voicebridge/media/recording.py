@@ -29,7 +29,7 @@ from typing import Any
 import av
 import numpy as np
 
-from voicebridge.media.passthrough import RtpAudio, opus_samples
+from .passthrough import RtpAudio, opus_samples
 
 log = logging.getLogger(__name__)
 
