@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from voicebridge.config import Settings
+from voicebridge.emulator.keys import Keys
 from voicebridge.emulator.server import Emulator
 from voicebridge.signaling.app import create_app
 
@@ -65,14 +66,14 @@ async def test_the_api_key_appears_in_no_response_message_log_or_artifact(
     emulator = Emulator()
     url = await emulator.start("127.0.0.1", 0)
     keys_seen: list[str] = []
-    original_key = Emulator._key
+    original_key = Keys.bearer
 
-    def spy(self: Emulator, request: web.Request) -> str:
+    def spy(self: Keys, request: web.Request) -> str:
         key = original_key(self, request)
         keys_seen.append(key)
         return key
 
-    monkeypatch.setattr(Emulator, "_key", spy)
+    monkeypatch.setattr(Keys, "bearer", spy)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("VOICEBRIDGE_BASE_URL", url)
     settings = Settings.from_env(artifacts_dir=tmp_path / "calls")

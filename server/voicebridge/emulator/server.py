@@ -19,9 +19,7 @@ import asyncio
 import errno
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,8 @@ from ..media.loopback import is_local_url, set_loopback_only
 from ..observability.logs import CHATTY_LIBRARIES
 from ..scenarios.model import Scenario, ScenarioError, builtin_names
 from . import events as ev
+from . import ws
+from .keys import SECRET_TTL_DEFAULT_S, Keys, check_ttl
 from .limits import AcceptErrorFilter, Limits, SessionCounter, overloaded
 from .persona import PersonaBook
 from .schema import NO_SUCH_CALL, ApiError, check_client_secret_request, check_session, parse_body_json
@@ -42,22 +42,11 @@ from .voice import Voice
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "gpt-realtime"
 MAX_BODY_BYTES = 1024 * 1024  # an SDP offer is ~5 kB and a session with tools tens of kB: 1 MiB is generous
-SECRET_TTL_DEFAULT_S = 600
-SECRET_TTL_RANGE_S = (10, 7200)  # the real API's bounds for expires_after.seconds
 BETA_MESSAGE = (
     "The Realtime beta API shape has been retired. Use the GA interface: POST /v1/realtime/calls with an "
     "SDP offer (and a `session` object), and no `OpenAI-Beta: realtime=v1` header."
 )
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class ClientSecret:
-    value: str
-    expires_at: int
-    session: dict[str, Any]
-    owner: str = field(default="", repr=False)  # the API key that minted it: its sessions count for that key
-    used: bool = False
 
 
 def _json_error(err: ApiError) -> web.Response:
@@ -136,7 +125,7 @@ class Emulator:
         self.personas = PersonaBook()
         self.voice = voice or Voice()  # pass one Voice to share its cache of spoken lines between emulators
         self.sessions: dict[str, Session] = {}
-        self.secrets: dict[str, ClientSecret] = {}
+        self.keys = Keys()  # API keys, and the ephemeral keys minted at /v1/realtime/client_secrets (keys.py)
         self.base_url = ""
         self._extra_hosts = tuple(allowed_hosts)
         self.hosts: HostPolicy = host_policy("127.0.0.1", self._extra_hosts)  # start() sets the real bind
@@ -206,54 +195,9 @@ class Emulator:
             self._accept_filter.remove()
             self._accept_filter = None
 
-    # ---- auth -------------------------------------------------------------------------------------------
-
-    def _key(self, request: web.Request) -> str:
-        header = request.headers.get("Authorization", "")
-        if not header:
-            raise ApiError(
-                401,
-                "You didn't provide an API key. You need to provide your API key in an Authorization "
-                "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-            )
-        scheme, _, key = header.partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not (key.startswith("sk-") or key.startswith("ek_")):
-            shown = (key[:3] + "*" * 4 + key[-4:]) if len(key) > 8 else "(hidden)"
-            raise ApiError(
-                401,
-                f"Incorrect API key provided: {shown}. The emulator accepts any 'Bearer sk-...' key "
-                "or an ephemeral 'ek_...' key it issued.",
-                code="invalid_api_key",
-            )
-        return key
-
-    def _api_key(self, request: web.Request) -> str:
-        key = self._key(request)
-        if key.startswith("ek_"):
-            raise ApiError(
-                401,
-                "Ephemeral keys can only create a call; use an API key for this endpoint.",
-                code="invalid_api_key",
-            )
-        return key
-
-    def _secret(self, key: str) -> ClientSecret:
-        secret = self.secrets.get(key)
-        now = time.time()
-        for value in [v for v, s in self.secrets.items() if s.expires_at < now]:
-            del self.secrets[value]  # keep the store bounded
-        if secret is None or secret.expires_at < now:
-            raise ApiError(401, "Ephemeral key is expired or unknown.", code="invalid_api_key")
-        if secret.used:
-            raise ApiError(401, "Ephemeral key has already been used for a call.", code="invalid_api_key")
-        return secret
-
     # ---- endpoints --------------------------------------------------------------------------------------
 
     async def _realtime(self, request: web.Request) -> web.StreamResponse:
-        from . import ws
-
         if ws.is_websocket_request(request):
             return await ws.realtime_socket(self, request)
         return await self._beta(request)
@@ -294,8 +238,8 @@ class Emulator:
         )
 
     async def _create_call(self, request: web.Request) -> web.Response:
-        key = self._key(request)
-        secret = self._secret(key) if key.startswith("ek_") else None  # authenticate before reading the body
+        key = self.keys.bearer(request)
+        secret = self.keys.redeem(key) if key.startswith("ek_") else None  # authenticate before reading the body
         sdp, session = await self._read_offer(request)
         _check_offer(sdp)
         config = default_session(request.query.get("model") or DEFAULT_MODEL)
@@ -309,7 +253,7 @@ class Emulator:
         owner = secret.owner if secret is not None else key
         self.counter.add(call_id, owner, str(config.get("model") or DEFAULT_MODEL), needs_sockets=True)
         try:
-            sess = Session(call_id, config, self.personas, self.voice, self._session_closed)
+            sess = Session(call_id, config, self.personas, self.voice, self.session_closed)
         except BaseException:
             self.counter.release(call_id)
             raise
@@ -332,12 +276,12 @@ class Emulator:
             headers={"Location": f"/v1/realtime/calls/{call_id}"},
         )
 
-    def _session_closed(self, session: Session) -> None:
+    def session_closed(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
         self.counter.release(session.id)
 
     async def _hangup(self, request: web.Request) -> web.Response:
-        self._api_key(request)
+        self.keys.api_key(request)
         call_id = request.match_info["call_id"]
         session = self.sessions.get(call_id)
         if session is None:
@@ -346,25 +290,17 @@ class Emulator:
         return web.Response(status=200)
 
     async def _client_secret(self, request: web.Request) -> web.Response:
-        key = self._api_key(request)
+        key = self.keys.api_key(request)
         raw = await request.read()
         body = parse_body_json(raw) if raw.strip() else {}
         check_client_secret_request(body)
         seconds = int((body.get("expires_after") or {}).get("seconds", SECRET_TTL_DEFAULT_S))
-        lo, hi = SECRET_TTL_RANGE_S
-        if not lo <= seconds <= hi:
-            raise ApiError(
-                400,
-                f"Invalid 'expires_after.seconds': {seconds}; expected {lo} to {hi}.",
-                code="invalid_value",
-                param="expires_after.seconds",
-            )
+        check_ttl(seconds)
         config = default_session(DEFAULT_MODEL)
         if body.get("session") is not None:
             check_session(body["session"])
             config = merge_session(config, body["session"])
-        secret = ClientSecret(ev.new_id("ek", 32), int(time.time()) + seconds, config, owner=key)
-        self.secrets[secret.value] = secret
+        secret = self.keys.mint(seconds, config, owner=key)
         return web.json_response({"value": secret.value, "expires_at": secret.expires_at, "session": config})
 
 

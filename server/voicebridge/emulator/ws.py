@@ -20,7 +20,7 @@ import base64
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import av
 from aiohttp import WSMsgType, web
@@ -29,12 +29,13 @@ from ..edge.websocket import LimitedWebSocketResponse
 from . import events as ev
 from .audio_formats import PCM, RATES, encode
 from .handlers import MAX_EVENT_BYTES, handle
+from .keys import Keys
+from .limits import SessionCounter
+from .persona import PersonaBook
 from .schema import NO_SUCH_CALL, ApiError
 from .session import Session, default_session
 from .track import Playback, PlaybackQueue
-
-if TYPE_CHECKING:
-    from .server import Emulator
+from .voice import Voice
 
 log = logging.getLogger(__name__)
 FRAME_S = 0.020
@@ -137,19 +138,31 @@ class DeltaMouth(PlaybackQueue):
         )
 
 
+class Host(Protocol):
+    """What a WebSocket session needs of the emulator that serves it (server.py's Emulator)."""
+
+    keys: Keys
+    sessions: dict[str, Session]
+    counter: SessionCounter
+    personas: PersonaBook
+    voice: Voice
+
+    def session_closed(self, session: Session) -> None: ...
+
+
 def is_websocket_request(request: web.Request) -> bool:
     return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
 
 
-async def realtime_socket(emulator: Emulator, request: web.Request) -> web.StreamResponse:
+async def realtime_socket(emulator: Host, request: web.Request) -> web.StreamResponse:
     """GET /v1/realtime with a WebSocket upgrade: a WebSocket session (?model=) or a sideband (?call_id=)."""
-    key = emulator._key(request)
+    key = emulator.keys.bearer(request)
     call_id = request.query.get("call_id")
     model = request.query.get("model")
     if call_id is not None and model is not None:
         raise ApiError(400, "Pass either 'model' (a new session) or 'call_id' (a sideband), not both.", param="call_id")
     if call_id is not None:
-        emulator._api_key(request)  # a sideband is a server's connection: API keys only
+        emulator.keys.api_key(request)  # a sideband is a server's connection: API keys only
         session = emulator.sessions.get(call_id)
         if session is None or session.transport != "webrtc":
             raise ApiError(404, NO_SUCH_CALL, code="call_id_not_found", param="call_id")
@@ -157,7 +170,7 @@ async def realtime_socket(emulator: Emulator, request: web.Request) -> web.Strea
     config = default_session(model or "gpt-realtime")
     secret = None
     if key.startswith("ek_"):
-        secret = emulator._secret(key)
+        secret = emulator.keys.redeem(key)
         config = secret.session
     elif not model:
         raise ApiError(
@@ -178,7 +191,7 @@ async def realtime_socket(emulator: Emulator, request: web.Request) -> web.Strea
             config,
             emulator.personas,
             emulator.voice,
-            emulator._session_closed,
+            emulator.session_closed,
             transport="websocket",
             mouth=DeltaMouth,
         )
