@@ -149,10 +149,12 @@ class Harness:
     ) -> None:
         self.legs: dict[str, FakeLeg] = {}
         self.order: list[str] = []
+        # These legs never answer a response.create, so a hang-up while one is pending waits out the whole drain
+        # limit; no test relies on that wait (the one about draining sets its own limits), so it is short.
         self.settings = Settings(
             **{
                 "base_url": "http://127.0.0.1:9/v1",
-                "hangup_drain_timeout_s": 1.0,
+                "hangup_drain_timeout_s": 0.1,
                 "session_timeout_s": 10.0,
                 **settings,
             }
