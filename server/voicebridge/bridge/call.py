@@ -111,7 +111,8 @@ class Call(AsyncIOEventEmitter):
         self._setup: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._idle: asyncio.TimerHandle | None = None
-        self._leg_stats: dict[str, dict[str, Any]] = {}
+        # Each leg's last stats (LegStats, as JSON), taken before it closes; or {"error"} if they could not be.
+        self._leg_stats: dict[str, dict[str, object]] = {}
         self.duration_s = 0.0
         # Every peer connection of the call (agent legs here, browsers via debug.attach) for the debug view.
         self.debug = PcDebug()
@@ -416,7 +417,7 @@ class Call(AsyncIOEventEmitter):
         for role, leg in self.legs.items():
             if leg.state in ("open", "failed"):
                 try:
-                    self._leg_stats[role] = await leg.stats()
+                    self._leg_stats[role] = dict(await leg.stats())
                 except Exception as e:
                     self._leg_stats[role] = {"error": str(e)}
         for gate in self.gates.values():

@@ -19,7 +19,7 @@ import dataclasses
 import datetime
 import json
 import logging
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
@@ -27,11 +27,27 @@ from voicebridge.config import Settings
 from voicebridge.media.passthrough import InboundTap, OutboundAudio
 
 from .api import LegError, RealtimeApi
-from .leg import Leg
+from .leg import Leg, LegStats
 
 log = logging.getLogger(__name__)
 MAX_EVENT_CHARS = 1024 * 1024
 PEER_CHECK_S = 0.5  # how often the peer watchdog looks at the received-datagram counter
+
+
+class PacketCount(TypedDict):
+    packets: int
+    bytes: int
+
+
+class WebRtcStats(TypedDict):
+    """What a WebRTC leg adds to LegStats."""
+
+    rtp_in: NotRequired[PacketCount]  # the agent's Opus packets, once the answer is applied
+    rtc: NotRequired[dict[str, dict[str, object]]]  # aiortc's getStats(), report id -> its fields
+
+
+class WebRtcLegStats(LegStats, WebRtcStats):
+    pass
 
 
 class WebRtcLeg(Leg):
@@ -247,27 +263,18 @@ class WebRtcLeg(Leg):
             level = logging.INFO if self.failure else logging.WARNING
             log.log(level, "%s leg: hang-up: %s", self.role, e or "timed out")
 
-    async def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "role": self.role,
-            "call_id": self.call_id,
-            "state": self.state,
-            "events_in": self.events_in,
-            "events_out": self.events_out,
-            "invalid_events": len(self.invalid_events),
-        }
-        if self.failure:
-            out["failure"] = self.failure
+    async def stats(self) -> WebRtcLegStats:
+        own: WebRtcStats = {}
         if self.audio_in is not None:
-            out["rtp_in"] = {"packets": self.audio_in.packets, "bytes": self.audio_in.bytes}
+            own["rtp_in"] = {"packets": self.audio_in.packets, "bytes": self.audio_in.bytes}
         if self.pc is not None and self.pc.connectionState not in ("closed",):
             with contextlib.suppress(Exception):
                 report = await self.pc.getStats()
-                out["rtc"] = {key: _plain(value) for key, value in report.items()}
-        return out
+                own["rtc"] = {key: _plain(value) for key, value in report.items()}
+        return {**self._base_stats(), **own}
 
 
-def _plain(stat: Any) -> dict[str, Any]:
+def _plain(stat: object) -> dict[str, object]:
     if dataclasses.is_dataclass(stat) and not isinstance(stat, type):
         data = dataclasses.asdict(stat)
     else:

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from openai import AsyncOpenAI
 
@@ -42,7 +42,7 @@ from voicebridge.media.passthrough import latency_summary
 from voicebridge.media.pcm import FRAME_BYTES, PCM_RATE, SILENCE, OpusToPcmSink, PcmToOpusTap
 
 from .api import LegError
-from .leg import Leg
+from .leg import Leg, LegStats
 
 if TYPE_CHECKING:
     from websockets.exceptions import InvalidStatus
@@ -63,6 +63,32 @@ class _Frame:
     response_id: str
     pcm: bytes  # exactly FRAME_BYTES
     received_at: float  # perf_counter() when its delta arrived
+
+
+class PlayoutStats(TypedDict):
+    delta_bytes: int  # PCM16 received in response.output_audio.delta
+    frames_played: int
+    silence_frames: int
+    underruns: int  # ticks with a line still streaming but no frame ready (nothing sent)
+    catch_ups: int
+    clock_resets: int
+    truncations: int  # conversation.item.truncate sent on barge-in
+    appends: int  # input_audio_buffer.append sent
+    appended_bytes: int
+    playout_latency_ms: dict[str, float | int]
+    encode_ms: float  # PCM -> Opus for a WebRTC other side, total
+    decode_ms: float  # Opus -> PCM from a WebRTC other side, total
+
+
+class WebSocketStats(TypedDict):
+    """What a WebSocket leg adds to LegStats."""
+
+    transport: Literal["websocket"]
+    audio: PlayoutStats
+
+
+class WebSocketLegStats(LegStats, WebSocketStats):
+    pass
 
 
 class WebSocketLeg(Leg):
@@ -442,15 +468,9 @@ class WebSocketLeg(Leg):
         """Delta arrival -> frame played: the playout buffer's added latency."""
         return latency_summary(self._latency)
 
-    async def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "role": self.role,
+    async def stats(self) -> WebSocketLegStats:
+        own: WebSocketStats = {
             "transport": "websocket",
-            "call_id": self.call_id,
-            "state": self.state,
-            "events_in": self.events_in,
-            "events_out": self.events_out,
-            "invalid_events": len(self.invalid_events),
             "audio": {
                 "delta_bytes": self.delta_bytes,
                 "frames_played": self.frames_played,
@@ -466,9 +486,7 @@ class WebSocketLeg(Leg):
                 "decode_ms": round(self.sink.decode_s * 1000.0, 3),
             },
         }
-        if self.failure:
-            out["failure"] = self.failure
-        return out
+        return {**self._base_stats(), **own}
 
 
 def _refusal(base_url: str, e: InvalidStatus) -> str:
