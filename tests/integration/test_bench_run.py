@@ -32,12 +32,14 @@ async def test_a_small_passthrough_job_relays_every_packet_and_matches_them_end_
 
 
 async def test_a_small_transcode_job_decodes_and_reencodes_and_traces_frames_to_packets() -> None:
-    raw = await run_job(Job("transcode", 1, 1.0, 0.3))
+    raw = await run_job(Job("transcode", 1, 1.0, 0.3, listeners=1))
     lv = figures(raw)
     assert lv["added_latency_ms"]["count"] > 0  # decoded frames traced back to the packets they came from
     assert lv["e2e_latency_ms"] is None  # re-encoded payloads cannot be matched: reported as such
     assert raw["window"]["bridge_in"] > 0 and raw["window"]["bridge_out"] > 0  # packets in, frames out
     assert lv["packets_received"] > 0
+    fan = lv["fanout"]  # its listener fan-out (FanOut[ForwardTrack]): a decoder and an encoder per party
+    assert fan["listeners"] == 1 and fan["listener_delivery_pct"] > 0
 
 
 def test_bench_cli_json_last_line_and_files(tmp_path: Path) -> None:

@@ -23,10 +23,12 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from tests.integration.conftest import _VOICE
+from voicebridge.bridge.call import Call
 from voicebridge.config import EMULATOR_KEY, Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.emulator.track import SpeechTrack
-from voicebridge.scenarios.model import load_scenario, normalize_phrase
+from voicebridge.realtime.transports import PcmRelay, leg_factory
+from voicebridge.scenarios.model import Scenario, load_scenario, normalize_phrase
 from voicebridge.signaling.app import create_app
 from voicebridge.signaling.http import MANAGER
 from voicebridge.signaling.tokens import TokenSigner
@@ -383,6 +385,38 @@ async def test_a_browser_whose_media_stops_is_handed_back(client: Client, browse
     assert not call.relay.on_hold
     await client.post(f"/api/calls/{call_id}/hangup")
     await watch_end(call)
+
+
+# -- a relay that cannot ----------------------------------------------------------------------------------------
+@pytest.fixture
+async def ws_client(tmp_path: Path, emulator: Emulator) -> AsyncIterator[Client]:
+    """The signaling app whose calls use the WebSocket transport on both legs (relayed PCM to PCM)."""
+    settings = dataclasses.replace(Settings(), base_url=emulator.base_url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
+
+    def make(scenario: Scenario) -> Call:
+        return Call(scenario, settings, leg_factory=leg_factory("ws", "ws"))
+
+    async with TestClient(TestServer(await create_app(settings, call_factory=make))) as c:
+        yield c
+
+
+async def test_a_call_without_opus_refuses_listeners_and_take_over_saying_why(
+    ws_client: Client, browsers: Callable[..., Browser]
+) -> None:
+    call_id, call, watch = await start_call(ws_client)
+    for role in ("listen", "takeover"):
+        b = browsers(role)
+        assert await b.join(ws_client, call_id, await token(ws_client, call_id, role)) == 409, role
+        error = b.error["error"]
+        assert error["type"] == "unsupported_by_relay", role
+        assert f"call {call_id} cannot" in error["message"] and "at least one WebRTC leg" in error["message"], role
+    assert isinstance(call.relay, PcmRelay) and call.state == "live"  # refused joins leave the call as it was
+    resp = await ws_client.get(f"/api/calls/{call_id}/participants")
+    assert (await resp.json())["participants"] == []
+    await ws_client.post(f"/api/calls/{call_id}/hangup")
+    ended = await watch_end(call)
+    assert ended["end_reason"] == "operator_hangup" and ended["relay"]["kind"] == "pcm"
+    assert watch.notes("participant.joined") == []
 
 
 # -- access -----------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from tests.integration.test_ws_emulator import spoken_pcm
 from voicebridge.bridge.sessions import build_session
 from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
+from voicebridge.media.relay import FanOut, PacketHooks, Relay, Switchable
 from voicebridge.realtime.api import LegError
 from voicebridge.realtime.transports import PcmRelay
 from voicebridge.realtime.websocket import WebSocketLeg
@@ -146,12 +147,13 @@ async def test_nobody_listening_fails_connect_naming_the_url() -> None:
         await leg.connect(build_session(SCENARIO.caller, leg.settings, []))
 
 
-async def test_pcm_relay_refuses_listeners_with_a_clear_reason() -> None:
+async def test_pcm_relay_is_a_relay_and_claims_nothing_more() -> None:
+    """No stubs: a relay with no Opus packets has no packet hooks, no listeners and no take-over (the join
+    refuses those with a 409: tests/integration/test_join.py)."""
     settings = Settings(base_url="http://127.0.0.1:9/v1")
     relay = PcmRelay(WebSocketLeg("caller", settings), WebSocketLeg("cs", settings))
-    with pytest.raises(RuntimeError, match="need at least one WebRTC leg"):
-        relay.add_listener(None, None)
-    with pytest.raises(RuntimeError, match="need at least one WebRTC leg"):
-        relay.set_caller_source(None)
-    relay.on_packet(lambda party, pkt: None)()  # accepted, never called
-    assert relay.stats()["frames"] == {"caller_to_cs": 0, "cs_to_caller": 0}
+    assert isinstance(relay, Relay)
+    assert not isinstance(relay, PacketHooks | FanOut | Switchable)
+    assert not any(hasattr(relay, name) for name in ("on_packet", "add_listener", "set_caller_source", "on_hold"))
+    relay.stop()  # safe before start
+    assert relay.stats() == {"kind": "pcm", "frames": {"caller_to_cs": 0, "cs_to_caller": 0}, "on_hold": False}

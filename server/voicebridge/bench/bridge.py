@@ -17,11 +17,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from voicebridge.media.loopback import set_loopback_only
+from voicebridge.media.relay import FanOut, Relay
 
 from .probes import (
     GcProbe,
@@ -32,6 +33,11 @@ from .probes import (
     udp_rcvbuf_errors,
     write_profile,
 )
+
+if TYPE_CHECKING:
+    from voicebridge.media.passthrough import InboundTap, OutboundAudio
+
+    from .transcode import TranscodeRelay
 
 SETUP_TIMEOUT_S = 15.0
 CALLS_PER_LOAD = 25
@@ -50,16 +56,16 @@ class Job:
 class _Bridge:
     relay: str
     pcs: list[RTCPeerConnection] = field(default_factory=list)
-    relays: list[Any] = field(default_factory=list)
-    outs: list[Any] = field(default_factory=list)  # passthrough: OutboundAudio of the legs
-    taps: list[Any] = field(default_factory=list)  # passthrough: InboundTap of the legs
+    relays: list[Relay] = field(default_factory=list)
+    outs: list[OutboundAudio] = field(default_factory=list)  # passthrough: the legs' senders
+    taps: list[InboundTap] = field(default_factory=list)  # passthrough: the legs' receivers
 
     def counters(self) -> tuple[int, int, int]:
         """(packets in, packets/frames out, dropped) over the agent legs of every call."""
         if self.relay == "transcode":
             return (
-                sum(r.caller.arrivals.packets + r.cs.arrivals.packets for r in self.relays),
-                sum(r.caller.out.frames + r.cs.out.frames for r in self.relays),
+                sum(r.caller.arrivals.packets + r.cs.arrivals.packets for r in self.transcoders()),
+                sum(r.caller.out.frames + r.cs.out.frames for r in self.transcoders()),
                 0,
             )
         return (
@@ -67,6 +73,11 @@ class _Bridge:
             sum(o.packets_sent for o in self.outs),
             sum(o.dropped for o in self.outs),
         )
+
+    def transcoders(self) -> list[TranscodeRelay]:
+        from .transcode import TranscodeRelay
+
+        return [r for r in self.relays if isinstance(r, TranscodeRelay)]
 
 
 def rss_mib() -> float:
@@ -116,7 +127,7 @@ async def _setup_call(b: _Bridge, conn: Any) -> tuple[float, float, float]:
             out.add_to(pc)
             assert out.receiver is not None
             taps.append(InboundTap(out.receiver))
-        relay: Any = AudioRelay(taps[0], outs[0], taps[1], outs[1])
+        relay: Relay = AudioRelay(taps[0], outs[0], taps[1], outs[1])
         relay.start()
         b.outs += outs
         b.taps += taps
@@ -144,6 +155,8 @@ async def _add_listener(b: _Bridge, conn: Any) -> None:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     b.pcs.append(pc)
     relay = b.relays[0]
+    if not isinstance(relay, FanOut):
+        raise RuntimeError(f"bench: the {relay.kind} relay cannot take listeners")
     if b.relay == "passthrough":
         from voicebridge.media.passthrough import OutboundAudio
 
@@ -169,14 +182,14 @@ def _clear(b: _Bridge) -> None:
         for o in b.outs:
             o._latency.clear()
     else:
-        for r in b.relays:
+        for r in b.transcoders():
             r.clear_samples()
 
 
 def _samples(b: _Bridge) -> list[float]:
     if b.relay == "passthrough":
         return [s for o in b.outs for s in o.latency_samples()]
-    return [s for r in b.relays for s in r.latency_samples()]
+    return [s for r in b.transcoders() for s in r.latency_samples()]
 
 
 async def _window(b: _Bridge, conns: list[Any], seconds: float, shift: float) -> dict[str, Any]:

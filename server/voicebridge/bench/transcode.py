@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypedDict
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.contrib.media import MediaRelay
@@ -24,6 +25,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
 from voicebridge.media.passthrough import latency_summary
+from voicebridge.media.relay import FanOut, Relay, RelayStats
 
 _LATENCY_SAMPLES = 4096
 _ARRIVALS = 1024  # RTP timestamps remembered per leg (20 s of 20 ms packets)
@@ -117,15 +119,34 @@ class TranscodeLeg:
         return self.remote
 
 
-class TranscodeRelay:
-    """caller -> cs and cs -> caller through decode + encode (MediaRelay proxies), plus listener fan-out."""
+class TranscodeDirection(TypedDict):
+    in_packets: int  # RTP packets that reached the receiving leg
+    frames: int  # decoded frames handed to the other leg's sender
+    latency_ms: dict[str, float | int]
+
+
+class TranscodeStats(RelayStats):
+    caller_to_cs: TranscodeDirection
+    cs_to_caller: TranscodeDirection
+    listeners: dict[str, int]  # {"count": n}
+
+
+class TranscodeRelay(Relay, FanOut[ForwardTrack]):
+    """caller -> cs and cs -> caller through decode + encode (MediaRelay proxies), plus listener fan-out.
+
+    No take-over and no packet hooks: the benchmark needs neither, and this path has no packets to hook.
+    """
+
+    kind = "transcode"
+    description = "aiortc's jitter buffer, Opus decode and re-encode (the benchmark's baseline, never a call's relay)"
 
     def __init__(self, caller: TranscodeLeg, cs: TranscodeLeg) -> None:
         self.caller = caller
         self.cs = cs
         self._media = MediaRelay()
         self._outs: list[ForwardTrack] = []
-        self._listener_outs: list[ForwardTrack] = []
+        self._listeners: list[list[ForwardTrack]] = []  # each listener's tracks (one per party it is sent)
+        self._stopped = False
 
     def _connect(self, src: TranscodeLeg, dst: ForwardTrack) -> None:
         if src.remote is None:
@@ -133,29 +154,49 @@ class TranscodeRelay:
         dst.set_source(self._media.subscribe(src.remote), src.arrivals)
 
     def start(self) -> None:
+        if self._outs:
+            return
         self._connect(self.caller, self.cs.out)
         self._connect(self.cs, self.caller.out)
         self._outs = [self.cs.out, self.caller.out]
 
-    def add_listener(self, caller_out: ForwardTrack, cs_out: ForwardTrack) -> None:
+    def add_listener(self, caller_out: ForwardTrack | None, cs_out: ForwardTrack | None) -> Callable[[], None]:
         """Each listener gets its own proxy of each party (and so its own encoder: that is aiortc's way)."""
-        self._connect(self.caller, caller_out)
-        self._connect(self.cs, cs_out)
-        self._listener_outs += [caller_out, cs_out]
+        mine: list[ForwardTrack] = []
+        for src, out in ((self.caller, caller_out), (self.cs, cs_out)):
+            if out is not None:
+                self._connect(src, out)
+                mine.append(out)
+        self._listeners.append(mine)
+
+        def remove() -> None:
+            if any(tracks is mine for tracks in self._listeners):
+                self._listeners = [tracks for tracks in self._listeners if tracks is not mine]
+                for out in mine:
+                    out.stop()  # and its MediaRelay proxy
+
+        return remove
+
+    def _listener_outs(self) -> list[ForwardTrack]:
+        return [t for tracks in self._listeners for t in tracks]
 
     def stop(self) -> None:
-        for track in (*self._outs, *self._listener_outs):
+        if self._stopped:
+            return
+        self._stopped = True
+        for track in (*self._outs, *self._listener_outs()):
             track.stop()
 
     def latency_samples(self) -> list[float]:
         return [s for t in self._outs for s in t.latency]
 
     def clear_samples(self) -> None:
-        for t in (*self._outs, *self._listener_outs):
+        for t in (*self._outs, *self._listener_outs()):
             t.latency.clear()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> TranscodeStats:
         return {
+            "kind": self.kind,
             "caller_to_cs": {
                 "in_packets": self.caller.arrivals.packets,
                 "frames": self.cs.out.frames,
@@ -166,5 +207,5 @@ class TranscodeRelay:
                 "frames": self.caller.out.frames,
                 "latency_ms": latency_summary(self.caller.out.latency),
             },
-            "listeners": {"count": len(self._listener_outs) // 2},
+            "listeners": {"count": len(self._listeners)},
         }

@@ -15,23 +15,54 @@ On hold (a human took over) the caller agent hears nothing: if it kept hearing t
 
 A listener is two ``OutboundAudio`` (two audio transceivers on the listener's peer connection: caller, CS),
 so the browser gets the parties as two tracks and mixes them itself; either may be None.
+
+It is the one relay with every capability of media/relay.py: packet hooks, listener fan-out and a switchable
+caller source.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TypedDict
 
-from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio, latency_summary
+from voicebridge.media.passthrough import InboundTap, OutboundAudio, OutboundStats, RtpAudio, latency_summary
+from voicebridge.media.relay import FanOut, PacketHook, PacketHooks, Party, Relay, RelayStats, Switchable
 
 log = logging.getLogger(__name__)
 
-PacketHook = Callable[[str, RtpAudio], None]
+
+class InboundCount(TypedDict):
+    in_packets: int
+    in_bytes: int
 
 
-class AudioRelay:
+class DirectionStats(InboundCount, OutboundStats):
+    """One direction: what its tap received, and what was handed to the other leg's transport."""
+
+
+class ListenerStats(TypedDict):
+    count: int
+    packets: int  # sent to every listener, both parties
+    dropped: int
+    latency_ms: dict[str, float | int]
+
+
+class PassthroughStats(RelayStats):
+    caller_to_cs: DirectionStats
+    cs_to_caller: DirectionStats
+    human: InboundCount | None  # while a human has taken over
+    human_out: OutboundStats | None
+    listeners: ListenerStats
+    on_hold: bool
+    hook_errors: int
+
+
+class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
     """caller_in -> cs_out and cs_in -> caller_out, pass-through; source switching and listener fan-out."""
+
+    kind = "passthrough"
+    description = "Opus RTP passed through untouched, fanned out to listeners, switchable to a human caller"
 
     def __init__(
         self,
@@ -158,7 +189,7 @@ class AudioRelay:
         if self._hooks:
             self._emit("cs", pkt)
 
-    def _emit(self, party: str, pkt: RtpAudio) -> None:
+    def _emit(self, party: Party, pkt: RtpAudio) -> None:
         for fn in self._hooks:
             try:
                 fn(party, pkt)
@@ -168,10 +199,11 @@ class AudioRelay:
                     log.exception("AudioRelay packet hook %r failed", fn)
 
     # -- observation -------------------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> PassthroughStats:
         """Per direction: packets/bytes in and out, drops, bridge latency (tap arrival -> transport)."""
         listener_outs = [o for pair in self._listeners for o in pair if o is not None]
         return {
+            "kind": self.kind,
             "caller_to_cs": {
                 "in_packets": self.caller_in.packets,
                 "in_bytes": self.caller_in.bytes,

@@ -22,6 +22,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 
 from voicebridge.config import Settings
 from voicebridge.diagnostics.pc_debug import PcDebug
+from voicebridge.media.relay import PacketHooks, Relay, RelayStats
 from voicebridge.realtime.leg import Leg
 from voicebridge.scenarios.model import ROLES, Scenario
 from voicebridge.tools import ToolRegistry, ToolResult
@@ -101,7 +102,8 @@ class Call(AsyncIOEventEmitter):
         self.functions: dict[str, FunctionCalls] = {}
         self.tool_calls: list[dict[str, Any]] = []
         self.transcript = Transcript()
-        self.relay: Any = None
+        # AudioRelay (any WebRTC leg) or PcmRelay (two WebSocket legs); what else it can do: media/relay.py.
+        self.relay: Relay | None = None
         self.artifacts: Artifacts | None = None
         self.started_at = time.time()
         self._t0 = time.monotonic()
@@ -218,7 +220,7 @@ class Call(AsyncIOEventEmitter):
                     "stats": self._leg_stats.get(role, {}),
                 }
             )
-        relay_stats: Any = None
+        relay_stats: RelayStats | dict[str, str] | None = None
         if self.relay is not None:
             try:
                 relay_stats = self.relay.stats()
@@ -259,6 +261,10 @@ class Call(AsyncIOEventEmitter):
         leg.on("peer_connection", lambda pc: self.debug.attach(pc, role, kind="agent"))
 
     def _start_relay(self) -> None:
+        self.relay = self._make_relay()
+        self.relay.start()
+
+    def _make_relay(self) -> Relay:
         from voicebridge.realtime.transports import PcmRelay
         from voicebridge.realtime.websocket import WebSocketLeg
 
@@ -266,16 +272,16 @@ class Call(AsyncIOEventEmitter):
 
         c, s = self.legs["caller"], self.legs["cs"]
         if isinstance(c, WebSocketLeg) and isinstance(s, WebSocketLeg):
-            self.relay = PcmRelay(c, s)  # PCM16 both sides: no codec at all
-            self.relay.start()
-            return
+            return PcmRelay(c, s)  # PCM16 both sides: no codec at all
         # WebRTC legs relay Opus as it is; a WebSocket leg's tap/sink transcode (media/pcm.py) on its side only.
         if c.audio_in is None or c.audio_out is None or s.audio_in is None or s.audio_out is None:
             raise RuntimeError("a leg connected without its audio tap/sender")
-        self.relay = AudioRelay(c.audio_in, c.audio_out, s.audio_in, s.audio_out)
-        self.relay.start()
+        return AudioRelay(c.audio_in, c.audio_out, s.audio_in, s.audio_out)
 
     def _observe_media(self) -> None:
+        """Per-turn latency and the recording, off the relay's packets; a relay with none (PcmRelay) has neither."""
+        if not isinstance(self.relay, PacketHooks):
+            return
         self.relay.on_packet(self.turn_latency.on_packet)
         # t0 = perf_counter at call time 0: positions in the recording are the transcript's times.
         self.recording = CallRecording(self.relay, self.out_dir, time.perf_counter() - self.now())

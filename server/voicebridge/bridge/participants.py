@@ -21,6 +21,10 @@ the seat reserved before the join's first await, so concurrent joins cannot all 
 that got its answer but whose peer connection is not up within `connect_timeout_s` is dropped (its seat and peer
 connection freed).
 
+Both need a relay that can do it (media/relay.py): listeners a `FanOut`, a take-over a `Switchable`. A call
+whose relay cannot (two WebSocket legs: `PcmRelay`) refuses the join with a 409 saying why, before any peer
+connection is made.
+
 Each of these is written to the call's event stream and events.jsonl as a `bridge` note (participant.joined/left,
 takeover.started, takeover.handback, takeover.briefed). All peer connections close when the call ends.
 """
@@ -32,13 +36,14 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
+from voicebridge.media.relay import FanOut, Relay, Switchable
 
 if TYPE_CHECKING:
     from .call import Call
@@ -75,8 +80,8 @@ class Participant:
     joined_at: float = field(default_factory=time.time)
     left_reason: str | None = None
     speaking: bool = False  # take-over: the CS agent hears this human now
-    _remove_listener: Any = None
-    _unsub_first: Any = None
+    _remove_listener: Callable[[], None] | None = None
+    _unsub_first: Callable[[], None] | None = None
     _watchdog: asyncio.Future[Any] | None = None
     _connect_watch: asyncio.Future[Any] | None = None
 
@@ -159,8 +164,11 @@ class Participants:
         return pid
 
     async def _join(self, pid: str, role: ParticipantRole, offer_sdp: str, timeout_s: float) -> Participant:
-        await self._wait_live(timeout_s)
-        relay = self.call.relay
+        relay = await self._wait_live(timeout_s)
+        if role == "listen" and not isinstance(relay, FanOut):
+            raise self._unable(relay, "take listeners")
+        if role == "takeover" and not isinstance(relay, Switchable):
+            raise self._unable(relay, "be taken over")
         servers = [RTCIceServer(urls=u) for u in self.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         p = Participant(pid, role, pc, [])
@@ -190,7 +198,7 @@ class Participants:
             pc.on("connectionstatechange", lambda: connected.set() if pc.connectionState == "connected" else None)
             await pc.setLocalDescription(await pc.createAnswer())
             p.answer_sdp = pc.localDescription.sdp
-            if self.closed or relay is None or self.call.state != "live":
+            if self.closed or self.call.state != "live":
                 raise JoinError(409, f"call {self.call.id} ended while joining", "conflict")
         except BaseException:
             await self._close_pc(p)
@@ -198,6 +206,7 @@ class Participants:
         pc.on("connectionstatechange", lambda: self._on_pc_state(p))
         self.members[p.id] = p
         if role == "listen":
+            assert isinstance(relay, FanOut)  # checked above; a call's relay never changes
             p._remove_listener = relay.add_listener(p.outs[0], p.outs[1])
         else:
             self.human = p
@@ -222,8 +231,13 @@ class Participants:
         for pid in left[: max(0, len(left) - MAX_LEFT_KEPT)]:
             del self.members[pid]
 
-    async def _wait_live(self, timeout_s: float) -> None:
-        """A join may come while the call is still connecting: wait (bounded) until its relay runs."""
+    def _unable(self, relay: Relay, what: str) -> JoinError:
+        """409: this call's relay lacks the capability a join needs (the relay says what it carries and why)."""
+        why = f"its audio goes through the {relay.kind} relay: {relay.description}"
+        return JoinError(409, f"call {self.call.id} cannot {what}: {why}", "unsupported_by_relay")
+
+    async def _wait_live(self, timeout_s: float) -> Relay:
+        """A join may come while the call is still connecting: wait (bounded) until its relay runs; returns it."""
         if self.call.state == "connecting":
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -238,9 +252,11 @@ class Participants:
                 raise JoinError(409, f"call {self.call.id} is still connecting; try again", "conflict") from None
             finally:
                 self.call.remove_listener("state", changed)
-        if self.call.state != "live" or self.call.relay is None:
+        relay = self.call.relay
+        if self.call.state != "live" or relay is None:
             raise JoinError(409, f"call {self.call.id} is {self.call.state}, not live", "conflict")
         self._check_open()
+        return relay
 
     def _check_open(self) -> None:
         if self.closed or self.call.state in ("ending", "ended"):
@@ -253,7 +269,7 @@ class Participants:
             p._unsub_first()
             p._unsub_first = None
         relay = self.call.relay
-        if p.left or self.human is not p or relay is None or self.call.state != "live":
+        if p.left or self.human is not p or not isinstance(relay, Switchable) or self.call.state != "live":
             return
         assert p.tap is not None
         # On hold the caller agent keeps hearing the CS agent but with its turn detection off: it cannot answer
@@ -301,7 +317,7 @@ class Participants:
         if p._unsub_first is not None:
             p._unsub_first()
             p._unsub_first = None
-        if was_speaking and relay is not None:
+        if was_speaking and isinstance(relay, Switchable):
             relay.set_caller_source(None)
         told, briefing, missed = "", "none", list(self.missed)
         if was_speaking and self.call.state == "live":

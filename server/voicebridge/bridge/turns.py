@@ -1,6 +1,6 @@
 """The call's media observers: per-turn latency (``TurnLatency``) and the recording (``CallRecording``).
 
-Both only watch: they subscribe to the relay's packet tap (``AudioRelay.on_packet``, called after a packet
+Both only watch: they subscribe to the relay's packet hook (``PacketHooks.on_packet``, called after a packet
 has been forwarded) and to the Call's "event" emissions, and add nothing to the relay path.
 
 Per-turn latency, as seen at the bridge. A turn is the first speech packet of one party after the other
@@ -31,6 +31,7 @@ from typing import Any
 
 from voicebridge.media.passthrough import RtpAudio
 from voicebridge.media.recording import Recorder, export_wav
+from voicebridge.media.relay import PacketHooks
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class CallRecording:
     recording.wav are the times in transcript.json.
     """
 
-    def __init__(self, relay: Any, folder: Path, t0: float) -> None:
+    def __init__(self, relay: PacketHooks, folder: Path, t0: float) -> None:
         self.folder = Path(folder)
         self.recorder = Recorder(self.folder, t0=t0)
         self._remove: Callable[[], None] | None = relay.on_packet(self.recorder.feed)

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import clock as aiortc_clock
@@ -227,6 +227,19 @@ class _IdleTrack(MediaStreamTrack):
         await asyncio.get_running_loop().create_future()  # never resolved; cancelled when the sender stops
 
 
+class OutboundStats(TypedDict):
+    """`OutboundAudio.stats()`: what was handed to this transport, and what could not be."""
+
+    packets: int
+    bytes: int
+    dropped: int
+    send_errors: int
+    deferred_sends: int
+    source_switches: int
+    latency_ms: dict[str, float | int]  # arrival at the tap -> handed to the transport (latency_summary)
+    decode_ms: NotRequired[float]  # a sink that decodes (media/pcm.py): its total decode time
+
+
 class OutboundAudio:
     """What a peer connection sends: encoded packets from whatever source, continuous seq/timestamps.
 
@@ -381,7 +394,7 @@ class OutboundAudio:
         """Recent bridge-internal latencies (seconds): arrival at the tap -> handed to this transport."""
         return list(self._latency)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> OutboundStats:
         return {
             "packets": self.packets_sent,
             "bytes": self.bytes_sent,

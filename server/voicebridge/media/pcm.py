@@ -26,7 +26,7 @@ import av
 import numpy as np
 from av.audio.codeccontext import AudioCodecContext
 
-from .passthrough import OPUS_CLOCK, InboundTap, OutboundAudio, RtpAudio, latency_summary
+from .passthrough import OPUS_CLOCK, InboundTap, OutboundAudio, OutboundStats, RtpAudio, latency_summary
 
 PCM_RATE = 24000
 FRAME_MS = 20
@@ -170,7 +170,7 @@ class OpusToPcmSink(OutboundAudio):
         self.packets_sent += 1
         self.bytes_sent += len(pkt.payload)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> OutboundStats:
         out = super().stats()
         out["decode_ms"] = round(self.decode_s * 1000.0, 3)
         return out

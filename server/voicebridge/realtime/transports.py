@@ -3,7 +3,8 @@
 * `leg_factory(caller, cs)`: a Call's leg factory with a transport per role, "webrtc" (Opus over a peer
   connection, relayed without transcoding) or "ws" (the WebSocket transport, PCM16 in JSON events).
 * `PcmRelay`: when both legs are WebSocket legs there is no Opus anywhere, so each leg's played PCM frames go
-  straight into the other's input buffer; it answers the AudioRelay methods the call uses.
+  straight into the other's input buffer. It is a `Relay` and nothing more (media/relay.py): no packets to
+  hook, fan out or switch, so such a call has no recording, listeners or take-over.
 
 Kept apart from websocket.py so that module stays the leg itself (its events, playout and barge-in).
 """
@@ -11,21 +12,36 @@ Kept apart from websocket.py so that module stays the leg itself (its events, pl
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Literal
 
 from voicebridge.config import Settings
+from voicebridge.media.relay import Relay, RelayStats
 
 from .leg import Leg
 from .websocket import WebSocketLeg
 
+Direction = Literal["caller_to_cs", "cs_to_caller"]
 
-class PcmRelay:
+
+class PcmRelayStats(RelayStats):
+    frames: dict[Direction, int]  # 20 ms PCM16 frames handed over, per direction
+    on_hold: bool  # always False: nobody can take over such a call (kept so every relay's stats say it)
+
+
+class PcmRelay(Relay):
     """Two WebSocket legs: each one's played frames go straight to the other's input, PCM16 as it is."""
+
+    kind = "pcm"
+    description = (
+        "both legs use the WebSocket transport, so their PCM16 frames are handed over as they are, with no Opus "
+        "packets to send to listeners or to switch to a human caller; those need at least one WebRTC leg "
+        "(--caller-transport/--cs-transport webrtc)"
+    )
 
     def __init__(self, caller: WebSocketLeg, cs: WebSocketLeg) -> None:
         self.caller, self.cs = caller, cs
         self._unsubs: list[Callable[[], None]] = []
-        self.frames = {"caller_to_cs": 0, "cs_to_caller": 0}
+        self.frames: dict[Direction, int] = {"caller_to_cs": 0, "cs_to_caller": 0}
 
     def start(self) -> None:
         if self._unsubs:
@@ -35,7 +51,7 @@ class PcmRelay:
             self.cs.on_pcm(lambda pcm, _at: self._forward("cs_to_caller", self.caller, pcm)),
         ]
 
-    def _forward(self, direction: str, to: WebSocketLeg, pcm: bytes) -> None:
+    def _forward(self, direction: Direction, to: WebSocketLeg, pcm: bytes) -> None:
         self.frames[direction] += 1
         to.append_pcm(pcm)
 
@@ -44,27 +60,8 @@ class PcmRelay:
             unsub()
         self._unsubs = []
 
-    def stats(self) -> dict[str, Any]:
-        return {"kind": "pcm", "frames": dict(self.frames), "on_hold": False}
-
-    # AudioRelay's other methods, so callers written for it get an answer instead of an AttributeError.
-    on_hold = False
-
-    def on_packet(self, fn: Callable[[str, Any], None]) -> Callable[[], None]:
-        """No Opus packets cross this relay: packet hooks (metrics, recording) are accepted and never called."""
-        return lambda: None
-
-    def add_listener(self, caller_out: Any, cs_out: Any) -> Callable[[], None]:
-        raise RuntimeError(NO_OPUS)
-
-    def set_caller_source(self, human: Any, human_out: Any = None) -> None:
-        raise RuntimeError(NO_OPUS)
-
-
-NO_OPUS = (
-    "both legs of this call use the WebSocket transport (PCM16, relayed without a codec): listeners and a human "
-    "caller need at least one WebRTC leg (--caller-transport/--cs-transport webrtc)"
-)
+    def stats(self) -> PcmRelayStats:
+        return {"kind": self.kind, "frames": dict(self.frames), "on_hold": False}
 
 
 def leg_factory(caller: str = "webrtc", cs: str = "webrtc") -> Callable[[str, Settings], Leg]:
