@@ -28,7 +28,8 @@ from voicebridge.config import Settings
 from voicebridge.emulator import events as ev
 from voicebridge.emulator.handlers import MAX_EVENT_BYTES, handle
 from voicebridge.emulator.server import MAX_BODY_BYTES, Emulator
-from voicebridge.emulator.session import Session, default_session
+from voicebridge.emulator.session import Session
+from voicebridge.emulator.session_config import default_session
 from voicebridge.signaling.app import create_app
 from voicebridge.signaling.security import RateLimit, SecurityPolicy
 

@@ -15,7 +15,7 @@ from tests.conftest import validate_server_event
 from tests.sdk_nulls import NullCase, null_cases
 from voicebridge.emulator import events as ev
 from voicebridge.emulator.schema import ApiError, check_client_event, check_session
-from voicebridge.emulator.session import default_session, merge_session
+from voicebridge.emulator.session_config import default_session, merge_session
 
 pytestmark = pytest.mark.unit
 

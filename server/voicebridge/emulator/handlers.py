@@ -16,7 +16,7 @@ from . import audio_formats, response_plan
 from . import events as ev
 from .hearing import HearingError
 from .schema import CLIENT_EVENTS, ApiError, check_client_event, check_session, parse_body_json
-from .session import merge_session
+from .session_config import merge_session
 
 if TYPE_CHECKING:
     from .session import Session

@@ -36,7 +36,8 @@ from .keys import SECRET_TTL_DEFAULT_S, Keys, check_ttl
 from .limits import AcceptErrorFilter, Limits, SessionCounter, overloaded
 from .persona import PersonaBook
 from .schema import NO_SUCH_CALL, ApiError, check_client_secret_request, check_session, parse_body_json
-from .session import Session, default_session, merge_session
+from .session import Session
+from .session_config import default_session, merge_session
 from .voice import Voice
 
 log = logging.getLogger(__name__)

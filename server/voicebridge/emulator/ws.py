@@ -33,7 +33,8 @@ from .keys import Keys
 from .limits import SessionCounter
 from .persona import PersonaBook
 from .schema import NO_SUCH_CALL, ApiError
-from .session import Session, default_session
+from .session import Session
+from .session_config import default_session
 from .track import Playback, PlaybackQueue
 from .voice import Voice
 
