@@ -52,8 +52,10 @@ call: install
 test: install
 	scripts/loopback-netns $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
+# Every test under tests/unit is marked `unit` by its folder (tests/conftest.py); collecting only that folder spares
+# importing the integration and browser modules.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "unit"
+	$(BIN)/python -m pytest -q -m unit tests/unit
 
 lint: install
 	$(BIN)/ruff check server tests
