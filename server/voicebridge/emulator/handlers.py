@@ -8,24 +8,34 @@ import base64
 import binascii
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import audio_formats, response_plan
 from . import events as ev
 from .hearing import HearingError
+from .responder import Response
 from .schema import CLIENT_EVENTS, ApiError, check_client_event, check_session, parse_body_json
 from .session_config import merge_session
-
-if TYPE_CHECKING:
-    from .session import Session
+from .state import SessionState
 
 log = logging.getLogger(__name__)
 MAX_EVENT_BYTES = 15 * 1024 * 1024  # the real API's per-message limit is about this size
 
 
-def handle(s: Session, message: str | bytes) -> None:
+class Conversation(SessionState, Protocol):
+    """What client events act on: a session's state (state.py) and its responses (responder.py's records)."""
+
+    response: Response | None  # the default conversation's active response
+    responses: dict[str, Response]  # every active response, out-of-band ones included
+
+    def start_response(self, params: dict[str, Any] | None = None) -> Response: ...
+
+    def cancel_response(self, reason: str, response: Response | None = None) -> bool: ...
+
+
+def handle(s: Conversation, message: str | bytes) -> None:
     event_id: str | None = None
     try:
         if isinstance(message, bytes):
@@ -64,7 +74,7 @@ def handle(s: Session, message: str | bytes) -> None:
         )
 
 
-def _session_update(s: Session, data: dict[str, Any]) -> None:
+def _session_update(s: Conversation, data: dict[str, Any]) -> None:
     update = data["session"]
     check_session(update)
     new = merge_session(s.config, update)
@@ -94,7 +104,7 @@ def _session_update(s: Session, data: dict[str, Any]) -> None:
     s.send(ev.event("session.updated", session=s.config))
 
 
-def _item_create(s: Session, data: dict[str, Any]) -> None:
+def _item_create(s: Conversation, data: dict[str, Any]) -> None:
     item = dict(data["item"])
     after = data.get("previous_item_id")
     if after is not None and after != "root" and after not in s.items:
@@ -145,7 +155,7 @@ def _item_create(s: Session, data: dict[str, Any]) -> None:
     s.add_item(item, after=after)
 
 
-def _item_retrieve(s: Session, data: dict[str, Any]) -> None:
+def _item_retrieve(s: Conversation, data: dict[str, Any]) -> None:
     item = s.items.get(data["item_id"])
     if item is None:
         raise ApiError(
@@ -156,7 +166,7 @@ def _item_retrieve(s: Session, data: dict[str, Any]) -> None:
     s.send(ev.event("conversation.item.retrieved", item=item))
 
 
-def _item_truncate(s: Session, data: dict[str, Any]) -> None:
+def _item_truncate(s: Conversation, data: dict[str, Any]) -> None:
     item = s.items.get(data["item_id"])
     if item is None:
         raise ApiError(
@@ -192,7 +202,7 @@ def _item_truncate(s: Session, data: dict[str, Any]) -> None:
     )
 
 
-def _item_delete(s: Session, data: dict[str, Any]) -> None:
+def _item_delete(s: Conversation, data: dict[str, Any]) -> None:
     if data["item_id"] not in s.items:
         raise ApiError(
             400,
@@ -203,7 +213,7 @@ def _item_delete(s: Session, data: dict[str, Any]) -> None:
     s.send(ev.event("conversation.item.deleted", item_id=data["item_id"]))
 
 
-def _response_create(s: Session, data: dict[str, Any]) -> None:
+def _response_create(s: Conversation, data: dict[str, Any]) -> None:
     params = data.get("response") or {}
     settings = response_plan.settings(s, params)
     response_plan.resolve_input(s, params)  # a bad item reference is refused before anything happens
@@ -218,7 +228,7 @@ def _response_create(s: Session, data: dict[str, Any]) -> None:
     s.start_response(params)
 
 
-def _response_cancel(s: Session, data: dict[str, Any]) -> None:
+def _response_cancel(s: Conversation, data: dict[str, Any]) -> None:
     # Without response_id: the default conversation's response (an out-of-band one must be named).
     wanted = data.get("response_id")
     r = s.responses.get(wanted) if wanted is not None else s.response
@@ -229,7 +239,7 @@ def _response_cancel(s: Session, data: dict[str, Any]) -> None:
     s.cancel_response("client_cancelled", r)
 
 
-def _audio_append(s: Session, data: dict[str, Any]) -> None:
+def _audio_append(s: Conversation, data: dict[str, Any]) -> None:
     try:
         raw = base64.b64decode(data["audio"], validate=True)
     except (binascii.Error, ValueError) as e:
@@ -247,7 +257,7 @@ def _audio_append(s: Session, data: dict[str, Any]) -> None:
             raise ApiError(400, f"Invalid 'audio': {e}.", code="invalid_value", param="audio") from e
 
 
-def _audio_commit(s: Session, data: dict[str, Any]) -> None:
+def _audio_commit(s: Conversation, data: dict[str, Any]) -> None:
     if s.turn_detection is None:
         # The buffer holds everything heard so far, speech still in progress included.
         tail = s.ear.take_speech()
@@ -265,13 +275,13 @@ def _audio_commit(s: Session, data: dict[str, Any]) -> None:
     s.spawn(s.commit_turn(ev.new_id("item"), pcm, auto=False))
 
 
-def _audio_clear(s: Session, data: dict[str, Any]) -> None:
+def _audio_clear(s: Conversation, data: dict[str, Any]) -> None:
     s.manual_turns, s.appended_bytes = [], 0
     s.ear.drop_speech()  # what was heard so far is gone, so it can no longer end a turn or be transcribed
     s.send(ev.event("input_audio_buffer.cleared"))
 
 
-def _output_clear(s: Session, data: dict[str, Any]) -> None:
+def _output_clear(s: Conversation, data: dict[str, Any]) -> None:
     if not s.output_buffer_events:
         raise ApiError(
             400,
@@ -286,7 +296,7 @@ def _output_clear(s: Session, data: dict[str, Any]) -> None:
         s.send(ev.event("output_audio_buffer.cleared", response_id=s.last_response_id))
 
 
-_HANDLERS: dict[str, Callable[[Session, dict[str, Any]], None]] = {
+_HANDLERS: dict[str, Callable[[Conversation, dict[str, Any]], None]] = {
     "session.update": _session_update,
     "conversation.item.create": _item_create,
     "conversation.item.retrieve": _item_retrieve,

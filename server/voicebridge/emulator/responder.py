@@ -24,16 +24,14 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import events as ev
 from . import rate_limits
 from .persona import Action
 from .response_plan import Settings
+from .state import SessionState
 from .voice import FRAME_MS, VoiceError
-
-if TYPE_CHECKING:
-    from .session import Session
 
 log = logging.getLogger(__name__)
 AUDIO_TOKEN_MS = 100  # one audio token per 100 ms of speech, in usage and against max_output_tokens
@@ -63,7 +61,7 @@ class OutOfTokens(Exception):
     """The response reached max_output_tokens: it ends `incomplete`."""
 
 
-def _usage(s: Session, r: Response) -> dict[str, Any]:
+def _usage(s: SessionState, r: Response) -> dict[str, Any]:
     texts = s.conversation_texts() if r.context_texts is None else r.context_texts
     words = sum(len(str(t).split()) for t in texts)
     return ev.usage(
@@ -74,7 +72,7 @@ def _usage(s: Session, r: Response) -> dict[str, Any]:
     )
 
 
-def _response(s: Session, r: Response, status: str, **fields: Any) -> dict[str, Any]:
+def _response(s: SessionState, r: Response, status: str, **fields: Any) -> dict[str, Any]:
     st = r.settings
     return ev.response_object(
         r.id,
@@ -89,14 +87,14 @@ def _response(s: Session, r: Response, status: str, **fields: Any) -> dict[str, 
     )
 
 
-def _done(s: Session, r: Response, status: str, details: dict[str, Any] | None) -> None:
+def _done(s: SessionState, r: Response, status: str, details: dict[str, Any] | None) -> None:
     usage = _usage(s, r)
     s.rate_limits.settle(r.reserved_tokens, usage["total_tokens"])
     response = _response(s, r, status, output=r.output, status_details=details, usage=usage)
     s.send(ev.event("response.done", response=response))
 
 
-async def run(s: Session, r: Response, action: Action | None) -> None:
+async def run(s: SessionState, r: Response, action: Action | None) -> None:
     """Play one response to the end (or until cancelled: then `response.done` says `cancelled`)."""
     s.send(ev.event("response.created", response=_response(s, r, "in_progress", output=[])))
     # The start reserves the input and the whole output budget; response.done settles it to the usage.
@@ -122,14 +120,14 @@ async def run(s: Session, r: Response, action: Action | None) -> None:
     _done(s, r, "completed", None)
 
 
-def _added(s: Session, r: Response, index: int, item: dict[str, Any]) -> None:
+def _added(s: SessionState, r: Response, index: int, item: dict[str, Any]) -> None:
     s.send(ev.event("response.output_item.added", response_id=r.id, output_index=index, item=item))
     if r.settings.in_conversation:
         s.add_item(item, emit=False)
         s.send(ev.event("conversation.item.added", previous_item_id=s.previous_item_id(item["id"]), item=item))
 
 
-def _finished(s: Session, r: Response, index: int, done: dict[str, Any]) -> None:
+def _finished(s: SessionState, r: Response, index: int, done: dict[str, Any]) -> None:
     r.output.append(done)
     s.send(ev.event("response.output_item.done", response_id=r.id, output_index=index, item=done))
     if r.settings.in_conversation:
@@ -141,14 +139,14 @@ def _first_words(text: str, n: int) -> str:
     return " ".join(text.split()[:n])
 
 
-async def _say(s: Session, r: Response, text: str) -> None:
+async def _say(s: SessionState, r: Response, text: str) -> None:
     if r.settings.audio:
         await _say_audio(s, r, text)
     else:
         _say_text(s, r, text)
 
 
-def _say_text(s: Session, r: Response, text: str) -> None:
+def _say_text(s: SessionState, r: Response, text: str) -> None:
     words = len(text.split())
     left = r.tokens_left
     cut = left is not None and words > left
@@ -172,7 +170,7 @@ def _say_text(s: Session, r: Response, text: str) -> None:
         raise OutOfTokens
 
 
-async def _say_audio(s: Session, r: Response, text: str) -> None:
+async def _say_audio(s: SessionState, r: Response, text: str) -> None:
     persona = s.script.persona
     utterance = await s.voice.speak(
         text,
@@ -222,7 +220,7 @@ async def _say_audio(s: Session, r: Response, text: str) -> None:
         raise OutOfTokens
 
 
-def _function_call(s: Session, r: Response, name: str, arguments: str) -> None:
+def _function_call(s: SessionState, r: Response, name: str, arguments: str) -> None:
     left = r.tokens_left
     if left is not None and len(arguments.split()) > left:
         raise OutOfTokens  # a call is all or nothing: half its arguments would not be JSON

@@ -12,13 +12,11 @@ still answered by the next one. It may run while an in-band response is active, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .persona import Action, Script
 from .schema import ApiError
-
-if TYPE_CHECKING:
-    from .session import Session
+from .state import SessionState
 
 MAX_OUTPUT_TOKENS = (1, 4096)  # the SDK's documented range; or "inf"
 MODALITIES = (["audio"], ["text"])  # the only combinations the GA API accepts
@@ -37,7 +35,7 @@ class Settings:
         return self.modalities == ["audio"]
 
 
-def settings(s: Session, params: dict[str, Any]) -> Settings:
+def settings(s: SessionState, params: dict[str, Any]) -> Settings:
     """The response's settings: its own parameters over the session's. Raises ApiError for values the API
     refuses (checked before anything happens, so a refused response.create changes nothing)."""
     conversation = params.get("conversation", "auto")
@@ -90,7 +88,7 @@ def _valid_limit(limit: Any) -> bool:
     return limit == "inf" or (isinstance(limit, int) and not isinstance(limit, bool) and lo <= limit <= hi)
 
 
-def resolve_input(s: Session, params: dict[str, Any]) -> list[dict[str, Any]] | None:
+def resolve_input(s: SessionState, params: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The response's `input` items with `item_reference`s replaced by the session's items; None without
     `input` (the response then answers the default conversation)."""
     items = params.get("input")
@@ -112,7 +110,7 @@ def resolve_input(s: Session, params: dict[str, Any]) -> list[dict[str, Any]] | 
     return resolved
 
 
-def action(s: Session, settings: Settings, items: list[dict[str, Any]] | None) -> Action | None:
+def action(s: SessionState, settings: Settings, items: list[dict[str, Any]] | None) -> Action | None:
     """What the persona does. Without `input`: an in-band response answers (and consumes) what is new in the
     default conversation; an out-of-band one answers the same on a scratch script and consumes nothing. With
     `input`: what is new in those items (after their last assistant message) is answered instead."""

@@ -5,7 +5,7 @@ Client events are handled in handlers.py, responses are played by responder.py; 
 lifecycle (offer -> answer -> session.created -> ... -> close) and the hearing glue (server VAD ->
 committed user turns).
 
-The transport is two small interfaces, not a copy of the session: events go to every `EventSink` (the
+The transport is two small interfaces (state.py), not a copy of the session: events go to every `EventSink` (the
 `oai-events` data channel, a sideband WebSocket, or the WebSocket of a WebSocket session), speech goes to the
 `Mouth` (the WebRTC `SpeechTrack`, or ws.py's `DeltaMouth` sending `response.output_audio.delta`). A WebRTC
 session has output_audio_buffer.* events and hears its track; a WebSocket session has neither and hears
@@ -18,8 +18,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,27 +34,11 @@ from .hearing import Ear, HearingError, recognizer_for
 from .persona import Action, PersonaBook, Script
 from .rate_limits import TokenBucket
 from .schema import ApiError
+from .state import EventSink, Mouth, Transport
 from .track import Playback, SpeechTrack
 from .voice import Voice
 
 log = logging.getLogger(__name__)
-Transport = Literal["webrtc", "websocket"]
-EventSink = Callable[[str], None]  # one serialised server event out; must not block
-
-
-class Mouth(Protocol):
-    """Where a session's speech goes: a queue of lines (cached Opus packets) played at real-time pace."""
-
-    @property
-    def busy(self) -> bool: ...
-
-    def play(self, packets: Sequence[bytes], tag: str) -> Playback: ...
-
-    def clear(self) -> list[Playback]: ...
-
-    def drop(self, tag: str) -> list[Playback]: ...
-
-    def stop(self) -> None: ...
 
 
 class Session:
