@@ -26,7 +26,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ..observability.resources import count_fds
+from voicebridge.observability.resources import count_fds
+
 from .schema import ApiError
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from typing import Any
 
 from num2words import num2words
 
-from ..scenarios.model import Persona, Scenario, ScriptRule, ToolCallStep, load_scenario, normalize_phrase
+from voicebridge.scenarios.model import Persona, Scenario, ScriptRule, ToolCallStep, load_scenario, normalize_phrase
 
 log = logging.getLogger(__name__)
 

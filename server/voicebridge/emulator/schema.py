@@ -41,7 +41,7 @@ from openai.types.realtime.client_secret_create_params import ClientSecretCreate
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import is_typeddict
 
-from ..edge.json_body import JsonBodyError, parse_json
+from voicebridge.edge.json_body import JsonBodyError, parse_json
 
 MAX_JSON_DEPTH = 64  # a session nests a few levels, tool parameter schemas a few more; 64 is generous
 

@@ -25,11 +25,12 @@ from typing import Any
 
 from aiohttp import web
 
-from ..edge.headers import undecodable_header
-from ..edge.hosts import HostConfigError, HostPolicy, host_policy
-from ..media.loopback import is_local_url, set_loopback_only
-from ..observability.logs import CHATTY_LIBRARIES
-from ..scenarios.model import Scenario, ScenarioError, builtin_names
+from voicebridge.edge.headers import undecodable_header
+from voicebridge.edge.hosts import HostConfigError, HostPolicy, host_policy
+from voicebridge.media.loopback import is_local_url, set_loopback_only
+from voicebridge.observability.logs import CHATTY_LIBRARIES
+from voicebridge.scenarios.model import Scenario, ScenarioError, builtin_names
+
 from . import events as ev
 from . import ws
 from .keys import SECRET_TTL_DEFAULT_S, Keys, check_ttl

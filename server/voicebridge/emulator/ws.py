@@ -25,7 +25,8 @@ from typing import Any, Protocol
 import av
 from aiohttp import WSMsgType, web
 
-from ..edge.websocket import LimitedWebSocketResponse
+from voicebridge.edge.websocket import LimitedWebSocketResponse
+
 from . import events as ev
 from .audio_formats import PCM, RATES, encode
 from .handlers import MAX_EVENT_BYTES, handle
