@@ -1,0 +1,414 @@
+"""What a call produces, as typed records: its summary (summary.json, `voicebridge call --json`, the REST API), the
+records it is built from (tool calls, transcript lines, per-turn latency, legs, relay stats) and the rule that
+says whether a call succeeded.
+
+Everything here is a frozen pydantic model (a relay's stats are a TypedDict that keeps its relay's own keys). The
+code works on these objects and turns them into JSON only at the edges, with `model_dump(mode="json")`; any of
+them comes back from that JSON with `model_validate` / `model_validate_json` equal to what it was (a call record
+crossing a process boundary, a summary.json read back). The JSON keeps the shapes the files and the API have
+always had, key for key.
+
+Units: times on the call's clock are seconds since the call started (`t`, `start`, `end`, `speech_end`); wall
+clock times are Unix seconds (`started_at`); a field ending in `_ms` is milliseconds, in `_s` seconds.
+
+At the bottom of the import graph: it imports nothing from voicebridge, so any module may import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    with_config,
+)
+from typing_extensions import TypedDict
+
+CallState = Literal["connecting", "live", "ending", "ended"]
+EndReason = Literal[
+    "caller_hangup", "human_hangup", "operator_hangup", "leg_failed", "max_duration", "idle_timeout", "error",
+    "shutdown",
+]
+# The one rule for "this call succeeded": it ended because someone hung up on purpose, the caller agent (it said
+# goodbye and called hangup()) or the operator (the console's or the CLI's hang-up). Everything else (a failed
+# leg, a timeout, an error, a human who took over and hung up, a server shutdown) is a failure.
+SUCCESS_END_REASONS: frozenset[str] = frozenset({"caller_hangup", "operator_hangup"})
+
+
+def succeeded(end_reason: str | None) -> bool:
+    """Whether a call that ended with this `end_reason` succeeded (see SUCCESS_END_REASONS)."""
+    return end_reason in SUCCESS_END_REASONS
+
+
+class EventRecord(TypedDict):
+    """One line of events.jsonl and the Call's "event" emission: an event of either leg, as it came or went."""
+
+    t: float
+    """Seconds since the call started (4 decimals)."""
+    leg: str
+    """"caller" or "cs"; "bridge" for a note."""
+    direction: Literal["in", "out", "note"]
+    """"in": a server event the leg received; "out": a client event the bridge sent; "note": something the
+    bridge itself records in the call's stream (a participant joined, a take-over...)."""
+    event: dict[str, Any]
+    """The Realtime event itself, as JSON (arbitrary: the API's own shapes)."""
+
+
+class Record(BaseModel):
+    """A frozen record: no field can be reassigned, unknown keys are refused when read back."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class ToolCallRecord(Record):
+    """One function call an agent made and what the bridge answered (summary.json `tool_calls`, the "tool_call"
+    event). Refused and failed calls are records too, with `ok` false."""
+
+    leg: str
+    """The leg whose model made the call: "cs" (its tools) or "caller" (only hangup() is allowed)."""
+    call_id: str
+    """The Realtime API's id of the function call."""
+    name: str
+    arguments: JsonValue
+    """The arguments as parsed JSON; the text as sent (cut to 200 characters) when it was not valid JSON."""
+    output: str
+    """What was sent back as the function_call_output: the tool's JSON result, or a JSON error."""
+    ok: bool
+    """The tool ran and returned; false for unknown tools, bad arguments, exceptions, timeouts, refusals."""
+    error: str | None
+    """Why it is not ok (the same text as the error in `output`)."""
+    duration_ms: float
+    """Tool execution time, milliseconds (2 decimals)."""
+    sent: bool
+    """The output reached the leg; false when the call had ended before the tool finished."""
+    t: float
+    """When the result was recorded, seconds since the call started (3 decimals)."""
+
+
+class TranscriptLine(Record):
+    """One line of the transcript (transcript.json, summary.json `turns` and `heard`, the "turn" event).
+
+    `kind` "said": an agent's words, from its own output transcript, timed by its audio playing out. "heard": the
+    other leg's transcription of those words, proof that the relayed audio reached it."""
+
+    gap_s: float | None
+    """For a "said" line: seconds from the other agent's audio stopping to this line's audio starting (the
+    response gap a listener hears); None for the first line and for "heard" lines."""
+    speaker: str
+    """Who spoke: "caller" or "cs"."""
+    text: str
+    start: float
+    """Seconds since the call started (3 decimals): audio started ("said"), speech detected ("heard")."""
+    end: float
+    """Seconds since the call started (3 decimals): audio stopped ("said"), speech ended ("heard")."""
+    kind: Literal["said", "heard"]
+    leg: str
+    """The leg whose events this line comes from: the speaker's for "said", the listener's for "heard"."""
+    item_id: str
+    """The conversation item on that leg."""
+
+
+class TurnRecord(Record):
+    """One turn's latency as seen at the bridge (bridge/turns.py): from the last speech packet of one party to the
+    first speech packet of the other's reply, with the bridge's own share separated out. All in milliseconds
+    except the two instants."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    # `from` in JSON; `from_` in Python, where `from` is a keyword (read back from either).
+    from_: str = Field(validation_alias=AliasChoices("from", "from_"), serialization_alias="from")
+    """The party that stopped speaking ("caller" or "cs"; a human who took over counts as "caller")."""
+    to: str
+    """The party that replied."""
+    speech_end: float
+    """Arrival of `from`'s last speech packet, seconds since the call started (4 decimals)."""
+    reply_start: float
+    """Arrival of `to`'s first speech packet, seconds since the call started (4 decimals)."""
+    total_ms: float
+    """reply_start - speech_end, milliseconds."""
+    bridge_ms: float
+    """The bridge's share, milliseconds: relay_ms + tools_ms + gating_ms."""
+    relay_ms: float
+    """The relay's forwarding time of the two packets around the gap, milliseconds."""
+    tools_ms: float
+    """Tool execution on the replying leg inside the gap, milliseconds."""
+    gating_ms: float
+    """The bridge holding the replying leg's next response.create until the leg was idle, milliseconds."""
+    other_ms: float
+    """total_ms - bridge_ms: the agents' and the API's part (end-of-speech detection, generation)."""
+
+
+class P50Max(Record):
+    """Median and maximum of a figure over a call's turns."""
+
+    p50: float
+    max: float
+
+
+class TurnLatencySummary(Record):
+    """Per-turn latency of a call (summary.json `turn_latency`); the aggregates are None when no turn was
+    measured (a relay without packet hooks, or one party only ever spoke)."""
+
+    turns: list[TurnRecord]
+    count: int
+    total_ms: P50Max | None
+    bridge_ms: P50Max | None
+    relay_ms: P50Max | None
+
+
+class LegSummary(Record):
+    """One agent leg of a call (summary.json `legs`)."""
+
+    role: str
+    """"caller" or "cs"."""
+    call_id: str | None
+    """The Realtime session's id, once created."""
+    state: str
+    """The leg's state when the summary was taken (realtime/leg.py LegState)."""
+    failure: str | None
+    """Why the leg failed, when it did."""
+    stats: dict[str, JsonValue]
+    """The leg's last stats() taken before it closed (realtime/leg.py LegStats and its transport's keys) plus
+    `final_state` once hung up; `{"error"}` when they could not be taken; empty while the leg is open."""
+
+
+@with_config(ConfigDict(extra="allow"))
+class RelayStats(TypedDict):
+    """What every relay's `stats()` holds (media/relay.py): its `kind`, then that relay's own counters, which
+    each relay declares as a TypedDict extending this one (bridge/audio.py PassthroughStats, realtime/transports.py
+    PcmRelayStats, bench/transcode.py TranscodeStats) and which a summary keeps as they are."""
+
+    kind: str
+    """The relay's `kind`: "passthrough", "pcm" or "transcode"."""
+
+
+class RelayStatsError(TypedDict):
+    """In place of the relay's stats when taking them failed."""
+
+    error: str
+
+
+class CallSummary(Record):
+    """Everything about one call (summary.json, `voicebridge call --json`, GET /api/calls/{id}, the "ended"
+    event). Taken at any time; final once `state` is "ended"."""
+
+    call_id: str
+    scenario: str
+    """The scenario's name."""
+    title: str
+    """The scenario's title."""
+    state: CallState
+    end_reason: EndReason | None
+    """Why the call ended (None until it is ending); `succeeded` says what counts as a success."""
+    ended_by: str | None
+    """Who ended it: "caller", "cs", "human", "operator", "bridge", "server", "batch"..."""
+    error: str | None
+    """What went wrong, for end reasons such as `error` and `leg_failed`."""
+    started_at: float
+    """When the call was created, Unix seconds."""
+    duration_s: float
+    """Seconds from creation to the end (so far, while it runs; 3 decimals)."""
+    turns: list[TranscriptLine]
+    """What the agents said, in order ("said" lines)."""
+    heard: dict[str, list[TranscriptLine]]
+    """Per listening leg ("caller", "cs"), what it transcribed of the other ("heard" lines)."""
+    tool_calls: list[ToolCallRecord]
+    legs: list[LegSummary]
+    relay: RelayStats | RelayStatsError | None
+    """The relay's stats (None when the call never got as far as relaying)."""
+    turn_latency: TurnLatencySummary
+    artifacts: dict[str, str]
+    """Artifact name -> file name in the call's folder: events, transcript, transcript_txt, summary, and once
+    recorded recording_<party> (WebM) and recording_wav."""
+    events: int
+    """Events written to events.jsonl."""
+    out_dir: str
+    """The call's folder."""
+
+    @property
+    def succeeded(self) -> bool:
+        """The call succeeded: see SUCCESS_END_REASONS."""
+        return succeeded(self.end_reason)
+
+
+# -- batches ---------------------------------------------------------------------------------------------------
+
+
+class BatchCall(Record):
+    """One call of a batch as the batch runner saw it (batch/runner.py)."""
+
+    summary: CallSummary
+    """The call's own summary; for a call that crashed before it had one, a summary the runner made up with
+    end_reason "error" and the reason in `error`."""
+    setup_s: float | None
+    """Seconds from creating the call to it going live (both legs up, context synced); None if it never did."""
+
+
+_MEASURED = ("mean", "p50", "p90", "p99", "max")
+
+
+class Percentiles(Record):
+    """A figure over many values (nearest-rank percentiles). With no values only `count` (0) is written."""
+
+    count: int
+    mean: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    max: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # {"count": 0} rather than five nulls: the shape report.json has always had.
+        data: dict[str, Any] = handler(self)
+        for key in _MEASURED:
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
+
+
+class TurnGap(Record):
+    """One turn's latency in a batch report and in the metrics (observability/metrics.py `turn_latencies`)."""
+
+    responder: str
+    """Who replied: "caller" or "cs"."""
+    after: str | None = None
+    """Whom it replied to; given for "transcript" rows only (a "bridge" row is always the other party)."""
+    latency_s: float
+    """The gap, seconds: last speech packet -> first reply packet ("bridge"), or the end of the previous
+    transcript line -> the start of the reply's ("transcript", at least 0: a barge-in counts as 0)."""
+    source: Literal["bridge", "transcript"]
+    """"bridge": measured on the audio packets by the bridge (bridge/turns.py); "transcript": the gap between
+    transcribed turns, when the call has no such measurement."""
+    bridge_ms: float | None = None
+    """For a "bridge" row: the bridge's own share of the gap, milliseconds."""
+
+    @model_serializer(mode="wrap")
+    def _written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in ("after", "bridge_ms"):
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
+
+
+class TurnLatencyStats(Percentiles):
+    """Turn latency over a batch's calls, seconds (report.json `turn_latency_s`)."""
+
+    source: str | None
+    """Where the rows come from: "bridge", "transcript" or both ("bridge+transcript"); None with no rows."""
+    by_responder: dict[str, Percentiles]
+    """The same, per party that replied."""
+    bridge_share_ms: Percentiles
+    """The bridge's share of each turn (relay, tools, response gating), milliseconds; "bridge" rows only."""
+
+
+class ToolStats(Record):
+    """One tool over a batch (report.json `tool_calls.by_tool["<leg>.<name>"]`)."""
+
+    count: int
+    errors: int
+    error_messages: list[str]
+    """The first few distinct errors, 300 characters at most each."""
+    duration_ms: Percentiles
+    """Execution time, milliseconds."""
+
+
+class ToolCallStats(Record):
+    """report.json `tool_calls`."""
+
+    total: int
+    errors: int
+    by_tool: dict[str, ToolStats]
+    """Keyed "<leg>.<name>", sorted."""
+
+
+class CallError(Record):
+    """A call that did not succeed, in one line (report.json `errors`, the soak's `failures`)."""
+
+    call_id: str
+    end_reason: str | None
+    error: str | None
+
+
+class SpokenTurn(Record):
+    """A "said" transcript line as a batch report shows it."""
+
+    speaker: str
+    text: str
+    start: float
+    """Seconds since the call started."""
+    end: float
+
+
+class ToolCallBrief(Record):
+    """A tool call as a batch report shows it (the output is in the call's summary.json)."""
+
+    leg: str
+    name: str
+    arguments: JsonValue
+    ok: bool
+    error: str | None
+    duration_ms: float
+
+
+class CallRow(Record):
+    """One call of a batch report (report.json `calls`)."""
+
+    call_id: str
+    ok: bool
+    """The call succeeded (CallSummary.succeeded)."""
+    end_reason: str | None
+    ended_by: str | None
+    error: str | None
+    duration_s: float
+    setup_s: float | None
+    """Seconds from creation to live; None if it never went live."""
+    turns: list[SpokenTurn]
+    turn_latency: list[TurnGap]
+    tool_calls: list[ToolCallBrief]
+    links: dict[str, str]
+    """File name -> path relative to the report's folder, for each of the call's artifacts that exists."""
+
+
+class BatchReport(Record):
+    """A batch's report (report.json; its headline, without `calls`, is `voicebridge batch --json`)."""
+
+    version: int
+    batch_id: str
+    scenario: str
+    title: str
+    backend: Literal["openai", "emulator"]
+    base_url: str
+    model: str
+    started_at: float
+    """Unix seconds."""
+    wall_s: float
+    """Seconds the whole batch took."""
+    concurrency: int
+    interrupted: bool
+    """Stopped early (Ctrl-C): the report covers the calls that ran."""
+    total: int
+    succeeded: int
+    failed: int
+    success_rate: float
+    """succeeded / total (0.0 for no calls), 4 decimals."""
+    end_reasons: dict[str, int]
+    """end_reason -> calls, most common first."""
+    errors: list[CallError]
+    """The first 20 calls that did not succeed."""
+    duration_s: Percentiles
+    setup_s: Percentiles
+    tool_calls: ToolCallStats
+    turn_latency_s: TurnLatencyStats
+    calls: list[CallRow]
+
+    def headline(self) -> dict[str, Any]:
+        """The report without its per-call rows, as JSON (for --json and the console)."""
+        return self.model_dump(mode="json", exclude={"calls"})
