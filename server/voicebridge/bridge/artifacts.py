@@ -1,4 +1,5 @@
-"""Per-call artifacts: events.jsonl (written as events come, flushed), transcript.json/.txt and summary.json.
+"""Per-call artifacts: events.jsonl (written as events come, flushed), transcript.json/.txt, debug.json (the
+peer connections: SDP, state timeline, stats) and summary.json (written last: once it is there, the rest is).
 
 events.jsonl is the ground truth for debugging: one line per event of either leg, `{t, leg, direction,
 event}`, flushed at once so a crash or a killed process still leaves everything up to the last event on
@@ -68,6 +69,9 @@ class Artifacts:
             tag = e.speaker if e.kind == "said" else f"{e.leg} heard {e.speaker}"
             lines.append(f"[{e.start:7.2f} - {e.end:7.2f}] {tag}: {e.text}")
         _write_text(self.folder / "transcript.txt", "\n".join(lines) + ("\n" if lines else ""))
+
+    def write_debug(self, debug: dict[str, Any]) -> None:
+        _write_json(self.folder / "debug.json", debug)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         _write_json(self.folder / "summary.json", summary)

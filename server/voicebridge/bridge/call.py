@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pyee.asyncio import AsyncIOEventEmitter
 
 from voicebridge.config import Settings
-from voicebridge.diagnostics.pc_debug import PcDebug
+from voicebridge.diagnostics.pc_debug import PcDebug, mask_sdp
 from voicebridge.media.relay import PacketHooks, Relay, RelayStats
 from voicebridge.realtime.leg import Leg
 from voicebridge.scenarios.model import ROLES, Scenario
@@ -51,6 +51,9 @@ _ACTIVITY = (
     "response.done",
     "output_audio_buffer.stopped",
 )
+# At the end, how long debug.json waits for browsers' peer connections (closed by Participants as the call
+# ends) so that it keeps their last states; the agent legs are closed by then.
+PC_CLOSE_WAIT_S = 2.0
 
 
 async def _all_or_cancel(aws: list[Coroutine[Any, Any, None]]) -> None:
@@ -235,7 +238,7 @@ class Call(AsyncIOEventEmitter):
             "ended_by": self.ended_by,
             "error": self.error,
             "started_at": self.started_at,
-            "duration_s": round(self.duration_s if self.ended else self.now(), 3),
+            "duration_s": round(self.duration_s if self.state == "ended" else self.now(), 3),
             "turns": [e.as_dict() for e in self.transcript.said()],
             "heard": {r: [e.as_dict() for e in self.transcript.heard(r)] for r in ("caller", "cs")},
             "tool_calls": list(self.tool_calls),
@@ -246,6 +249,19 @@ class Call(AsyncIOEventEmitter):
             "events": self.artifacts.events_written if self.artifacts else 0,
             "out_dir": str(self.out_dir),
         }
+
+    def saved_debug(self) -> dict[str, Any]:
+        """What debug.json keeps: each agent leg's offer and answer (ICE passwords masked) and every peer
+        connection's record (voicebridge.media.pc_debug), for the server to show once the call object is gone."""
+        legs = [
+            {
+                "role": role,
+                "offer": mask_sdp(str(getattr(leg, "offer_sdp", "") or "")),
+                "answer": mask_sdp(str(getattr(leg, "answer_sdp", "") or "")),
+            }
+            for role, leg in self.legs.items()
+        ]
+        return {"call_id": self.id, "legs": legs, **self.debug.export()}
 
     # -- legs and events ------------------------------------------------------------------------------------
     def _add_leg(self, role: str) -> None:
@@ -443,11 +459,13 @@ class Call(AsyncIOEventEmitter):
             self._leg_stats.setdefault(role, {})["final_state"] = self.legs[role].state
         if self.tools is not None:
             self.tools.close()
+        await self.debug.wait_closed(PC_CLOSE_WAIT_S)
         self.duration_s = self.now()
         self._set_state("ended")
         summary = self.summary()
         if self.artifacts is not None:
             self.artifacts.write_transcript(self.transcript.entries)
+            self.artifacts.write_debug(self.saved_debug())
             self.artifacts.write_summary(summary)
             self.artifacts.close()
         self._ended.set()

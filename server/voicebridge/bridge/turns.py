@@ -200,6 +200,7 @@ BASE_FILES = {
     "events": "events.jsonl",
     "transcript": "transcript.json",
     "transcript_txt": "transcript.txt",
+    "debug": "debug.json",
     "summary": "summary.json",
 }
 

@@ -127,6 +127,7 @@ class PcRecord:
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self.stats_error: str | None = None
         self.closed = False
+        self.closed_event = asyncio.Event()  # set with `closed` (PcDebug.wait_closed)
         self._prev: dict[str, tuple[float, Any, Any]] = {}
         self._dtls: dict[int, Any] = {}
         self._states: dict[str, str] = {}
@@ -168,7 +169,11 @@ class PcRecord:
     def _on_connection(self) -> None:
         self._note("connection", self.pc.connectionState)
         if self.pc.connectionState == "closed":
-            self.closed = True
+            self._mark_closed()
+
+    def _mark_closed(self) -> None:
+        self.closed = True
+        self.closed_event.set()
 
     def _capture_sdp(self) -> None:
         # After close aiortc still answers these, but the last real ones are what a debugger wants.
@@ -222,7 +227,7 @@ class PcRecord:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.poll(force=True), 2.0)
             await original()
-            self.closed = True
+            self._mark_closed()
 
         setattr(self.pc, "close", close)  # noqa: B010 (mypy: cannot assign to a method)
 
@@ -268,17 +273,11 @@ class PcRecord:
             "dtls": {k.split(":", 1)[1]: v for k, v in self._states.items() if k.startswith("dtls:")},
         }
 
-    def report(self, *, expect_loopback: bool = False, history: bool = False) -> dict[str, Any]:
+    def export(self) -> dict[str, Any]:
+        """Everything recorded, as plain JSON data (what debug.json keeps of an ended call); `report_of` turns
+        it into the API's view, so a live record and a saved one are shown the same way."""
         self._capture_sdp()
-        explained: dict[str, Any] | None = None
-        error: str | None = None
-        if self.local is not None:
-            try:
-                other = self.remote["sdp"] if self.remote else None
-                explained = explain(self.local["sdp"], other, expect_loopback=expect_loopback)
-            except SdpError as e:
-                error = str(e)
-        out: dict[str, Any] = {
+        return {
             "name": self.name,
             "kind": self.kind,
             "attached_at": round(self.attached_at, 4),
@@ -287,14 +286,45 @@ class PcRecord:
             "timeline": list(self.timeline),
             "local": self.local,
             "remote": self.remote,
-            "explained": explained,
-            "explain_error": error,
             "stats": self.last_stats,
             "stats_error": self.stats_error,
+            "stats_history": list(self.history),
         }
-        if history:
-            out["stats_history"] = list(self.history)
-        return out
+
+    def report(self, *, expect_loopback: bool = False, history: bool = False) -> dict[str, Any]:
+        return report_of(self.export(), expect_loopback=expect_loopback, history=history)
+
+
+def report_of(saved: dict[str, Any], *, expect_loopback: bool = False, history: bool = False) -> dict[str, Any]:
+    """The API's view of one exported peer connection record: its SDP explained, the stats history only when
+    asked for (the download)."""
+    explained: dict[str, Any] | None = None
+    error: str | None = None
+    local, remote = saved.get("local"), saved.get("remote")
+    if isinstance(local, dict) and isinstance(local.get("sdp"), str):
+        try:
+            other = remote.get("sdp") if isinstance(remote, dict) else None
+            other = other if isinstance(other, str) else None
+            explained = explain(local["sdp"], other, expect_loopback=expect_loopback)
+        except SdpError as e:
+            error = str(e)
+    out: dict[str, Any] = {
+        "name": saved.get("name"),
+        "kind": saved.get("kind"),
+        "attached_at": saved.get("attached_at"),
+        "closed": saved.get("closed"),
+        "states": saved.get("states"),
+        "timeline": saved.get("timeline") or [],
+        "local": local,
+        "remote": remote,
+        "explained": explained,
+        "explain_error": error,
+        "stats": saved.get("stats"),
+        "stats_error": saved.get("stats_error"),
+    }
+    if history:
+        out["stats_history"] = saved.get("stats_history") or []
+    return out
 
 
 class PcDebug:
@@ -345,7 +375,31 @@ class PcDebug:
 
     def report(self, *, expect_loopback: bool = False, history: bool = False) -> list[dict[str, Any]]:
         """Every peer connection's record; `expect_loopback` applies to the bridge's own ("agent") ones."""
-        return [
-            r.report(expect_loopback=expect_loopback and r.kind == "agent", history=history)
-            for r in self.records.values()
-        ]
+        return report_all(self.export(), expect_loopback=expect_loopback, history=history)
+
+    def export(self) -> dict[str, Any]:
+        """Every record as plain JSON data, for the call's debug.json."""
+        return {"started_at": self.started_at, "peer_connections": [r.export() for r in self.records.values()]}
+
+    async def wait_closed(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) until every recorded peer connection has closed, so a saved record shows
+        their last states; False when some had not."""
+        waits = [r.closed_event.wait() for r in self.records.values() if not r.closed]
+        if not waits:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+def report_all(
+    exported: dict[str, Any], *, expect_loopback: bool = False, history: bool = False
+) -> list[dict[str, Any]]:
+    """`PcDebug.report` of an export (live or read back from debug.json)."""
+    return [
+        report_of(pc, expect_loopback=expect_loopback and pc.get("kind") == "agent", history=history)
+        for pc in exported.get("peer_connections") or []
+        if isinstance(pc, dict)
+    ]
