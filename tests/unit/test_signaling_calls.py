@@ -1,15 +1,20 @@
-"""CallManager and CallRecord: backlog-then-live without gaps, bounded memory, slow watchers, limits, shutdown."""
+"""CallManager and CallRecord: backlog-then-live without gaps, bounded memory, slow watchers, limits, shutdown;
+ended calls retired to a small record with the rest on disk, and found there by id once no longer listed."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
+import weakref
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pyee.asyncio import AsyncIOEventEmitter
 
 from voicebridge.scenarios.model import Scenario, load_scenario
-from voicebridge.signaling import calls
+from voicebridge.signaling import calls, ended
 from voicebridge.signaling.calls import CallManager, CallRecord, TooManyCalls
 
 pytestmark = pytest.mark.unit
@@ -135,3 +140,98 @@ async def test_old_ended_calls_are_forgotten(monkeypatch: pytest.MonkeyPatch) ->
     kept = {r.call.id for r in manager.records()}
     assert recs[0].call.id not in kept and recs[3].call.id in kept
     assert len([r for r in manager.records() if r.ended]) == 2
+
+
+class FolderCall(FakeCall):
+    """A fake that writes its summary.json before it says "ended", as the real Call does."""
+
+    def __init__(self, scenario: Scenario, folder: Path) -> None:
+        super().__init__(scenario)
+        self.out_dir = folder / self.id
+        self.turns = [{"speaker": "cs", "text": "Hello there."}]
+        self.started_at = 1_800_000_000.5
+
+    def end(self, reason: str) -> None:
+        self.state, self.end_reason = "ended", reason
+        self.out_dir.mkdir(parents=True)
+        (self.out_dir / "summary.json").write_text(json.dumps(self.summary()))
+        super().end(reason)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **super().summary(), "scenario": SCENARIO.name, "title": SCENARIO.title, "started_at": self.started_at,
+            "turns": self.turns, "out_dir": str(self.out_dir),
+        }
+
+
+async def test_an_ended_call_is_retired_to_a_record_and_its_backlog_to_disk(tmp_path: Path) -> None:
+    manager = CallManager(lambda s: FolderCall(s, tmp_path), artifacts_dir=tmp_path)
+    rec = manager.start(SCENARIO)
+    assert rec.task is not None
+    await rec.task
+    rec.publish("event", {"type": "response.done"})
+    call = rec.call
+    live_row = manager.view(rec)
+    await call.hangup()
+    backlog, _ = rec.subscribe()
+    detail = manager.view(rec, detail=True)
+    ref = weakref.ref(call)
+    del call
+    await manager.wait_retired()
+
+    assert isinstance(rec.call, ended.EndedCall) and rec.stream_on_disk and rec.scenario is None
+    gc.collect()
+    assert ref() is None, "the registry still holds the ended call object"
+    assert (rec.call.turns, rec.call.end_reason) == (1, "operator_hangup")
+    assert manager.view(rec) == {**live_row, "state": "ended", "end_reason": "operator_hangup"}
+    assert await manager.detail(rec) == detail
+    assert [m["kind"] for m in backlog] == ["state", "event", "state", "ended"]
+    assert await rec.open_stream() == (backlog, None)  # read back from messages.jsonl
+    assert len(rec.backlog) == 0 and not rec.truncated
+    rec.publish("event", {"type": "late"})  # nothing belongs to a retired call's stream any more
+    assert await rec.open_stream() == (backlog, None) and rec.seq == 4
+
+
+async def test_a_call_without_a_folder_keeps_its_summary_and_backlog_in_memory() -> None:
+    manager = CallManager(lambda s: FakeCall(s))
+    rec = manager.start(SCENARIO)
+    assert rec.task is not None
+    await rec.task
+    await rec.call.hangup()
+    await manager.wait_retired()
+    assert isinstance(rec.call, ended.EndedCall) and rec.call.folder is None and not rec.stream_on_disk
+    assert rec.call.summary()["end_reason"] == "operator_hangup"
+    backlog, watcher = await rec.open_stream()
+    assert watcher is None and backlog[-1]["kind"] == "ended"
+
+
+async def test_a_call_no_longer_listed_is_found_by_id_on_disk_and_only_there(tmp_path: Path) -> None:
+    manager = CallManager(lambda s: FolderCall(s, tmp_path), artifacts_dir=tmp_path, max_ended=0)
+    rec = manager.start(SCENARIO)
+    assert rec.task is not None
+    await rec.task
+    await rec.call.hangup()
+    await manager.wait_retired()
+    call_id = rec.call.id
+    manager.forget_old()
+    assert manager.records() == []
+    found = manager.get(call_id)
+    assert found is not None and found.ended and found.seq == rec.seq
+    assert manager.view(found, detail=True) == manager.view(rec, detail=True)
+    assert (await found.open_stream())[0] == (await rec.open_stream())[0]
+
+    # A folder of a call made elsewhere (`voicebridge call`): its events.jsonl, then the end.
+    other = tmp_path / "call_cli"
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps({"call_id": "call_cli", "end_reason": "caller_hangup"}))
+    (other / "events.jsonl").write_text('{"t": 0.1, "leg": "cs"}\n{"t": 0.2, "leg": "caller"}\n')
+    cli = manager.get("call_cli")
+    assert cli is not None
+    stream, _ = await cli.open_stream()
+    assert [(m["seq"], m["kind"]) for m in stream] == [(1, "event"), (2, "event"), (3, "ended")]
+
+    # Nothing but a call's own folder: no paths, no folder whose summary names another call.
+    (tmp_path / "call_x").mkdir()
+    (tmp_path / "call_x" / "summary.json").write_text(json.dumps({"call_id": "call_y"}))
+    for bad in ("../" + call_id, f"{call_id}/..", "", ".", "..", "call_x", "call_none", "a" * 200):
+        assert manager.get(bad) is None, bad

@@ -5,6 +5,7 @@ Errors are JSON with a 4xx status and no response carries the API key (http.py, 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -15,7 +16,8 @@ from voicebridge.media.loopback import is_local_url
 from voicebridge.scenarios.model import ScenarioError, builtin_names, load_scenario
 
 from .bodies import NoFields, StartCall, schemas
-from .calls import TooManyCalls
+from .calls import CallRecord, TooManyCalls
+from .ended import EndedCall
 from .http import MANAGER, SETTINGS, ApiError, find_record, json_response, read_body, verify_grant
 
 
@@ -44,7 +46,7 @@ async def list_calls(request: web.Request) -> web.Response:
 
 
 async def get_call(request: web.Request) -> web.Response:
-    return json_response(request, request.app[MANAGER].view(find_record(request), detail=True))
+    return json_response(request, await request.app[MANAGER].detail(find_record(request)))
 
 
 async def hangup_call(request: web.Request) -> web.Response:
@@ -73,8 +75,7 @@ async def call_sdp(request: web.Request) -> web.Response:
     rec = find_record(request)
     loopback = is_local_url(request.app[SETTINGS].base_url)
     legs = []
-    for role, leg in (getattr(rec.call, "legs", None) or {}).items():
-        offer, answer = getattr(leg, "offer_sdp", ""), getattr(leg, "answer_sdp", "")
+    for role, offer, answer in await _leg_sdps(rec):
         row: dict[str, Any] = {"role": role, "offer": _ICE_PWD.sub(r"\1***", offer),
                                "answer": _ICE_PWD.sub(r"\1***", answer), "explained": None, "error": None}
         if offer:
@@ -84,6 +85,21 @@ async def call_sdp(request: web.Request) -> web.Response:
                 row["error"] = str(e)
         legs.append(row)
     return json_response(request, {"call_id": rec.call.id, "legs": legs})
+
+
+async def _leg_sdps(rec: CallRecord) -> list[tuple[str, str, str]]:
+    """(role, offer, answer) of each agent leg: from the live call, or from debug.json once it has ended."""
+    if isinstance(rec.call, EndedCall):
+        saved = await asyncio.to_thread(rec.call.saved_debug)
+        return [
+            (str(leg.get("role")), str(leg.get("offer") or ""), str(leg.get("answer") or ""))
+            for leg in saved.get("legs") or []
+            if isinstance(leg, dict)
+        ]
+    return [
+        (role, getattr(leg, "offer_sdp", ""), getattr(leg, "answer_sdp", ""))
+        for role, leg in (getattr(rec.call, "legs", None) or {}).items()
+    ]
 
 
 async def list_scenarios(request: web.Request) -> web.Response:

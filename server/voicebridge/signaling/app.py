@@ -86,7 +86,7 @@ async def create_app(
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_security_headers, errors_as_json])
     metrics = Metrics()  # this server's own registry: two apps in one process never share counters
     factory = observed(call_factory or default_call_factory(settings), metrics)
-    manager = CallManager(factory, max_live=max_live_calls)
+    manager = CallManager(factory, max_live=max_live_calls, artifacts_dir=settings.artifacts_dir)
     app[SETTINGS] = settings
     app[SETTINGS_BODY] = max_body_bytes
     app[MANAGER] = manager

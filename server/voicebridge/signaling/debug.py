@@ -6,11 +6,14 @@ GET /api/calls/{id}/debug   everything as one JSON: per peer connection its SDP 
                             (Content-Disposition: attachment) with the stats history as well.
 GET /api/calls/{id}/stats   just the stats, fresh now (the console polls it every second).
 
-A call without a `debug` attribute (a test double) simply has no peer connections to show.
+A call without a `debug` attribute (a test double) simply has no peer connections to show. Once a call has
+ended and the registry has retired it (ended.py), both are read from its debug.json: what the peer
+connections were when they closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import time
@@ -18,9 +21,10 @@ from typing import Any
 
 from aiohttp import web
 
-from voicebridge.diagnostics.pc_debug import PcDebug
+from voicebridge.diagnostics.pc_debug import PcDebug, report_all
 from voicebridge.media.loopback import is_local_url
 
+from .ended import EndedCall
 from .http import SETTINGS, find_record, json_response
 
 
@@ -58,22 +62,27 @@ def turn_latency(summary: dict[str, Any]) -> dict[str, Any]:
 async def call_debug(request: web.Request) -> web.Response:
     rec = find_record(request)
     download = request.query.get("download", "") not in ("", "0", "false")
-    debug = _debug_of(rec.call)
-    if debug is not None:
-        await debug.poll()
-    summary = rec.call.summary()
+    loopback = is_local_url(request.app[SETTINGS].base_url)
+    call = rec.call
+    if isinstance(call, EndedCall):
+        saved, summary = await asyncio.to_thread(lambda: (call.saved_debug(), call.summary()))
+        started_at = saved.get("started_at")
+        pcs = report_all(saved, expect_loopback=loopback, history=download)
+    else:
+        debug = _debug_of(call)
+        if debug is not None:
+            await debug.poll()
+        summary = call.summary()
+        started_at = debug.started_at if debug else None
+        pcs = debug.report(expect_loopback=loopback, history=download) if debug else []
     body = {
-        "call_id": rec.call.id,
-        "state": rec.call.state,
-        "end_reason": rec.call.end_reason,
+        "call_id": call.id,
+        "state": call.state,
+        "end_reason": call.end_reason,
         "generated_at": time.time(),
         "call_started_at": summary.get("started_at"),
-        "debug_started_at": debug.started_at if debug else None,
-        "peer_connections": (
-            debug.report(expect_loopback=is_local_url(request.app[SETTINGS].base_url), history=download)
-            if debug
-            else []
-        ),
+        "debug_started_at": started_at,
+        "peer_connections": pcs,
         "turn_latency": turn_latency(summary),
     }
     headers = {}
@@ -85,9 +94,16 @@ async def call_debug(request: web.Request) -> web.Response:
 
 async def call_stats(request: web.Request) -> web.Response:
     rec = find_record(request)
-    debug = _debug_of(rec.call)
-    stats = await debug.poll() if debug is not None else {}
-    states = {name: r.states() for name, r in debug.records.items()} if debug is not None else {}
+    stats: dict[str, Any] = {}
+    states: dict[str, Any] = {}
+    if isinstance(rec.call, EndedCall):  # the last snapshot of each peer connection, taken as it closed
+        saved = await asyncio.to_thread(rec.call.saved_debug)
+        for pc in saved.get("peer_connections") or []:
+            if isinstance(pc, dict):
+                stats[str(pc.get("name"))], states[str(pc.get("name"))] = pc.get("stats"), pc.get("states")
+    elif (debug := _debug_of(rec.call)) is not None:
+        stats = await debug.poll()
+        states = {name: r.states() for name, r in debug.records.items()}
     return json_response(
         request, {"call_id": rec.call.id, "state": rec.call.state, "stats": stats, "states": states}
     )

@@ -46,7 +46,7 @@ async def call_events(request: web.Request) -> web.WebSocketResponse:
         raise ApiError(400, f"`since` must be a whole number, got {request.query['since'][:40]!r}") from None
     ws = LimitedWebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_BYTES)  # over it: close 1009
     await ws.prepare(request)
-    backlog, watcher = rec.subscribe()
+    backlog, watcher = await rec.open_stream()  # a retired call's backlog is read back from its folder
     pump: asyncio.Task[None] | None = None
     try:
         hello = {"call_id": rec.call.id, "state": rec.call.state, "truncated": rec.truncated}

@@ -40,6 +40,8 @@ def _participants(request: web.Request, rec: CallRecord, create: bool = True) ->
     table: dict[str, Participants] = request.app[PARTICIPANTS]
     found = table.get(rec.call.id)
     if found is None and create:
+        if rec.ended or rec.call.state in ("ending", "ended"):  # (a retired call is no Call object any more)
+            raise ApiError(409, f"call {rec.call.id} is {rec.call.state}; nobody can join it", "conflict")
         from voicebridge.bridge.call import Call
         from voicebridge.bridge.participants import Participants
 
