@@ -25,12 +25,20 @@ def _port(text: str) -> int:
 
 
 def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _whole_number(text, 0)
+
+
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected a number >= {least}, got {value}")
     return value
 
 
@@ -96,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_arguments(sub.add_parser("batch", help="run many agent-to-agent calls and write a report"))
     k = sub.add_parser("soak", help="many short calls against the emulator; fails on failed calls or leaks")
     k.add_argument("--sequential", type=_positive_int, default=200, help="calls one after another (default 200)")
+    k.add_argument(
+        "--retained", type=_non_negative_int, default=200,
+        help="calls through the server's registry, ended calls kept listed: RSS per ended call (default 200)",
+    )
+    k.add_argument(
+        "--kept-whole", type=_non_negative_int, default=20,
+        help="calls kept whole once ended, the reference for RSS per ended call (default 20)",
+    )
     k.add_argument("--concurrent", type=_positive_int, default=24, help="calls at once, after those (default 24)")
     k.add_argument(
         "--emulator", choices=["process", "embedded"], default="process",

@@ -1,10 +1,13 @@
-"""`voicebridge soak [--sequential N] [--concurrent C] [--json]`: many short calls against the embedded emulator,
-then a check that nothing was left behind.
+"""`voicebridge soak [--sequential N] [--retained R] [--kept-whole K] [--concurrent C] [--json]`: many short calls
+against the embedded emulator, then a check that nothing was left behind.
 
 Phases: warm-up (a few calls, so caches, lazy imports and pools are allocated before the baseline), then N
-calls one after another, then C calls at once. The bar: zero failed calls, and after the calls, file
-descriptors, asyncio tasks, threads and live RTCPeerConnection objects back near the baseline, and RSS within
-a bound of it (CPython rarely returns freed memory to the OS, so RSS is checked for growth, not equality).
+calls one after another (the batch runner: nothing keeps them once ended), then R calls through the server's
+own registry with its ended calls kept listed and K more kept whole (soak_registry.py: RSS per ended call,
+judged against the first phase as baseline), then C calls at once. The bar: zero failed calls, and after the
+calls, file descriptors, asyncio tasks, threads and live RTCPeerConnection objects back near the baseline,
+and RSS within a bound of it (CPython rarely returns freed memory to the OS, so RSS is checked for growth,
+not equality).
 The emulator runs in a process of its own by default (`--emulator process`: the bridge is what is soaked, and
 two interpreters share the CPU's cores instead of one GIL); its descriptors, threads and RSS are checked too.
 With `embedded` both sides live in this process (what the short soak in `make test` does).
@@ -36,6 +39,7 @@ from voicebridge.observability.logs import setup_logging_from_env
 from voicebridge.observability.metrics import Metrics
 from voicebridge.observability.resources import Resources, malloc_trim, rss_kb
 from voicebridge.scenarios.model import Scenario, load_scenario
+from voicebridge.soak_registry import RegistryFigures, judge, per_100_calls, registry_phases
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,14 @@ class SoakResult:
     emulator_sessions_left: int = 0
     rss_trace_mb: list[float] = field(default_factory=list)  # this process, after each sequential call
     rss_slope_mb_per_call: float | None = None  # over the second half of the sequential calls
+    retained: int = 0  # calls through the server's registry, ended calls kept listed
+    kept_whole: int = 0  # calls whose ended Call objects are kept whole (the reference)
+    retained_listed: int = 0
+    retained_rss_trace_mb: list[float] = field(default_factory=list)
+    whole_rss_trace_mb: list[float] = field(default_factory=list)
+    rss_per_100_calls: RegistryFigures = field(default_factory=RegistryFigures)  # MiB, median slopes
+    registry_s: float = 0.0
+    load_average: list[list[float]] = field(default_factory=list)  # os.getloadavg() at the start and the end
     wall_s: float = 0.0
     sequential_s: float = 0.0
     concurrent_s: float = 0.0
@@ -182,14 +194,20 @@ async def soak(
     metrics: Metrics | None = None,
     progress: TextIO | None = None,
     emulator: str = "embedded",
+    retained: int = 0,
+    kept_whole: int = 0,
 ) -> SoakResult:
     """Run the soak; artifacts go to `out_dir` (a temporary folder, removed afterwards, when None).
-    `emulator`: "embedded" (in this process) or "process" (a child process)."""
+    `emulator`: "embedded" (in this process) or "process" (a child process). `retained` and `kept_whole`: the
+    registry phases' calls (soak_registry.py), after the sequential ones."""
     if emulator not in ("embedded", "process"):
         raise ValueError(f"emulator must be 'embedded' or 'process', got {emulator!r}")
     scenario = scenario or load_scenario(SOAK_SCENARIO)
     limits = limits or Limits()
-    result = SoakResult(sequential=sequential, concurrent=concurrent, emulator=emulator)
+    result = SoakResult(
+        sequential=sequential, concurrent=concurrent, emulator=emulator, retained=retained, kept_whole=kept_whole
+    )
+    result.load_average.append([round(x, 2) for x in os.getloadavg()])
     tmp = None if out_dir is not None else Path(tempfile.mkdtemp(prefix="voicebridge-soak-"))
     folder = out_dir if out_dir is not None else tmp
     assert folder is not None
@@ -239,6 +257,35 @@ async def soak(
             result.sequential_s = round(time.monotonic() - ts, 2)
             result.after_sequential = await settle(base, limits)
             _check(result, base, result.after_sequential, limits, "after the sequential calls")
+            registry: Any = None  # the server's app: its registry keeps the retained calls to the end of the soak
+            if retained or kept_whole:
+                ts = time.monotonic()
+                bars: dict[str, ProgressBar] = {}
+
+                def registry_progress(name: str, done: int, total: int, summary: dict[str, Any]) -> None:
+                    if progress is not None:
+                        bar = bars.setdefault(name, ProgressBar(progress, total, f"{name} calls"))
+                        bar(done, total, summary)
+                        if done == total:
+                            bar.close()
+
+                run = await registry_phases(
+                    scenario, settings, folder / "registry", retained, kept_whole, registry_progress
+                )
+                registry = run.app
+                result.registry_s = round(time.monotonic() - ts, 2)
+                summaries.extend(run.summaries)
+                result.retained_listed = run.listed
+                result.retained_rss_trace_mb = run.retained_trace_mb
+                result.whole_rss_trace_mb = run.whole_trace_mb
+                result.problems += run.problems
+                figures = result.rss_per_100_calls
+                figures.baseline = per_100_calls(result.rss_trace_mb)
+                figures.retained = per_100_calls(run.retained_trace_mb)
+                figures.kept_whole = per_100_calls(run.whole_trace_mb, second_half=False)
+                problem = judge(figures, retained, kept_whole)
+                if problem is not None:
+                    result.problems.append(problem)
             ts = time.monotonic()
             await phase("concurrent", concurrent, concurrent)
             result.concurrent_s = round(time.monotonic() - ts, 2)
@@ -250,6 +297,7 @@ async def soak(
             result.emulator_sessions_left = len(embedded.sessions) if embedded is not None else 0
             if result.emulator_sessions_left:
                 result.problems.append(f"{result.emulator_sessions_left} emulator session(s) still open")
+            del registry  # the retained calls were measured with everything else above: now they may go
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -264,10 +312,12 @@ async def soak(
         result.end_reasons[reason] = result.end_reasons.get(reason, 0) + 1
     if bad:
         result.problems.insert(0, f"{len(bad)} of {len(summaries)} calls failed")
-    if result.calls != sequential + concurrent:
-        result.problems.append(f"{result.calls} calls ran, expected {sequential + concurrent}")
+    expected = sequential + retained + kept_whole + concurrent
+    if result.calls != expected:
+        result.problems.append(f"{result.calls} calls ran, expected {expected}")
     result.rss_slope_mb_per_call = _slope(result.rss_trace_mb[len(result.rss_trace_mb) // 2 :])
     result.wall_s = round(time.monotonic() - t0, 2)
+    result.load_average.append([round(x, 2) for x in os.getloadavg()])
     return result
 
 
@@ -298,13 +348,44 @@ def print_result(r: SoakResult, out: TextIO) -> None:
         )
     if r.rss_slope_mb_per_call is not None:
         print(f"  RSS slope over the second half of the sequential calls: {r.rss_slope_mb_per_call} MB/call", file=out)
+    if r.retained or r.kept_whole:
+        print_registry(r, out)
+    if r.load_average:
+        start, end = r.load_average[0], r.load_average[-1]
+        print(f"  load average (1, 5, 15 min): {start} at the start, {end} at the end", file=out)
     for f in r.failures[:10]:
         print(f"  failed: {f['call_id']} {f['end_reason']}: {f['error']}", file=out)
     print("soak: OK" if r.ok else "soak: FAILED\n  " + "\n  ".join(r.problems), file=out, flush=True)
 
 
+def print_registry(r: SoakResult, out: TextIO) -> None:
+    f = r.rss_per_100_calls
+
+    def line(name: str, value: float | None, calls: int) -> str:
+        if value is None:
+            return f"    {name:<46} -"
+        return f"    {name:<46} {value:>8.2f} MiB/100 calls  ({value * 1024 / 100:>7.1f} KiB per call, {calls} calls)"
+
+    print(
+        f"  registry: {r.retained} calls with ended calls retained ({r.retained_listed} listed, details served from "
+        f"disk), {r.kept_whole} kept whole, in {r.registry_s:.1f} s",
+        file=out,
+    )
+    print("  RSS per ended call (median slope over windows; second half of each phase but kept whole):", file=out)
+    print(line("baseline: sequential calls, nothing keeps them", f.baseline, r.sequential), file=out)
+    print(line("retained by the server's registry (listed)", f.retained, r.retained), file=out)
+    print(line("kept whole (as the registry did before)", f.kept_whole, r.kept_whole), file=out)
+    if f.judged:
+        print(f"    retained - baseline = {f.excess} MiB/100 calls; bound {f.bound} (5 % of kept whole)", file=out)
+    else:
+        print("    not judged: the bound needs at least 50 retained and 5 kept-whole calls for its slopes", file=out)
+
+
 async def _main(args: argparse.Namespace) -> int:
-    result = await soak(args.sequential, args.concurrent, progress=sys.stderr, emulator=args.emulator)
+    result = await soak(
+        args.sequential, args.concurrent, progress=sys.stderr, emulator=args.emulator,
+        retained=args.retained, kept_whole=args.kept_whole,
+    )
     print_result(result, sys.stderr)
     if args.json:
         print(json.dumps(result.as_dict(), default=str))

@@ -1,6 +1,8 @@
-"""The short soak of `make test`: 10 calls one after another and 5 at once against the embedded emulator, zero
-failures, and descriptors, tasks, threads and peer connections back at their baseline (RSS within a bound).
-`make soak` is the long one (hundreds sequential, dozens concurrent, the emulator in its own process)."""
+"""The short soak of `make test`: 10 calls one after another, 4 through the server's registry with ended calls
+retained, 2 kept whole and 5 at once against the embedded emulator, zero failures, and descriptors, tasks,
+threads and peer connections back at their baseline (RSS within a bound); the retained calls listed, served from
+their folders, and holding no Call object or peer connection. `make soak` is the long one (hundreds sequential
+and retained, dozens concurrent, the emulator in its own process), where RSS per ended call is judged too."""
 
 from __future__ import annotations
 
@@ -14,16 +16,25 @@ from voicebridge.observability.metrics import Metrics
 from voicebridge.soak import Limits, Resources, SoakResult, _check, print_result, settle, soak
 
 pytestmark = pytest.mark.integration
-SEQUENTIAL, CONCURRENT, WARMUP = 10, 5, 1
+SEQUENTIAL, RETAINED, KEPT_WHOLE, CONCURRENT, WARMUP = 10, 4, 2, 5, 1
+ALL = SEQUENTIAL + RETAINED + KEPT_WHOLE + CONCURRENT
 
 
 async def test_short_soak_has_no_failures_and_no_leaks() -> None:
     metrics = Metrics()
-    result = await soak(SEQUENTIAL, CONCURRENT, warmup=WARMUP, metrics=metrics, emulator="embedded")
+    result = await soak(
+        SEQUENTIAL, CONCURRENT, warmup=WARMUP, metrics=metrics, emulator="embedded", retained=RETAINED,
+        kept_whole=KEPT_WHOLE,
+    )
     print_result(result, sys.stdout)  # the figures, for `pytest -s` and the CI log
     assert result.problems == [], result.problems
-    assert (result.calls, result.failed) == (SEQUENTIAL + CONCURRENT, 0)
-    assert result.end_reasons == {"caller_hangup": SEQUENTIAL + CONCURRENT}
+    assert (result.calls, result.failed) == (ALL, 0)
+    assert result.end_reasons == {"caller_hangup": ALL}
+    # Every retained call listed (and, as result.problems says, served and holding nothing); RSS per ended call
+    # measured for each phase but not judged from so few calls (the slopes need make soak's hundreds).
+    assert result.retained_listed == RETAINED
+    assert len(result.retained_rss_trace_mb) == RETAINED + 1 and len(result.whole_rss_trace_mb) == KEPT_WHOLE + 1
+    assert result.rss_per_100_calls.retained is not None and not result.rss_per_100_calls.judged
     assert result.baseline is not None and result.after is not None
     limits = Limits()
     assert result.after.fds - result.baseline.fds <= limits.fds
@@ -33,7 +44,8 @@ async def test_short_soak_has_no_failures_and_no_leaks() -> None:
     assert result.after.peer_connections <= result.baseline.peer_connections
     assert result.emulator_sessions_left == 0
     assert len(result.rss_trace_mb) == SEQUENTIAL
-    # The metrics watched every call, warm-up included, and none is left counted as active.
+    # The metrics watched every batch call, warm-up included (the registry's calls count in its own server's), and none
+    # is left counted as active.
     ended = metrics.value("voicebridge_calls_ended_total", {"end_reason": "caller_hangup"})
     assert ended == SEQUENTIAL + CONCURRENT + WARMUP
     assert metrics.value("voicebridge_active_calls") == 0
