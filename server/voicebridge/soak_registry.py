@@ -138,9 +138,9 @@ async def registry_phases(
 ) -> RegistryRun:
     """Run the retained and kept-whole phases (see the module's docstring); the server stops listening at the
     end but its registry, and so the retained calls, stay in `RegistryRun.app`."""
-    from voicebridge.signaling.api import MANAGER
     from voicebridge.signaling.app import create_app
     from voicebridge.signaling.calls import CallManager
+    from voicebridge.signaling.http import MANAGER
 
     run = RegistryRun()
     app = run.app = await create_app(dataclasses.replace(settings, artifacts_dir=folder))

@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from voicebridge.signaling.api import MANAGER
 from voicebridge.signaling.calls import CallManager, CallRecord
 from voicebridge.signaling.ended import EndedCall
+from voicebridge.signaling.http import MANAGER
 
 pytestmark = pytest.mark.integration
 CALL_TIMEOUT = 60.0
