@@ -165,7 +165,7 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
 
         return batch_main(args)
     if cmd == "soak":
-        from .soak import main as soak_main
+        from voicebridge.batch.soak import main as soak_main
 
         return soak_main(args)
     print(f"unknown command {cmd!r}", file=sys.stderr)

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
+from voicebridge.batch.soak import Limits, Resources, SoakResult, _check, print_result, settle, soak
 from voicebridge.observability.metrics import Metrics
-from voicebridge.soak import Limits, Resources, SoakResult, _check, print_result, settle, soak
 
 pytestmark = pytest.mark.integration
 SEQUENTIAL, RETAINED, KEPT_WHOLE, CONCURRENT, WARMUP = 10, 4, 2, 5, 1

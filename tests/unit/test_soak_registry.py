@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from voicebridge.soak import _slope
-from voicebridge.soak_registry import MIN_SLOPE_CALLS, RegistryFigures, judge, median_slope, per_100_calls
+from voicebridge.batch.soak import _slope
+from voicebridge.batch.soak_registry import MIN_SLOPE_CALLS, RegistryFigures, judge, median_slope, per_100_calls
 
 pytestmark = pytest.mark.unit
 N = 200

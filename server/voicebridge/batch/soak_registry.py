@@ -43,10 +43,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from voicebridge.batch.runner import END_GRACE_S
 from voicebridge.config import Settings
 from voicebridge.observability.resources import malloc_trim, peer_connections, rss_kb
 from voicebridge.scenarios.model import Scenario
+
+from .runner import END_GRACE_S
 
 MIN_SLOPE_CALLS = 50  # fewer retained calls: too few points for a slope; reported, not judged
 MIN_WHOLE_CALLS = 5

@@ -31,15 +31,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from voicebridge.backend import realtime_backend
-from voicebridge.batch.emulator_process import EmulatorProcess, ProcessResources, emulator_process
-from voicebridge.batch.progress import ProgressBar
-from voicebridge.batch.runner import BatchRunner, succeeded
 from voicebridge.extras import require
 from voicebridge.observability.logs import setup_logging_from_env
 from voicebridge.observability.metrics import Metrics
 from voicebridge.observability.resources import Resources, malloc_trim, rss_kb
 from voicebridge.scenarios.model import Scenario, load_scenario
-from voicebridge.soak_registry import RegistryFigures, judge, per_100_calls, registry_phases
+
+from .emulator_process import EmulatorProcess, ProcessResources, emulator_process
+from .progress import ProgressBar
+from .runner import BatchRunner, succeeded
+from .soak_registry import RegistryFigures, judge, per_100_calls, registry_phases
 
 log = logging.getLogger(__name__)
 
