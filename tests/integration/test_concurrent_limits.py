@@ -4,11 +4,12 @@
   frees its seat;
 * take-over: two at once give one human and one 409;
 * browsers that get their answer but never connect are dropped after the join time-out (seat and peer connection
-  freed);
+  freed): only that test has a short one; everywhere else real browsers have the server's default to connect in;
 * the number of live calls (`max_live_calls`) and the per-client rate limits of call creation and joins.
 
 The limit is checked and the seat taken in one synchronous step (before any await); the listener cap and the
 take-over used to check first and await after (20 concurrent joins gave 20 listeners, two take-overs both won).
+A call is held in "connecting" by a gate (realtime_gate.py) holding its CS session's answer, not by being quick.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.integration.test_join import SECRET, Browser, browsers, start_call, token  # noqa: F401 (fixture)
+from tests.integration.realtime_gate import Gate
+from tests.integration.test_join import LATE_ORDER, SECRET, Browser, browsers, start_call, token  # noqa: F401 (fixture)
 from voicebridge.bridge.participants import MAX_LISTENERS
 from voicebridge.config import EMULATOR_KEY, Settings
 from voicebridge.emulator.server import Emulator
@@ -32,17 +34,47 @@ from voicebridge.signaling.security import RateLimit, SecurityPolicy
 
 pytestmark = pytest.mark.integration
 Client = TestClient[Any, Any]
-JOIN_TIMEOUT_S = 1.0
+GHOST_TIMEOUT_S = 1.0  # the join time-out of the test whose browsers never connect (and of no other)
+
+
+def _settings(base_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    """The legs get far longer to connect than a loaded machine needs: no test here is about that time-out."""
+    values: dict[str, Any] = {"session_timeout_s": 120.0, **overrides}
+    return dataclasses.replace(Settings(), base_url=base_url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path, **values)
 
 
 @pytest.fixture
 async def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: Emulator) -> AsyncIterator[Client]:
+    """Real browsers connect within the server's default join time-out, however loaded the machine."""
     monkeypatch.setenv("VOICEBRIDGE_TOKEN_SECRET", SECRET)
-    settings = dataclasses.replace(
-        Settings(), base_url=emulator.base_url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path,
-        join_connect_timeout_s=JOIN_TIMEOUT_S,
-    )
+    async with TestClient(TestServer(await create_app(_settings(emulator.base_url, tmp_path)))) as c:
+        yield c
+
+
+@pytest.fixture
+async def ghost_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: Emulator) -> AsyncIterator[Client]:
+    """A short join time-out: its browsers never connect, so what it bounds is certain to run out."""
+    monkeypatch.setenv("VOICEBRIDGE_TOKEN_SECRET", SECRET)
+    settings = _settings(emulator.base_url, tmp_path, join_connect_timeout_s=GHOST_TIMEOUT_S)
     async with TestClient(TestServer(await create_app(settings))) as c:
+        yield c
+
+
+@pytest.fixture
+async def gate(emulator: Emulator) -> AsyncIterator[Gate]:
+    g = Gate(emulator, LATE_ORDER)
+    await g.start()
+    try:
+        yield g
+    finally:
+        await g.stop()
+
+
+@pytest.fixture
+async def gated_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gate: Gate) -> AsyncIterator[Client]:
+    """Calls through the gate; a leg held there waits far longer than any test holds it."""
+    monkeypatch.setenv("VOICEBRIDGE_TOKEN_SECRET", SECRET)
+    async with TestClient(TestServer(await create_app(_settings(gate.base_url, tmp_path)))) as c:
         yield c
 
 
@@ -95,13 +127,23 @@ async def test_twenty_listeners_at_once_get_exactly_the_cap(
     assert len(await active(client, call_id)) == MAX_LISTENERS
 
 
-async def test_two_takeovers_at_once_give_one_human(client: Client, browsers: Callable[..., Browser]) -> None:  # noqa: F811
-    """Both join while the call is still connecting: each waits for it to go live before answering."""
+async def test_two_takeovers_at_once_give_one_human(
+    gated_client: Client, gate: Gate, browsers: Callable[..., Browser]  # noqa: F811
+) -> None:
+    """Both join while the call is still connecting (its CS answer held at the gate): the one that got the seat
+    waits for the call to go live, the other is refused at once."""
+    client = gated_client
+    gate.rules["cs"] = "hold_answer"
     call_id, call, _watch = await start_call(client)
     takeover = await token(client, call_id, "takeover")
-    assert call.state == "connecting"
+    await asyncio.wait_for(gate.arrived["cs"].wait(), 30)
+    assert call.state == "connecting"  # certain: the CS leg cannot connect before its answer is released
     a, b = browsers("takeover"), browsers("takeover")
-    statuses = sorted(await asyncio.gather(a.join(client, call_id, takeover), b.join(client, call_id, takeover)))
+    joins = [asyncio.ensure_future(x.join(client, call_id, takeover)) for x in (a, b)]
+    done, _ = await asyncio.wait(joins, return_when=asyncio.FIRST_COMPLETED)
+    assert [t.result() for t in done] == [409] and call.state == "connecting"  # refused while still connecting
+    gate.release_all()
+    statuses = sorted(await asyncio.gather(*joins))
     assert statuses == [201, 409]
     loser = a if a.participant_id == "" else b
     assert loser.error["error"]["type"] == "conflict"
@@ -109,7 +151,8 @@ async def test_two_takeovers_at_once_give_one_human(client: Client, browsers: Ca
     assert len(humans) == 1
 
 
-async def test_browsers_that_never_connect_are_dropped_and_free_their_seat(client: Client) -> None:
+async def test_browsers_that_never_connect_are_dropped_and_free_their_seat(ghost_client: Client) -> None:
+    client = ghost_client
     call_id, call = await live_call(client)
     takeover = await token(client, call_id, "takeover")
     listen = await token(client, call_id, "listen")
@@ -126,7 +169,7 @@ async def test_browsers_that_never_connect_are_dropped_and_free_their_seat(clien
         await ghost.close()  # it got its answer and vanished: its candidates lead nowhere now
     for pid in ghosts:
         note = await asyncio.wait_for(left_note(call, pid), 30)
-        assert note["reason"] == f"the browser did not connect within {JOIN_TIMEOUT_S:g} s"
+        assert note["reason"] == f"the browser did not connect within {GHOST_TIMEOUT_S:g} s"
     assert await active(client, call_id) == []
     human = Browser("takeover")
     try:
