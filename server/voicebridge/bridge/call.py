@@ -252,7 +252,7 @@ class Call(AsyncIOEventEmitter):
 
     def saved_debug(self) -> dict[str, Any]:
         """What debug.json keeps: each agent leg's offer and answer (ICE passwords masked) and every peer
-        connection's record (voicebridge.media.pc_debug), for the server to show once the call object is gone."""
+        connection's record (voicebridge.diagnostics.pc_debug), for the server to show once the call object is gone."""
         legs = [
             {
                 "role": role,
