@@ -308,6 +308,10 @@ def _mutate(sdp: str, drops: list[int], junk: list[str]) -> str:
     return "\r\n".join(keep) + "\r\n"
 
 
+def _without_candidates(sdp: str) -> str:
+    return "\r\n".join(x for x in sdp.split("\r\n") if not x.startswith("a=candidate:"))
+
+
 def _no_opus(sdp: str) -> str:
     """The same offer, audio offering only PCMU/PCMA (the API speaks Opus only)."""
     out = []
@@ -351,6 +355,7 @@ async def test_named_bad_offers_are_refused_in_the_api_shape(emu: Emulator) -> N
         "no audio": (good.replace("m=audio", "m=video"), {400}),
         "data channel only": ("\r\n".join(x for x in good.split("\r\n") if "audio" not in x), {400}),
         "no opus": (_no_opus(good), {400}),
+        "end of candidates, none listed": (_without_candidates(good), {400}),
         "huge": ("v=0\r\n" + "a=x\r\n" * (MAX_BODY_BYTES // 4), {413}),
         "binary": (bytes(range(256)) * 10, {400}),
     }
@@ -370,6 +375,11 @@ async def test_named_bad_offers_are_refused_in_the_api_shape(emu: Emulator) -> N
     assert not emu.sessions
     status, text = await _post_sdp(emu, good)
     assert status == 201 and text.startswith("v=0")  # and it still answers a good offer
+    # A browser that sends its offer before gathering lists no candidates and no end: that is a good offer (the
+    # answerer learns the browser's address from its first check), answered with the emulator's candidates.
+    early = "\r\n".join(x for x in good.split("\r\n") if not x.startswith(("a=candidate:", "a=end-of-candidates")))
+    status, text = await _post_sdp(emu, early)
+    assert status == 201 and "a=candidate:" in text, text
 
 
 @FAST

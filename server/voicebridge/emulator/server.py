@@ -330,6 +330,7 @@ def _check_offer(sdp: str) -> None:
         )
     _check_media_lines(text)
     _check_fingerprint(text)
+    _check_candidates(text)
     # The API speaks Opus only: an offer without it would get an answer with the audio rejected (port 0)
     # and a call that never hears or speaks, so it is refused here with the codecs that were offered.
     audio = text.replace("\r\n", "\n").split("\nm=audio ", 1)[1].split("\nm=", 1)[0]
@@ -348,6 +349,33 @@ def _check_offer(sdp: str) -> None:
 
 def _invalid_offer(why: str) -> ApiError:
     return ApiError(400, f"Invalid SDP offer: {why}", code="invalid_offer", param="sdp")
+
+
+def _check_candidates(text: str) -> None:
+    """An offer may carry no candidates at all (a browser that does not wait for gathering: the answerer learns
+    its address from the first connectivity check), but one that says `a=end-of-candidates` for the section
+    carrying the transport and lists none has no ICE path: aioice gives up at once and the answer would carry
+    no candidates either. That is the offer's fault, so it is a 400 naming the section, not a 503."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    sections: list[list[str]] = []
+    bundle: list[str] = []
+    for line in lines:
+        if line.startswith("m="):
+            sections.append([line])
+        elif sections:
+            sections[-1].append(line)
+        elif line.startswith("a=group:BUNDLE "):
+            bundle = bundle or line.split()[1:]
+    for section in sections:
+        mid = next((x[len("a=mid:") :] for x in section if x.startswith("a=mid:")), "")
+        if bundle and mid != bundle[0]:
+            continue  # bundled sections share the first one's transport and its candidates
+        ended = "a=end-of-candidates" in section
+        if ended and not any(x.startswith("a=candidate:") for x in section):
+            name = f"mid {mid}" if mid else section[0][:40]
+            raise _invalid_offer(
+                f"the section {name} says a=end-of-candidates but lists no a=candidate: no ICE path can be tried."
+            )
 
 
 def _check_media_lines(text: str) -> None:
