@@ -15,12 +15,16 @@ releases it. After each end the check is on the SERVER's side: every session the
 its hang-up endpoint and none is left open; and the call says why it ended, without a made-up transport error.
 (A leg failing before the other leg has sent anything cannot be held there from outside; that end calls the set-up
 off through the same path as a hang-up at that moment.)
+
+Only what a test means to time out gets a short time-out: every other leg, and every session the emulator makes,
+has far longer than a loaded machine needs (LONG_S), so a slow set-up cannot turn one end into another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,8 @@ from voicebridge.signaling.http import MANAGER
 pytestmark = pytest.mark.integration
 SCENARIO = load_scenario("late_order")
 HOLDS = {"request_held": "hold_request", "answer_held": "hold_answer", "answered": "unreachable"}
+LONG_S = 120.0  # a time-out that nothing here waits for: far beyond any set-up on a loaded machine
+SHORT_S = 3.0  # the time-out a test means to run out
 
 
 class Console:
@@ -68,13 +74,22 @@ LegHook = Callable[[Leg], None]
 
 @contextlib.asynccontextmanager
 async def console(
-    base_url: str, tmp_path: Path, *, timeout_s: float = 10.0, on_leg: LegHook | None = None, ws: bool = False
+    base_url: str,
+    tmp_path: Path,
+    *,
+    timeout_s: float = LONG_S,
+    leg_timeouts: dict[str, float] | None = None,
+    on_leg: LegHook | None = None,
+    ws: bool = False,
 ) -> AsyncIterator[Console]:
+    """`timeout_s` is the call's session time-out; `leg_timeouts` gives a leg (by role) one of its own."""
     settings = Settings(base_url=base_url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path, session_timeout_s=timeout_s)
     calls: list[Call] = []
     legs: list[Leg] = []
 
     def make_leg(role: str, s: Settings) -> Leg:
+        if leg_timeouts and role in leg_timeouts:
+            s = dataclasses.replace(s, session_timeout_s=leg_timeouts[role])
         leg: Leg = WebSocketLeg(role, s) if ws else WebRtcLeg(role, s)
         legs.append(leg)
         if on_leg is not None:
@@ -89,6 +104,18 @@ async def console(
     app = await create_app(settings, call_factory=make_call)
     async with TestClient(TestServer(app)) as client:
         yield Console(client, calls, legs)
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    """Sessions whose peer never connects are ended here by the bridge's hang-up, never by the emulator's own
+    connect time-out running out first on a slow machine."""
+    emu = Emulator(voice=_VOICE, limits=Limits(connect_timeout_s=LONG_S))
+    await emu.start()
+    try:
+        yield emu
+    finally:
+        await emu.stop()
 
 
 @pytest.fixture
@@ -235,28 +262,38 @@ async def test_no_session_created_in_time_hangs_up_both_sessions(
     gate: Gate, emulator: Emulator, tmp_path: Path
 ) -> None:
     gate.rules = {"caller": "unreachable", "cs": "unreachable"}
-    async with console(gate.base_url, tmp_path, timeout_s=3.0) as c:
+    async with console(gate.base_url, tmp_path, timeout_s=SHORT_S) as c:  # both legs: neither can ever connect
         call_id, call = await c.start_call()
         await call.wait_ended(30)
         view = await c.view(call_id)
         assert view["end_reason"] == "error"
-        assert "no session.created within 3 s" in view["error"], view["error"]
+        assert f"no session.created within {SHORT_S:g} s" in view["error"], view["error"]
     assert_hung_up_by_the_endpoint(gate, emulator, 2)
 
 
 async def test_a_create_that_times_out_is_reported_and_the_other_session_hung_up(tmp_path: Path) -> None:
     """The caller's create outlives its time-out: the client cannot learn the id of what the server made, so the
     server ends that session itself when its peer never connects (the emulator's connect time-out); the CS
-    session is hung up and the error says what happened."""
-    emulator = Emulator(voice=_VOICE, limits=Limits(connect_timeout_s=3.0))
+    session is hung up and the error says what happened.
+
+    Only the caller's create and the caller's session have a short time-out (SHORT_S): the CS leg and its session
+    have LONG_S, so the CS is never what runs out first. The emulator's connect time-out is read when a session is
+    created: the CS's request is held at the gate until the caller's session exists, then the limit is raised."""
+    emulator = Emulator(voice=_VOICE, limits=Limits(connect_timeout_s=SHORT_S))
     await emulator.start()
     gate = Gate(emulator, SCENARIO)
     await gate.start()
     try:
-        gate.rules = {"caller": "hold_answer", "cs": "pass"}
-        async with console(gate.base_url, tmp_path, timeout_s=3.0) as c:
+        gate.rules = {"caller": "hold_answer", "cs": "hold_request"}
+        leg_timeouts = {"caller": SHORT_S, "cs": LONG_S}
+        async with console(gate.base_url, tmp_path, leg_timeouts=leg_timeouts) as c:
             call_id, call = await c.start_call()
-            await call.wait_ended(30)
+            await asyncio.wait_for(gate.arrived["caller"].wait(), 30)
+            await asyncio.wait_for(gate.by_role("caller").created.wait(), 30)  # with the short connect time-out
+            emulator.limits = dataclasses.replace(emulator.limits, connect_timeout_s=LONG_S)
+            await asyncio.wait_for(gate.arrived["cs"].wait(), 30)
+            gate.by_role("cs").release.set()  # the CS session is made now, with the long one
+            await call.wait_ended(60)
             view = await c.view(call_id)
             assert view["end_reason"] == "error"
             assert "did not answer in time" in view["error"], view["error"]
@@ -264,7 +301,7 @@ async def test_a_create_that_times_out_is_reported_and_the_other_session_hung_up
         assert cs is not None and cs.close_reason == "hangup endpoint"
         assert caller is not None
         await asyncio.wait_for(caller.closed.wait(), 30)
-        assert caller.close_reason == "not connected within 3 s"
+        assert caller.close_reason == f"not connected within {SHORT_S:g} s"
         assert not emulator.sessions
     finally:
         await gate.stop()
