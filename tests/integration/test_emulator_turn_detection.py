@@ -47,15 +47,22 @@ async def test_idle_timeout_commits_an_idle_turn_and_prompts_after_the_audio_end
 
 
 async def test_no_idle_timeout_while_the_caller_speaks(emulator: Emulator, client: Client) -> None:
-    """Speech right after the greeting disarms the timer; the next one counts from the answer's end."""
-    await client.connect(
-        emulator.base_url, cs_session(turn_detection={"type": "server_vad", "idle_timeout_ms": 1500})
-    )
+    """Speech over the greeting (barge-in) leaves the timer disarmed; it counts from the answer's end.
+
+    The idle timeout is set once the server has heard the speech start: until then nothing can fire, so the test
+    does not race the timer (wall clock) against the speech reaching the server, however loaded the machine.
+    Set then, it arms nothing (no response's audio has ended since the barge-in): the first timeout comes after
+    the answer."""
+    await client.connect(emulator.base_url, cs_session(turn_detection={"type": "server_vad"}))
     await client.wait_for("session.created")
+    line = await _VOICE.speak(f"{FIRST} {SECOND}", "en-us", 165)
     client.send({"type": "response.create"})
     await client.wait_for("output_audio_buffer.started", within=20)
-    await client.say(f"{FIRST} {SECOND}")  # while the greeting plays: barge-in, then a turn of its own
+    client.mic.play(line.packets, "mic")  # while the greeting plays: barge-in, then a turn of its own
     speech = await client.wait_for("input_audio_buffer.speech_started", within=20)
+    idle = {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 1500}}}}
+    client.send({"type": "session.update", "session": idle})
+    await client.wait_for("session.updated", start=client.events.index(speech))
     answer = await client.wait_for("response.function_call_arguments.done", within=20, name="lookup_order")
     timeout = await client.wait_for("input_audio_buffer.timeout_triggered", within=20)
     assert client.events.index(speech) < client.events.index(answer) < client.events.index(timeout)
