@@ -124,16 +124,13 @@ async def test_out_of_band_text_response_leaves_the_conversation_alone(ws: WsCli
 async def test_out_of_band_response_runs_beside_the_conversations_response(ws: WsClient) -> None:
     await become(ws, CS.instructions, tools=cs_session()["tools"])
     start = len(ws.events)
+    # Three response.create back to back. The server handles a connection's events in order, and the first makes
+    # its response the conversation's active one before the next is read: the other two certainly meet it
+    # active, however fast the greeting would have played out (no race against its length).
     await ws.send({"type": "response.create"})  # in band: the spoken greeting
-    first = await ws.wait_for("response.output_audio.delta", start=start)
-    in_band = first["response_id"]
-
-    # A second in-band response is refused while the first speaks ...
+    # A second in-band response is refused while the first is active ...
     await ws.send({"type": "response.create", "event_id": "again"})
-    err = await ws.wait_for("error", start=start)
-    assert err["error"]["code"] == "conversation_already_has_active_response" and err["error"]["event_id"] == "again"
     # ... an out-of-band one is not: on its own input (the caller's line) the CS persona looks the order up.
-    mark = len(ws.events)
     await ws.send(
         {
             "type": "response.create",
@@ -143,14 +140,19 @@ async def test_out_of_band_response_runs_beside_the_conversations_response(ws: W
             },
         }
     )  # fmt: skip
-    oob = (await ws.wait_for("response.created", start=mark))["response"]["id"]
-    assert oob != in_band
-    oob_done = await wait_done(ws, oob, mark)
+    err = await ws.wait_for("error", start=start)
+    assert err["error"]["code"] == "conversation_already_has_active_response" and err["error"]["event_id"] == "again"
+    first = await ws.wait_for("response.created", start=start)
+    second = await ws.wait_for("response.created", start=ws.events.index(first) + 1)
+    by_place = {c["response"]["conversation_id"] is None: c["response"]["id"] for c in (first, second)}
+    in_band, oob = by_place[False], by_place[True]
+    assert in_band != oob
+    oob_done = await wait_done(ws, oob, start)
     assert oob_done["response"]["status"] == "completed" and oob_done["response"]["conversation_id"] is None
     (call,) = oob_done["response"]["output"]
     assert call["type"] == "function_call" and call["name"] == "lookup_order"
     assert json.loads(call["arguments"]) == {"order_id": "4217"}
-    item_events = [e for e in ws.events[mark:] if e["type"].startswith("conversation.item.")]
+    item_events = [e for e in ws.events[start:] if e["type"].startswith("conversation.item.")]
     assert call["id"] not in {e["item"]["id"] for e in item_events}
 
     done = await wait_done(ws, in_band, start)
