@@ -19,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired, Required, Union, get_args, get_origin, get_type_hints
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from pydantic import ConfigDict, Field, JsonValue, TypeAdapter, ValidationError, with_config
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticSerializationError, to_json
 from typing_extensions import TypedDict
 
+from .results import ToolCallRecord
 from .validation import explain
 
 log = logging.getLogger(__name__)
@@ -133,27 +134,31 @@ class Tool:
 
 @dataclass
 class ToolResult:
-    """One executed (or refused) function call, as recorded in summary.json."""
+    """One executed (or refused) function call; `record()` is how summary.json keeps it."""
 
     call_id: str
     name: str
-    arguments: Any
+    arguments: JsonValue  # parsed JSON, or the text as sent when it was not JSON
     output: str
     ok: bool
     error: str | None = None
     duration_ms: float = 0.0
     started_at: float = field(default_factory=time.time)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "call_id": self.call_id,
-            "name": self.name,
-            "arguments": self.arguments,
-            "output": self.output,
-            "ok": self.ok,
-            "error": self.error,
-            "duration_ms": round(self.duration_ms, 2),
-        }
+    def record(self, leg: str, sent: bool, t: float) -> ToolCallRecord:
+        """This result as the call records it: made on `leg`, output `sent` to it, at call time `t` (s)."""
+        return ToolCallRecord(
+            leg=leg,
+            call_id=self.call_id,
+            name=self.name,
+            arguments=self.arguments,
+            output=self.output,
+            ok=self.ok,
+            error=self.error,
+            duration_ms=round(self.duration_ms, 2),
+            sent=sent,
+            t=round(t, 3),
+        )
 
 
 def tool_from_function(

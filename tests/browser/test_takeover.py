@@ -65,7 +65,7 @@ async def test_human_takes_over_is_answered_and_hands_back(
     heard = await events.wait("cs", "conversation.item.input_audio_transcription.completed")
     assert heard["transcript"] == normalize_phrase(LINE)
     refund = await events.wait("cs", "response.output_audio_transcript.done", transcript="refund")
-    assert [t["name"] for t in call.tool_calls if t["leg"] == "cs"] == ["lookup_order", "issue_refund"]
+    assert [t.name for t in call.tool_calls if t.leg == "cs"] == ["lookup_order", "issue_refund"]
     # The human hears the CS agent: bytes and sound measured in the page.
     await page.wait_for_function(
         f"""() => {{ const p = window.vbJoin.stats().parties;

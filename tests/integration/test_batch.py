@@ -18,6 +18,7 @@ from voicebridge.batch.cli import run_batch
 from voicebridge.batch.runner import default_call_factory
 from voicebridge.config import Settings
 from voicebridge.observability.metrics import Metrics
+from voicebridge.results import BatchReport
 from voicebridge.scenarios.model import Scenario, load_scenario
 
 pytestmark = pytest.mark.integration
@@ -39,16 +40,20 @@ async def test_a_batch_with_failures_reports_every_call(tmp_path: Path) -> None:
     out = tmp_path / "batch"
     progress: list[tuple[int, int, str]] = []
     metrics = Metrics()
-    result, report = await run_batch(
+    result, typed = await run_batch(
         load_scenario("quick_bye"),
         4,
         2,
         out,
         batch_id="batch_t",
-        progress=lambda done, total, s: progress.append((done, total, s["call_id"])),
+        progress=lambda done, total, s: progress.append((done, total, s.call_id)),
         metrics=metrics,
         call_factory=failing_factory,
     )
+    # The report as report.json holds it; it reads back into the same record.
+    report = json.loads((out / "report.json").read_text())
+    assert BatchReport.model_validate(report) == typed and typed.model_dump(mode="json") == report
+    assert [c.summary.succeeded for c in result.calls] == [r["ok"] for r in report["calls"]]
 
     # Every call ran and was reported, whatever happened to the others.
     assert sorted(p[0] for p in progress) == [1, 2, 3, 4] and {p[1] for p in progress} == {4}
@@ -77,8 +82,7 @@ async def test_a_batch_with_failures_reports_every_call(tmp_path: Path) -> None:
     assert report["tool_calls"]["by_tool"]["caller.hangup"]["count"] == 2
     assert report["duration_s"]["count"] == 4
 
-    # report.json is the report; report.html is one self-contained page.
-    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report, default=str))
+    # report.html is one self-contained page.
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page
     assert "<script" not in page.lower() and "<link" not in page.lower()

@@ -24,10 +24,27 @@ from voicebridge.bridge.artifacts import read_events
 from voicebridge.bridge.call import Call
 from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
+from voicebridge.results import CallSummary
 from voicebridge.scenarios.model import load_scenario, normalize_phrase
 from voicebridge.scenarios.shop import DB_NAME
 
 pytestmark = pytest.mark.integration
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "results"
+
+
+def key_paths(data: Any, path: str = "") -> set[str]:
+    """Every key path of a JSON value ("legs[].stats.events_in"); list items are merged, and the contents of
+    aiortc's getStats (report ids) and of tool arguments are left out: they are not the summary's own keys."""
+    if isinstance(data, dict):
+        out = set()
+        for key, value in data.items():
+            out.add(f"{path}.{key}")
+            if key not in ("rtc", "arguments"):
+                out |= key_paths(value, f"{path}.{key}")
+        return out
+    if isinstance(data, list):
+        return set().union(*(key_paths(item, f"{path}[]") for item in data))
+    return set()
 
 
 def assert_no_response_create_while_active(events: list[dict[str, Any]]) -> None:
@@ -67,10 +84,10 @@ async def test_demo_call_from_greeting_to_caller_hangup(
     call.on(
         "turn",
         lambda t: (
-            t["speaker"] == "cs"
-            and t["kind"] == "said"
+            t.speaker == "cs"
+            and t.kind == "said"
             and not first_cs_turn.done()
-            and first_cs_turn.set_result(t["text"])
+            and first_cs_turn.set_result(t.text)
         ),
     )
     await call.start()
@@ -88,11 +105,11 @@ async def test_demo_call_from_greeting_to_caller_hangup(
     await call.wait_ended(150)
     summary = call.summary()
 
-    assert summary["end_reason"] == "caller_hangup", summary.get("error")
-    assert summary["ended_by"] == "caller"
+    assert summary.end_reason == "caller_hangup", summary.error
+    assert summary.succeeded and summary.ended_by == "caller"
 
     # Tools: both called once, with the right arguments, and the database shows the refund.
-    cs_calls = [(c["name"], c["arguments"], c["ok"]) for c in summary["tool_calls"] if c["leg"] == "cs"]
+    cs_calls = [(c.name, c.arguments, c.ok) for c in summary.tool_calls if c.leg == "cs"]
     assert cs_calls == [
         ("lookup_order", {"order_id": "4217"}, True),
         ("issue_refund", {"order_id": "4217", "reason": "late delivery"}, True),
@@ -102,25 +119,25 @@ async def test_demo_call_from_greeting_to_caller_hangup(
 
     # The CS agent HEARD every line the caller agent said, through the relayed audio, and vice versa.
     said = {
-        r: [normalize_phrase(t["text"]) for t in summary["turns"] if t["speaker"] == r]
+        r: [normalize_phrase(t.text) for t in summary.turns if t.speaker == r]
         for r in ("caller", "cs")
     }
-    heard = {r: [normalize_phrase(t["text"]) for t in summary["heard"][r]] for r in ("caller", "cs")}
+    heard = {r: [normalize_phrase(t.text) for t in summary.heard[r]] for r in ("caller", "cs")}
     caller_lines = [normalize_phrase(r.say) for r in scenario.caller.script if r.say]
     assert said["caller"] == caller_lines
     assert heard["cs"] == caller_lines
     assert heard["caller"] == said["cs"] and len(said["cs"]) == 2
     assert "forty two dollars" in said["cs"][1]
     # Per-turn response gap: from the other party's audio stopping to this one's starting (never overlapping).
-    turns = summary["turns"]
-    assert turns[0]["gap_s"] is None
+    turns = summary.turns
+    assert turns[0].gap_s is None
     for before, turn in itertools.pairwise(turns):
-        assert turn["gap_s"] is not None and turn["gap_s"] > 0
-        assert turn["gap_s"] == pytest.approx(turn["start"] - before["end"], abs=0.002)
+        assert turn.gap_s is not None and turn.gap_s > 0
+        assert turn.gap_s == pytest.approx(turn.start - before.end, abs=0.002)
 
     # The last words (the goodbye) were heard before either leg closed.
-    last_heard = summary["heard"]["cs"][-1]
-    assert last_heard["end"] <= min(closed_at["caller_closed"], closed_at["cs_closed"])
+    last_heard = summary.heard["cs"][-1]
+    assert last_heard.end <= min(closed_at["caller_closed"], closed_at["cs_closed"])
     assert closed_at["ending"] < closed_at["caller_closed"]
 
     # No decode and no encode on the relay path: the bridge's receivers bypass aiortc's decode path,
@@ -130,14 +147,13 @@ async def test_demo_call_from_greeting_to_caller_hangup(
     assert not decoded_by & bridge_receivers
     for tx, _ in for_later:
         assert getattr(tx, "_RTCRtpSender__encoder", None) is None
-    relay = summary["relay"]
-    assert relay is not None
-    rtp_in = {leg["role"]: leg["stats"].get("rtp_in", {}).get("packets", 0) for leg in summary["legs"]}
+    assert summary.relay is not None and summary.relay.get("kind") == "passthrough"
+    rtp_in = {leg.role: leg.stats["rtp_in"]["packets"] for leg in summary.legs}
     assert rtp_in["caller"] > 100 and rtp_in["cs"] > 100
 
     # Events: every one valid for the SDK, response.create never during an active response.
     events = read_events(tmp_path / "call")
-    assert len(events) == summary["events"] > 50
+    assert len(events) == summary.events > 50
     for rec in events:
         (validate_server_event if rec["direction"] == "in" else validate_client_event)(rec["event"])
     assert all(not leg.invalid_events for leg in legs.values())
@@ -147,6 +163,10 @@ async def test_demo_call_from_greeting_to_caller_hangup(
     folder = tmp_path / "call"
     on_disk = json.loads((folder / "summary.json").read_text())
     assert on_disk["end_reason"] == "caller_hangup" and on_disk["legs"][0]["call_id"].startswith("rtc_")
+    # summary.json is the summary, key for key as a real call has always written it (tests/fixtures/results),
+    # and it reads back into the same record.
+    assert CallSummary.model_validate(on_disk) == summary
+    assert key_paths(on_disk) == key_paths(json.loads((FIXTURES / "summary.json").read_text()))
     transcript = json.loads((folder / "transcript.json").read_text())
     assert {"speaker", "text", "start", "end"} <= set(transcript[0])
     assert "goodbye" in (folder / "transcript.txt").read_text()

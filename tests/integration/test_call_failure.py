@@ -84,10 +84,10 @@ async def test_a_dropped_leg_ends_the_call_with_leg_failed(
     await call.wait_ended(30)
 
     summary = call.summary()
-    assert summary["end_reason"] == "leg_failed" and summary["ended_by"] == "caller"
-    assert "caller leg" in summary["error"]
-    legs = {leg["role"]: leg for leg in summary["legs"]}
-    assert legs["caller"]["state"] == "failed" and legs["cs"]["state"] == "closed"
+    assert summary.end_reason == "leg_failed" and summary.ended_by == "caller" and not summary.succeeded
+    assert "caller leg" in (summary.error or "")
+    legs = {leg.role: leg for leg in summary.legs}
+    assert legs["caller"].state == "failed" and legs["cs"].state == "closed"
     assert cs_call_id not in emulator.sessions  # the CS leg was hung up through the REST endpoint
     folder = tmp_path / "call"
     on_disk = json.loads((folder / "summary.json").read_text())
@@ -108,9 +108,9 @@ async def test_five_calls_at_once(emulator: Emulator, scenario_file: Path, tmp_p
     await asyncio.wait_for(asyncio.gather(*(c.wait_ended() for c in calls)), 60)
     for c in calls:
         s = c.summary()
-        assert s["end_reason"] == "caller_hangup", (c.id, s.get("error"))
-        assert [normalize_phrase(t["text"]) for t in s["heard"]["cs"]] == ["thank you goodbye"]
-        assert [normalize_phrase(t["text"]) for t in s["heard"]["caller"]] == ["hello this is the help desk"]
+        assert s.end_reason == "caller_hangup", (c.id, s.error)
+        assert [normalize_phrase(t.text) for t in s.heard["cs"]] == ["thank you goodbye"]
+        assert [normalize_phrase(t.text) for t in s.heard["caller"]] == ["hello this is the help desk"]
     assert len({c.id for c in calls}) == 5
     assert not emulator.sessions  # every leg of every call was hung up
     await assert_no_tasks_left()
@@ -136,7 +136,7 @@ async def test_operator_hangup_lets_the_current_words_finish_and_arrive(
     await asyncio.wait_for(greeting, 30)
     await asyncio.wait_for(call.hangup(), 30)  # mid-sentence
     s = call.summary()
-    assert s["end_reason"] == "operator_hangup" and s["ended_by"] == "operator"
-    heard = s["heard"]["caller"]
-    assert [normalize_phrase(t["text"]) for t in heard] == ["hello this is the help desk"]
-    assert heard[0]["end"] <= min(closed_at.values())  # heard in full before either leg closed
+    assert s.end_reason == "operator_hangup" and s.ended_by == "operator"
+    heard = s.heard["caller"]
+    assert [normalize_phrase(t.text) for t in heard] == ["hello this is the help desk"]
+    assert heard[0].end <= min(closed_at.values())  # heard in full before either leg closed

@@ -32,9 +32,9 @@ async def test_demo_call_against_openai(tmp_path: Path) -> None:
     call.on(
         "turn",
         lambda t: (
-            t["kind"] == "heard"
-            and t["leg"] == "cs"
-            and t["text"]
+            t.kind == "heard"
+            and t.leg == "cs"
+            and t.text
             and not heard_caller.done()
             and heard_caller.set_result(None)
         ),
@@ -46,6 +46,6 @@ async def test_demo_call_against_openai(tmp_path: Path) -> None:
         if not call.ended:
             await call.hangup()
     summary = call.summary()
-    assert summary["end_reason"] in ("operator_hangup", "caller_hangup")
-    assert {t["speaker"] for t in summary["turns"]} == {"caller", "cs"}
-    assert all(leg["call_id"].startswith("rtc_") for leg in summary["legs"])
+    assert summary.succeeded
+    assert {t.speaker for t in summary.turns} == {"caller", "cs"}
+    assert all((leg.call_id or "").startswith("rtc_") for leg in summary.legs)

@@ -8,7 +8,6 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -116,32 +115,32 @@ async def test_refused_caller_function_and_failing_tools_do_not_end_the_call(
     await call.start()
     await call.wait_ended(80)
     summary = call.summary()
-    assert summary["end_reason"] == "caller_hangup", summary.get("error")
+    assert summary.end_reason == "caller_hangup", summary.error
 
-    by_name: dict[str, dict[str, Any]] = {f"{c['leg']}.{c['name']}": c for c in summary["tool_calls"]}
+    by_name = {f"{c.leg}.{c.name}": c for c in summary.tool_calls}
     refused = by_name["caller.lookup_order"]
-    assert not refused["ok"] and json.loads(refused["output"])["error"]["type"] == "refused"
+    assert not refused.ok and json.loads(refused.output)["error"]["type"] == "refused"
     # The CS registry has a lookup_order too: the caller's call must not have reached it.
     assert "lookup_order 1" not in executed
     assert executed == ["explode", "slow"]  # the bad-arguments call never ran either
 
     kinds = {
-        name: json.loads(by_name[name]["output"])["error"]["type"]
+        name: json.loads(by_name[name].output)["error"]["type"]
         for name in ("cs.explode", "cs.slow", "cs.lookup_order")
     }
     assert kinds == {"cs.explode": "tool_error", "cs.slow": "timeout", "cs.lookup_order": "invalid_arguments"}
-    assert "on fire" in json.loads(by_name["cs.explode"]["output"])["error"]["message"]
+    assert "on fire" in json.loads(by_name["cs.explode"].output)["error"]["message"]
     bad_arguments = (
         "bad arguments for lookup_order: order_id: expected a string, got 5 (an integer); "
         "order: unknown field (known: order_id)"
     )
-    assert json.loads(by_name["cs.lookup_order"]["output"])["error"]["message"] == bad_arguments
-    assert by_name["caller.hangup"]["ok"]
+    assert json.loads(by_name["cs.lookup_order"].output)["error"]["message"] == bad_arguments
+    assert by_name["caller.hangup"].ok
 
     # The call went on after each error: the CS said its last line and the caller heard it.
-    said_cs = [normalize_phrase(t["text"]) for t in summary["turns"] if t["speaker"] == "cs"]
+    said_cs = [normalize_phrase(t.text) for t in summary.turns if t.speaker == "cs"]
     assert said_cs == ["hello this is the help desk", "sorry our system is down goodbye"]
-    heard_by_cs = [normalize_phrase(t["text"]) for t in summary["heard"]["cs"]]
+    heard_by_cs = [normalize_phrase(t.text) for t in summary.heard["cs"]]
     assert heard_by_cs == ["please check my order", "goodbye"]
 
     events = read_events(tmp_path / "call")

@@ -105,8 +105,8 @@ async def test_call_creation_failures_end_the_call_with_a_clear_error(stub: Stub
     assert KEY not in str(info.value)
     assert call.ended and len(ended) == 1
     summary = call.summary()
-    assert summary["end_reason"] == "error" and summary["state"] == "ended"
-    assert isinstance(summary["error"], str) and "LegError" in summary["error"] and KEY not in summary["error"]
+    assert summary.end_reason == "error" and summary.state == "ended"
+    assert isinstance(summary.error, str) and "LegError" in summary.error and KEY not in summary.error
     on_disk = (tmp_path / "call" / "summary.json").read_text()
     assert '"end_reason": "error"' in on_disk and KEY not in on_disk
     assert stub.requests >= 1

@@ -223,8 +223,10 @@ async def test_listeners_hear_both_parties_and_never_disturb_the_call(
 
 
 async def watch_end(call: Any) -> dict[str, Any]:
+    """The call's summary once it has ended, as JSON (what GET /api/calls/{id} shows)."""
     await call.wait_ended(CALL_S)
-    return dict(call.summary())
+    summary: dict[str, Any] = call.summary().model_dump(mode="json")
+    return summary
 
 
 async def wait_state(pc: RTCPeerConnection, state: str) -> bool:
@@ -273,7 +275,7 @@ async def test_human_takes_over_is_heard_and_answered_then_hands_back(
     heard = await watch.wait(cs_event("conversation.item.input_audio_transcription.completed"))
     assert heard["event"]["transcript"] == normalize_phrase(HUMAN_LINE)  # exactly the human's line
     refund = await watch.wait(cs_event("response.output_audio_transcript.done", lambda e: "refund" in e["transcript"]))
-    tools = [t["name"] for t in call.tool_calls if t["leg"] == "cs"]
+    tools = [t.name for t in call.tool_calls if t.leg == "cs"]
     assert tools == ["lookup_order", "issue_refund"]  # the CS agent's tools work while a human is the caller
     # Nothing of this reached the caller agent: it was on hold, and it has not spoken since.
     caller_said = [

@@ -19,7 +19,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pyee.asyncio import AsyncIOEventEmitter
 
+from tests.summaries import line, make_summary, tool_call
 from voicebridge.config import Settings
+from voicebridge.results import CallSummary, ToolCallRecord, TranscriptLine
 from voicebridge.scenarios.model import Scenario, load_scenario
 from voicebridge.signaling.app import create_app
 from voicebridge.signaling.http import MANAGER
@@ -41,8 +43,9 @@ class FakeCall(AsyncIOEventEmitter):
         self.state = "connecting"
         self.end_reason: str | None = None
         self.ended_by: str | None = None
-        self.turns: list[dict[str, Any]] = []
-        self.tool_calls: list[dict[str, Any]] = []
+        self.relay = None
+        self.turns: list[TranscriptLine] = []
+        self.tool_calls: list[ToolCallRecord] = []
         self.go_live = asyncio.Event()
         self._ended = asyncio.Event()
         self.leak = leak
@@ -64,18 +67,12 @@ class FakeCall(AsyncIOEventEmitter):
                 "event": {"type": "response.output_audio_transcript.done", "transcript": text},
             },
         )
-        turn = {"speaker": leg, "text": text, "start": 0.0, "end": 1.0}
+        turn = TranscriptLine.model_validate(line(leg, text, 0.0, 1.0))
         self.turns.append(turn)
         self.emit("turn", turn)
 
     def call_tool(self) -> None:
-        tc = {
-            "leg": "cs",
-            "name": "lookup_order",
-            "arguments": {"order_id": 4217},
-            "output": "{}",
-            "ok": True,
-        }
+        tc = ToolCallRecord.model_validate(tool_call("cs", "lookup_order", arguments={"order_id": 4217}))
         self.tool_calls.append(tc)
         self.emit("tool_call", tc)
 
@@ -90,20 +87,18 @@ class FakeCall(AsyncIOEventEmitter):
     async def wait_ended(self, timeout_s: float | None = None) -> None:
         await asyncio.wait_for(self._ended.wait(), timeout_s)
 
-    def summary(self) -> dict[str, Any]:
-        s = {
-            "call_id": self.id,
-            "state": self.state,
-            "end_reason": self.end_reason,
-            "ended_by": self.ended_by,
-            "duration_s": 1.0,
-            "turns": list(self.turns),
-            "tool_calls": list(self.tool_calls),
-            "legs": [],
-        }
-        if self.leak:
-            s["debug"] = {"authorization": f"Bearer {SECRET}"}
-        return s
+    def summary(self) -> CallSummary:
+        return make_summary(
+            call_id=self.id,
+            scenario=self.scenario.name,
+            state=self.state,
+            end_reason=self.end_reason,
+            ended_by=self.ended_by,
+            duration_s=1.0,
+            turns=list(self.turns),
+            tool_calls=list(self.tool_calls),
+            error=f"Authorization: Bearer {SECRET}" if self.leak else None,
+        )
 
 
 @pytest.fixture
@@ -154,7 +149,7 @@ async def test_start_list_inspect_and_hang_up(client: TestClient[Any, Any]) -> N
     call.call_tool()
     detail = await (await client.get(f"/api/calls/{body['id']}")).json()
     assert detail["state"] == "live"
-    assert detail["turns"] == [{"speaker": "cs", "text": "Thank you for calling", "start": 0.0, "end": 1.0}]
+    assert detail["turns"] == [line("cs", "Thank you for calling", 0.0, 1.0)]
     assert detail["tool_calls"][0]["name"] == "lookup_order"
     resp = await client.post(f"/api/calls/{body['id']}/hangup")
     assert resp.status == 202

@@ -24,6 +24,7 @@ from voicebridge.bridge.call import Call
 from voicebridge.commands.call import print_summary
 from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
+from voicebridge.results import CallSummary
 from voicebridge.scenarios.model import load_scenario
 
 pytestmark = pytest.mark.integration
@@ -86,6 +87,6 @@ async def test_turn_latency_of_a_demo_call(emulator: Emulator, tmp_path: Path) -
     assert latency["bridge_ms"]["max"] == max(t["bridge_ms"] for t in turns)
 
     out = io.StringIO()
-    print_summary(summary, out)
+    print_summary(CallSummary.model_validate(summary), out)
     printed = [line for line in out.getvalue().splitlines() if line.strip().startswith("turn ")]
     assert len(printed) == 3 and "caller -> cs" in printed[1] and "tools" in printed[1]

@@ -14,7 +14,6 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,6 +25,7 @@ from voicebridge.config import Settings
 from voicebridge.realtime.transports import PcmRelay, leg_factory
 from voicebridge.realtime.webrtc import WebRtcLeg
 from voicebridge.realtime.websocket import WebSocketLeg
+from voicebridge.results import CallSummary
 from voicebridge.scenarios.model import load_scenario, normalize_phrase
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ async def emulator_url() -> AsyncIterator[str]:
         await asyncio.wait_for(proc.wait(), 10)
 
 
-async def run(base_url: str, folder: Path, caller: str, cs: str) -> tuple[Call, dict[str, Any]]:
+async def run(base_url: str, folder: Path, caller: str, cs: str) -> tuple[Call, CallSummary]:
     # The hang-up waits for the goodbye to be heard (asserted below); its limits are for a broken peer only.
     settings = Settings(base_url=base_url, hangup_drain_timeout_s=30.0, hangup_hear_timeout_s=30.0)
     call = Call(load_scenario("late_order"), settings, folder, leg_factory=leg_factory(caller, cs))
@@ -71,21 +71,21 @@ async def test_demo_call_in_every_transport_combination(emulator_url: str, tmp_p
             continue
         call, summary = result
         label = f"caller {c} + cs {s}"
-        if summary["end_reason"] != "caller_hangup":
-            problems.append(f"{label}: ended {summary['end_reason']} ({summary.get('error')})")
+        if summary.end_reason != "caller_hangup":
+            problems.append(f"{label}: ended {summary.end_reason} ({summary.error})")
             continue
-        cs_calls = [(t["name"], t["arguments"], t["ok"]) for t in summary["tool_calls"] if t["leg"] == "cs"]
+        cs_calls = [(t.name, t.arguments, t.ok) for t in summary.tool_calls if t.leg == "cs"]
         assert cs_calls == [
             ("lookup_order", {"order_id": "4217"}, True),
             ("issue_refund", {"order_id": "4217", "reason": "late delivery"}, True),
         ], label
-        assert [t["name"] for t in summary["tool_calls"] if t["leg"] == "caller"] == ["hangup"], label
-        heard_by_cs = [normalize_phrase(t["text"]) for t in summary["heard"]["cs"]]
+        assert [t.name for t in summary.tool_calls if t.leg == "caller"] == ["hangup"], label
+        heard_by_cs = [normalize_phrase(t.text) for t in summary.heard["cs"]]
         assert heard_by_cs == caller_lines, label
-        heard_by_caller = [normalize_phrase(t["text"]) for t in summary["heard"]["caller"]]
+        heard_by_caller = [normalize_phrase(t.text) for t in summary.heard["caller"]]
         assert len(heard_by_caller) == 2 and "forty two dollars" in heard_by_caller[1], label
         # Turns have a real playout span on every transport (the WebSocket leg's own playout signals).
-        assert all(t["end"] > t["start"] for t in summary["turns"]), (label, summary["turns"])
+        assert all(t.end > t.start for t in summary.turns), (label, summary.turns)
 
         # The relay each combination must use, and where the codec work happened.
         legs = call.legs

@@ -18,6 +18,7 @@ from voicebridge.bridge.artifacts import read_events
 from voicebridge.bridge.call import Call
 from voicebridge.config import Settings
 from voicebridge.realtime.leg import Leg
+from voicebridge.results import CallSummary, ToolCallRecord
 from voicebridge.scenarios.model import Scenario, parse_scenario
 from voicebridge.tools import ToolRegistry
 
@@ -237,7 +238,7 @@ async def test_context_is_acknowledged_before_live_then_first_speaker_is_asked(t
 async def test_parallel_tool_calls_then_one_response_create_after_the_active_response(tmp_path: Path) -> None:
     log: list[str] = []
     h = Harness(tmp_path, tools=make_tools(log))
-    results: list[dict[str, Any]] = []
+    results: list[ToolCallRecord] = []
     h.call.on("tool_call", results.append)
     await h.call.start()
     h.cs.server(created("resp_1"))
@@ -265,7 +266,7 @@ async def test_parallel_tool_calls_then_one_response_create_after_the_active_res
         "call_b": {"order_id": "4217", "amount": 42},
     }
     assert sorted(log) == ["issue_refund 4217", "lookup_order 4217"]
-    assert {r["name"]: r["ok"] for r in results} == {"lookup_order": True, "issue_refund": True}
+    assert {r.name: r.ok for r in results} == {"lookup_order": True, "issue_refund": True}
     await h.call.hangup()
     assert_no_response_create_while_active(read_events(tmp_path / "call"))
 
@@ -301,7 +302,7 @@ async def test_caller_may_only_hang_up(tmp_path: Path) -> None:
     assert log == []  # never executed, although the CS registry has a tool of that name
     await h.caller.wait_sent(lambda e: e["type"] == "response.create")
     assert h.call.state == "live"
-    assert next(c for c in h.call.tool_calls if c["leg"] == "caller")["ok"] is False
+    assert next(c for c in h.call.tool_calls if c.leg == "caller").ok is False
     await h.call.hangup()
 
 
@@ -346,7 +347,7 @@ async def test_caller_hangup_waits_for_playout_and_the_other_side_hearing_it(tmp
 
 async def test_leg_failure_ends_the_call_and_hangs_up_the_other_leg(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    ended: list[dict[str, Any]] = []
+    ended: list[CallSummary] = []
     h.call.on("ended", ended.append)
     await h.call.start()
     h.cs.fail("the oai-events data channel closed")
@@ -358,7 +359,7 @@ async def test_leg_failure_ends_the_call_and_hangs_up_the_other_leg(tmp_path: Pa
     assert events and all({"t", "leg", "direction", "event"} <= set(e) for e in events)
     assert json.loads((folder / "summary.json").read_text())["end_reason"] == "leg_failed"
     assert (folder / "transcript.json").exists() and (folder / "transcript.txt").exists()
-    assert ended and ended[0]["legs"][0]["role"] == "caller"
+    assert ended and ended[0].legs[0].role == "caller"
 
 
 async def test_max_duration_and_idle_timers(tmp_path: Path) -> None:
@@ -407,7 +408,7 @@ async def test_results_after_the_call_ended_are_not_sent(tmp_path: Path) -> None
     release.set()
     await asyncio.wait_for(end, 5)
     assert not any(e.get("item", {}).get("call_id") == "c_slow" for e in h.cs.sent)
-    assert [c["sent"] for c in h.call.tool_calls] == [False]
+    assert [c.sent for c in h.call.tool_calls] == [False]
 
 
 async def test_events_jsonl_never_has_response_create_during_an_active_response(tmp_path: Path) -> None:

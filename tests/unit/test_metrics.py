@@ -1,8 +1,9 @@
 """Metrics: a call's events become Prometheus samples in the server's own registry.
 
-The call here is a stand-in that emits the real Call's events (same names, same payload shapes) and has a
-relay with the real AudioRelay's observation surface (on_packet, cs_out/caller_out latency samples, drops);
-the real Call is measured end to end in tests/integration/test_batch.py and test_secrets.py.
+The call here is a stand-in that emits the real Call's events (same names, the same records) and has a relay with
+the real AudioRelay's observation surface (on_packet, cs_out/caller_out latency samples, drops: metrics.py's
+PacketSource and LatencySamples); the real Call is measured end to end in tests/integration/test_batch.py and
+test_secrets.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from typing import Any
 import pytest
 from pyee.asyncio import AsyncIOEventEmitter
 
-from voicebridge.observability.metrics import Metrics, turn_gaps, turn_latencies
+from tests.summaries import line, make_summary, tool_call
+from voicebridge.bridge.audio import AudioRelay
+from voicebridge.observability.metrics import LatencySamples, Metrics, PacketSource, turn_gaps, turn_latencies
+from voicebridge.realtime.transports import PcmRelay
+from voicebridge.results import CallSummary, ToolCallRecord, TranscriptLine, TurnGap
 
 pytestmark = pytest.mark.unit
 
@@ -49,14 +54,11 @@ class FakeCall(AsyncIOEventEmitter):
         self.relay: FakeRelay | None = None
 
 
-TURNS = [
-    {"speaker": "cs", "text": "Hello there.", "start": 0.4, "end": 1.3, "kind": "said"},
-    {"speaker": "caller", "text": "Goodbye now.", "start": 2.1, "end": 3.0, "kind": "said"},
-]
+TURNS = [line("cs", "Hello there.", 0.4, 1.3), line("caller", "Goodbye now.", 2.1, 3.0)]
 
 
-def summary(reason: str = "caller_hangup", **extra: Any) -> dict[str, Any]:
-    return {"call_id": "call_1", "end_reason": reason, "turns": TURNS, **extra}
+def summary(reason: str = "caller_hangup", **extra: Any) -> CallSummary:
+    return make_summary(end_reason=reason, turns=TURNS, **extra)
 
 
 async def test_a_whole_call_is_measured() -> None:
@@ -72,8 +74,8 @@ async def test_a_whole_call_is_measured() -> None:
     for _ in range(5):
         call.relay.packet("caller")
     call.relay.packet("cs")
-    call.emit("tool_call", {"leg": "cs", "name": "lookup_order", "ok": True, "duration_ms": 12.5})
-    call.emit("tool_call", {"leg": "cs", "name": "issue_refund", "ok": False, "duration_ms": 3.0, "error": "x"})
+    call.emit("tool_call", ToolCallRecord.model_validate(tool_call("cs", "lookup_order", duration_ms=12.5)))
+    call.emit("tool_call", ToolCallRecord.model_validate(tool_call("cs", "issue_refund", False, duration_ms=3.0)))
     call.emit("state", "ending")
     call.emit("state", "ended")
     call.emit("ended", summary())
@@ -105,8 +107,8 @@ async def test_a_call_that_fails_while_connecting_is_counted_and_not_left_active
     m.observe(call)
     call.emit("state", "connecting")
     call.emit("state", "ending")
-    call.emit("ended", {"end_reason": "error", "turns": []})
-    call.emit("ended", {"end_reason": "error", "turns": []})  # a second "ended" is not a second call
+    call.emit("ended", make_summary(end_reason="error"))
+    call.emit("ended", make_summary(end_reason="error"))  # a second "ended" is not a second call
     assert m.value("voicebridge_active_calls") == 0
     assert m.value("voicebridge_calls_ended_total", {"end_reason": "error"}) == 1
     assert m.value("voicebridge_call_setup_seconds_count") == 0
@@ -143,52 +145,60 @@ async def test_detach_stops_measuring() -> None:
     assert m.value("voicebridge_calls_started_total") == 0
 
 
-async def test_a_malformed_event_never_breaks_the_call() -> None:
+async def test_a_failing_handler_never_breaks_the_call() -> None:
     m = Metrics()
     call = FakeCall()
     errors: list[Exception] = []
     call.on("error", errors.append)
     m.observe(call)
-    call.emit("tool_call", {"name": "x", "ok": False, "duration_ms": "not a number"})
-    call.emit("ended", {"end_reason": "caller_hangup", "turns": [{"speaker": "cs"}]})  # no start/end
+    call.emit("tool_call", {"name": "x", "ok": False})  # not a ToolCallRecord: the handler raises
+    call.emit("ended", {"end_reason": "caller_hangup"})  # not a CallSummary
     assert errors == []
     assert m.watch_errors == 2
 
 
 def test_turn_gaps_between_agents_only() -> None:
     turns = [
-        {"speaker": "cs", "start": 0.0, "end": 1.0},
-        {"speaker": "cs", "start": 1.2, "end": 2.0},  # the same agent again: not a response
-        {"speaker": "caller", "start": 2.5, "end": 3.0},
-        {"speaker": "cs", "start": 2.9, "end": 4.0},  # barge-in: overlapping speech counts as 0
-        {"speaker": "caller", "text": "heard", "kind": "heard", "start": 3.5, "end": 3.6},
+        line("cs", "", 0.0, 1.0),
+        line("cs", "", 1.2, 2.0),  # the same agent again: not a response
+        line("caller", "", 2.5, 3.0),
+        line("cs", "", 2.9, 4.0),  # barge-in: overlapping speech counts as 0
+        line("caller", "heard", 3.5, 3.6, kind="heard"),
     ]
-    assert turn_gaps(turns) == [
-        {"responder": "caller", "after": "cs", "latency_s": 0.5},
-        {"responder": "cs", "after": "caller", "latency_s": 0.0},
+    assert turn_gaps(TranscriptLine.model_validate(t) for t in turns) == [
+        TurnGap(responder="caller", after="cs", latency_s=0.5, source="transcript"),
+        TurnGap(responder="cs", after="caller", latency_s=0.0, source="transcript"),
     ]
 
 
 def test_turn_latencies_prefer_the_summarys_own() -> None:
     # The bridge's TurnLatency shape (summary.json "turn_latency"), measured on the audio packets.
+    def turn(frm: str, to: str, total_ms: float, bridge_ms: float) -> dict[str, Any]:
+        return {
+            "from": frm, "to": to, "speech_end": 1.0, "reply_start": 1.0 + total_ms / 1000, "total_ms": total_ms,
+            "bridge_ms": bridge_ms, "relay_ms": 0.1, "tools_ms": 0.0, "gating_ms": 0.0, "other_ms": 0.0,
+        }
+
     measured = {
-        "turns": [
-            {"from": "cs", "to": "caller", "total_ms": 1101.3, "bridge_ms": 0.2},
-            {"from": "caller", "to": "cs", "total_ms": 640.0, "bridge_ms": 12.5},
-        ],
-        "count": 2,
+        "turns": [turn("cs", "caller", 1101.3, 0.2), turn("caller", "cs", 640.0, 12.5)],
+        "count": 2, "total_ms": None, "bridge_ms": None, "relay_ms": None,
     }
-    assert turn_latencies(summary(turn_latency=measured)) == [
+    rows = turn_latencies(summary(turn_latency=measured))
+    assert [r.model_dump(mode="json") for r in rows] == [
         {"responder": "caller", "latency_s": pytest.approx(1.1013), "source": "bridge", "bridge_ms": 0.2},
         {"responder": "cs", "latency_s": 0.64, "source": "bridge", "bridge_ms": 12.5},
     ]
-    # A plain list of records works too; junk is skipped.
-    plain = [{"responder": "cs", "latency_ms": 640}, {"speaker": "caller", "latency_s": 0.7}, "junk"]
-    assert [(r["responder"], r["latency_s"]) for r in turn_latencies(summary(turn_latency=plain))] == [
-        ("cs", 0.64),
-        ("caller", 0.7),
-    ]
     # No measured turns: the transcript's gaps.
-    fallback = [{**g, "source": "transcript"} for g in turn_gaps(TURNS)]
-    assert turn_latencies(summary(turn_latency={"turns": [], "count": 0})) == fallback
+    fallback = turn_gaps(TranscriptLine.model_validate(t) for t in TURNS)
+    assert [r.model_dump(mode="json") for r in fallback] == [
+        {"responder": "caller", "after": "cs", "latency_s": 0.8, "source": "transcript"}
+    ]
     assert turn_latencies(summary()) == fallback
+
+
+def test_the_relay_protocols_describe_the_real_relays() -> None:
+    # Metrics sit below media/ and bridge/, so they name what they measure as protocols: these must keep
+    # matching the real relays (a renamed attribute would silently stop the measurement).
+    relay = AudioRelay(FakeOut([]), FakeOut([]), FakeOut([]), FakeOut([]))  # type: ignore[arg-type]
+    assert isinstance(relay, PacketSource) and isinstance(relay, LatencySamples)
+    assert not isinstance(PcmRelay.__new__(PcmRelay), PacketSource | LatencySamples)

@@ -8,6 +8,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.summaries import make_summary
 from tests.unit.test_metrics import FakeCall
 from voicebridge.observability.http import METRICS, add_metrics_route, observed
 from voicebridge.observability.logs import CALL_ID
@@ -26,7 +27,7 @@ async def test_metrics_endpoint_serves_the_apps_own_registry() -> None:
     call: Any = factory("a")
     assert CALL_ID.get() == "call_a"  # the start task the manager creates next inherits it
     call.emit("state", "connecting")
-    call.emit("ended", {"end_reason": "caller_hangup", "turns": []})
+    call.emit("ended", make_summary(call_id="call_a"))
     async with TestClient(TestServer(apps[0])) as c0, TestClient(TestServer(apps[1])) as c1:
         r0, r1 = await c0.get("/metrics"), await c1.get("/metrics")
         assert r0.status == 200 and r0.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"

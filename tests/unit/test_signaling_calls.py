@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from pyee.asyncio import AsyncIOEventEmitter
 
+from tests.summaries import line, make_summary
+from voicebridge.results import CallSummary
 from voicebridge.scenarios.model import Scenario, load_scenario
 from voicebridge.signaling import calls, ended
 from voicebridge.signaling.calls import CallManager, CallRecord, TooManyCalls
@@ -30,6 +32,7 @@ class FakeCall(AsyncIOEventEmitter):
         self.id = f"call_{FakeCall.count}"
         self.state = "connecting"
         self.end_reason: str | None = None
+        self.relay = None
         self.fail = fail
         self._ended = asyncio.Event()
 
@@ -52,8 +55,8 @@ class FakeCall(AsyncIOEventEmitter):
     async def wait_ended(self, timeout_s: float | None = None) -> None:
         await asyncio.wait_for(self._ended.wait(), timeout_s)
 
-    def summary(self) -> dict[str, Any]:
-        return {"call_id": self.id, "state": self.state, "end_reason": self.end_reason, "turns": []}
+    def summary(self) -> CallSummary:
+        return make_summary(call_id=self.id, state=self.state, end_reason=self.end_reason)
 
 
 def record() -> CallRecord:
@@ -148,20 +151,20 @@ class FolderCall(FakeCall):
     def __init__(self, scenario: Scenario, folder: Path) -> None:
         super().__init__(scenario)
         self.out_dir = folder / self.id
-        self.turns = [{"speaker": "cs", "text": "Hello there."}]
+        self.turns = [line("cs", "Hello there.", 0.5, 1.5)]
         self.started_at = 1_800_000_000.5
 
     def end(self, reason: str) -> None:
         self.state, self.end_reason = "ended", reason
         self.out_dir.mkdir(parents=True)
-        (self.out_dir / "summary.json").write_text(json.dumps(self.summary()))
+        (self.out_dir / "summary.json").write_text(json.dumps(self.summary().model_dump(mode="json")))
         super().end(reason)
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            **super().summary(), "scenario": SCENARIO.name, "title": SCENARIO.title, "started_at": self.started_at,
-            "turns": self.turns, "out_dir": str(self.out_dir),
-        }
+    def summary(self) -> CallSummary:
+        return make_summary(
+            call_id=self.id, state=self.state, end_reason=self.end_reason, scenario=SCENARIO.name,
+            title=SCENARIO.title, started_at=self.started_at, turns=self.turns, out_dir=str(self.out_dir),
+        )
 
 
 async def test_an_ended_call_is_retired_to_a_record_and_its_backlog_to_disk(tmp_path: Path) -> None:
@@ -200,7 +203,7 @@ async def test_a_call_without_a_folder_keeps_its_summary_and_backlog_in_memory()
     await rec.call.hangup()
     await manager.wait_retired()
     assert isinstance(rec.call, ended.EndedCall) and rec.call.folder is None and not rec.stream_on_disk
-    assert rec.call.summary()["end_reason"] == "operator_hangup"
+    assert rec.call.summary().end_reason == "operator_hangup"
     backlog, watcher = await rec.open_stream()
     assert watcher is None and backlog[-1]["kind"] == "ended"
 
@@ -223,7 +226,7 @@ async def test_a_call_no_longer_listed_is_found_by_id_on_disk_and_only_there(tmp
     # A folder of a call made elsewhere (`voicebridge call`): its events.jsonl, then the end.
     other = tmp_path / "call_cli"
     other.mkdir()
-    (other / "summary.json").write_text(json.dumps({"call_id": "call_cli", "end_reason": "caller_hangup"}))
+    (other / "summary.json").write_text(make_summary(call_id="call_cli").model_dump_json())
     (other / "events.jsonl").write_text('{"t": 0.1, "leg": "cs"}\n{"t": 0.2, "leg": "caller"}\n')
     cli = manager.get("call_cli")
     assert cli is not None
@@ -232,6 +235,6 @@ async def test_a_call_no_longer_listed_is_found_by_id_on_disk_and_only_there(tmp
 
     # Nothing but a call's own folder: no paths, no folder whose summary names another call.
     (tmp_path / "call_x").mkdir()
-    (tmp_path / "call_x" / "summary.json").write_text(json.dumps({"call_id": "call_y"}))
+    (tmp_path / "call_x" / "summary.json").write_text(make_summary(call_id="call_y").model_dump_json())
     for bad in ("../" + call_id, f"{call_id}/..", "", ".", "..", "call_x", "call_none", "a" * 200):
         assert manager.get(bad) is None, bad

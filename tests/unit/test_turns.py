@@ -73,14 +73,14 @@ def test_a_reply_after_the_other_party_stopped_is_one_turn_with_its_gap() -> Non
     talk(obs, clock, "cs", 2.02, 2.9, SILENCE)  # silence packets are not speech
     talk(obs, clock, "caller", 3.0, 4.0)
     [turn] = obs.turns
-    assert (turn["from"], turn["to"]) == ("cs", "caller")
+    assert (turn.from_, turn.to) == ("cs", "caller")
     # Times are arrivals at the bridge: 0.1 ms before each packet reached the tap.
-    assert turn["speech_end"] == pytest.approx(2.0 - RELAY_S, abs=1e-4)
-    assert turn["reply_start"] == pytest.approx(3.0 - RELAY_S, abs=1e-4)
-    assert turn["total_ms"] == pytest.approx(1000, abs=0.01)
-    assert turn["tools_ms"] == 0 and turn["gating_ms"] == 0
-    assert turn["relay_ms"] == turn["bridge_ms"] == pytest.approx(0.2)  # the two packets' 0.1 ms each
-    assert turn["other_ms"] == pytest.approx(1000 - 0.2, abs=0.01)
+    assert turn.speech_end == pytest.approx(2.0 - RELAY_S, abs=1e-4)
+    assert turn.reply_start == pytest.approx(3.0 - RELAY_S, abs=1e-4)
+    assert turn.total_ms == pytest.approx(1000, abs=0.01)
+    assert turn.tools_ms == 0 and turn.gating_ms == 0
+    assert turn.relay_ms == turn.bridge_ms == pytest.approx(0.2)  # the two packets' 0.1 ms each
+    assert turn.other_ms == pytest.approx(1000 - 0.2, abs=0.01)
 
 
 def test_the_relay_share_is_the_forwarding_time_of_the_two_packets_around_the_gap() -> None:
@@ -91,11 +91,11 @@ def test_the_relay_share_is_the_forwarding_time_of_the_two_packets_around_the_ga
     talk(obs, clock, "caller", 3.0, 3.0, relay_s=0.0005)  # the first packet of the reply
     talk(obs, clock, "caller", 3.02, 3.5, relay_s=0.004)
     [turn] = obs.turns
-    assert turn["relay_ms"] == turn["bridge_ms"] == pytest.approx(0.8)
-    assert turn["speech_end"] == pytest.approx(2.0 - 0.0003, abs=1e-4)
-    assert turn["reply_start"] == pytest.approx(3.0 - 0.0005, abs=1e-4)
-    assert turn["total_ms"] == pytest.approx(1000 - 0.2, abs=0.01)
-    assert obs.summary()["relay_ms"] == {"p50": pytest.approx(0.8), "max": pytest.approx(0.8)}
+    assert turn.relay_ms == turn.bridge_ms == pytest.approx(0.8)
+    assert turn.speech_end == pytest.approx(2.0 - 0.0003, abs=1e-4)
+    assert turn.reply_start == pytest.approx(3.0 - 0.0005, abs=1e-4)
+    assert turn.total_ms == pytest.approx(1000 - 0.2, abs=0.01)
+    assert obs.summary().model_dump()["relay_ms"] == {"p50": pytest.approx(0.8), "max": pytest.approx(0.8)}
 
 
 def test_the_first_speaker_has_no_turn_and_pauses_within_a_party_are_not_turns() -> None:
@@ -104,7 +104,9 @@ def test_the_first_speaker_has_no_turn_and_pauses_within_a_party_are_not_turns()
     talk(obs, clock, "cs", 1.0, 2.0)
     talk(obs, clock, "cs", 3.0, 4.0)  # the same party again after a pause
     assert obs.turns == []
-    assert obs.summary() == {"turns": [], "count": 0, "total_ms": None, "bridge_ms": None, "relay_ms": None}
+    assert obs.summary().model_dump(mode="json") == {
+        "turns": [], "count": 0, "total_ms": None, "bridge_ms": None, "relay_ms": None
+    }
 
 
 def test_tool_time_and_response_gating_inside_the_turn_are_the_bridges_share() -> None:
@@ -117,11 +119,11 @@ def test_tool_time_and_response_gating_inside_the_turn_are_the_bridges_share() -
     event(obs, 2.6, "caller", "in", {"type": "response.function_call_arguments.done", "call_id": "x"})  # other leg
     talk(obs, clock, "cs", 3.5, 4.0)
     [turn] = obs.turns
-    assert turn["tools_ms"] == pytest.approx(300, abs=0.5)
-    assert turn["gating_ms"] == pytest.approx(100, abs=0.5)
-    assert turn["bridge_ms"] == pytest.approx(400 + 0.2, abs=0.01)
-    assert turn["total_ms"] == pytest.approx(1500, abs=0.01)
-    assert "tools 300.0" in format_turns({"turn_latency": obs.summary()})[0]
+    assert turn.tools_ms == pytest.approx(300, abs=0.5)
+    assert turn.gating_ms == pytest.approx(100, abs=0.5)
+    assert turn.bridge_ms == pytest.approx(400 + 0.2, abs=0.01)
+    assert turn.total_ms == pytest.approx(1500, abs=0.01)
+    assert "tools 300.0" in format_turns(obs.summary())[0]
 
 
 def test_concurrent_tool_calls_count_once_and_only_inside_the_turn() -> None:
@@ -133,7 +135,7 @@ def test_concurrent_tool_calls_count_once_and_only_inside_the_turn() -> None:
     talk(obs, clock, "caller", 1.0, 2.0)
     talk(obs, clock, "cs", 3.0, 3.2)
     [turn] = obs.turns
-    assert turn["tools_ms"] == pytest.approx(600, abs=0.5)  # 2.2-2.8 once, "a" outside the window
+    assert turn.tools_ms == pytest.approx(600, abs=0.5)  # 2.2-2.8 once, "a" outside the window
 
 
 def test_barge_in_is_one_turn_not_a_ping_pong_and_a_human_speaks_for_the_caller() -> None:
@@ -144,7 +146,7 @@ def test_barge_in_is_one_turn_not_a_ping_pong_and_a_human_speaks_for_the_caller(
         clock.t = 1.52 + i * 0.02
         obs.on_packet("human", packet(clock))
         obs.on_packet("cs", packet(clock))
-    assert [(t["from"], t["to"]) for t in obs.turns] == [("cs", "caller")]
+    assert [(t.from_, t.to) for t in obs.turns] == [("cs", "caller")]
     obs.on_packet("listener", packet(clock))  # not a party: ignored
     assert len(obs.turns) == 1
 

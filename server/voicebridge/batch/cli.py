@@ -16,21 +16,22 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TextIO
 
 from voicebridge.backend import realtime_backend
 from voicebridge.extras import require
 from voicebridge.observability.logs import json_handler
 from voicebridge.observability.metrics import Metrics
+from voicebridge.results import BatchReport
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
 
 from .html import render
 from .progress import ProgressBar
-from .report import build_report, headline, write_json
-from .runner import BatchResult, BatchRunner, CallFactory, default_call_factory, new_batch_id
+from .report import build_report, write_json
+from .runner import BatchResult, BatchRunner, CallFactory, Progress, default_call_factory, new_batch_id
 
 
-def write_report(result: BatchResult) -> dict[str, Any]:
+def write_report(result: BatchResult) -> BatchReport:
     """report.json and report.html into the batch folder; returns the report."""
     report = build_report(result, result.out_dir)
     write_json(report, result.out_dir / "report.json")
@@ -48,10 +49,10 @@ async def run_batch(
     *,
     emulator_url: str = "",
     batch_id: str | None = None,
-    progress: Any = None,
+    progress: Progress | None = None,
     metrics: Metrics | None = None,
     call_factory: CallFactory = default_call_factory,
-) -> tuple[BatchResult, dict[str, Any]]:
+) -> tuple[BatchResult, BatchReport]:
     """The whole batch: backend up, calls run, report written, backend down. Ctrl-C (SIGINT) stops starting
     calls and hangs up the live ones; the report covers what ran."""
     out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before any call: nothing to block)
@@ -83,23 +84,21 @@ async def run_batch(
     return result, write_report(result)
 
 
-def print_headline(report: dict[str, Any], out_dir: Path, stream: Any) -> None:
-    tl = report["turn_latency_s"]
+def print_headline(report: BatchReport, out_dir: Path, stream: TextIO) -> None:
     print(
-        f"\nbatch {report['batch_id']} ({report['scenario']}, {report['backend']}): "
-        f"{report['succeeded']}/{report['total']} ok ({report['success_rate'] * 100:.1f}%) in {report['wall_s']:.1f} s",
+        f"\nbatch {report.batch_id} ({report.scenario}, {report.backend}): "
+        f"{report.succeeded}/{report.total} ok ({report.success_rate * 100:.1f}%) in {report.wall_s:.1f} s",
         file=stream,
     )
-    print(f"  end reasons: {json.dumps(report['end_reasons'])}", file=stream)
-    d = report["duration_s"]
-    if d.get("count"):
-        print(f"  call duration p50 {d['p50']:.2f} s, p99 {d['p99']:.2f} s", file=stream)
-    if tl.get("count"):
-        print(f"  turn latency p50 {tl['p50']:.3f} s, p90 {tl['p90']:.3f} s, p99 {tl['p99']:.3f} s", file=stream)
-    tc = report["tool_calls"]
-    print(f"  tool calls: {tc['total']} ({tc['errors']} errors)", file=stream)
-    for e in report["errors"][:5]:
-        print(f"  failed: {e['call_id']} {e['end_reason']}: {e['error']}", file=stream)
+    print(f"  end reasons: {json.dumps(report.end_reasons)}", file=stream)
+    d, tl = report.duration_s, report.turn_latency_s
+    if d.count:
+        print(f"  call duration p50 {d.p50:.2f} s, p99 {d.p99:.2f} s", file=stream)
+    if tl.count:
+        print(f"  turn latency p50 {tl.p50:.3f} s, p90 {tl.p90:.3f} s, p99 {tl.p99:.3f} s", file=stream)
+    print(f"  tool calls: {report.tool_calls.total} ({report.tool_calls.errors} errors)", file=stream)
+    for e in report.errors[:5]:
+        print(f"  failed: {e.call_id} {e.end_reason}: {e.error}", file=stream)
     print(f"report: {out_dir / 'report.html'}", file=stream, flush=True)
 
 
@@ -117,9 +116,9 @@ async def _main(args: argparse.Namespace) -> int:
         bar.close()
     print_headline(report, out_dir, sys.stderr)
     if args.json:
-        print(json.dumps({**headline(report), "report_html": str(out_dir / "report.html"),
-                          "report_json": str(out_dir / "report.json")}, default=str))
-    return 0 if report["failed"] == 0 and not result.interrupted else 1
+        print(json.dumps({**report.headline(), "report_html": str(out_dir / "report.html"),
+                          "report_json": str(out_dir / "report.json")}))
+    return 0 if report.failed == 0 and not result.interrupted else 1
 
 
 def main(args: argparse.Namespace) -> int:

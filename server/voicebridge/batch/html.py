@@ -12,6 +12,8 @@ import html
 import io
 from typing import Any
 
+from voicebridge.results import BatchReport, CallRow, Percentiles, succeeded
+
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222;
 padding:0 1em}
@@ -27,11 +29,11 @@ pre{white-space:pre-wrap;background:#f7f7f7;padding:.5em;border-radius:4px}
 """
 
 
-def _e(value: Any) -> str:
+def _e(value: object) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def _num(value: Any, fmt: str = "{:.3f}") -> str:
+def _num(value: float | None, fmt: str = "{:.3f}") -> str:
     return fmt.format(value) if isinstance(value, int | float) else "–"
 
 
@@ -50,20 +52,20 @@ def _figure() -> tuple[Any, Any]:
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def plots(report: dict[str, Any]) -> list[tuple[str, str]]:
+def plots(report: BatchReport) -> list[tuple[str, str]]:
     """(title, data URI) for each plot the data supports."""
     out: list[tuple[str, str]] = []
-    reasons = report.get("end_reasons") or {}
+    reasons = report.end_reasons
     if reasons:
         fig, ax = _figure()
         names = list(reasons)
-        colors = ["#17803d" if n in ("caller_hangup", "operator_hangup") else "#b42318" for n in names]
+        colors = ["#17803d" if succeeded(n) else "#b42318" for n in names]
         ax.barh(names, [reasons[n] for n in names], color=colors)
         ax.invert_yaxis()
         ax.set_xlabel("calls")
         out.append(("End reasons", _png(fig)))
-    calls = report.get("calls") or []
-    durations = [c["duration_s"] for c in calls if isinstance(c.get("duration_s"), int | float)]
+    calls = report.calls
+    durations = [c.duration_s for c in calls]
     if durations:
         fig, ax = _figure()
         ax.hist(durations, bins=min(30, max(5, len(durations) // 2)), color="#3b6ea8")
@@ -72,8 +74,8 @@ def plots(report: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("Call duration", _png(fig)))
     by_speaker: dict[str, list[float]] = {}
     for c in calls:
-        for r in c.get("turn_latency") or []:
-            by_speaker.setdefault(str(r["responder"]), []).append(float(r["latency_s"]))
+        for r in c.turn_latency:
+            by_speaker.setdefault(r.responder, []).append(r.latency_s)
     if any(by_speaker.values()):
         fig, ax = _figure()
         ax.hist(list(by_speaker.values()), bins=20, label=list(by_speaker), stacked=True)
@@ -83,9 +85,8 @@ def plots(report: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("Per-turn latency", _png(fig)))
     tool_ms: dict[str, list[float]] = {}
     for c in calls:
-        for t in c.get("tool_calls") or []:
-            if isinstance(t.get("duration_ms"), int | float):
-                tool_ms.setdefault(f"{t.get('leg')}.{t.get('name')}", []).append(t["duration_ms"])
+        for t in c.tool_calls:
+            tool_ms.setdefault(f"{t.leg}.{t.name}", []).append(t.duration_ms)
     if any(v > 0 for ms in tool_ms.values() for v in ms):  # a plot of zeros (hangup only) says nothing
         fig, ax = _figure()
         names = sorted(tool_ms)
@@ -96,32 +97,30 @@ def plots(report: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def _stats_row(name: str, p: dict[str, Any], unit: str = "s") -> str:
-    cells = "".join(f"<td class=n>{_num(p.get(k))}</td>" for k in ("p50", "p90", "p99", "max", "mean"))
-    return f"<tr><td>{_e(name)}</td><td class=n>{p.get('count', 0)}</td>{cells}<td>{_e(unit)}</td></tr>"
+def _stats_row(name: str, p: Percentiles, unit: str = "s") -> str:
+    cells = "".join(f"<td class=n>{_num(v)}</td>" for v in (p.p50, p.p90, p.p99, p.max, p.mean))
+    return f"<tr><td>{_e(name)}</td><td class=n>{p.count}</td>{cells}<td>{_e(unit)}</td></tr>"
 
 
-def render(report: dict[str, Any]) -> str:
-    rate = float(report.get("success_rate") or 0.0)
-    failed = int(report.get("failed") or 0)
+def render(report: BatchReport) -> str:
+    rate = report.success_rate
+    failed = report.failed
     parts: list[str] = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         "<meta name=viewport content='width=device-width,initial-scale=1'>",
-        f"<title>voicebridge batch {_e(report.get('batch_id'))}</title><style>{CSS}</style></head><body>",
-        f"<h1>Batch {_e(report.get('batch_id'))}</h1>",
-        f"<p class=sub>{_e(report.get('scenario'))}: {_e(report.get('title'))} &middot; backend "
-        f"{_e(report.get('backend'))} ({_e(report.get('base_url'))}) &middot; concurrency "
-        f"{_e(report.get('concurrency'))} &middot; {_num(report.get('wall_s'), '{:.1f}')} s wall"
-        + (" &middot; <b class=bad>interrupted</b>" if report.get("interrupted") else "")
+        f"<title>voicebridge batch {_e(report.batch_id)}</title><style>{CSS}</style></head><body>",
+        f"<h1>Batch {_e(report.batch_id)}</h1>",
+        f"<p class=sub>{_e(report.scenario)}: {_e(report.title)} &middot; backend "
+        f"{_e(report.backend)} ({_e(report.base_url)}) &middot; concurrency "
+        f"{_e(report.concurrency)} &middot; {_num(report.wall_s, '{:.1f}')} s wall"
+        + (" &middot; <b class=bad>interrupted</b>" if report.interrupted else "")
         + "</p>",
         "<div class=cards>",
         f"<div class=card><b class={'ok' if failed == 0 else 'bad'}>{rate * 100:.1f}%</b>success</div>",
-        f"<div class=card><b>{report.get('total', 0)}</b>calls</div>",
+        f"<div class=card><b>{report.total}</b>calls</div>",
         f"<div class=card><b class={'ok' if failed == 0 else 'bad'}>{failed}</b>failed</div>",
-        f"<div class=card><b>{report.get('tool_calls', {}).get('total', 0)}</b>tool calls "
-        f"({report.get('tool_calls', {}).get('errors', 0)} errors)</div>",
-        f"<div class=card><b>{_num(report.get('turn_latency_s', {}).get('p50'), '{:.2f}')} s</b>"
-        "turn latency p50</div>",
+        f"<div class=card><b>{report.tool_calls.total}</b>tool calls ({report.tool_calls.errors} errors)</div>",
+        f"<div class=card><b>{_num(report.turn_latency_s.p50, '{:.2f}')} s</b>turn latency p50</div>",
         "</div>",
     ]
     figs = plots(report)
@@ -131,64 +130,63 @@ def render(report: dict[str, Any]) -> str:
                      for t, uri in figs)
         parts.append("</div>")
     parts.append("<h2>End reasons</h2><table><tr><th>end_reason</th><th>calls</th></tr>")
-    parts.extend(f"<tr><td>{_e(k)}</td><td class=n>{v}</td></tr>" for k, v in (report.get("end_reasons") or {}).items())
+    parts.extend(f"<tr><td>{_e(k)}</td><td class=n>{v}</td></tr>" for k, v in report.end_reasons.items())
     parts.append("</table>")
-    if report.get("errors"):
+    if report.errors:
         parts.append("<h2>Errors</h2><table><tr><th>call</th><th>end_reason</th><th>error</th></tr>")
         parts.extend(
-            f"<tr><td>{_e(r.get('call_id'))}</td><td>{_e(r.get('end_reason'))}</td><td>{_e(r.get('error'))}</td></tr>"
-            for r in report["errors"]
+            f"<tr><td>{_e(r.call_id)}</td><td>{_e(r.end_reason)}</td><td>{_e(r.error)}</td></tr>"
+            for r in report.errors
         )
         parts.append("</table>")
     parts.append("<h2>Timings</h2><table><tr><th></th><th>n</th><th>p50</th><th>p90</th><th>p99</th><th>max</th>"
                  "<th>mean</th><th>unit</th></tr>")
-    parts.append(_stats_row("call duration", report.get("duration_s") or {}))
-    parts.append(_stats_row("set-up (connecting -> live)", report.get("setup_s") or {}))
-    tl = report.get("turn_latency_s") or {}
-    parts.append(_stats_row(f"turn latency, all ({tl.get('source', '')})", tl))
-    for who, p in (tl.get("by_responder") or {}).items():
+    parts.append(_stats_row("call duration", report.duration_s))
+    parts.append(_stats_row("set-up (connecting -> live)", report.setup_s))
+    tl = report.turn_latency_s
+    parts.append(_stats_row(f"turn latency, all ({tl.source})", tl))
+    for who, p in tl.by_responder.items():
         parts.append(_stats_row(f"turn latency, {who} answering", p))
-    if (tl.get("bridge_share_ms") or {}).get("count"):
-        parts.append(_stats_row("bridge's share of a turn (relay, tools, gating)", tl["bridge_share_ms"], "ms"))
+    if tl.bridge_share_ms.count:
+        parts.append(_stats_row("bridge's share of a turn (relay, tools, gating)", tl.bridge_share_ms, "ms"))
     parts.append("</table>")
-    tools = (report.get("tool_calls") or {}).get("by_tool") or {}
+    tools = report.tool_calls.by_tool
     if tools:
         parts.append("<h2>Tool calls</h2><table><tr><th>tool</th><th>calls</th><th>errors</th><th>p50 ms</th>"
                      "<th>p99 ms</th><th>error messages</th></tr>")
         for name, row in tools.items():
-            d = row.get("duration_ms") or {}
-            msgs = "<br>".join(_e(m) for m in row.get("error_messages") or [])
+            d = row.duration_ms
+            msgs = "<br>".join(_e(m) for m in row.error_messages)
             parts.append(
-                f"<tr><td><code>{_e(name)}</code></td><td class=n>{row['count']}</td>"
-                f"<td class=n>{row['errors']}</td><td class=n>{_num(d.get('p50'), '{:.2f}')}</td>"
-                f"<td class=n>{_num(d.get('p99'), '{:.2f}')}</td><td>{msgs}</td></tr>"
+                f"<tr><td><code>{_e(name)}</code></td><td class=n>{row.count}</td>"
+                f"<td class=n>{row.errors}</td><td class=n>{_num(d.p50, '{:.2f}')}</td>"
+                f"<td class=n>{_num(d.p99, '{:.2f}')}</td><td>{msgs}</td></tr>"
             )
         parts.append("</table>")
     parts.append("<h2>Calls</h2>")
-    parts.extend(_call_html(c) for c in report.get("calls") or [])
+    parts.extend(_call_html(c) for c in report.calls)
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
 
-def _call_html(c: dict[str, Any]) -> str:
-    mark = "<span class=ok>ok</span>" if c.get("ok") else "<span class=bad>FAILED</span>"
-    links = " ".join(f"<a href='{_e(href)}'>{_e(name)}</a>" for name, href in (c.get("links") or {}).items())
+def _call_html(c: CallRow) -> str:
+    mark = "<span class=ok>ok</span>" if c.ok else "<span class=bad>FAILED</span>"
+    links = " ".join(f"<a href='{_e(href)}'>{_e(name)}</a>" for name, href in c.links.items())
     turns = "\n".join(
-        f"[{_num(t.get('start'), '{:6.2f}')}-{_num(t.get('end'), '{:6.2f}')}] {t.get('speaker')}: {t.get('text')}"
-        for t in c.get("turns") or []
+        f"[{_num(t.start, '{:6.2f}')}-{_num(t.end, '{:6.2f}')}] {t.speaker}: {t.text}" for t in c.turns
     )
     tools = "".join(
-        f"<li><code>{_e(t.get('leg'))}.{_e(t.get('name'))}</code> "
-        f"{'ok' if t.get('ok') else '<span class=bad>error</span> ' + _e(t.get('error'))} "
-        f"({_num(t.get('duration_ms'), '{:.1f}')} ms)</li>"
-        for t in c.get("tool_calls") or []
+        f"<li><code>{_e(t.leg)}.{_e(t.name)}</code> "
+        f"{'ok' if t.ok else '<span class=bad>error</span> ' + _e(t.error)} "
+        f"({_num(t.duration_ms, '{:.1f}')} ms)</li>"
+        for t in c.tool_calls
     )
-    error = f"<p class=bad>{_e(c.get('error'))}</p>" if c.get("error") else ""
-    audio = _player(c.get("links") or {})
+    error = f"<p class=bad>{_e(c.error)}</p>" if c.error else ""
+    audio = _player(c.links)
     return (
-        f"<details><summary>{mark} <code>{_e(c.get('call_id'))}</code> {_e(c.get('end_reason'))} "
-        f"&middot; {_num(c.get('duration_s'), '{:.1f}')} s &middot; {len(c.get('turns') or [])} turns "
-        f"&middot; {len(c.get('tool_calls') or [])} tool calls</summary>{error}"
+        f"<details><summary>{mark} <code>{_e(c.call_id)}</code> {_e(c.end_reason)} "
+        f"&middot; {_num(c.duration_s, '{:.1f}')} s &middot; {len(c.turns)} turns "
+        f"&middot; {len(c.tool_calls)} tool calls</summary>{error}"
         f"<p>{links}</p>{audio}<pre>{_e(turns) or '(no turns)'}</pre>"
         + (f"<ul>{tools}</ul>" if tools else "")
         + "</details>"

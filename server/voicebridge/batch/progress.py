@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
-from .runner import succeeded
+from voicebridge.results import CallSummary
 
 WIDTH = 30
 
@@ -23,19 +23,19 @@ class ProgressBar:
         if self.tty:
             self._draw(0)
 
-    def __call__(self, done: int, total: int, summary: dict[str, Any]) -> None:
-        if succeeded(summary):
+    def __call__(self, done: int, total: int, summary: CallSummary) -> None:
+        if summary.succeeded:
             self.ok += 1
         else:
             self.failed += 1
         if self.tty:
             self._draw(done)
         else:
-            mark = "ok" if succeeded(summary) else "FAILED"
-            extra = f" ({summary.get('error')})" if summary.get("error") and not succeeded(summary) else ""
+            mark = "ok" if summary.succeeded else "FAILED"
+            extra = f" ({summary.error})" if summary.error and not summary.succeeded else ""
             print(
-                f"[{done:>{len(str(total))}}/{total}] {summary.get('call_id')} {mark} {summary.get('end_reason')} "
-                f"{summary.get('duration_s', 0.0):.1f} s{extra}",
+                f"[{done:>{len(str(total))}}/{total}] {summary.call_id} {mark} {summary.end_reason} "
+                f"{summary.duration_s:.1f} s{extra}",
                 file=self.stream,
                 flush=True,
             )

@@ -1,8 +1,9 @@
 """Run many agent-to-agent calls of one scenario, C at a time, each to its end; one failure never stops the rest.
 
 Each call gets its own folder (`<out>/calls/<call_id>/`, the usual artifacts) and its own `call_id` in the
-logging context. What a call could not say for itself (it crashed before it had a summary, or never ended)
-becomes a summary with end_reason `error` and the reason in `error`.
+logging context. Each call's result is a `BatchCall` (voicebridge/results.py): its summary and its set-up time.
+What a call could not say for itself (it crashed before it had a summary, or never ended) becomes a summary with
+end_reason `error` and the reason in `error`.
 """
 
 from __future__ import annotations
@@ -15,25 +16,44 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from voicebridge.config import Settings
 from voicebridge.observability.logs import CALL_ID
-from voicebridge.observability.metrics import Metrics
+from voicebridge.observability.metrics import Metrics, ObservedCall
+from voicebridge.results import BatchCall, CallSummary, EndReason, TurnLatencySummary
 from voicebridge.scenarios.model import Scenario
 
 log = logging.getLogger(__name__)
 
-SUCCESS_REASONS = ("caller_hangup", "operator_hangup")
 # Beyond the scenario's own max_duration_s (the call ends itself then): hang-up drain, artifacts, slack.
 END_GRACE_S = 30.0
 
-Progress = Callable[[int, int, dict[str, Any]], None]  # (done, total, that call's summary)
+Progress = Callable[[int, int, CallSummary], None]  # (done, total, that call's summary)
+
+
+class BatchedCall(ObservedCall, Protocol):
+    """What the runner needs of a call (voicebridge.bridge.call.Call provides it)."""
+
+    error: str | None
+
+    @property
+    def ended(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def wait_ended(self, timeout_s: float | None = None) -> None: ...
+
+    async def hangup(self, reason: EndReason = ..., by: str = ...) -> None: ...
+
+    def summary(self) -> CallSummary: ...
+
+
 # (scenario, settings, folder, call_id) -> a Call (or anything with its interface)
-CallFactory = Callable[[Scenario, Settings, Path, str], Any]
+CallFactory = Callable[[Scenario, Settings, Path, str], BatchedCall]
 
 
-def default_call_factory(scenario: Scenario, settings: Settings, folder: Path, call_id: str) -> Any:
+def default_call_factory(scenario: Scenario, settings: Settings, folder: Path, call_id: str) -> BatchedCall:
     from voicebridge.bridge.call import Call
 
     return Call(scenario, settings, folder, call_id=call_id)
@@ -46,18 +66,18 @@ class BatchResult:
     settings: Settings
     out_dir: Path
     concurrency: int
-    summaries: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[BatchCall] = field(default_factory=list)
     started_at: float = 0.0
     wall_s: float = 0.0
     interrupted: bool = False
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [s for s in self.summaries if not succeeded(s)]
+    def summaries(self) -> list[CallSummary]:
+        return [c.summary for c in self.calls]
 
-
-def succeeded(summary: dict[str, Any]) -> bool:
-    return summary.get("end_reason") in SUCCESS_REASONS
+    @property
+    def failed(self) -> list[CallSummary]:
+        return [s for s in self.summaries if not s.succeeded]
 
 
 def new_batch_id() -> str:
@@ -90,7 +110,7 @@ class BatchRunner:
         self.metrics = metrics
         self.progress = progress
         self.call_factory = call_factory
-        self._live: dict[str, Any] = {}
+        self._live: dict[str, BatchedCall] = {}
         self._stopping = False
         self._hangups: set[asyncio.Future[None]] = set()
 
@@ -102,24 +122,24 @@ class BatchRunner:
         t0 = time.monotonic()
         slots = asyncio.Semaphore(self.concurrency)
         done = 0
-        summaries: list[dict[str, Any] | None] = [None] * calls
+        results: list[BatchCall | None] = [None] * calls
 
         async def one(i: int) -> None:
             nonlocal done
             async with slots:
                 if self._stopping:
                     return
-                summary = await self._one_call(i)
-            summaries[i] = summary
+                outcome = await self._one_call(i)
+            results[i] = outcome
             done += 1
             if self.progress is not None:
                 try:
-                    self.progress(done, calls, summary)
+                    self.progress(done, calls, outcome.summary)
                 except Exception:
                     log.exception("batch progress callback failed")
 
         await asyncio.gather(*(one(i) for i in range(calls)))
-        result.summaries = [s for s in summaries if s is not None]
+        result.calls = [c for c in results if c is not None]
         result.interrupted = self._stopping
         result.wall_s = round(time.monotonic() - t0, 3)
         return result
@@ -131,13 +151,13 @@ class BatchRunner:
             self._hangups.add(task)
             task.add_done_callback(self._hangups.discard)
 
-    async def _one_call(self, i: int) -> dict[str, Any]:
+    async def _one_call(self, i: int) -> BatchCall:
         call_id = f"{self.batch_id}_{i + 1:04d}"
         folder = self.out_dir / "calls" / call_id
         CALL_ID.set(call_id)  # this task's context (and the call's tasks): its log lines carry the id
-        t0 = time.monotonic()
+        started_at, t0 = time.time(), time.monotonic()
         live_at: list[float] = []
-        call: Any = None
+        call: BatchedCall | None = None
         try:
             call = self.call_factory(self.scenario, self.settings, folder, call_id)
 
@@ -161,24 +181,21 @@ class BatchRunner:
                 log.error("call %s did not end within %.0f s; hanging it up", call_id, limit)
                 call.error = f"did not end within {limit:.0f} s"
                 await asyncio.wait_for(call.hangup("shutdown", "batch"), END_GRACE_S)
-            summary: dict[str, Any] = call.summary()
+            summary = call.summary()
         except Exception as e:  # one broken call is a row in the report, never the end of the batch
             log.exception("call %s failed", call_id)
-            summary = {
-                "call_id": call_id,
-                "scenario": self.scenario.name,
-                "end_reason": "error",
-                "ended_by": "batch",
-                "error": f"{type(e).__name__}: {e}",
-                "duration_s": round(time.monotonic() - t0, 3),
-                "turns": [],
-                "tool_calls": [],
-                "out_dir": str(folder),
-            }
+            summary = CallSummary(
+                call_id=call_id, scenario=self.scenario.name, title=self.scenario.title, state="ended",
+                end_reason="error", ended_by="batch", error=f"{type(e).__name__}: {e}", started_at=started_at,
+                duration_s=round(time.monotonic() - t0, 3), turns=[], heard={}, tool_calls=[], legs=[], relay=None,
+                turn_latency=_NO_TURNS, artifacts={}, events=0, out_dir=str(folder),
+            )
             if call is not None and not call.ended:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(call.hangup("error", "batch"), END_GRACE_S)
         finally:
             self._live.pop(call_id, None)
-        summary["setup_s"] = round(live_at[0], 4) if live_at else None
-        return summary
+        return BatchCall(summary=summary, setup_s=round(live_at[0], 4) if live_at else None)
+
+
+_NO_TURNS = TurnLatencySummary(turns=[], count=0, total_ms=None, bridge_ms=None, relay_ms=None)

@@ -35,11 +35,12 @@ from voicebridge.extras import require
 from voicebridge.observability.logs import setup_logging_from_env
 from voicebridge.observability.metrics import Metrics
 from voicebridge.observability.resources import Resources, malloc_trim, rss_kb
+from voicebridge.results import CallError, CallSummary
 from voicebridge.scenarios.model import Scenario, load_scenario
 
 from .emulator_process import EmulatorProcess, ProcessResources, emulator_process
 from .progress import ProgressBar
-from .runner import BatchRunner, succeeded
+from .runner import BatchRunner
 from .soak_registry import RegistryFigures, judge, per_100_calls, registry_phases
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class SoakResult:
     concurrent: int
     calls: int = 0
     failed: int = 0
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[CallError] = field(default_factory=list)
     end_reasons: dict[str, int] = field(default_factory=dict)
     baseline: Resources | None = None
     after_sequential: Resources | None = None
@@ -92,6 +93,7 @@ class SoakResult:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["failures"] = [f.model_dump(mode="json") for f in self.failures]
         d["ok"] = self.ok
         return d
 
@@ -214,7 +216,7 @@ async def soak(
     assert folder is not None
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    summaries: list[dict[str, Any]] = []
+    summaries: list[CallSummary] = []
     try:
         async with contextlib.AsyncExitStack() as stack:
             child: EmulatorProcess | None = None
@@ -228,7 +230,7 @@ async def soak(
             async def phase(name: str, calls: int, concurrency: int) -> None:
                 bar = ProgressBar(progress, calls, f"{name} calls") if progress is not None else None
 
-                def report(done: int, total: int, summary: dict[str, Any]) -> None:
+                def report(done: int, total: int, summary: CallSummary) -> None:
                     if name == "sequential":
                         # As Resources.now(): after the cyclic GC (an ended call's objects form cycles that a
                         # big heap collects only now and then) and malloc_trim, so the trend is memory in use.
@@ -263,7 +265,7 @@ async def soak(
                 ts = time.monotonic()
                 bars: dict[str, ProgressBar] = {}
 
-                def registry_progress(name: str, done: int, total: int, summary: dict[str, Any]) -> None:
+                def registry_progress(name: str, done: int, total: int, summary: CallSummary) -> None:
                     if progress is not None:
                         bar = bars.setdefault(name, ProgressBar(progress, total, f"{name} calls"))
                         bar(done, total, summary)
@@ -303,13 +305,11 @@ async def soak(
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     result.calls = len(summaries)
-    bad = [s for s in summaries if not succeeded(s)]
+    bad = [s for s in summaries if not s.succeeded]
     result.failed = len(bad)
-    result.failures = [
-        {"call_id": s.get("call_id"), "end_reason": s.get("end_reason"), "error": s.get("error")} for s in bad[:20]
-    ]
+    result.failures = [CallError(call_id=s.call_id, end_reason=s.end_reason, error=s.error) for s in bad[:20]]
     for s in summaries:
-        reason = str(s.get("end_reason"))
+        reason = str(s.end_reason)
         result.end_reasons[reason] = result.end_reasons.get(reason, 0) + 1
     if bad:
         result.problems.insert(0, f"{len(bad)} of {len(summaries)} calls failed")
@@ -355,7 +355,7 @@ def print_result(r: SoakResult, out: TextIO) -> None:
         start, end = r.load_average[0], r.load_average[-1]
         print(f"  load average (1, 5, 15 min): {start} at the start, {end} at the end", file=out)
     for f in r.failures[:10]:
-        print(f"  failed: {f['call_id']} {f['end_reason']}: {f['error']}", file=out)
+        print(f"  failed: {f.call_id} {f.end_reason}: {f.error}", file=out)
     print("soak: OK" if r.ok else "soak: FAILED\n  " + "\n  ".join(r.problems), file=out, flush=True)
 
 

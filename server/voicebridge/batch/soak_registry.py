@@ -45,6 +45,7 @@ from aiohttp import web
 
 from voicebridge.config import Settings
 from voicebridge.observability.resources import malloc_trim, peer_connections, rss_kb
+from voicebridge.results import CallSummary
 from voicebridge.scenarios.model import Scenario
 
 from .runner import END_GRACE_S
@@ -121,7 +122,7 @@ def count_calls() -> int:
 
 @dataclasses.dataclass
 class RegistryRun:
-    summaries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    summaries: list[CallSummary] = dataclasses.field(default_factory=list)
     retained_trace_mb: list[float] = dataclasses.field(default_factory=list)
     whole_trace_mb: list[float] = dataclasses.field(default_factory=list)
     listed: int = 0
@@ -135,7 +136,7 @@ async def registry_phases(
     folder: Path,
     retained: int,
     kept_whole: int,
-    progress: Callable[[str, int, int, dict[str, Any]], None] | None = None,
+    progress: Callable[[str, int, int, CallSummary], None] | None = None,
 ) -> RegistryRun:
     """Run the retained and kept-whole phases (see the module's docstring); the server stops listening at the
     end but its registry, and so the retained calls, stay in `RegistryRun.app`."""
@@ -156,7 +157,7 @@ async def registry_phases(
         base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
         limit = scenario.max_duration_s + settings.hangup_drain_timeout_s + END_GRACE_S
 
-        async def one(keep: bool) -> dict[str, Any]:
+        async def one(keep: bool) -> CallSummary:
             rec = manager.start(scenario)  # in a task of its own: the call's id goes into its log context only
             call = rec.call
             try:
@@ -164,7 +165,7 @@ async def registry_phases(
             except TimeoutError:
                 manager.hangup(rec, "shutdown", "soak")
                 await call.wait_ended(END_GRACE_S)
-            summary: dict[str, Any] = call.summary()  # what a batch keeps of each call, in both phases
+            summary = call.summary()  # what a batch keeps of each call, in both phases
             await manager.wait_retired()
             if keep:
                 kept.append(call)
@@ -182,7 +183,7 @@ async def registry_phases(
                     progress(name, i + 1, n, summary)
             if name == "retained" and n:
                 run.problems += _still_held(manager, calls_before, pcs_before)
-                ids = [str(s.get("call_id")) for s in run.summaries]
+                ids = [s.call_id for s in run.summaries]
                 run.listed, problems = await check_served(base_url, ids)
                 run.problems += problems
         if kept_whole:

@@ -25,7 +25,8 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
 from voicebridge.media.passthrough import latency_summary
-from voicebridge.media.relay import FanOut, Relay, RelayStats
+from voicebridge.media.relay import FanOut, Relay
+from voicebridge.results import RelayStats
 
 _LATENCY_SAMPLES = 4096
 _ARRIVALS = 1024  # RTP timestamps remembered per leg (20 s of 20 ms packets)

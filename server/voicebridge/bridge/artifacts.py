@@ -13,7 +13,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
+
+from voicebridge.results import CallSummary, EventRecord, TranscriptLine
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +28,25 @@ class TranscriptEntry:
     text: str
     start: float
     end: float
-    kind: str = "said"
+    kind: Literal["said", "heard"] = "said"
     leg: str = ""
     item_id: str = ""
     # For a turn: seconds from the other agent's audio stopping to this turn's audio starting (the response
     # gap a listener hears); None for the first turn and for "heard" entries.
     gap_s: float | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "gap_s": round(self.gap_s, 3) if self.gap_s is not None else None,
-            "speaker": self.speaker,
-            "text": self.text,
-            "start": round(self.start, 3),
-            "end": round(self.end, 3),
-            "kind": self.kind,
-            "leg": self.leg,
-            "item_id": self.item_id,
-        }
+    def line(self) -> TranscriptLine:
+        """This entry as it stands now, as a record (transcript.json, summary.json)."""
+        return TranscriptLine(
+            gap_s=round(self.gap_s, 3) if self.gap_s is not None else None,
+            speaker=self.speaker,
+            text=self.text,
+            start=round(self.start, 3),
+            end=round(self.end, 3),
+            kind=self.kind,
+            leg=self.leg,
+            item_id=self.item_id,
+        )
 
 
 class Artifacts:
@@ -53,9 +56,9 @@ class Artifacts:
         self._events: IO[str] | None = open(self.folder / "events.jsonl", "a", encoding="utf-8")
         self.events_written = 0
 
-    def write_event(self, record: dict[str, Any]) -> None:
+    def write_event(self, record: EventRecord) -> None:
         if self._events is None:
-            log.debug("event after artifacts closed: %s", record.get("event", {}).get("type"))
+            log.debug("event after artifacts closed: %s", record["event"].get("type"))
             return
         self._events.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
         self._events.flush()
@@ -63,7 +66,7 @@ class Artifacts:
 
     def write_transcript(self, entries: list[TranscriptEntry]) -> None:
         ordered = sorted(entries, key=lambda e: (e.start, e.end))
-        _write_json(self.folder / "transcript.json", [e.as_dict() for e in ordered])
+        _write_json(self.folder / "transcript.json", [e.line().model_dump(mode="json") for e in ordered])
         lines = []
         for e in ordered:
             tag = e.speaker if e.kind == "said" else f"{e.leg} heard {e.speaker}"
@@ -73,8 +76,8 @@ class Artifacts:
     def write_debug(self, debug: dict[str, Any]) -> None:
         _write_json(self.folder / "debug.json", debug)
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        _write_json(self.folder / "summary.json", summary)
+    def write_summary(self, summary: CallSummary) -> None:
+        _write_json(self.folder / "summary.json", summary.model_dump(mode="json"))
 
     def close(self) -> None:
         if self._events is not None:

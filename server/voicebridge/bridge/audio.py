@@ -27,7 +27,8 @@ from collections.abc import Callable
 from typing import TypedDict
 
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, OutboundStats, RtpAudio, latency_summary
-from voicebridge.media.relay import FanOut, PacketHook, PacketHooks, Party, Relay, RelayStats, Switchable
+from voicebridge.media.relay import FanOut, PacketHook, PacketHooks, Party, Relay, Switchable
+from voicebridge.results import RelayStats
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 States: connecting -> live -> ending -> ended. Every end has an `end_reason` and `ended_by`. Nothing here is
 global: a process can run many calls at once, each with its own legs, tools and folder.
 
-Events out (pyee): "state"(str), "event"({t, leg, direction, event}), "turn"(dict), "tool_call"(dict),
-"ended"(summary dict).
+Events out (pyee), records of voicebridge/results.py: "state"(str), "event"(EventRecord), "turn"(TranscriptLine),
+"tool_call"(ToolCallRecord), "ended"(CallSummary).
 """
 
 from __future__ import annotations
@@ -14,16 +14,27 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import JsonValue
 from pyee.asyncio import AsyncIOEventEmitter
 
 from voicebridge.config import Settings
 from voicebridge.diagnostics.pc_debug import PcDebug, mask_sdp
-from voicebridge.media.relay import PacketHooks, Relay, RelayStats
+from voicebridge.media.relay import PacketHooks, Relay
 from voicebridge.realtime.leg import Leg
+from voicebridge.results import (
+    CallState,
+    CallSummary,
+    EndReason,
+    EventRecord,
+    LegSummary,
+    RelayStats,
+    RelayStatsError,
+    ToolCallRecord,
+)
 from voicebridge.scenarios.model import ROLES, Scenario
 from voicebridge.tools import ToolRegistry, ToolResult
 
@@ -36,11 +47,6 @@ from .turns import CallRecording, TurnLatency, artifact_files
 
 log = logging.getLogger(__name__)
 
-CallState = Literal["connecting", "live", "ending", "ended"]
-EndReason = Literal[
-    "caller_hangup", "human_hangup", "operator_hangup", "leg_failed", "max_duration", "idle_timeout", "error",
-    "shutdown",
-]
 LegFactory = Callable[[str, Settings], Leg]
 
 # Server events that mean someone is talking or about to: they reset the idle timer.
@@ -68,6 +74,12 @@ async def _all_or_cancel(aws: list[Coroutine[Any, Any, None]]) -> None:
     for r in results:
         if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
             raise r
+
+
+def _as_json(stats: Mapping[str, object]) -> dict[str, JsonValue]:
+    """A leg's stats as plain JSON values (aiortc's getStats fields are mostly JSON already; the rest as text)."""
+    data: dict[str, JsonValue] = json.loads(json.dumps(stats, default=str))
+    return data
 
 
 def _default_leg(role: str, settings: Settings) -> Leg:
@@ -103,7 +115,7 @@ class Call(AsyncIOEventEmitter):
         self.legs: dict[str, Leg] = {}
         self.gates: dict[str, ResponseGate] = {}
         self.functions: dict[str, FunctionCalls] = {}
-        self.tool_calls: list[dict[str, Any]] = []
+        self.tool_calls: list[ToolCallRecord] = []
         self.transcript = Transcript()
         # AudioRelay (any WebRTC leg) or PcmRelay (two WebSocket legs); what else it can do: media/relay.py.
         self.relay: Relay | None = None
@@ -117,7 +129,7 @@ class Call(AsyncIOEventEmitter):
         self._timers: list[asyncio.TimerHandle] = []
         self._idle: asyncio.TimerHandle | None = None
         # Each leg's last stats (LegStats, as JSON), taken before it closes; or {"error"} if they could not be.
-        self._leg_stats: dict[str, dict[str, object]] = {}
+        self._leg_stats: dict[str, dict[str, JsonValue]] = {}
         self.duration_s = 0.0
         # Every peer connection of the call (agent legs here, browsers via debug.attach) for the debug view.
         self.debug = PcDebug()
@@ -211,44 +223,41 @@ class Call(AsyncIOEventEmitter):
             "relay": self.relay.stats() if self.relay is not None else None,
         }
 
-    def summary(self) -> dict[str, Any]:
-        legs = []
-        for role, leg in self.legs.items():
-            legs.append(
-                {
-                    "role": role,
-                    "call_id": leg.call_id,
-                    "state": leg.state,
-                    "failure": leg.failure,
-                    "stats": self._leg_stats.get(role, {}),
-                }
+    def summary(self) -> CallSummary:
+        """The call as it stands (final once ended): what summary.json, --json and the API show."""
+        legs = [
+            LegSummary(
+                role=role, call_id=leg.call_id, state=leg.state, failure=leg.failure,
+                stats=self._leg_stats.get(role, {}),
             )
-        relay_stats: RelayStats | dict[str, str] | None = None
+            for role, leg in self.legs.items()
+        ]
+        relay_stats: RelayStats | RelayStatsError | None = None
         if self.relay is not None:
             try:
                 relay_stats = self.relay.stats()
             except Exception as e:
                 relay_stats = {"error": str(e)}
-        return {
-            "call_id": self.id,
-            "scenario": self.scenario.name,
-            "title": self.scenario.title,
-            "state": self.state,
-            "end_reason": self.end_reason,
-            "ended_by": self.ended_by,
-            "error": self.error,
-            "started_at": self.started_at,
-            "duration_s": round(self.duration_s if self.state == "ended" else self.now(), 3),
-            "turns": [e.as_dict() for e in self.transcript.said()],
-            "heard": {r: [e.as_dict() for e in self.transcript.heard(r)] for r in ("caller", "cs")},
-            "tool_calls": list(self.tool_calls),
-            "legs": legs,
-            "relay": relay_stats,
-            "turn_latency": self.turn_latency.summary(),
-            "artifacts": artifact_files(self.recording),
-            "events": self.artifacts.events_written if self.artifacts else 0,
-            "out_dir": str(self.out_dir),
-        }
+        return CallSummary(
+            call_id=self.id,
+            scenario=self.scenario.name,
+            title=self.scenario.title,
+            state=self.state,
+            end_reason=self.end_reason,
+            ended_by=self.ended_by,
+            error=self.error,
+            started_at=self.started_at,
+            duration_s=round(self.duration_s if self.state == "ended" else self.now(), 3),
+            turns=[e.line() for e in self.transcript.said()],
+            heard={r: [e.line() for e in self.transcript.heard(r)] for r in ("caller", "cs")},
+            tool_calls=list(self.tool_calls),
+            legs=legs,
+            relay=relay_stats,
+            turn_latency=self.turn_latency.summary(),
+            artifacts=artifact_files(self.recording),
+            events=self.artifacts.events_written if self.artifacts else 0,
+            out_dir=str(self.out_dir),
+        )
 
     def saved_debug(self) -> dict[str, Any]:
         """What debug.json keeps: each agent leg's offer and answer (ICE passwords masked) and every peer
@@ -302,8 +311,8 @@ class Call(AsyncIOEventEmitter):
         # t0 = perf_counter at call time 0: positions in the recording are the transcript's times.
         self.recording = CallRecording(self.relay, self.out_dir, time.perf_counter() - self.now())
 
-    def _record(self, role: str, direction: str, event: dict[str, Any]) -> None:
-        record = {"t": round(self.now(), 4), "leg": role, "direction": direction, "event": event}
+    def _record(self, role: str, direction: Literal["in", "out"], event: dict[str, Any]) -> None:
+        record: EventRecord = {"t": round(self.now(), 4), "leg": role, "direction": direction, "event": event}
         if self.artifacts is not None:
             self.artifacts.write_event(record)
         self.emit("event", record)
@@ -314,7 +323,7 @@ class Call(AsyncIOEventEmitter):
         self.functions[role].observe(event)
         entry = self.transcript.observe(role, self.now(), event)
         if entry is not None:
-            self.emit("turn", entry.as_dict())
+            self.emit("turn", entry.line())
         if event.get("type") in _ACTIVITY:
             self._touch()
         self._activity.set()
@@ -348,7 +357,7 @@ class Call(AsyncIOEventEmitter):
         return Reply(ToolResult(call.call_id, call.name, args, output, False, msg))
 
     def _on_function_result(self, call: FunctionCall, reply: Reply, sent: bool) -> None:
-        record = {"leg": call.leg, **reply.result.as_dict(), "sent": sent, "t": round(self.now(), 3)}
+        record = reply.result.record(call.leg, sent, self.now())
         self.tool_calls.append(record)
         self.emit("tool_call", record)
         if call.leg == "caller" and call.name == "hangup" and sent:
@@ -439,7 +448,7 @@ class Call(AsyncIOEventEmitter):
         for role, leg in self.legs.items():
             if leg.state in ("open", "failed"):
                 try:
-                    self._leg_stats[role] = dict(await leg.stats())
+                    self._leg_stats[role] = _as_json(await leg.stats())
                 except Exception as e:
                     self._leg_stats[role] = {"error": str(e)}
         for gate in self.gates.values():

@@ -44,6 +44,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
 from voicebridge.media.relay import FanOut, Relay, Switchable
+from voicebridge.results import EventRecord
 
 if TYPE_CHECKING:
     from .call import Call
@@ -464,7 +465,9 @@ class Participants:
 
     def _note(self, kind: str, **data: Any) -> None:
         """A bridge-side event in the call's stream and events.jsonl (no leg sent or received it)."""
-        record = {"t": round(self.call.now(), 4), "leg": "bridge", "direction": "note", "event": {"type": kind, **data}}
+        record: EventRecord = {
+            "t": round(self.call.now(), 4), "leg": "bridge", "direction": "note", "event": {"type": kind, **data}
+        }
         if self.call.artifacts is not None:
             with contextlib.suppress(Exception):
                 self.call.artifacts.write_event(record)

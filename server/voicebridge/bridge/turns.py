@@ -32,6 +32,7 @@ from typing import Any
 from voicebridge.media.passthrough import RtpAudio
 from voicebridge.media.recording import Recorder, export_wav
 from voicebridge.media.relay import PacketHooks
+from voicebridge.results import P50Max, TurnLatencySummary, TurnRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class TurnLatency:
         self._outputs_done: dict[str, float | None] = {"caller": None, "cs": None}
         self._tools: dict[str, list[tuple[float, float]]] = {"caller": [], "cs": []}
         self._gating: dict[str, list[tuple[float, float]]] = {"caller": [], "cs": []}
-        self.turns: list[dict[str, Any]] = []
+        self.turns: list[TurnRecord] = []
 
     # -- inputs ----------------------------------------------------------------------------------------
     def on_packet(self, party: str, pkt: RtpAudio) -> None:
@@ -105,34 +106,33 @@ class TurnLatency:
         total = (start[0] - end[0]) * 1000.0
         bridge = tools + gating + relay
         self.turns.append(
-            {
-                "from": frm,
-                "to": to,
-                "speech_end": round(end[0], 4),
-                "reply_start": round(start[0], 4),
-                "total_ms": round(total, 2),
-                "bridge_ms": round(bridge, 3),
-                "relay_ms": round(relay, 3),
-                "tools_ms": round(tools, 2),
-                "gating_ms": round(gating, 2),
-                "other_ms": round(total - bridge, 2),
-            }
+            TurnRecord(
+                from_=frm,
+                to=to,
+                speech_end=round(end[0], 4),
+                reply_start=round(start[0], 4),
+                total_ms=round(total, 2),
+                bridge_ms=round(bridge, 3),
+                relay_ms=round(relay, 3),
+                tools_ms=round(tools, 2),
+                gating_ms=round(gating, 2),
+                other_ms=round(total - bridge, 2),
+            )
         )
 
-    def summary(self) -> dict[str, Any]:
-        def stats(key: str) -> dict[str, float] | None:
-            values = [float(t[key]) for t in self.turns]
+    def summary(self) -> TurnLatencySummary:
+        def stats(values: list[float]) -> P50Max | None:
             if not values:
                 return None
-            return {"p50": round(statistics.median(values), 3), "max": round(max(values), 3)}
+            return P50Max(p50=round(statistics.median(values), 3), max=round(max(values), 3))
 
-        return {
-            "turns": list(self.turns),
-            "count": len(self.turns),
-            "total_ms": stats("total_ms"),
-            "bridge_ms": stats("bridge_ms"),
-            "relay_ms": stats("relay_ms"),
-        }
+        return TurnLatencySummary(
+            turns=list(self.turns),
+            count=len(self.turns),
+            total_ms=stats([t.total_ms for t in self.turns]),
+            bridge_ms=stats([t.bridge_ms for t in self.turns]),
+            relay_ms=stats([t.relay_ms for t in self.turns]),
+        )
 
 
 def _covered(intervals: list[tuple[float, float]], window: tuple[float, float]) -> float:
@@ -152,16 +152,14 @@ def _covered(intervals: list[tuple[float, float]], window: tuple[float, float]) 
     return total * 1000.0
 
 
-def format_turns(summary: dict[str, Any]) -> list[str]:
+def format_turns(latency: TurnLatencySummary) -> list[str]:
     """Lines for `voicebridge call`'s summary output."""
-    lines = []
-    for turn in (summary.get("turn_latency") or {}).get("turns", []):
-        lines.append(
-            f"  turn {turn['from']:>6} -> {turn['to']:<6} at {turn['reply_start']:6.2f}: {turn['total_ms']:7.1f} ms "
-            f"(bridge {turn['bridge_ms']:.1f} ms: relay {turn['relay_ms']:.2f}, tools {turn['tools_ms']:.1f}, "
-            f"gating {turn['gating_ms']:.1f})"
-        )
-    return lines
+    return [
+        f"  turn {turn.from_:>6} -> {turn.to:<6} at {turn.reply_start:6.2f}: {turn.total_ms:7.1f} ms "
+        f"(bridge {turn.bridge_ms:.1f} ms: relay {turn.relay_ms:.2f}, tools {turn.tools_ms:.1f}, "
+        f"gating {turn.gating_ms:.1f})"
+        for turn in latency.turns
+    ]
 
 
 class CallRecording:

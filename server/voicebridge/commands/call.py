@@ -13,7 +13,7 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from voicebridge.backend import realtime_backend
 from voicebridge.bridge.call import Call
@@ -21,6 +21,7 @@ from voicebridge.bridge.context import ContextError
 from voicebridge.bridge.turns import format_turns
 from voicebridge.config import Settings
 from voicebridge.realtime.api import LegError
+from voicebridge.results import CallSummary, ToolCallRecord, TranscriptLine
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
 
 
@@ -28,41 +29,33 @@ def _progress(call: Call, out: TextIO) -> None:
     def say(text: str) -> None:
         print(f"[{call.now():6.2f}] {text}", file=out, flush=True)
 
+    def turn(t: TranscriptLine) -> None:
+        say(f"{t.speaker}: {t.text}" if t.kind == "said" else f"  ({t.leg} heard: {t.text})")
+
+    def tool_call(c: ToolCallRecord) -> None:
+        say(f"tool {c.leg}.{c.name}({json.dumps(c.arguments)}) -> {'ok' if c.ok else 'ERROR'} {c.output[:120]}")
+
     call.on("state", lambda state: say(f"call {state}"))
-    call.on(
-        "turn",
-        lambda t: say(
-            f"{t['speaker']}: {t['text']}" if t["kind"] == "said" else f"  ({t['leg']} heard: {t['text']})"
-        ),
-    )
-    call.on(
-        "tool_call",
-        lambda c: say(
-            f"tool {c['leg']}.{c['name']}({json.dumps(c['arguments'])}) -> "
-            f"{'ok' if c['ok'] else 'ERROR'} {c['output'][:120]}"
-        ),
-    )
+    call.on("turn", turn)
+    call.on("tool_call", tool_call)
 
 
-def print_summary(summary: dict[str, Any], out: TextIO) -> None:
+def print_summary(summary: CallSummary, out: TextIO) -> None:
     print(
-        f"\ncall {summary['call_id']} ({summary['scenario']}): {summary['end_reason']} "
-        f"by {summary['ended_by']} after {summary['duration_s']:.1f} s",
+        f"\ncall {summary.call_id} ({summary.scenario}): {summary.end_reason} "
+        f"by {summary.ended_by} after {summary.duration_s:.1f} s",
         file=out,
     )
-    if summary.get("error"):
-        print(f"error: {summary['error']}", file=out)
-    for t in summary["turns"]:
-        print(f"  {t['start']:6.2f}-{t['end']:6.2f} {t['speaker']:>6}: {t['text']}", file=out)
-    for c in summary["tool_calls"]:
-        print(
-            f"  tool {c['leg']}.{c['name']} ok={c['ok']} {c['duration_ms']:.1f} ms -> {c['output'][:100]}",
-            file=out,
-        )
-    for line in format_turns(summary):
+    if summary.error:
+        print(f"error: {summary.error}", file=out)
+    for t in summary.turns:
+        print(f"  {t.start:6.2f}-{t.end:6.2f} {t.speaker:>6}: {t.text}", file=out)
+    for c in summary.tool_calls:
+        print(f"  tool {c.leg}.{c.name} ok={c.ok} {c.duration_ms:.1f} ms -> {c.output[:100]}", file=out)
+    for line in format_turns(summary.turn_latency):
         print(line, file=out)
-    files = ", ".join(sorted((summary.get("artifacts") or {}).values()))
-    print(f"artifacts: {summary['out_dir']} ({files})", file=out, flush=True)
+    files = ", ".join(sorted(summary.artifacts.values()))
+    print(f"artifacts: {summary.out_dir} ({files})", file=out, flush=True)
 
 
 async def run_call(
@@ -71,7 +64,7 @@ async def run_call(
     out_dir: Path | None,
     progress: TextIO | None = sys.stderr,
     transports: tuple[str, str] = ("webrtc", "webrtc"),
-) -> dict[str, Any]:
+) -> CallSummary:
     """Run one call to its end and return its summary. Ctrl-C ends it gracefully (end_reason `shutdown`).
 
     `transports`: (caller, cs), each "webrtc" or "ws" (the Realtime WebSocket transport)."""
@@ -106,11 +99,11 @@ async def _main(args: argparse.Namespace) -> int:
         transports = (getattr(args, "caller_transport", "webrtc"), getattr(args, "cs_transport", "webrtc"))
         summary = await run_call(scenario, backend.settings, args.out, transports=transports)
     print_summary(summary, sys.stderr)
-    if summary["end_reason"] == "error":
-        print(f"voicebridge call: {summary['error']}", file=sys.stderr)
+    if summary.end_reason == "error":
+        print(f"voicebridge call: {summary.error}", file=sys.stderr)
     if args.json:
-        print(json.dumps(summary, default=str))
-    return 0 if summary["end_reason"] in ("caller_hangup", "operator_hangup") else 1
+        print(json.dumps(summary.model_dump(mode="json")))
+    return 0 if summary.succeeded else 1
 
 
 def main(args: argparse.Namespace) -> int:

@@ -11,25 +11,22 @@ take-over on a call whose two legs use the WebSocket transport is a 409 naming t
     TranscodeRelay (the bench's baseline)   yes    -            ForwardTrack     -            bench/transcode.py
 
 Here, below bridge/ and realtime/, so that every relay's module can import it and imports still run one way.
+`RelayStats`, what every relay's stats() holds, lives with the call's other records in voicebridge/results.py.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar, Generic, Literal, TypedDict, TypeVar
+from typing import ClassVar, Generic, Literal, TypeVar
+
+from voicebridge.results import RelayStats
 
 from .passthrough import InboundTap, OutboundAudio, RtpAudio
 
 Party = Literal["caller", "cs", "human"]
 PacketHook = Callable[[Party, RtpAudio], None]
 Out = TypeVar("Out")
-
-
-class RelayStats(TypedDict):
-    """What every relay's `stats()` holds; each relay extends it with its own fixed shape."""
-
-    kind: str  # the relay's `kind`
 
 
 class Relay(ABC):

@@ -9,11 +9,11 @@ from typing import TypeVar
 from aiohttp import web
 
 from .logs import CALL_ID
-from .metrics import Metrics
+from .metrics import Metrics, ObservedCall
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 S = TypeVar("S")
-C = TypeVar("C")
+C = TypeVar("C", bound=ObservedCall)
 
 
 def observed(factory: Callable[[S], C], metrics: Metrics) -> Callable[[S], C]:
@@ -23,9 +23,7 @@ def observed(factory: Callable[[S], C], metrics: Metrics) -> Callable[[S], C]:
     def make(scenario: S) -> C:
         call = factory(scenario)
         metrics.observe(call)
-        call_id = getattr(call, "id", None)
-        if isinstance(call_id, str):
-            CALL_ID.set(call_id)
+        CALL_ID.set(call.id)
         return call
 
     return make

@@ -19,14 +19,16 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from voicebridge.results import CallSummary, ToolCallRecord, TranscriptLine, TurnGap
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Metrics", "turn_gaps", "turn_latencies"]
+__all__ = ["Metrics", "ObservedCall", "turn_gaps", "turn_latencies"]
 
 _SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _DURATION_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -34,49 +36,73 @@ _TOOL_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # The relay hands a packet on in tens of microseconds; the top buckets catch event-loop stalls.
 _PACKET_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
 _TURN_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
-_DIRECTIONS = {"caller_to_cs": "cs_out", "cs_to_caller": "caller_out"}
 
 
-def turn_gaps(turns: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Response gaps between agents: for each "said" turn that follows the OTHER agent's turn,
-    `{"responder", "after", "latency_s"}` = its start minus the previous turn's end (>= 0; overlapping
-    speech, a barge-in, counts as 0)."""
-    said = sorted((t for t in turns if t.get("kind", "said") == "said"), key=lambda t: float(t["start"]))
-    out: list[dict[str, Any]] = []
-    for prev, cur in itertools.pairwise(said):
-        if cur["speaker"] == prev["speaker"]:
-            continue
-        gap = max(0.0, float(cur["start"]) - float(prev["end"]))
-        out.append({"responder": cur["speaker"], "after": prev["speaker"], "latency_s": round(gap, 4)})
-    return out
+def turn_gaps(turns: Iterable[TranscriptLine]) -> list[TurnGap]:
+    """Response gaps between agents: for each "said" turn that follows the OTHER agent's turn, its start minus
+    the previous turn's end (>= 0; overlapping speech, a barge-in, counts as 0), source "transcript"."""
+    said = sorted((t for t in turns if t.kind == "said"), key=lambda t: t.start)
+    return [
+        TurnGap(
+            responder=cur.speaker, after=prev.speaker, latency_s=round(max(0.0, cur.start - prev.end), 4),
+            source="transcript",
+        )
+        for prev, cur in itertools.pairwise(said)
+        if cur.speaker != prev.speaker
+    ]
 
 
-def turn_latencies(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """A call's per-turn latencies as `{"responder", "latency_s", "source", ...}`.
+def turn_latencies(summary: CallSummary) -> list[TurnGap]:
+    """A call's per-turn latencies: the bridge's own, measured on the audio packets (`turn_latency`, source
+    "bridge"), when it has any; else the gaps between the agents' transcribed turns (`turn_gaps`)."""
+    measured = [
+        TurnGap(responder=t.to, latency_s=t.total_ms / 1000.0, source="bridge", bridge_ms=t.bridge_ms)
+        for t in summary.turn_latency.turns
+    ]
+    return measured or turn_gaps(summary.turns)
 
-    From the summary's own `turn_latency` when it has turns (the bridge's TurnLatency: `{"turns": [{"to",
-    "total_ms", "bridge_ms", ...}]}`, measured on the audio packets; a plain list of such records works too),
-    else from the transcript's turns (`turn_gaps`: the gap between the agents' transcribed turns)."""
-    own = summary.get("turn_latency")
-    records = own.get("turns") if isinstance(own, dict) else own
-    rows: list[dict[str, Any]] = []
-    if isinstance(records, list):
-        for r in records:
-            if not isinstance(r, dict):
-                continue
-            value = r.get("latency_s")
-            ms = r.get("total_ms", r.get("latency_ms"))
-            if value is None and isinstance(ms, int | float):
-                value = float(ms) / 1000.0
-            if isinstance(value, int | float):
-                who = r.get("to") or r.get("responder") or r.get("speaker") or r.get("leg") or "unknown"
-                row: dict[str, Any] = {"responder": str(who), "latency_s": float(value), "source": "bridge"}
-                if isinstance(r.get("bridge_ms"), int | float):
-                    row["bridge_ms"] = float(r["bridge_ms"])
-                rows.append(row)
-    if rows:
-        return rows
-    return [{**g, "source": "transcript"} for g in turn_gaps(summary.get("turns") or [])]
+
+@runtime_checkable
+class PacketSource(Protocol):
+    """A relay whose packets can be watched: media/relay.py's PacketHooks (stated here, below media/)."""
+
+    def on_packet(self, fn: Callable[[str, object], None]) -> Callable[[], None]: ...
+
+
+class Outbound(Protocol):
+    """One direction's sender: media/passthrough.py's OutboundAudio."""
+
+    @property
+    def dropped(self) -> int: ...
+
+    def latency_samples(self) -> list[float]: ...
+
+
+@runtime_checkable
+class LatencySamples(Protocol):
+    """A relay that keeps per-packet latency samples per direction: bridge/audio.py's AudioRelay."""
+
+    @property
+    def cs_out(self) -> Outbound: ...
+
+    @property
+    def caller_out(self) -> Outbound: ...
+
+
+class ObservedCall(Protocol):
+    """What Metrics.observe needs of a call (voicebridge.bridge.call.Call provides it): its id, its relay once
+    live (measured for what it can do: PacketSource, LatencySamples), and its events ("state": str,
+    "tool_call": ToolCallRecord, "ended": CallSummary)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def relay(self) -> object | None: ...
+
+    def on(self, event: str, f: Callable[..., Any]) -> Any: ...
+
+    def remove_listener(self, event: str, f: Callable[..., Any]) -> None: ...
 
 
 class Metrics:
@@ -139,7 +165,7 @@ class Metrics:
         return float(v) if v is not None else 0.0
 
     # -- attaching to a call -------------------------------------------------------------------------------
-    def observe(self, call: Any) -> Callable[[], None]:
+    def observe(self, call: ObservedCall) -> Callable[[], None]:
         """Measure this call (a voicebridge Call, or anything emitting its events); returns a detach
         function. Attach before `call.start()` so the set-up time is seen."""
         watch = _CallWatch(self, call)
@@ -166,7 +192,7 @@ class _CallWatch:
     """The per-call state behind Metrics.observe. Every handler swallows its own errors: metrics must never
     break a call (pyee would otherwise turn them into "error" events on the call)."""
 
-    def __init__(self, metrics: Metrics, call: Any) -> None:
+    def __init__(self, metrics: Metrics, call: ObservedCall) -> None:
         self.m = metrics
         self.call = call
         self.connecting_at: float | None = None
@@ -179,7 +205,7 @@ class _CallWatch:
             fn()
         except Exception:
             self.m.watch_errors += 1
-            log.exception("metrics: %s of call %s failed", what, getattr(self.call, "id", "?"))
+            log.exception("metrics: %s of call %s failed", what, self.call.id)
 
     def on_state(self, state: str) -> None:
         self._guard(f"state {state}", lambda: self._state(state))
@@ -195,13 +221,13 @@ class _CallWatch:
             self._hook_relay()
 
     def _hook_relay(self) -> None:
-        relay = getattr(self.call, "relay", None)
-        if relay is None or not hasattr(relay, "on_packet") or self._unhook is not None:
-            return
-        children: dict[str, Any] = {}
+        relay = self.call.relay
+        if not isinstance(relay, PacketSource) or self._unhook is not None:
+            return  # a relay without packet hooks (PcmRelay) has no packets to count
+        children: dict[str, Any] = {}  # party -> its labelled counter child (prometheus_client is untyped)
         counter = self.m.relay_packets
 
-        def on_packet(party: str, _pkt: Any) -> None:
+        def on_packet(party: str, _pkt: object) -> None:
             child = children.get(party)
             if child is None:
                 child = children[party] = counter.labels(party)
@@ -214,22 +240,18 @@ class _CallWatch:
             self._unhook()
             self._unhook = None
 
-    def on_tool_call(self, record: dict[str, Any]) -> None:
+    def on_tool_call(self, record: ToolCallRecord) -> None:
         self._guard("tool_call", lambda: self._tool_call(record))
 
-    def _tool_call(self, record: dict[str, Any]) -> None:
-        name = str(record.get("name", "?"))
-        ok = bool(record.get("ok"))
-        self.m.tool_seconds.labels(name, "true" if ok else "false").observe(
-            float(record.get("duration_ms") or 0.0) / 1000.0
-        )
-        if not ok:
-            self.m.tool_errors.labels(name).inc()
+    def _tool_call(self, record: ToolCallRecord) -> None:
+        self.m.tool_seconds.labels(record.name, "true" if record.ok else "false").observe(record.duration_ms / 1000.0)
+        if not record.ok:
+            self.m.tool_errors.labels(record.name).inc()
 
-    def on_ended(self, summary: dict[str, Any]) -> None:
+    def on_ended(self, summary: CallSummary) -> None:
         self._guard("ended", lambda: self._ended(summary))
 
-    def _ended(self, summary: dict[str, Any]) -> None:
+    def _ended(self, summary: CallSummary) -> None:
         if self.done:
             return
         self.done = True
@@ -237,18 +259,16 @@ class _CallWatch:
         if self.active:
             self.m.active_calls.dec()
             self.active = False
-        self.m.calls_ended.labels(str(summary.get("end_reason") or "unknown")).inc()
+        self.m.calls_ended.labels(summary.end_reason or "unknown").inc()
         if self.connecting_at is not None:
             self.m.call_seconds.observe(time.monotonic() - self.connecting_at)
-        relay = getattr(self.call, "relay", None)
-        for direction, attr in _DIRECTIONS.items():
-            out = getattr(relay, attr, None) if relay is not None else None
-            if out is None:
-                continue
-            hist = self.m.packet_seconds.labels(direction)
-            for s in out.latency_samples():
-                hist.observe(s)
-            if out.dropped:
-                self.m.relay_dropped.labels(direction).inc(out.dropped)
+        relay = self.call.relay
+        if isinstance(relay, LatencySamples):
+            for direction, out in (("caller_to_cs", relay.cs_out), ("cs_to_caller", relay.caller_out)):
+                hist = self.m.packet_seconds.labels(direction)
+                for s in out.latency_samples():
+                    hist.observe(s)
+                if out.dropped:
+                    self.m.relay_dropped.labels(direction).inc(out.dropped)
         for row in turn_latencies(summary):
-            self.m.turn_seconds.labels(row["responder"]).observe(row["latency_s"])
+            self.m.turn_seconds.labels(row.responder).observe(row.latency_s)

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Literal
 
 from voicebridge.config import Settings
-from voicebridge.media.relay import Relay, RelayStats
+from voicebridge.media.relay import Relay
+from voicebridge.results import RelayStats
 
 from .leg import Leg
 from .websocket import WebSocketLeg

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from voicebridge.observability.metrics import ObservedCall
+from voicebridge.results import CallSummary, EndReason, EventRecord, ToolCallRecord, TranscriptLine
 from voicebridge.scenarios.model import Scenario
 
 from .ended import MESSAGES_FILE, EndedCall, count_lines, write_messages
@@ -37,27 +39,22 @@ MESSAGE_KINDS = ("state", "event", "turn", "tool_call", "ended")
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a call id that can name a folder, and no path
 
 
-class CallLike(Protocol):
-    """What the server needs of a call (voicebridge.bridge.call.Call provides it)."""
-
-    @property
-    def id(self) -> str: ...
+class CallLike(ObservedCall, Protocol):
+    """What the server needs of a call (voicebridge.bridge.call.Call provides it), its metrics' included."""
 
     @property
     def state(self) -> str: ...
 
     @property
-    def end_reason(self) -> str | None: ...
-
-    def on(self, event: str, f: Callable[..., Any]) -> Any: ...
+    def end_reason(self) -> EndReason | None: ...
 
     async def start(self) -> None: ...
 
-    async def hangup(self, reason: Any = ..., by: str = ...) -> None: ...
+    async def hangup(self, reason: EndReason = ..., by: str = ...) -> None: ...
 
     async def wait_ended(self, timeout_s: float | None = None) -> None: ...
 
-    def summary(self) -> dict[str, Any]: ...
+    def summary(self) -> CallSummary: ...
 
 
 CallFactory = Callable[[Scenario], CallLike]
@@ -211,11 +208,23 @@ class CallManager:
         started = getattr(call, "started_at", None)
         created = started if isinstance(started, float) else time.time()
         rec = CallRecord(call=call, scenario=scenario, created_at=created)
+        # What watchers are sent is JSON: the call's records are turned into it here, once, as they come.
         call.on("state", lambda state: rec.publish("state", state))
-        call.on("event", lambda record: rec.publish("event", record))
-        call.on("turn", lambda turn: rec.publish("turn", turn))
-        call.on("tool_call", lambda tc: rec.publish("tool_call", tc))
-        call.on("ended", lambda summary: self._ended(rec, summary))
+
+        def event(record: EventRecord) -> None:
+            rec.publish("event", record)
+
+        def turn(line: TranscriptLine) -> None:
+            rec.publish("turn", line.model_dump(mode="json"))
+
+        def tool_call(record: ToolCallRecord) -> None:
+            rec.publish("tool_call", record.model_dump(mode="json"))
+
+        def ended(summary: CallSummary) -> None:
+            self._ended(rec, summary.model_dump(mode="json"))
+
+        for kind, fn in (("event", event), ("turn", turn), ("tool_call", tool_call), ("ended", ended)):
+            call.on(kind, fn)
         self._records[call.id] = rec
         self.forget_old()
         rec.task = asyncio.ensure_future(self._run_start(rec))
@@ -231,7 +240,7 @@ class CallManager:
             if not rec.ended:
                 self._ended(rec, self.view(rec))
 
-    def _ended(self, rec: CallRecord, summary: Any) -> None:
+    def _ended(self, rec: CallRecord, summary: dict[str, Any]) -> None:
         rec.publish("ended", summary)
         task = asyncio.ensure_future(self._retire(rec))
         self._retiring.add(task)
@@ -247,10 +256,10 @@ class CallManager:
             summary = call.summary()
         except Exception:
             log.exception("call %s: no summary at its end", call.id)
-            summary = {"call_id": call.id, "end_reason": call.end_reason, "error": rec.start_error}
-        summary.setdefault("call_id", call.id)
-        out_dir = summary.get("out_dir") or getattr(call, "out_dir", None)
-        ended = EndedCall.of(summary, Path(out_dir) if out_dir else None, rec.scenario_name, rec.title)
+            ended = EndedCall.unknown(call.id, call.end_reason, rec.start_error, rec.scenario_name, rec.title)
+        else:
+            folder = Path(summary.out_dir) if summary.out_dir else None
+            ended = EndedCall.of(summary, folder, rec.scenario_name, rec.title)
         saved: int | None = None  # None: the backlog stays in memory
         if ended.folder is not None:
             backlog = list(rec.backlog)
@@ -270,7 +279,7 @@ class CallManager:
         while self._retiring:
             await asyncio.gather(*list(self._retiring), return_exceptions=True)
 
-    def hangup(self, rec: CallRecord, reason: str = "operator_hangup", by: str = "operator") -> None:
+    def hangup(self, rec: CallRecord, reason: EndReason = "operator_hangup", by: str = "operator") -> None:
         """Begin a graceful hang-up in the background (the call drains its last words first)."""
         task = asyncio.ensure_future(rec.call.hangup(reason, by))
         task.add_done_callback(_log_failure(rec.call.id))
@@ -318,28 +327,29 @@ class CallManager:
                 "turns": ended.turns,
                 "tool_calls": ended.tool_calls,
             }
-        summary = rec.call.summary()
-        row = {
+        problem = None  # why a retired call's summary.json could not be read back
+        if ended is not None:
+            summary, problem = ended.read_summary()
+        else:
+            summary = rec.call.summary()
+        row: dict[str, Any] = {
             "id": rec.call.id,
             "scenario": rec.scenario_name,
             "title": rec.title,
             "state": rec.call.state,
             "end_reason": rec.call.end_reason,
-            "ended_by": summary.get("ended_by"),
-            "error": summary.get("error") or rec.start_error,
+            "ended_by": summary.ended_by,
+            "error": summary.error or rec.start_error,
             "created_at": rec.created_at,
-            "duration_s": summary.get("duration_s"),
-            "turns": len(summary.get("turns") or []),
-            "tool_calls": len(summary.get("tool_calls") or []),
+            "duration_s": summary.duration_s,
+            "turns": len(summary.turns),
+            "tool_calls": len(summary.tool_calls),
         }
         if detail:
-            row = {
-                **summary,
-                **row,
-                "turns": summary.get("turns") or [],
-                "tool_calls": summary.get("tool_calls") or [],
-                "events_seen": rec.seq,
-            }
+            whole = summary.model_dump(mode="json")
+            row = {**whole, **row, "turns": whole["turns"], "tool_calls": whole["tool_calls"], "events_seen": rec.seq}
+            if problem is not None:
+                row["artifacts_error"] = problem
         return row
 
     async def detail(self, rec: CallRecord) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from voicebridge.diagnostics.pc_debug import PcDebug, report_all
 from voicebridge.media.loopback import is_local_url
+from voicebridge.results import CallSummary
 
 from .ended import EndedCall
 from .http import SETTINGS, find_record, json_response
@@ -33,29 +34,21 @@ def _debug_of(call: Any) -> PcDebug | None:
     return debug if isinstance(debug, PcDebug) else None
 
 
-def turn_latency(summary: dict[str, Any]) -> dict[str, Any]:
-    """The summary's own `turn_latency` when the bridge provides one; else the gaps between one agent's turn
-    ending and the other agent's next turn starting (what a listener perceives as response time)."""
-    own = summary.get("turn_latency")
-    if isinstance(own, list) and own:
-        return {"source": "summary.turn_latency", "rows": own}
-    said = sorted(
-        (t for t in summary.get("turns") or [] if t.get("kind", "said") == "said" and t.get("start") is not None),
-        key=lambda t: float(t["start"]),
-    )
-    rows = []
-    for prev, cur in itertools.pairwise(said):
-        if cur.get("speaker") == prev.get("speaker") or prev.get("end") is None:
-            continue
-        rows.append(
-            {
-                "responder": cur.get("speaker"),
-                "after": prev.get("speaker"),
-                "at_s": round(float(cur["start"]), 3),
-                "latency_s": round(max(0.0, float(cur["start"]) - float(prev["end"])), 3),
-                "text": str(cur.get("text") or "")[:80],
-            }
-        )
+def turn_latency(summary: CallSummary) -> dict[str, Any]:
+    """The gaps between one agent's turn ending and the other agent's next turn starting (what a listener
+    perceives as response time), as JSON."""
+    said = sorted(summary.turns, key=lambda t: t.start)
+    rows = [
+        {
+            "responder": cur.speaker,
+            "after": prev.speaker,
+            "at_s": round(cur.start, 3),
+            "latency_s": round(max(0.0, cur.start - prev.end), 3),
+            "text": cur.text[:80],
+        }
+        for prev, cur in itertools.pairwise(said)
+        if cur.speaker != prev.speaker
+    ]
     return {"source": "turn_gaps", "rows": rows}
 
 
@@ -80,7 +73,7 @@ async def call_debug(request: web.Request) -> web.Response:
         "state": call.state,
         "end_reason": call.end_reason,
         "generated_at": time.time(),
-        "call_started_at": summary.get("started_at"),
+        "call_started_at": summary.started_at,
         "debug_started_at": started_at,
         "peer_connections": pcs,
         "turn_latency": turn_latency(summary),

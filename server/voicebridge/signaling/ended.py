@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from voicebridge.results import CallSummary, EndReason, TurnLatencySummary
+
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
@@ -41,7 +45,7 @@ class EndedCall:
     id: str
     scenario: str
     title: str
-    end_reason: str | None
+    end_reason: EndReason | None
     ended_by: str | None
     error: str | None
     started_at: float | None
@@ -49,43 +53,55 @@ class EndedCall:
     turns: int
     tool_calls: int
     folder: Path | None
-    kept_summary: dict[str, Any] | None = None  # only when there is no summary.json to read back
+    kept_summary: CallSummary | None = None  # only when there is no summary.json to read back
 
     state = "ended"
+    relay = None  # nothing is relayed any more
 
     @classmethod
-    def of(cls, summary: dict[str, Any], folder: Path | None, scenario: str = "", title: str = "") -> EndedCall:
+    def of(cls, summary: CallSummary, folder: Path | None, scenario: str = "", title: str = "") -> EndedCall:
         """From the call's summary; `folder` is kept only when it holds summary.json (else the summary is)."""
         on_disk = folder is not None and (folder / SUMMARY_FILE).is_file()
         return cls(
-            id=str(summary.get("call_id") or ""),
-            scenario=str(summary.get("scenario") or scenario),
-            title=str(summary.get("title") or title),
-            end_reason=_str_or_none(summary.get("end_reason")),
-            ended_by=_str_or_none(summary.get("ended_by")),
-            error=_str_or_none(summary.get("error")),
-            started_at=_float_or_none(summary.get("started_at")),
-            duration_s=_float_or_none(summary.get("duration_s")),
-            turns=len(summary.get("turns") or []),
-            tool_calls=len(summary.get("tool_calls") or []),
+            id=summary.call_id,
+            scenario=summary.scenario or scenario,
+            title=summary.title or title,
+            end_reason=summary.end_reason,
+            ended_by=summary.ended_by,
+            error=summary.error,
+            started_at=summary.started_at,
+            duration_s=summary.duration_s,
+            turns=len(summary.turns),
+            tool_calls=len(summary.tool_calls),
             folder=folder if on_disk else None,
             kept_summary=None if on_disk else summary,
         )
 
     @classmethod
+    def unknown(
+        cls, call_id: str, end_reason: EndReason | None, error: str | None, scenario: str = "", title: str = ""
+    ) -> EndedCall:
+        """A call that could not give its summary at its end: what the registry knew of it."""
+        return cls(call_id, scenario, title, end_reason, None, error, None, None, 0, 0, None)
+
+    @classmethod
     def from_folder(cls, folder: Path) -> EndedCall | None:
-        """An ended call from its folder alone (one the registry no longer lists), or None without summary.json."""
+        """An ended call from its folder alone (one the registry no longer lists), or None without a readable
+        summary.json of that call."""
         try:
-            summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            summary = CallSummary.model_validate_json((folder / SUMMARY_FILE).read_bytes())
+        except (OSError, ValidationError):
             return None
-        if not isinstance(summary, dict) or summary.get("call_id") != folder.name:
+        if summary.call_id != folder.name:
             return None
         return cls.of(summary, folder)
 
     # -- the call interface (calls.CallLike) ------------------------------------------------------------------
     def on(self, event: str, f: Callable[..., Any]) -> None:
         """Nothing more happens to an ended call: no listener is ever called."""
+
+    def remove_listener(self, event: str, f: Callable[..., Any]) -> None:
+        """No listener was ever added."""
 
     async def start(self) -> None:
         return None
@@ -96,28 +112,29 @@ class EndedCall:
     async def wait_ended(self, timeout_s: float | None = None) -> None:
         return None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> CallSummary:
         """summary.json, read now (blocking: the routes call it in a thread)."""
+        return self.read_summary()[0]
+
+    def read_summary(self) -> tuple[CallSummary, str | None]:
+        """summary.json, read now, and None; or, when the folder was removed or damaged since, what is still
+        known of the call and why the rest is missing."""
         if self.kept_summary is not None:
-            return self.kept_summary
-        data = self._read_json(SUMMARY_FILE)
-        if isinstance(data, dict):
-            return data
-        # The folder was removed or damaged since: what is still known, and why the rest is missing.
-        return {
-            "call_id": self.id,
-            "scenario": self.scenario,
-            "title": self.title,
-            "state": "ended",
-            "end_reason": self.end_reason,
-            "ended_by": self.ended_by,
-            "error": self.error,
-            "started_at": self.started_at,
-            "duration_s": self.duration_s,
-            "turns": [],
-            "tool_calls": [],
-            "artifacts_error": f"{SUMMARY_FILE} of this call can no longer be read",
-        }
+            return self.kept_summary, None
+        if self.folder is not None:
+            try:
+                return CallSummary.model_validate_json((self.folder / SUMMARY_FILE).read_bytes()), None
+            except (OSError, ValidationError) as e:
+                log.warning("call %s: cannot read %s: %s", self.id, SUMMARY_FILE, e)
+        known = CallSummary(
+            call_id=self.id, scenario=self.scenario, title=self.title, state="ended",
+            end_reason=self.end_reason,
+            ended_by=self.ended_by, error=self.error, started_at=self.started_at or 0.0,
+            duration_s=self.duration_s or 0.0, turns=[], heard={}, tool_calls=[], legs=[], relay=None,
+            turn_latency=TurnLatencySummary(turns=[], count=0, total_ms=None, bridge_ms=None, relay_ms=None),
+            artifacts={}, events=0, out_dir=str(self.folder or ""),
+        )
+        return known, f"{SUMMARY_FILE} of this call can no longer be read"
 
     # -- the rest, from disk --------------------------------------------------------------------------------
     def saved_debug(self) -> dict[str, Any]:
@@ -135,7 +152,7 @@ class EndedCall:
             return saved
         events = read_messages(self.folder / EVENTS_FILE) or []
         out = [{"seq": i, "kind": "event", "data": e} for i, e in enumerate(events, 1)]
-        out.append({"seq": len(out) + 1, "kind": "ended", "data": self.summary()})
+        out.append({"seq": len(out) + 1, "kind": "ended", "data": self.summary().model_dump(mode="json")})
         return out
 
     def _read_json(self, name: str) -> Any:
@@ -186,11 +203,3 @@ def write_messages(folder: Path, messages: list[dict[str, Any]], *, append: bool
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def _str_or_none(v: Any) -> str | None:
-    return None if v is None else str(v)
-
-
-def _float_or_none(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
