@@ -4,6 +4,7 @@ with null does (no transcription events, no VAD turns)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -17,6 +18,7 @@ from openai.types.realtime import (
 
 from tests.integration.conftest import _VOICE, Client, cs_session
 from tests.sdk_nulls import null_cases
+from voicebridge.emulator.hearing import Ear
 from voicebridge.emulator.server import Emulator
 
 pytestmark = pytest.mark.integration
@@ -31,6 +33,19 @@ def _at(obj: Any, dotted: str) -> Any:
     for part in dotted.replace("[0]", ".0").split("."):
         obj = obj[int(part)] if part.isdigit() else obj[part]
     return obj
+
+
+def heard_until(ear: Ear, more_ms: int) -> asyncio.Event:
+    """Set once the session's ear has heard `more_ms` more of audio than now (its clock: decoded frames)."""
+    done, target, feed = asyncio.Event(), ear.audio_ms + more_ms, ear.feed
+
+    def counted(frame: Any) -> None:
+        feed(frame)
+        if ear.audio_ms >= target:
+            done.set()
+
+    ear.feed = counted  # type: ignore[method-assign]
+    return done
 
 
 def _errors(client: Client, start: int) -> list[dict[str, Any]]:
@@ -104,12 +119,17 @@ async def test_transcription_null_sends_no_transcription_events(emulator: Emulat
 
 
 async def test_turn_detection_null_makes_no_vad_turns(emulator: Emulator, client: Client) -> None:
-    await client.connect(emulator.base_url, cs_session(turn_detection=None))
+    call_id = await client.connect(emulator.base_url, cs_session(turn_detection=None))
     created = await client.wait_for("session.created")
     assert created["session"]["audio"]["input"]["turn_detection"] is None
+    # The line goes over RTP, the commit over the data channel: which reaches the server first is up to the
+    # machine's load. Commit once the server's audio clock has passed the line's end, so the whole line was heard.
+    line = await _VOICE.speak(ORDER_LINE, "en-us", 165)
+    heard_it = heard_until(emulator.sessions[call_id].ear, len(line.packets) * 20)
     start = len(client.events)
-    playback = client.mic.play((await _VOICE.speak(ORDER_LINE, "en-us", 165)).packets, "mic")
+    playback = client.mic.play(line.packets, "mic")
     assert await playback.finished
+    await asyncio.wait_for(heard_it.wait(), 30)
     client.send({"type": "input_audio_buffer.commit"})  # what was heard so far, the line in progress included
     committed = await client.wait_for("input_audio_buffer.committed", start=start)
     heard = await client.wait_for("conversation.item.input_audio_transcription.completed", start=start)
