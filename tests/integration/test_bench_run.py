@@ -58,6 +58,12 @@ def test_bench_cli_json_last_line_and_files(tmp_path: Path) -> None:
     assert result["calls"] == 1 and set(result["added_latency_ms"]) >= {"p50", "p99", "max"}
     assert "baseline" in result and result["baseline"] is None  # --relay passthrough: no baseline run
     assert result["max_calls_without_loss"] in (0, 1) and len(result["levels"]) == 1
+    # The floor of the same run, and every figure judged by it: bridge CPU per forwarded packet / floor.
+    assert result["floor_us_per_packet"] == result["floor"]["us_per_packet"] > 0
+    level = result["levels"][0]
+    assert level["floor_ratio"] == pytest.approx(level["cpu_us_per_packet"] / result["floor_us_per_packet"], rel=0.02)
+    assert result["floor_ratio"] == level["floor_ratio"]
+    assert "x floor" in proc.stderr and "Floor (receive + SRTP unprotect" in proc.stderr
     assert json.loads((tmp_path / "bench.json").read_text())["levels"] == result["levels"]
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[bench" in proc.stderr  # progress on stderr

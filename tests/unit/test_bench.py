@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from voicebridge.bench import main as bench_main
+from voicebridge.bench.floor import measure_floor, rtp_packets
 from voicebridge.bench.load import noise_packets
 from voicebridge.bench.probes import profile_shares
 from voicebridge.bench.report import figures, markdown, max_without_loss, summarise, table
@@ -75,9 +76,10 @@ def test_figures_loss_ratios_and_the_last_level_without_loss() -> None:
     assert one["setup_ms_p50"] == 60.0 and one["loss_pct"] == 0.0
     assert levels[1]["loss_pct"] == pytest.approx(1.0)
     assert levels[3]["cpu_pct_per_call"] == 2.0 and levels[3]["loss_pct"] == pytest.approx(4.0)
-    assert levels[3]["cpu_us_per_packet"] == pytest.approx(200.0)  # 5 s of CPU for 25000 packets in
+    assert levels[3]["cpu_us_per_packet"] == pytest.approx(200.0)  # 5 s of CPU for 25000 packets forwarded
+    assert levels[3]["floor_ratio"] is None  # no floor given
     raw = raw_job("passthrough", 25, 25000, 12500, 25.0, [0.0003] * 100)
-    raw["window"]["bridge_in"] = 12500  # a starved bridge took in half the packets
+    raw["window"]["bridge_in"] = raw["window"]["bridge_out"] = 12500  # a starved bridge forwarded half the packets
     starved = figures(raw)
     assert starved["cpu_pct_per_call"] == 1.0 and starved["cpu_pct_per_call_full_rate"] == pytest.approx(2.0)
     assert max_without_loss(levels, "passthrough") == 10
@@ -127,3 +129,48 @@ def test_the_headline_baseline_is_never_an_overloaded_level_and_ratios_share_a_l
     text = markdown({**out, **run, "levels": measured, "failures": []})
     assert "| memory <= 10 MiB per call | 1.0 | yes |" in text
     assert "| added latency p50 <= 0.5 ms | 0.1 | yes |" in text
+
+
+def test_the_floor_forwards_real_srtp_packets_and_gives_a_positive_figure() -> None:
+    payloads = noise_packets(50)
+    floor = measure_floor(payloads, rounds=3, packets_per_round=128)
+    assert floor["packets"] == 384 and len(floor["rounds_us_per_packet"]) == 3
+    assert floor["us_per_packet"] > 0 and all(x > 0 for x in floor["rounds_us_per_packet"])
+    assert floor["us_per_packet"] == sorted(floor["rounds_us_per_packet"])[1]  # the median round
+    plain = sum(len(p) for p in rtp_packets(payloads)) / len(payloads)
+    # Every packet came out SRTP-protected (header + payload + an authentication tag), none lost or truncated.
+    assert floor["srtp_bytes_mean"] > plain
+    assert floor["srtp_profile"].startswith("SRTP_")
+    with pytest.raises(ValueError, match="one batch"):
+        measure_floor(payloads, rounds=1, packets_per_round=10)
+
+
+def test_rtp_packets_carry_the_mid_extension_as_the_bridge_sends_them() -> None:
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+    ext = HeaderExtensionsMap()
+    ext.configure(
+        RTCRtpParameters(headerExtensions=[RTCRtpHeaderExtensionParameters(1, "urn:ietf:params:rtp-hdrext:sdes:mid")])
+    )
+    pkt = RtpPacket.parse(rtp_packets([b"\xfc\x01\x02"])[0], ext)
+    assert (pkt.payload_type, pkt.extensions.mid, pkt.payload) == (111, "0", b"\xfc\x01\x02")
+
+
+def test_the_table_and_report_judge_cpu_per_packet_by_the_floor() -> None:
+    lv = figures(raw_job("passthrough", 25, 25000, 25000, 50.0, [0.0003] * 100), floor_us=10.0)
+    assert lv["cpu_us_per_packet"] == pytest.approx(200.0) and lv["floor_ratio"] == pytest.approx(20.0)
+    assert "| 200.0 | 20.0 |" in table([lv])
+    out = summarise([lv], "passthrough", 25)
+    assert out["floor_ratio"] == pytest.approx(20.0)
+    floor = {
+        "us_per_packet": 10.0,
+        "rounds_us_per_packet": [9.0, 10.0, 11.0],
+        "srtp_bytes_mean": 106.7,
+        "srtp_profile": "SRTP_AEAD_AES_256_GCM",
+        "packets": 300,
+    }
+    run = {"date": "d", "machine": {"cpus": 2, "platform": "p", "python": "3"}, "quick": True, "window_s": 2.5}
+    text = markdown({**out, **run, "levels": [lv], "failures": [], "floor": floor, "floor_us_per_packet": 10.0})
+    assert "| bridge CPU per forwarded packet <= 2x the floor | 20.0 | **no** |" in text
+    assert "10.0 us of CPU per packet" in text

@@ -1,5 +1,7 @@
 """`voicebridge bench`: the media path under load, pass-through against aiortc's transcoding path.
 
+First, in a process of its own, the floor (bench/floor.py): what receive + SRTP unprotect + protect + send of
+one packet costs on this machine; the bridge's CPU per forwarded packet is reported as a ratio to it.
 For each concurrency level and relay kind a fresh bridge process (bench/bridge.py) sets up the calls, each
 leg a real WebRTC connection on 127.0.0.1 to a load process (bench/load.py) whose emulated agents talk
 continuously (cached Opus, 20 ms pace). Progress goes to stderr; the table, bench.json and bench.png are
@@ -21,7 +23,8 @@ from typing import Any
 from voicebridge.extras import require
 
 from .bridge import Job, bridge_main
-from .report import figures, lossy, markdown, plot, summarise, table
+from .floor import Floor, measure_floor
+from .report import figures, floor_line, lossy, markdown, plot, summarise, table
 
 FULL_LEVELS = [1, 10, 25, 50]
 EXTRA_LEVELS = [75, 100, 150]  # full run: go on while there is no loss
@@ -58,6 +61,13 @@ def run_job(job: Job) -> dict[str, Any]:
     return result
 
 
+def run_floor() -> Floor:
+    """The floor (bench/floor.py) in a fresh process of its own, like each bridge job."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(measure_floor)
+
+
 def _levels(args: argparse.Namespace) -> tuple[list[int], bool]:
     if args.calls:
         return sorted(set(args.calls)), False
@@ -76,6 +86,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     samples: dict[str, list[float]] = {}
     failures: list[str] = []
     ref = max((c for c in levels if c <= REFERENCE_CALLS), default=levels[0])
+    floor = run_floor()
+    _say(f"floor: {floor['us_per_packet']} us of CPU per forwarded packet (receive, unprotect, protect, send)")
     for relay in relays:
         queue = list(levels)
         extra = list(EXTRA_LEVELS) if extend and relay == "passthrough" else []
@@ -89,14 +101,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 failures.append(str(e))
                 _say(str(e))
                 break
-            lv = figures(raw)
+            lv = figures(raw, floor["us_per_packet"])
             measured.append(lv)
             if calls == ref:
                 samples[f"{relay}, {calls} calls"] = raw["window"]["bridge_samples"]
             lat = lv["added_latency_ms"]
             _say(
                 f"{relay} x{calls}: added p50 {lat.get('p50')} ms p99 {lat.get('p99')} ms, "
-                f"CPU {lv['cpu_pct_per_call']} %/call, {lv['mem_mib_per_call']} MiB/call, "
+                f"CPU {lv['cpu_pct_per_call']} %/call, {lv['cpu_us_per_packet']} us/packet = "
+                f"{lv['floor_ratio']}x floor, {lv['mem_mib_per_call']} MiB/call, "
                 f"loss {lv['loss_pct']} %, set-up p50 {lv['setup_ms_p50']} ms"
             )
             if relay == "transcode" and lv["loss_pct"] > BASELINE_GIVE_UP_LOSS_PCT and queue:
@@ -123,6 +136,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "quick": quick,
         "window_s": seconds,
     }
+    result["floor"] = floor
+    result["floor_us_per_packet"] = floor["us_per_packet"]
     result.update(summarise(measured, main_relay, ref))
     fan = {lv["relay"]: lv["fanout"] for lv in measured if "fanout" in lv}
     result["fanout"] = fan
@@ -171,7 +186,7 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     samples = result.pop("_samples")
-    text = table(result["levels"])
+    text = floor_line(result["floor"]) + "\n\n" + table(result["levels"])
     print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
     ws = result["ws_transcoding"]
     print(

@@ -13,7 +13,13 @@ PACKETS_PER_CALL_S = 100  # into the bridge: two agents, 50 packets/s each
 LOSS_THRESHOLD_PCT = 0.1
 COUNT_LOSS_THRESHOLD_PCT = 1.0  # below this a level counts as "without loss" (boundary effects of the window)
 KEYS = ("added_latency_ms", "cpu_pct_per_call", "mem_mib_per_call", "loss_pct", "setup_ms_p50")
-EXTRA_KEYS = ("e2e_latency_ms", "cpu_pct_per_call_full_rate", "cpu_us_per_packet", "presend_latency_ms")
+EXTRA_KEYS = (
+    "e2e_latency_ms",
+    "cpu_pct_per_call_full_rate",
+    "cpu_us_per_packet",
+    "floor_ratio",
+    "presend_latency_ms",
+)
 
 
 def _lat(samples: list[float]) -> dict[str, float | int]:
@@ -25,10 +31,11 @@ def win_cpu_s(win: dict[str, Any]) -> float:
     return float(win["cpu_pct"]) / 100.0 * float(win["wall_s"])
 
 
-def figures(job: dict[str, Any]) -> dict[str, Any]:
-    """One measured level of one relay, in the JSON's units."""
+def figures(job: dict[str, Any], floor_us: float | None = None) -> dict[str, Any]:
+    """One measured level of one relay, in the JSON's units; floor_us: the floor measured in the same run."""
     calls = int(job["calls"])
-    cpu_us = 1e6 * win_cpu_s(job["window"]) / job["window"]["bridge_in"] if job["window"]["bridge_in"] else None
+    forwarded = job["window"]["bridge_out"]
+    cpu_us = 1e6 * win_cpu_s(job["window"]) / forwarded if forwarded else None
     phases = [p if isinstance(p, list | tuple) else (0.0, 0.0, p) for p in job["setup_s"]]
     total = [p[2] for p in phases]
     win = job["window"]
@@ -69,8 +76,10 @@ def figures(job: dict[str, Any]) -> dict[str, Any]:
         "bridge_packets_in": win["bridge_in"],
         "bridge_packets_out": win["bridge_out"],
         "bridge_dropped": win["bridge_dropped"],
-        # CPU per packet taken in: robust when the machine cannot deliver the full packet rate.
+        # Bridge CPU per forwarded packet: robust when the machine cannot deliver the full packet rate.
         "cpu_us_per_packet": round(cpu_us, 1) if cpu_us else None,
+        # ... judged against the floor (bench/floor.py) of the same run, since machines differ (issue 16).
+        "floor_ratio": round(cpu_us / floor_us, 2) if cpu_us and floor_us else None,
         "udp_rcvbuf_errors": win["udp_rcvbuf_errors"],
         # What a call costs when all its packets flow: at an overloaded level fewer packets got through, so
         # CPU per call there understates the cost; CPU per packet does not.
@@ -177,9 +186,9 @@ def _ratio(a: float | None, b: float | None) -> str:
 def table(levels: list[dict[str, Any]]) -> str:
     head = (
         "| calls | relay | added p50 ms | p99 ms | max ms | e2e p50 ms | CPU %/call | MiB/call | loss % "
-        "| set-up p50 ms |"
+        "| set-up p50 ms | CPU us/packet | x floor |"
     )
-    rows = [head, "|" + "---|" * 10]
+    rows = [head, "|" + "---|" * 12]
     by = {(lv["calls"], lv["relay"]): lv for lv in levels}
     for calls in sorted({lv["calls"] for lv in levels}):
         p, t = by.get((calls, "passthrough")), by.get((calls, "transcode"))
@@ -190,7 +199,8 @@ def table(levels: list[dict[str, Any]]) -> str:
             rows.append(
                 f"| {calls} | {lv['relay']} | {lat.get('p50', '-')} | {lat.get('p99', '-')} | {lat.get('max', '-')} "
                 f"| {e2e['p50'] if e2e else '-'} | {lv['cpu_pct_per_call']} | {lv['mem_mib_per_call']} "
-                f"| {lv['loss_pct']} | {lv['setup_ms_p50']} |"
+                f"| {lv['loss_pct']} | {lv['setup_ms_p50']} | {lv.get('cpu_us_per_packet') or '-'} "
+                f"| {lv.get('floor_ratio') or '-'} |"
             )
         if p and t:
             pl, tl = p["added_latency_ms"], t["added_latency_ms"]
@@ -199,7 +209,8 @@ def table(levels: list[dict[str, Any]]) -> str:
                 f"| {_ratio(pl.get('p99'), tl.get('p99'))} | {_ratio(pl.get('max'), tl.get('max'))} | - "
                 f"| {_ratio(p['cpu_pct_per_call'], t['cpu_pct_per_call'])} "
                 f"| {_ratio(p['mem_mib_per_call'], t['mem_mib_per_call'])} | - "
-                f"| {_ratio(p['setup_ms_p50'], t['setup_ms_p50'])} |"
+                f"| {_ratio(p['setup_ms_p50'], t['setup_ms_p50'])} "
+                f"| {_ratio(p.get('cpu_us_per_packet'), t.get('cpu_us_per_packet'))} | - |"
             )
     fans = [lv for lv in levels if "fanout" in lv]
     if fans:
@@ -273,7 +284,20 @@ TARGETS: tuple[tuple[str, Callable[[dict[str, Any]], Any], float], ...] = (  # i
     ("bridge CPU <= 2 % of a core per call (at the full packet rate)", lambda r: r["cpu_pct_per_call_full_rate"], 2.0),
     ("set-up p50 <= 100 ms", lambda r: r["setup_ms_p50"], 100.0),
     ("memory <= 10 MiB per call", lambda r: r["mem_mib_per_call"], 10.0),
+    # issue 16: judged against the floor measured in the same run (bench/floor.py), not in absolute time
+    ("bridge CPU per forwarded packet <= 2x the floor", lambda r: r.get("floor_ratio"), 2.0),
 )
+
+
+def floor_line(floor: dict[str, Any] | None) -> str:
+    """One sentence on the floor of the run (bench/floor.py), or on its absence (older bench.json)."""
+    if not floor:
+        return "Floor: not measured in this run."
+    return (
+        f"Floor (receive + SRTP unprotect + SRTP protect + send of one {floor['srtp_bytes_mean']:.0f}-byte "
+        f"{floor['srtp_profile']} packet on 127.0.0.1, plain Python loop, this machine, this run): "
+        f"{floor['us_per_packet']} us of CPU per packet (rounds: {floor['rounds_us_per_packet']})."
+    )
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -288,6 +312,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"before/after: {m.get('cpu_pressure_before')} / {m.get('cpu_pressure_after')} %.",
         f"Window {result['window_s']} s per level{' (--quick)' if result['quick'] else ''}; "
         f"headline level: {result['calls']} concurrent calls.",
+        floor_line(result.get("floor")),
         "",
         "| target | measured | met |",
         "|---|---|---|",
