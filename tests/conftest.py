@@ -7,7 +7,7 @@ fast the machine is (no per-example deadline, no too-slow health check), only by
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, settings
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from pydantic import Field, TypeAdapter
 
+from voicebridge.emulator.server import Emulator
+from voicebridge.emulator.voice import Voice
 from voicebridge.media.loopback import loopback_only, set_loopback_only
 
 SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(Annotated[RealtimeServerEvent, Field(discriminator="type")])
@@ -48,6 +50,29 @@ def loopback_ice() -> Iterator[None]:
     set_loopback_only(True)
     yield
     set_loopback_only(before)
+
+
+# One cache of spoken lines for the whole test run: espeak runs once per line, whichever emulator speaks it.
+SHARED_VOICE = Voice()
+StartEmulator = Callable[..., Awaitable[Emulator]]
+
+
+@pytest.fixture
+async def start_emulator() -> AsyncIterator[StartEmulator]:
+    """The one way tests get an emulator: `await start_emulator(**Emulator arguments)` starts one on a free
+    loopback port (with the shared voice unless given another); every emulator started is stopped at the end."""
+    started: list[Emulator] = []
+
+    async def start(**kwargs: Any) -> Emulator:
+        kwargs.setdefault("voice", SHARED_VOICE)
+        emulator = Emulator(**kwargs)
+        await emulator.start("127.0.0.1", 0)
+        started.append(emulator)
+        return emulator
+
+    yield start
+    for emulator in reversed(started):
+        await emulator.stop()
 
 
 def validate_server_event(event: dict[str, Any]) -> None:

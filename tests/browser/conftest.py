@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.conftest import StartEmulator
 from voicebridge.config import EMULATOR_KEY, Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.emulator.voice import parse_wav, resample_to_48k_stereo, synthesize_wav
@@ -64,9 +65,9 @@ class JoinServer:
 
 
 @pytest.fixture
-async def join_server(tmp_path: Path) -> AsyncIterator[JoinServer]:
-    emulator = Emulator()
-    base = await emulator.start("127.0.0.1", 0)
+async def join_server(tmp_path: Path, start_emulator: StartEmulator) -> AsyncIterator[JoinServer]:
+    emulator = await start_emulator()
+    base = emulator.base_url
     settings = dataclasses.replace(Settings(), base_url=base, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
     app = await create_app(settings)
     srv = TestServer(app, host="127.0.0.1")
@@ -75,7 +76,6 @@ async def join_server(tmp_path: Path) -> AsyncIterator[JoinServer]:
         yield JoinServer(str(srv.make_url("/")), app, emulator)
     finally:
         await srv.close()
-        await emulator.stop()
 
 
 async def spoken_wav(text: str, voice: str, speed: int, path: Path) -> Path:

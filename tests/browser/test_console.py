@@ -16,8 +16,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.browser.conftest import ARTIFACTS, BASE_ARGS, CHROMIUM
+from tests.conftest import StartEmulator
 from voicebridge.config import EMULATOR_KEY, Settings
-from voicebridge.emulator.server import Emulator
 from voicebridge.signaling.app import create_app
 
 pytestmark = pytest.mark.browser
@@ -29,9 +29,9 @@ if shutil.which(CHROMIUM) is None:
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[str]:
-    emulator = Emulator()
-    url = await emulator.start("127.0.0.1", 0)
+async def server(tmp_path: Path, start_emulator: StartEmulator) -> AsyncIterator[str]:
+    emulator = await start_emulator()
+    url = emulator.base_url
     settings = dataclasses.replace(Settings(), base_url=url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
     srv = TestServer(await create_app(settings), host="127.0.0.1")
     await srv.start_server()
@@ -39,7 +39,6 @@ async def server(tmp_path: Path) -> AsyncIterator[str]:
         yield str(srv.make_url("/"))
     finally:
         await srv.close()
-        await emulator.stop()
 
 
 @pytest.fixture

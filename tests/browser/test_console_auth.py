@@ -20,8 +20,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.browser.conftest import BASE_ARGS, CHROMIUM
+from tests.conftest import StartEmulator
 from voicebridge.config import EMULATOR_KEY, Settings
-from voicebridge.emulator.server import Emulator
 from voicebridge.signaling.app import create_app
 from voicebridge.signaling.security import SecurityPolicy
 
@@ -41,10 +41,10 @@ class Guarded:
 
 
 @pytest.fixture
-async def guarded(tmp_path: Path) -> AsyncIterator[Guarded]:
+async def guarded(tmp_path: Path, start_emulator: StartEmulator) -> AsyncIterator[Guarded]:
     """A server with an admin token on 127.0.0.1 and one call started through the API with that token."""
-    emulator = Emulator()
-    base = await emulator.start("127.0.0.1", 0)
+    emulator = await start_emulator()
+    base = emulator.base_url
     settings = dataclasses.replace(Settings(), base_url=base, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
     app = await create_app(settings, security=SecurityPolicy(admin_token=ADMIN))
     srv = TestServer(app, host="127.0.0.1")
@@ -61,7 +61,6 @@ async def guarded(tmp_path: Path) -> AsyncIterator[Guarded]:
         yield Guarded(str(srv.make_url("/")), call_id)
     finally:
         await srv.close()
-        await emulator.stop()
 
 
 @pytest.fixture
@@ -120,12 +119,12 @@ async def test_console_without_the_token_asks_for_it(guarded: Guarded, browser_p
 
 
 async def test_a_stale_token_on_a_server_without_one_is_dropped(
-    tmp_path: Path, browser_page: tuple[Any, list[str]]
+    tmp_path: Path, browser_page: tuple[Any, list[str]], start_emulator: StartEmulator
 ) -> None:
     # The tab kept a token from before the server restarted without one: the operator's hang-up must stay an
     # operator hang-up (with the stale bearer, the server would take it for a human's forged join token).
-    emulator = Emulator()
-    base = await emulator.start("127.0.0.1", 0)
+    emulator = await start_emulator()
+    base = emulator.base_url
     settings = dataclasses.replace(Settings(), base_url=base, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
     srv = TestServer(await create_app(settings), host="127.0.0.1")
     await srv.start_server()
@@ -143,4 +142,3 @@ async def test_a_stale_token_on_a_server_without_one_is_dropped(
         assert all("401" in e for e in errors), errors  # the one refused hang-up before the token was dropped
     finally:
         await srv.close()
-        await emulator.stop()

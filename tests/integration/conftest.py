@@ -22,17 +22,16 @@ from aiortc.mediastreams import MediaStreamError
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
-from tests.conftest import SERVER_EVENT
+from tests.conftest import SERVER_EVENT, SHARED_VOICE, StartEmulator
 from voicebridge.config import EMULATOR_KEY, Settings
 from voicebridge.emulator.server import Emulator
 from voicebridge.emulator.track import SpeechTrack
-from voicebridge.emulator.voice import Voice
 from voicebridge.scenarios.model import load_scenario
 from voicebridge.signaling.app import create_app
 
 # Fields the real API sends in session objects that the SDK's request-shaped session model does not declare.
 _KNOWN_EXTRAS = {"id", "object", "expires_at"}
-_VOICE = Voice()  # one cache of spoken lines for the whole test run: espeak runs once per line
+_VOICE = SHARED_VOICE  # one cache of spoken lines for the whole test run: espeak runs once per line
 LATE_ORDER = load_scenario("late_order")
 
 
@@ -166,26 +165,17 @@ class Client:
 
 
 @pytest.fixture
-async def emulator() -> AsyncIterator[Emulator]:
-    emu = Emulator(voice=_VOICE)
-    await emu.start()
-    try:
-        yield emu
-    finally:
-        await emu.stop()
+async def emulator(start_emulator: StartEmulator) -> Emulator:
+    return await start_emulator()
 
 
 @pytest.fixture
-async def console_client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+async def console_client(tmp_path: Path, start_emulator: StartEmulator) -> AsyncIterator[TestClient[Any, Any]]:
     """The console server (REST API + event WebSocket) over an embedded emulator, as `voicebridge serve` runs it."""
-    emulator = Emulator(voice=_VOICE)
-    url = await emulator.start("127.0.0.1", 0)
-    settings = dataclasses.replace(Settings(), base_url=url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
-    try:
-        async with TestClient(TestServer(await create_app(settings))) as c:
-            yield c
-    finally:
-        await emulator.stop()
+    emulator = await start_emulator()
+    settings = dataclasses.replace(Settings(), base_url=emulator.base_url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
+    async with TestClient(TestServer(await create_app(settings))) as c:
+        yield c
 
 
 @pytest.fixture

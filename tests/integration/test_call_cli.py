@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import StartEmulator
 from tests.integration.test_call_failure import SHORT
-from voicebridge.emulator.server import Emulator
 
 pytestmark = pytest.mark.integration
 
@@ -66,20 +66,18 @@ async def test_bad_scenario_is_named(tmp_path: Path) -> None:
     assert code == 2 and "first_speaker" in err
 
 
-async def test_unreachable_endpoint_and_refused_key(tmp_path: Path) -> None:
+async def test_unreachable_endpoint_and_refused_key(tmp_path: Path, start_emulator: StartEmulator) -> None:
     code, out, err = await run_cli(
         "--emulator-url", "http://127.0.0.1:9/v1", "--json", "--out", str(tmp_path / "a")
     )
     assert code == 1 and "cannot reach http://127.0.0.1:9/v1" in err
     assert json.loads(out.strip().splitlines()[-1])["end_reason"] == "error"
 
-    emulator = Emulator(load_builtin=True)
-    url = await emulator.start(host="127.0.0.1", port=0)
-    try:
-        code, _, err = await run_cli(
-            "--emulator-url", url, "--out", str(tmp_path / "b"), env={"OPENAI_API_KEY": "not-a-key"}
-        )
-    finally:
-        await emulator.stop()
+    emulator = await start_emulator(load_builtin=True)
+
+    url = emulator.base_url
+    code, _, err = await run_cli(
+        "--emulator-url", url, "--out", str(tmp_path / "b"), env={"OPENAI_API_KEY": "not-a-key"}
+    )
     assert code == 1 and "401" in err and "OPENAI_API_KEY" in err
     assert "not-a-key" not in err  # the key itself is never printed

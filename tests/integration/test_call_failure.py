@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import StartEmulator
 from tests.integration.test_call_demo import assert_no_tasks_left
 from voicebridge.bridge.artifacts import read_events
 from voicebridge.bridge.call import Call
@@ -53,13 +53,8 @@ def scenario_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def emulator(scenario_file: Path) -> AsyncIterator[Emulator]:
-    emu = Emulator(scenarios=[scenario_file], load_builtin=False)
-    await emu.start(host="127.0.0.1", port=0)
-    try:
-        yield emu
-    finally:
-        await emu.stop()
+async def emulator(scenario_file: Path, start_emulator: StartEmulator) -> Emulator:
+    return await start_emulator(scenarios=[scenario_file], load_builtin=False)
 
 
 async def test_a_dropped_leg_ends_the_call_with_leg_failed(

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import StartEmulator
 from tests.integration.test_call_demo import assert_no_response_create_while_active
 from voicebridge.bridge.artifacts import read_events
 from voicebridge.bridge.call import Call
@@ -70,13 +70,8 @@ def scenario_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def emulator(scenario_file: Path) -> AsyncIterator[Emulator]:
-    emu = Emulator(scenarios=[scenario_file])
-    await emu.start(host="127.0.0.1", port=0)
-    try:
-        yield emu
-    finally:
-        await emu.stop()
+async def emulator(scenario_file: Path, start_emulator: StartEmulator) -> Emulator:
+    return await start_emulator(scenarios=[scenario_file])
 
 
 def trouble_tools(executed: list[str]) -> ToolRegistry:

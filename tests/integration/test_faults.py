@@ -22,12 +22,12 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import StartEmulator
 from tests.integration.test_call_demo import assert_no_tasks_left
 from voicebridge.bridge.artifacts import read_events
 from voicebridge.bridge.call import _ACTIVITY, Call
@@ -145,13 +145,8 @@ def tools(
 
 
 @pytest.fixture
-async def emulator(tmp_path: Path) -> AsyncIterator[Emulator]:
-    emu = Emulator(scenarios=[write_scenario(tmp_path)], load_builtin=False)
-    await emu.start(host="127.0.0.1", port=0)
-    try:
-        yield emu
-    finally:
-        await emu.stop()
+async def emulator(tmp_path: Path, start_emulator: StartEmulator) -> Emulator:
+    return await start_emulator(scenarios=[write_scenario(tmp_path)], load_builtin=False)
 
 
 async def test_a_closed_data_channel_ends_the_call_with_leg_failed(emulator: Emulator, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import av
 import numpy as np
 import pytest
 
+from tests.conftest import StartEmulator
 from voicebridge.bridge.call import Call
 from voicebridge.config import Settings
 from voicebridge.emulator.server import Emulator
@@ -108,30 +109,28 @@ say = "Hello, this is the help desk. Please hold on while I look at your account
 """
 
 
-async def test_a_call_ended_by_a_failed_leg_still_has_finished_recordings(tmp_path: Path) -> None:
+async def test_a_call_ended_by_a_failed_leg_still_has_finished_recordings(
+    tmp_path: Path, start_emulator: StartEmulator
+) -> None:
     scenario_file = tmp_path / "rec_short.toml"
     scenario_file.write_text(SHORT)
-    emu = Emulator(scenarios=[scenario_file], load_builtin=False)
-    await emu.start(host="127.0.0.1", port=0)
-    try:
-        folder = tmp_path / "call"
-        call = Call(load_scenario(scenario_file), Settings(base_url=emu.base_url), folder)
-        spoken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        speech_packets = [0]
+    emu = await start_emulator(scenarios=[scenario_file], load_builtin=False)
+    folder = tmp_path / "call"
+    call = Call(load_scenario(scenario_file), Settings(base_url=emu.base_url), folder)
+    spoken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    speech_packets = [0]
 
-        def on_packet(party: str, pkt: Any) -> None:
-            if party == "cs" and len(pkt.payload) > 10:
-                speech_packets[0] += 1
-                if speech_packets[0] >= 50 and not spoken.done():
-                    spoken.set_result(None)
+    def on_packet(party: str, pkt: Any) -> None:
+        if party == "cs" and len(pkt.payload) > 10:
+            speech_packets[0] += 1
+            if speech_packets[0] >= 50 and not spoken.done():
+                spoken.set_result(None)
 
-        await call.start()
-        call.relay.on_packet(on_packet)
-        await asyncio.wait_for(spoken, 30)  # a second of the greeting went through the relay
-        await emu.sessions[call.legs["cs"].call_id].close("dropped by the test")
-        await call.wait_ended(30)
-    finally:
-        await emu.stop()
+    await call.start()
+    call.relay.on_packet(on_packet)
+    await asyncio.wait_for(spoken, 30)  # a second of the greeting went through the relay
+    await emu.sessions[call.legs["cs"].call_id].close("dropped by the test")
+    await call.wait_ended(30)
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["end_reason"] == "leg_failed"
     assert summary["artifacts"]["recording_cs"] == "cs.webm"

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.conftest import StartEmulator
 from tests.integration.test_call_cli import run_cli
 from tests.integration.test_call_failure import SHORT
-from voicebridge.emulator.server import Emulator
 
 pytestmark = pytest.mark.integration
 
@@ -49,12 +49,11 @@ class Gateway:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+async def gateway(tmp_path: Path, start_emulator: StartEmulator) -> AsyncIterator[Gateway]:
     scenario = tmp_path / "short_call.toml"
     scenario.write_text(SHORT)
-    emulator = Emulator(scenarios=[scenario], load_builtin=False)
-    upstream = await emulator.start(host="127.0.0.1", port=0)
-    gw = Gateway(upstream)
+    emulator = await start_emulator(scenarios=[scenario], load_builtin=False)
+    gw = Gateway(emulator.base_url)
     app = web.Application()
     app.router.add_route("*", "/v1/{tail:.*}", gw.handle)
     runner = web.AppRunner(app)
@@ -66,7 +65,6 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
         yield gw
     finally:
         await runner.cleanup()
-        await emulator.stop()
 
 
 async def test_openai_base_url_and_key_reach_the_server_named_there(gateway: Gateway, tmp_path: Path) -> None:

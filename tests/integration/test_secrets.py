@@ -18,9 +18,9 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.conftest import StartEmulator
 from voicebridge.config import Settings
 from voicebridge.emulator.keys import Keys
-from voicebridge.emulator.server import Emulator
 from voicebridge.signaling.app import create_app
 
 pytestmark = pytest.mark.integration
@@ -61,10 +61,10 @@ def leaks(text: str) -> bool:
 
 
 async def test_the_api_key_appears_in_no_response_message_log_or_artifact(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured_logs: Capture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured_logs: Capture, start_emulator: StartEmulator
 ) -> None:
-    emulator = Emulator()
-    url = await emulator.start("127.0.0.1", 0)
+    emulator = await start_emulator()
+    url = emulator.base_url
     keys_seen: list[str] = []
     original_key = Keys.bearer
 
@@ -88,53 +88,50 @@ async def test_the_api_key_appears_in_no_response_message_log_or_artifact(
         seen.append(f"{method} {path} {resp.status} {dict(resp.headers)!r} {body}")
         return resp, body
 
-    try:
-        async with TestClient(TestServer(await create_app(settings))) as client:
-            resp, _ = await fetch(client, "POST", "/api/calls", json={"scenario": "quick_bye"})
-            assert resp.status == 201
-            call_id = (await resp.json())["id"]
-            ws = await client.ws_connect(f"/api/calls/{call_id}/events")
-            kinds: list[str] = []
+    async with TestClient(TestServer(await create_app(settings))) as client:
+        resp, _ = await fetch(client, "POST", "/api/calls", json={"scenario": "quick_bye"})
+        assert resp.status == 201
+        call_id = (await resp.json())["id"]
+        ws = await client.ws_connect(f"/api/calls/{call_id}/events")
+        kinds: list[str] = []
 
-            async def read_until_ended() -> None:
-                async for msg in ws:
-                    assert msg.type == WSMsgType.TEXT
-                    seen.append(msg.data)
-                    kinds.append(msg.json()["kind"])
-                    if kinds[-1] == "ended":
-                        return
+        async def read_until_ended() -> None:
+            async for msg in ws:
+                assert msg.type == WSMsgType.TEXT
+                seen.append(msg.data)
+                kinds.append(msg.json()["kind"])
+                if kinds[-1] == "ended":
+                    return
 
-            await asyncio.wait_for(read_until_ended(), CALL_TIMEOUT)
-            await ws.close()
-            assert "event" in kinds and "turn" in kinds
+        await asyncio.wait_for(read_until_ended(), CALL_TIMEOUT)
+        await ws.close()
+        assert "event" in kinds and "turn" in kinds
 
-            for path in (
-                "/api/calls",
-                f"/api/calls/{call_id}",
-                f"/api/calls/{call_id}/sdp",
-                f"/api/calls/{call_id}/debug",
-                f"/api/calls/{call_id}/stats",
-                f"/api/calls/{call_id}/participants",
-                "/api/scenarios",
-                "/healthz",
-                "/metrics",
-                "/api/calls/no_such_call",
-            ):
-                await fetch(client, "GET", path)
-            for path, body in (
-                ("/api/calls", b"{not json"),
-                ("/api/calls", b'{"scenario": "no_such_scenario"}'),
-                (f"/api/calls/{call_id}/hangup", b""),  # 409: it has ended
-                (f"/api/calls/{call_id}/tokens", b'{"role": "listen"}'),
-            ):
-                await fetch(client, "POST", path, data=body, headers={"Content-Type": "application/json"})
-            # The same call, measured through the server's real wiring (observed factory -> GET /metrics).
-            _, metrics = await fetch(client, "GET", "/metrics")
-            assert 'voicebridge_calls_ended_total{end_reason="caller_hangup"} 1.0' in metrics
-            assert "voicebridge_active_calls 0.0" in metrics
-            assert re.search(r'voicebridge_relay_packets_total\{party="cs"\} [1-9]', metrics)
-    finally:
-        await emulator.stop()
+        for path in (
+            "/api/calls",
+            f"/api/calls/{call_id}",
+            f"/api/calls/{call_id}/sdp",
+            f"/api/calls/{call_id}/debug",
+            f"/api/calls/{call_id}/stats",
+            f"/api/calls/{call_id}/participants",
+            "/api/scenarios",
+            "/healthz",
+            "/metrics",
+            "/api/calls/no_such_call",
+        ):
+            await fetch(client, "GET", path)
+        for path, body in (
+            ("/api/calls", b"{not json"),
+            ("/api/calls", b'{"scenario": "no_such_scenario"}'),
+            (f"/api/calls/{call_id}/hangup", b""),  # 409: it has ended
+            (f"/api/calls/{call_id}/tokens", b'{"role": "listen"}'),
+        ):
+            await fetch(client, "POST", path, data=body, headers={"Content-Type": "application/json"})
+        # The same call, measured through the server's real wiring (observed factory -> GET /metrics).
+        _, metrics = await fetch(client, "GET", "/metrics")
+        assert 'voicebridge_calls_ended_total{end_reason="caller_hangup"} 1.0' in metrics
+        assert "voicebridge_active_calls 0.0" in metrics
+        assert re.search(r'voicebridge_relay_packets_total\{party="cs"\} [1-9]', metrics)
 
     # The key was really in use: every Realtime request of the call carried it.
     assert keys_seen and set(keys_seen) == {KEY}
