@@ -109,7 +109,7 @@ async def test_serve_still_answers_its_own_names(serve: TestClient[Any, Any]) ->
         assert resp.status == 201, (name, await resp.text())
         assert (await serve.get("/", headers={"Host": name})).status == 200
     async with serve.ws_connect(f"/api/calls/{FakeCall.made[0].id}/events") as ws:  # Host 127.0.0.1:port
-        assert (await asyncio.wait_for(ws.receive_json(), 5))["kind"] == "hello"
+        assert (await asyncio.wait_for(ws.receive_json(), 30))["kind"] == "hello"
 
 
 async def test_serve_allowed_host_adds_a_name(tmp_path: Path) -> None:
@@ -194,7 +194,7 @@ def test_allowed_host_on_the_command_lines(tmp_path: Path) -> None:
     for command in ("serve", "emulator"):
         proc = subprocess.run(
             [sys.executable, "-m", "voicebridge.cli", command, "--port", "0", "--allowed-host", "http://x.example/"],
-            env=env, capture_output=True, text=True, timeout=60,
+            env=env, capture_output=True, text=True, timeout=300,  # a hang's bound: it exits at once with 2
         )  # fmt: skip
         assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
         assert "--allowed-host 'http://x.example/' is not a host name" in proc.stdout + proc.stderr

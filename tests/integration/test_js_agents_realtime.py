@@ -42,7 +42,8 @@ async def test_agents_realtime_default_session_opens_updates_and_answers(emulato
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    # Bounds for a hang only: node's start and the four steps take seconds; each step's own bound is 60 s.
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
     assert out, f"node printed nothing (exit {proc.returncode}): {err.decode()[-2000:]}"
     result = json.loads(out.decode().strip().splitlines()[-1])
     events, steps = result["events"], result["steps"]

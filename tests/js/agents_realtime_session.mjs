@@ -11,7 +11,8 @@ const events = [];
 const steps = [];
 const waiters = [];
 
-function waitFor(predicate, label, ms = 20000) {
+// A bound for a hang only (each step takes a second or two): never what decides a run on a loaded machine.
+function waitFor(predicate, label, ms = 60000) {
   const found = events.find(predicate);
   if (found) return Promise.resolve(found);
   return new Promise((resolve, reject) => {
