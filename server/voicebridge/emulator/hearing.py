@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Protocol
 
 import av
 import numpy as np
@@ -72,6 +73,20 @@ class VadSettings:
         return vad_aggressiveness(self.threshold)
 
 
+SILENT = Verdict(False, False)
+_SILENT_CHUNK = np.zeros(VAD_FRAME_SAMPLES, dtype=np.int16)
+_SILENT_CHUNK.flags.writeable = False
+
+
+class Backlog(Protocol):
+    """Audio a listener has received but not yet fed (listening.py: silent Opus packets kept undecoded as the
+    next turn's padding). It counts on the Ear's clock, and input_audio_buffer.clear forgets it too."""
+
+    def held_ms(self) -> int: ...
+
+    def discard(self) -> None: ...
+
+
 class _Resampler:
     """Any audio frame -> 16 kHz mono s16 in libswresample (downmix, filter, decimate in C: ~60 us a frame).
 
@@ -105,6 +120,7 @@ class Ear:
         self._resampler: _Resampler | None = None
         self.settings = vad
         self._judge = SpeechJudge(vad.threshold)
+        self.backlog: Backlog | None = None
         self._apply(vad)
         self.reset()
 
@@ -142,6 +158,8 @@ class Ear:
     def drop_speech(self) -> None:
         """input_audio_buffer.clear: forget the speech in progress and the padding kept for the next one; unlike
         reset(), the clock goes on, so later audio_start_ms values stay on the session's audio timeline."""
+        if self.backlog is not None:
+            self.backlog.discard()
         self._history.clear()
         self._speaking = False
         self._utterance = []
@@ -158,7 +176,8 @@ class Ear:
     @property
     def audio_ms(self) -> int:
         """Milliseconds of audio heard so far: the clock of audio_start_ms and audio_end_ms."""
-        return self._frames * VAD_FRAME_MS
+        held = self.backlog.held_ms() if self.backlog is not None else 0
+        return self._frames * VAD_FRAME_MS + held
 
     @property
     def speaking(self) -> bool:
@@ -190,9 +209,32 @@ class Ear:
         frame.sample_rate = sample_rate
         self.feed(frame)
 
+    def skip(self, samples: int) -> None:
+        """`samples` (16 kHz) known to be silence without decoding them (a silent Opus packet): the clock goes
+        on and they count as silent frames, neither resampled nor judged."""
+        if samples <= 0:
+            return
+        if len(self._pending):
+            take = min(samples, VAD_FRAME_SAMPLES - len(self._pending))
+            self._pending = np.concatenate([self._pending, np.zeros(take, dtype=np.int16)])
+            samples -= take
+            if len(self._pending) < VAD_FRAME_SAMPLES:
+                return
+            chunk, self._pending = self._pending, np.zeros(0, dtype=np.int16)
+            self._step(chunk)
+        whole, rest = divmod(samples, VAD_FRAME_SAMPLES)
+        self._judge.skip(whole)
+        for _ in range(whole):
+            self._frames += 1
+            self._advance(_SILENT_CHUNK, SILENT)
+        if rest:
+            self._pending = np.zeros(rest, dtype=np.int16)
+
     def _step(self, chunk: npt.NDArray[np.int16]) -> None:
-        verdict = self._judge.judge(chunk)
         self._frames += 1
+        self._advance(chunk, self._judge.judge(chunk))
+
+    def _advance(self, chunk: npt.NDArray[np.int16], verdict: Verdict) -> None:
         if not self._speaking:
             self._history.append((chunk, verdict))
             window = list(self._history)[-START_WINDOW:]

@@ -26,11 +26,14 @@ import numpy.typing as npt
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from voicebridge.media.passthrough import AiortcIncompatible, InboundTap, RtpAudio
+
 from . import events as ev
 from . import responder, response_plan, turn_detection
 from .audio_formats import FormatType, format_type
 from .handlers import handle
 from .hearing import Ear, HearingError, recognizer_for
+from .listening import Listener
 from .persona import Action, PersonaBook, Script
 from .rate_limits import TokenBucket
 from .schema import ApiError
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 
 
 class Session:
+    decode_all = False  # class default; `voicebridge bench --emulator` flips it for its baseline sessions
+
     def __init__(
         self,
         call_id: str,
@@ -99,6 +104,8 @@ class Session:
             turn_detection.vad_settings(self.turn_detection), self._on_speech_started, self._on_speech_stopped
         )
         self.idle = turn_detection.IdleTimer(self._on_idle)
+        self.tap: InboundTap | None = None  # WebRTC: the incoming packets, off the receiver
+        self.listener: Listener | None = None  # WebRTC: what of them is decoded for the ear
         self.rate_limits = TokenBucket()
         self.warm_up()
 
@@ -178,8 +185,30 @@ class Session:
         self.send(ev.event("session.created", session=self.config))
 
     def _on_track(self, track: Any) -> None:
-        if track.kind == "audio":
+        if track.kind != "audio":
+            return
+        # The packets are taken off the receiver before aiortc's jitter buffer and decoder thread, so that only
+        # those that may hold speech are decoded (listening.py). If aiortc's internals changed, decode them all.
+        assert self.pc is not None
+        receiver = next((t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track), None)
+        try:
+            if receiver is None:
+                raise AiortcIncompatible("no receiver carries the incoming track")
+            self.tap = InboundTap(receiver)
+        except AiortcIncompatible as e:
+            log.warning("session %s: decoding every incoming packet: %s", self.id, e)
             self.spawn(self._listen(track))
+            return
+        self.listener = Listener(self.ear, decode_all=Session.decode_all)
+        self.tap.subscribe(self._hear)
+
+    def _hear(self, audio: RtpAudio) -> None:
+        assert self.listener is not None
+        try:
+            self.listener.push(audio.payload, audio.sequence)
+        except HearingError as e:  # a packet we cannot hear is skipped, not fatal
+            if self.listener.errors <= 10:
+                log.warning("session %s: %s", self.id, e)
 
     def close_unless_connected(self, timeout_s: float) -> None:
         """Close the session if its peer has not connected within `timeout_s`: a client that vanished after its

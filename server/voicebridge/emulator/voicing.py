@@ -129,6 +129,10 @@ class SpeechJudge:
         """Forget the audio before now (it counts as silence in the windows)."""
         self._recent.extend([np.zeros(FRAME)] * TONE_FRAMES)
 
+    def skip(self, frames: int) -> None:
+        """`frames` of silence went by unjudged (never decoded): the windows see them as zeros."""
+        self._recent.extend([np.zeros(FRAME)] * min(frames, TONE_FRAMES))
+
     def judge(self, frame: npt.NDArray[np.int16]) -> Verdict:
         self._recent.append(frame.astype(np.float64))
         # Cheapest test first: most frames of a call are silence, and they cost one webrtcvad call.

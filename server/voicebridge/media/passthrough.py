@@ -2,8 +2,9 @@
 
 aiortc has no public API for encoded media. By default every received track goes through a jitter buffer
 (~80 ms) and a decoder, and every sent track through an encoder. A relay wants neither, so this module is the
-ONE place that reaches into aiortc's internals, always per instance (never a global monkeypatch: the emulator
-runs in the same process in tests and keeps aiortc's normal decode path):
+ONE place that reaches into aiortc's internals, always per instance (never a global monkeypatch: other peer
+connections of the process, test clients among them, keep aiortc's normal decode path; the emulator taps its own
+sessions' receivers to decode only what may be speech, emulator/listening.py):
 
 * ``InboundTap`` replaces ``RTCRtpReceiver._handle_rtp_packet`` on one receiver. It keeps aiortc's RTCP
   receiver statistics (so receiver reports and getStats still work) and hands each Opus packet on at once:

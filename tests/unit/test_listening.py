@@ -1,0 +1,123 @@
+"""What the emulator decodes of an Opus stream: silence stays undecoded, speech is heard from its first syllable.
+
+Real espeak speech, encoded by libopus as the emulator's own mouth does, fed packet by packet to a Listener and the
+same packets to a Listener that decodes everything (the old way): the turns must be the same, on the audio clock.
+"""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import numpy.typing as npt
+import pytest
+from aiortc.codecs.opus import OpusEncoder
+
+from voicebridge.emulator.hearing import Ear, VadSettings, recognizer_for
+from voicebridge.emulator.listening import SLEEP_AFTER, Listener, may_hold_speech
+from voicebridge.emulator.voice import FRAME_MS, Voice
+from voicebridge.scenarios import normalize_phrase
+
+pytestmark = pytest.mark.unit
+
+GREETING = "Thank you for calling the help desk, how can I help you today?"
+BYE = "No, that is all. Thank you so much, goodbye."
+VOICE = Voice()
+
+
+class Heard:
+    def __init__(self, vad: VadSettings | None = None, decode_all: bool = False) -> None:
+        self.started: list[int] = []
+        self.stopped: list[tuple[int, npt.NDArray[np.int16]]] = []
+        self.ear = Ear(vad or VadSettings(), self.started.append, lambda ms, pcm: self.stopped.append((ms, pcm)))
+        self.listener = Listener(self.ear, decode_all=decode_all)
+
+    def push(self, packets: list[bytes]) -> None:
+        for p in packets:
+            self.listener.push(p)
+
+
+def silence(ms: int) -> list[bytes]:
+    return [VOICE.silence_packet] * (ms // FRAME_MS)
+
+
+def test_silent_packets_are_known_by_their_size() -> None:
+    assert not may_hold_speech(VOICE.silence_packet)  # 3 bytes: CELT digital silence
+    assert not may_hold_speech(b"")
+    # What a Python peer (aiortc's encoder) sends for digital silence.
+    encoder = OpusEncoder()
+    sizes = []
+    for i in range(10):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1920), dtype=np.int16), format="s16", layout="stereo")
+        frame.sample_rate, frame.pts = 48000, i * 960
+        sizes += [len(p) for p in encoder.encode(frame)[0]]
+    assert len(sizes) == 10 and max(sizes) <= 3, sizes
+
+
+async def test_speech_packets_may_hold_speech() -> None:
+    line = await VOICE.speak(GREETING)
+    sizes = [len(p) for p in line.packets]
+    assert sum(may_hold_speech(p) for p in line.packets) > len(line.packets) // 2, sizes
+
+
+async def test_silence_is_not_decoded_and_the_clock_goes_on() -> None:
+    heard = Heard()
+    heard.push(silence(5000))
+    assert heard.listener.decoded == 0
+    assert heard.listener.skipped + len(heard.listener._ring) == 250
+    assert heard.ear.audio_ms == 5000  # the undecoded ring counts on the clock too
+    assert heard.started == []
+
+
+async def test_speech_after_silence_is_heard_from_its_first_syllable() -> None:
+    """2 s of silence, a phrase, silence: the same turn (start, end, PCM) as decoding everything, an exact
+    transcript, and only the ring before the speech decoded of the silence."""
+    line = await VOICE.speak(GREETING)
+    stream = silence(2000) + list(line.packets) + silence(1500)
+    new, old = Heard(), Heard(decode_all=True)
+    new.push(stream)
+    old.push(stream)
+    assert old.listener.decoded == len(stream)
+    assert len(new.started) == len(new.stopped) == 1
+    assert new.started == old.started
+    assert [ms for ms, _ in new.stopped] == [ms for ms, _ in old.stopped]
+    assert np.array_equal(new.stopped[0][1], old.stopped[0][1])
+    # audio_start_ms is on the audio clock: the speech begins after 2000 ms (espeak leads with a little silence),
+    # backdated by the 300 ms of padding.
+    assert 2000 - 300 <= new.started[0] <= 2000 - 300 + 200
+    assert recognizer_for([GREETING, BYE]).transcribe(new.stopped[0][1]) == normalize_phrase(GREETING)
+    # Of the 2 s of silence only the ring (padding + start window + margin) was decoded; after the line, the ear
+    # decoded until the turn ended and SLEEP_AFTER more.
+    undecoded = new.listener.skipped + len(new.listener._ring)
+    assert undecoded >= 100 - 30 + 75 - 25 - SLEEP_AFTER
+    assert new.listener.decoded + undecoded == len(stream)
+    assert not new.listener.awake
+
+
+async def test_two_turns_and_a_clear_in_between_match_decoding_everything() -> None:
+    a, b = await VOICE.speak(GREETING), await VOICE.speak(BYE)
+    vad = VadSettings(prefix_padding_ms=500, silence_duration_ms=300)
+    new, old = Heard(vad), Heard(vad, decode_all=True)
+    for h in (new, old):
+        h.push(silence(1000) + list(a.packets) + silence(3000))
+        h.ear.drop_speech()
+        fed_ms = 1000 + a.duration_ms + 3000
+        assert fed_ms - FRAME_MS <= h.ear.audio_ms <= fed_ms  # the resampler holds back ~1 ms of filter history
+        h.push(list(b.packets) + silence(1000))
+    # 300 ms of silence ends a turn at a comma, so each line is two or three turns: the same ones either way.
+    assert new.started == old.started and len(new.started) >= 2
+    assert new.started[-1] >= 1000 + a.duration_ms + 3000 - 500  # the last turn is the second line's
+    assert [ms for ms, _ in new.stopped] == [ms for ms, _ in old.stopped]
+    assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(new.stopped, old.stopped, strict=True))
+
+
+def test_a_late_packet_is_dropped_and_a_broken_one_is_refused_by_name() -> None:
+    from voicebridge.emulator.hearing import HearingError
+
+    heard = Heard(decode_all=True)
+    heard.listener.push(VOICE.silence_packet, sequence=10)
+    heard.listener.push(VOICE.silence_packet, sequence=9)
+    assert heard.listener.late == 1 and heard.listener.packets == 1
+    with pytest.raises(HearingError, match="cannot be decoded"):
+        heard.listener.push(b"\xff" * 40, sequence=11)
+    heard.listener.push(VOICE.silence_packet, sequence=12)  # the stream goes on
+    assert heard.listener.errors == 1
