@@ -63,7 +63,8 @@ async def test_demo_call_from_greeting_to_caller_hangup(
     emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Spy on aiortc's own receive path (the one that feeds the jitter buffer and the decoder): the bridge's
-    # receivers must never use it. The emulator's receivers (same process) do, which proves the spy works.
+    # receivers must never use it. The emulator's receivers (same process) take their packets off it too, to
+    # decode only what may be speech (emulator/listening.py), so no receiver of the process may reach it.
     decoded_by: set[int] = set()
     original = RTCRtpReceiver._handle_rtp_packet
 
@@ -99,6 +100,7 @@ async def test_demo_call_from_greeting_to_caller_hangup(
             f"the CS persona did not greet (it said {greeting!r}): the emulator took the scenario's "
             "user context message for something heard (emulator/handlers.py `s.heard.append`)"
         )
+    emulator_taps = [s.tap for s in emulator.sessions.values()]
     for leg in legs.values():
         leg.on("closed", lambda leg=leg: closed_at.setdefault(f"{leg.role}_closed", call.now()))
         for_later.append((leg.audio_out.sender, leg.audio_out.receiver))  # type: ignore[union-attr]
@@ -142,9 +144,15 @@ async def test_demo_call_from_greeting_to_caller_hangup(
 
     # No decode and no encode on the relay path: the bridge's receivers bypass aiortc's decode path,
     # its senders never created an encoder, and packets were relayed both ways.
-    bridge_receivers = {id(rx) for _, rx in for_later}
-    assert decoded_by, "the spy saw no receiver at all: it is not measuring anything"
-    assert not decoded_by & bridge_receivers
+    assert RTCRtpReceiver._handle_rtp_packet is spy
+    assert not decoded_by, "a receiver fed aiortc's jitter buffer and decoder"
+    # ... because each receiver's own handler is a tap (an instance attribute shadows the spied class method),
+    # and the taps saw the packets: the bridge's two and the emulator's two sessions'.
+    assert len(emulator_taps) == 2
+    for tap in emulator_taps:
+        assert tap is not None and tap.packets > 100
+    for _, rx in for_later:
+        assert "_handle_rtp_packet" in vars(rx)
     for tx, _ in for_later:
         assert getattr(tx, "_RTCRtpSender__encoder", None) is None
     assert summary.relay is not None and summary.relay.get("kind") == "passthrough"
