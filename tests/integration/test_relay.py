@@ -7,6 +7,7 @@ bridge's own peer connection; the bridge is the offerer on every leg, like the r
 from __future__ import annotations
 
 import asyncio
+import datetime
 import fractions
 import itertools
 import math
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import AnyRtcpPacket, RtcpRrPacket, RtcpSrPacket
 
 from voicebridge.bridge.audio import AudioRelay
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
@@ -379,3 +381,63 @@ async def test_a_failing_subscriber_does_not_stop_the_leg(pcs: list[RTCPeerConne
     leg.tap.subscribe(more)
     await more.wait_for(2)
     assert len(calls.packets) == n  # unsubscribed: no longer called
+
+
+async def test_rtcp_sender_reports_and_stats_count_exactly_what_was_forwarded(pcs: list[RTCPeerConnection]) -> None:
+    """The SR counters are computed when aiortc builds a report (not written per packet): still exact."""
+    leg = await open_leg(pcs, None)  # the far peer only receives
+    payloads = opus_tone(330, 40)
+    sender = leg.out.sender
+    assert sender is not None
+    # The far peer's receiver: every SR it gets (aiortc makes them its remote-outbound-rtp stats).
+    receiver = leg.peer_receiver
+    srs: list[RtcpSrPacket] = []
+    sr_with_all = asyncio.Event()
+    real_rx = receiver._handle_rtcp_packet
+
+    async def on_rx_rtcp(packet: AnyRtcpPacket) -> None:
+        await real_rx(packet)
+        if isinstance(packet, RtcpSrPacket) and packet.ssrc == sender._ssrc:
+            srs.append(packet)
+            if packet.sender_info.packet_count == len(payloads):
+                sr_with_all.set()
+
+    receiver._handle_rtcp_packet = on_rx_rtcp  # type: ignore[method-assign]
+    # Our sender: receiver reports echoing one of its SRs (LSR), from which aiortc computes the round trip.
+    rr_echoing_sr = asyncio.Event()
+    real_tx = sender._handle_rtcp_packet
+
+    async def on_tx_rtcp(packet: AnyRtcpPacket) -> None:
+        await real_tx(packet)
+        if isinstance(packet, RtcpRrPacket | RtcpSrPacket) and sr_with_all.is_set():
+            if any(r.ssrc == sender._ssrc and r.lsr for r in packet.reports):
+                rr_echoing_sr.set()
+
+    sender._handle_rtcp_packet = on_tx_rtcp  # type: ignore[method-assign]
+
+    for i, payload in enumerate(payloads):
+        if i == len(payloads) - 1:
+            before_last = datetime.datetime.now(datetime.UTC)
+        leg.out.send(RtpAudio(payload, 1000 + 960 * i, 500 + i, False, time.perf_counter()), "agent")
+    after_last = datetime.datetime.now(datetime.UTC)
+    assert leg.out.packets_sent == len(payloads) and leg.out.dropped == 0
+    octets = sum(len(p) for p in payloads)
+
+    await asyncio.wait_for(sr_with_all.wait(), TIMEOUT)
+    info = srs[-1].sender_info
+    assert (info.packet_count, info.octet_count) == (len(payloads), octets)
+    # The SR pairs the last packet's RTP timestamp with the wall-clock time of its send (not of the report).
+    assert info.rtp_timestamp == (1000 + 960 * (len(payloads) - 1) + leg.out._ts_off) & 0xFFFFFFFF
+    remote = next(s for s in (await receiver.getStats()).values() if s.type == "remote-outbound-rtp")
+    assert (remote.packetsSent, remote.bytesSent) == (len(payloads), octets)
+    slack = datetime.timedelta(milliseconds=50)  # clock conversion; the report itself comes 0.5-1.5 s later
+    assert before_last - slack <= remote.remoteTimestamp <= after_last + slack
+    outbound = next(s for s in (await sender.getStats()).values() if s.type == "outbound-rtp")
+    assert (outbound.packetsSent, outbound.bytesSent) == (len(payloads), octets)
+
+    # The far end's receiver report echoes the SR's NTP time: aiortc matches it (same NTP read for SR and LSR)
+    # and reports all packets received, none lost.
+    await asyncio.wait_for(rr_echoing_sr.wait(), TIMEOUT)
+    inbound = next(s for s in (await sender.getStats()).values() if s.type == "remote-inbound-rtp")
+    assert inbound.packetsReceived == len(payloads) and inbound.packetsLost == 0
+    assert inbound.roundTripTime is not None and inbound.roundTripTime >= 0

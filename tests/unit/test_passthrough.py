@@ -64,6 +64,39 @@ async def test_renamed_private_state_is_reported_by_name(pc: RTCPeerConnection) 
         check_aiortc_compatibility(sender=sender)
 
 
+async def test_a_sender_that_no_longer_reads_its_counters_as_attributes_is_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def run_rtcp(self: Any) -> None:  # an aiortc that would keep its SR counters elsewhere
+        return None
+
+    monkeypatch.setattr(RTCRtpSender, "_run_rtcp", run_rtcp)
+    with pytest.raises(AiortcIncompatible, match=r"RTCRtpSender._run_rtcp counters"):
+        check_aiortc_compatibility()
+
+
+async def test_rtcp_counters_are_views_of_the_outbound_counters_on_its_own_sender_only(pc: RTCPeerConnection) -> None:
+    out = OutboundAudio()
+    sender = out.add_to(pc)
+    plain = pc.addTransceiver("audio").sender
+    assert type(plain) is RTCRtpSender and isinstance(sender, RTCRtpSender) and type(sender) is not RTCRtpSender
+    # Before any packet: what aiortc itself starts from.
+    assert [getattr(sender, n) for n in passthrough._TX_COUNTERS] == [0, 0, 0, 0]
+    out.packets_sent, out.bytes_sent, out._last_ts = 7, 560, 123456  # what send() leaves behind
+    out._last_sent_at = 1.0
+    assert sender._RTCRtpSender__packet_count == 7 and sender._RTCRtpSender__octet_count == 560
+    assert sender._RTCRtpSender__rtp_timestamp == 123456
+    ntp = sender._RTCRtpSender__ntp_timestamp
+    assert ntp > 0 and sender._RTCRtpSender__ntp_timestamp == ntp  # computed once per send: SR and LSR agree
+    stats = await sender.getStats()  # aiortc's own getStats reads them
+    outbound = next(s for s in stats.values() if s.type == "outbound-rtp")
+    assert (outbound.packetsSent, outbound.bytesSent) == (7, 560)
+    sender._RTCRtpSender__packet_count = 99  # aiortc's send loop would write; ours never sends, ours win
+    assert sender._RTCRtpSender__packet_count == 7
+    check_aiortc_compatibility(sender=sender)  # still passes on a sender already converted
+    assert plain._RTCRtpSender__packet_count == 0
+
+
 async def test_tap_is_per_instance_and_reversible(pc: RTCPeerConnection) -> None:
     tapped, other = pc.addTransceiver("audio").receiver, pc.addTransceiver("audio").receiver
     tap = InboundTap(tapped)

@@ -13,7 +13,10 @@ sessions' receivers to decode only what may be speech, emulator/listening.py):
   aiortc's send loop waits on it instead of polling and never creates an encoder). Packets are written
   "SFU style" to the sender's DTLS transport (``RTCDtlsTransport._send_rtp``) with the sender's SSRC, the
   negotiated payload type and MID extension, and our own sequence numbers / timestamp offsets, so a change
-  of source is invisible to the receiver. The sender's RTCP sender-report counters are kept up to date.
+  of source is invisible to the receiver. The sender's RTCP sender-report counters (packets, octets, the last
+  packet's RTP and NTP timestamps) are computed only when aiortc reads them (an SR every ~1 s, getStats):
+  ``_LazyCountersSender``, the class of our senders only, turns aiortc's private counter attributes into
+  properties over ``OutboundAudio``'s own plain counters, so a forwarded packet writes none of them.
 
 ``check_aiortc_compatibility()`` verifies every internal this relies on and raises ``AiortcIncompatible``
 naming what changed; both classes call it, and tests/unit/test_passthrough*.py pin it.
@@ -134,10 +137,20 @@ def check_aiortc_compatibility(
         need(isinstance(getattr(receiver, _RX_STREAMS, None), dict), f"RTCRtpReceiver.{_RX_STREAMS} (dict)")
         need(isinstance(getattr(receiver, _RX_CODECS, None), dict), f"RTCRtpReceiver.{_RX_CODECS} (dict)")
         need(hasattr(receiver, "_enabled"), "RTCRtpReceiver._enabled")
+    # _LazyCountersSender: aiortc reads the sender's counters as plain attributes in these methods only, and a
+    # sender's class can be swapped for a slot-less subclass (no __slots__ on RTCRtpSender).
+    for method in ("_run_rtcp", "getStats", "_handle_rtcp_packet", "_run_rtp"):
+        fn = getattr(RTCRtpSender, method, None)
+        need(fn is not None and "self.__packet_count" in inspect.getsource(fn), f"RTCRtpSender.{method} counters")
+    need(
+        "__slots__" not in vars(RTCRtpSender) and not any(hasattr(RTCRtpSender, n) for n in _TX_COUNTERS),
+        "RTCRtpSender without __slots__ or class-level counters",
+    )
     if sender is not None:
         need(isinstance(getattr(sender, "_ssrc", None), int), "RTCRtpSender._ssrc (int)")
         for name in _TX_COUNTERS:
             need(isinstance(getattr(sender, name, None), int), f"RTCRtpSender.{name} (int)")
+        need(type(sender) in (RTCRtpSender, _LazyCountersSender), "an RTCRtpSender (not a subclass)")
     if problems:
         import aiortc
 
@@ -269,6 +282,8 @@ class OutboundAudio:
         self._last_ts = random.getrandbits(32)
         self._last_samples = 960
         self._last_sent_at = 0.0
+        self._ntp_of = 0.0  # _last_sent_at whose NTP time _ntp holds (see sent_ntp_time)
+        self._ntp = 0
         self._started = False
         self._latency: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
 
@@ -306,6 +321,11 @@ class OutboundAudio:
             await original_send(parameters)
 
         sender.send = send  # type: ignore[method-assign]  # per instance: learn PT and MID at negotiation
+        # Per instance too: this sender's RTCP counters become views of ours, computed when aiortc reads them.
+        vars(sender)[_OWNER] = self
+        for name in _TX_COUNTERS:
+            vars(sender).pop(name, None)
+        sender.__class__ = _LazyCountersSender
         self.sender = sender
         self.receiver = transceiver.receiver
         return sender
@@ -370,12 +390,25 @@ class OutboundAudio:
         self._last_sent_at = now
         self._last_samples = opus_samples(payload)
         self.packets_sent += 1
-        self.bytes_sent += len(payload)
-        # aiortc's RTCP sender reports read these; we bypass its send loop, so keep them current.
-        setattr(sender, _TX_COUNTERS[0], self.packets_sent)
-        setattr(sender, _TX_COUNTERS[1], self.bytes_sent)
-        setattr(sender, _TX_COUNTERS[2], ts)
-        setattr(sender, _TX_COUNTERS[3], aiortc_clock.current_ntp_time())
+        self.bytes_sent += len(payload)  # aiortc's SR and getStats read these two and _last_ts lazily
+
+    def sent_ntp_time(self) -> int:
+        """NTP time (64-bit) of the last packet sent, 0 before any: the SR's pair to its RTP timestamp.
+
+        Computed when asked, from the perf_counter() of that send, then kept for that send: aiortc reads it
+        twice per SR (the report and the LSR it later matches against receiver reports for the RTT).
+        """
+        if self._last_sent_at != self._ntp_of:
+            for _ in range(5):  # read both clocks together: retry if preempted in between
+                before = time.perf_counter()
+                now = aiortc_clock.current_ntp_time()
+                after = time.perf_counter()
+                if after - before < 0.001:
+                    break
+            ago = (before + after) / 2 - self._last_sent_at
+            self._ntp = now - int(ago * (1 << 32))
+            self._ntp_of = self._last_sent_at
+        return self._ntp if self.packets_sent else 0
 
     def _rebase(self, pkt: RtpAudio, source: str) -> None:
         if self._started:
@@ -409,6 +442,41 @@ class OutboundAudio:
     def close(self) -> None:
         """Stop sending (later packets are dropped). The peer connection itself is closed by its owner."""
         self._closed = True
+
+
+_OWNER = "_voicebridge_outbound"
+
+
+def _counter(read: Callable[[OutboundAudio], int], doc: str) -> property:
+    def get(sender: RTCRtpSender) -> int:
+        return read(vars(sender)[_OWNER])
+
+    def set_(sender: RTCRtpSender, value: int) -> None:
+        # aiortc's own send loop would write here; ours never sends (idle track), so there is nothing to keep.
+        pass
+
+    return property(get, set_, doc=doc)
+
+
+class _LazyCountersSender(RTCRtpSender):
+    """The class of OutboundAudio's senders only: aiortc's RTCP counters read from the OutboundAudio on demand.
+
+    aiortc's methods read ``self.__packet_count`` etc. (name-mangled to the names in _TX_COUNTERS); a property
+    of the same name on the class wins over the instance attribute, so an SR or getStats() sees our counters
+    as of that moment while the per-packet path only increments two ints. No state of its own (no __slots__
+    change): assigning it as an instance's __class__ is safe, and check_aiortc_compatibility guards the rest.
+    """
+
+    __slots__ = ()
+
+
+for _name, _read, _doc in (
+    (_TX_COUNTERS[0], lambda o: o.packets_sent, "RTP packets sent (SR packet count, outbound-rtp packetsSent)"),
+    (_TX_COUNTERS[1], lambda o: o.bytes_sent, "payload octets sent (SR octet count, outbound-rtp bytesSent)"),
+    (_TX_COUNTERS[2], lambda o: o._last_ts if o.packets_sent else 0, "RTP timestamp of the last packet sent (SR)"),
+    (_TX_COUNTERS[3], lambda o: o.sent_ntp_time(), "NTP time of the last packet sent (SR)"),
+):
+    setattr(_LazyCountersSender, _name, _counter(_read, _doc))
 
 
 def latency_summary(samples: Any) -> dict[str, float | int]:
