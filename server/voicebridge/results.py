@@ -37,7 +37,8 @@ EndReason = Literal[
 ]
 # The one rule for "this call succeeded": it ended because someone hung up on purpose, the caller agent (it said
 # goodbye and called hangup()) or the operator (the console's or the CLI's hang-up). Everything else (a failed
-# leg, a timeout, an error, a human who took over and hung up, a server shutdown) is a failure.
+# leg, a timeout, an error, a human who took over and hung up, a server shutdown) is a failure. A call whose
+# scenario has pass criteria must also pass them (CallSummary.succeeded).
 SUCCESS_END_REASONS: frozenset[str] = frozenset({"caller_hangup", "operator_hangup"})
 
 
@@ -162,6 +163,34 @@ class TurnLatencySummary(Record):
     relay_ms: P50Max | None
 
 
+class CriterionVerdict(Record):
+    """What one pass criterion of the scenario (an `[[expect]]` entry) found when the call ended (summary.json
+    `criteria`; voicebridge/lab/criteria.py)."""
+
+    name: str
+    """The entry's `name`."""
+    kind: str
+    """What it checks: tool, no_tool, query, check, said, heard, end_reason, max_duration_s, max_turn_gap_ms,
+    judge."""
+    passed: bool
+    """It ran and held. False when it failed or was skipped."""
+    skipped: bool
+    """It did not run (a judge without a model): neither passed nor failed, and not counted against the call."""
+    detail: str
+    """One line for people: what was found, or why it failed or was skipped."""
+    evidence: JsonValue
+    """What the verdict rests on: the matching (or offending) tool call record, the query's value, the
+    transcript line, the measured figure; None when there is nothing to show (no such call, no such line)."""
+
+
+def criteria_passed(verdicts: list[CriterionVerdict]) -> bool | None:
+    """The call's verdict over its criteria: every criterion that ran passed (skipped ones do not count); None
+    for a call without criteria."""
+    if not verdicts:
+        return None
+    return all(v.passed for v in verdicts if not v.skipped)
+
+
 class LegSummary(Record):
     """One agent leg of a call (summary.json `legs`)."""
 
@@ -230,11 +259,16 @@ class CallSummary(Record):
     """Events written to events.jsonl."""
     out_dir: str
     """The call's folder."""
+    criteria: list[CriterionVerdict] = []
+    """The verdict of each of the scenario's pass criteria (`[[expect]]`), in the file's order, once the call
+    has ended; empty before that and for a scenario without criteria."""
+    passed: bool | None = None
+    """Every criterion that ran passed (criteria_passed); None while there are no verdicts."""
 
     @property
     def succeeded(self) -> bool:
-        """The call succeeded: see SUCCESS_END_REASONS."""
-        return succeeded(self.end_reason)
+        """The call succeeded: it ended as SUCCESS_END_REASONS says and, when it has criteria, they passed."""
+        return succeeded(self.end_reason) and self.passed is not False
 
 
 # -- batches ---------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ ROOT = "voicebridge"
 # the ranks below it, never one above.
 RANKS: list[set[str]] = [
     {"config", "validation", "extras", "edge", "observability", "scenarios", "tools", "results"},  # foundations
-    {"media", "diagnostics"},
+    {"media", "diagnostics", "lab"},  # lab: judges calls from their results and scenarios
     {"realtime"},
     {"bridge"},
     {"signaling"},

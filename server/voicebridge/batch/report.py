@@ -135,13 +135,23 @@ def _turn_latency(summaries: list[CallSummary]) -> TurnLatencyStats:
     )
 
 
+def _failed_criteria(summary: CallSummary) -> str | None:
+    """Why a call that ended well still failed: its criteria that did not pass."""
+    failed = [v.name for v in summary.criteria if not v.passed and not v.skipped]
+    return f"criteria failed: {', '.join(failed)}" if failed else None
+
+
 def build_report(result: BatchResult, report_dir: Path | None = None) -> BatchReport:
     report_dir = Path(report_dir or result.out_dir)
     sums = result.summaries
     ok = [s for s in sums if s.succeeded]
     reasons = Counter(str(s.end_reason) for s in sums)
     settings = result.settings
-    errors = [CallError(call_id=s.call_id, end_reason=s.end_reason, error=s.error) for s in sums if not s.succeeded]
+    errors = [
+        CallError(call_id=s.call_id, end_reason=s.end_reason, error=s.error or _failed_criteria(s))
+        for s in sums
+        if not s.succeeded
+    ]
     return BatchReport(
         version=REPORT_VERSION,
         batch_id=result.batch_id,

@@ -1,7 +1,8 @@
 """Scenario files: who is on the call, what each agent is told, and (for the emulator) what each persona does.
 
 A scenario is a TOML file. The bridge reads `instructions`, `voice`, `context`, `first_speaker` and the CS tools;
-the emulator reads each persona's `script`. The real OpenAI API never sees a script: it gets the instructions, and the
+the emulator reads each persona's `script`; voicebridge.lab judges a call by the `[[expect]]` pass criteria
+(expect.py). The real OpenAI API never sees a script: it gets the instructions, and the
 emulator finds the persona whose instructions equal the session's (no field the real API lacks).
 
 The models below are the file's schema: pydantic validates a file against them (unknown fields refused, types
@@ -11,6 +12,7 @@ strict: TOML has real booleans and numbers, so `hangup = "yes"` is a mistake, no
 
 from __future__ import annotations
 
+import importlib
 import re
 import tomllib
 from pathlib import Path
@@ -27,7 +29,10 @@ from pydantic import (
     model_validator,
 )
 
+from voicebridge.tools import ToolRegistry
 from voicebridge.validation import explain
+
+from .expect import Expectation
 
 Role = Literal["caller", "cs"]
 ROLES: tuple[Role, ...] = ("caller", "cs")
@@ -129,6 +134,8 @@ class Scenario(_FileTable):
     tools: str = ""  # "module:attribute" of the CS tool registry factory; empty for no tools
     max_duration_s: float = Field(300.0, gt=0)
     idle_timeout_s: float = Field(60.0, gt=0)
+    # The pass criteria (`[[expect]]`), checked when the call ends (voicebridge.lab.criteria).
+    expect: tuple[Expectation, ...] = Field((), strict=False)
     # Where the scenario was loaded from: not a field of the file, so a file cannot set it.
     _path: Path | None = PrivateAttr(None)
 
@@ -178,6 +185,23 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ScenarioError(f"{p}: not valid TOML: {e}") from e
     return parse_scenario(data, where=str(p), path=p)
+
+
+def load_tools(scenario: Scenario, data_dir: Path, timeout_s: float) -> ToolRegistry:
+    """Call the scenario's `module:function` tool factory with the call's folder (an empty registry without one)."""
+    if not scenario.tools:
+        return ToolRegistry(timeout_s=timeout_s)
+    module_name, _, attr = scenario.tools.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ScenarioError(
+            f"{scenario.path or scenario.name}: `tools` = {scenario.tools!r} cannot be loaded: {e}"
+        ) from e
+    registry = factory(data_dir)
+    if not isinstance(registry, ToolRegistry):
+        raise ScenarioError(f"{scenario.tools} returned {type(registry).__name__}, not a ToolRegistry")
+    return registry
 
 
 def builtin_names() -> list[str]:
