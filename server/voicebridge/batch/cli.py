@@ -20,6 +20,7 @@ from typing import TextIO
 
 from voicebridge.backend import realtime_backend
 from voicebridge.extras import require
+from voicebridge.lab.criteria import check_scenario
 from voicebridge.observability.logs import json_handler
 from voicebridge.observability.metrics import Metrics
 from voicebridge.results import BatchReport
@@ -104,6 +105,7 @@ def print_headline(report: BatchReport, out_dir: Path, stream: TextIO) -> None:
 
 async def _main(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
+    check_scenario(scenario)  # bad criteria are scenario errors before any call is placed
     batch_id = new_batch_id()
     out_dir = Path(args.out) if args.out is not None else Path("batches") / batch_id
     bar = ProgressBar(sys.stderr, args.calls)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -23,25 +24,28 @@ from pyee.asyncio import AsyncIOEventEmitter
 
 from voicebridge.config import Settings
 from voicebridge.diagnostics.pc_debug import PcDebug, mask_sdp
+from voicebridge.lab.criteria import evaluate
 from voicebridge.media.relay import PacketHooks, Relay
 from voicebridge.realtime.leg import Leg
 from voicebridge.results import (
     CallState,
     CallSummary,
+    CriterionVerdict,
     EndReason,
     EventRecord,
     LegSummary,
     RelayStats,
     RelayStatsError,
     ToolCallRecord,
+    criteria_passed,
 )
-from voicebridge.scenarios.model import ROLES, Scenario
+from voicebridge.scenarios.model import ROLES, Scenario, load_tools
 from voicebridge.tools import ToolRegistry, ToolResult
 
 from .artifacts import Artifacts
 from .context import sync_context
 from .functions import FunctionCall, FunctionCalls, Reply, ResponseGate
-from .sessions import HANGUP_TOOL, build_session, load_tools
+from .sessions import HANGUP_TOOL, build_session
 from .transcript import OTHER, Transcript
 from .turns import CallRecording, TurnLatency, artifact_files
 
@@ -116,6 +120,7 @@ class Call(AsyncIOEventEmitter):
         self.gates: dict[str, ResponseGate] = {}
         self.functions: dict[str, FunctionCalls] = {}
         self.tool_calls: list[ToolCallRecord] = []
+        self.verdicts: list[CriterionVerdict] = []  # the scenario's pass criteria, judged once the call has ended
         self.transcript = Transcript()
         # AudioRelay (any WebRTC leg) or PcmRelay (two WebSocket legs); what else it can do: media/relay.py.
         self.relay: Relay | None = None
@@ -257,6 +262,8 @@ class Call(AsyncIOEventEmitter):
             artifacts=artifact_files(self.recording),
             events=self.artifacts.events_written if self.artifacts else 0,
             out_dir=str(self.out_dir),
+            criteria=list(self.verdicts),
+            passed=criteria_passed(self.verdicts),
         )
 
     def saved_debug(self) -> dict[str, Any]:
@@ -471,6 +478,12 @@ class Call(AsyncIOEventEmitter):
         await self.debug.wait_closed(PC_CLOSE_WAIT_S)
         self.duration_s = self.now()
         self._set_state("ended")
+        if self.scenario.expect:
+            # In a thread: a criterion reads the tool database and may run the scenario's own Python hook.
+            self.verdicts = await asyncio.to_thread(
+                evaluate, self.scenario.expect, self.summary(), self.out_dir,
+                judge_key=bool(os.environ.get("OPENAI_API_KEY")),
+            )
         summary = self.summary()
         if self.artifacts is not None:
             self.artifacts.write_transcript(self.transcript.entries)

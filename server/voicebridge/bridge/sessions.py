@@ -5,13 +5,10 @@ The session object is the same for OpenAI and the emulator (the emulator finds i
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
 from typing import Any
 
 from voicebridge.config import Settings
-from voicebridge.scenarios.model import Persona, Scenario, ScenarioError
-from voicebridge.tools import ToolRegistry
+from voicebridge.scenarios.model import Persona
 
 HANGUP_TOOL = {
     "type": "function",
@@ -38,20 +35,3 @@ def build_session(persona: Persona, settings: Settings, tools: list[dict[str, An
         "tools": tools,
         "tool_choice": "auto",
     }
-
-
-def load_tools(scenario: Scenario, data_dir: Path, timeout_s: float) -> ToolRegistry:
-    """Call the scenario's `module:function` factory with the call's folder."""
-    if not scenario.tools:
-        return ToolRegistry(timeout_s=timeout_s)
-    module_name, _, attr = scenario.tools.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ScenarioError(
-            f"{scenario.path or scenario.name}: `tools` = {scenario.tools!r} cannot be loaded: {e}"
-        ) from e
-    registry = factory(data_dir)
-    if not isinstance(registry, ToolRegistry):
-        raise ScenarioError(f"{scenario.tools} returned {type(registry).__name__}, not a ToolRegistry")
-    return registry

@@ -20,6 +20,7 @@ from voicebridge.bridge.call import Call
 from voicebridge.bridge.context import ContextError
 from voicebridge.bridge.turns import format_turns
 from voicebridge.config import Settings
+from voicebridge.lab.criteria import check_scenario
 from voicebridge.realtime.api import LegError
 from voicebridge.results import CallSummary, ToolCallRecord, TranscriptLine
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
@@ -54,6 +55,12 @@ def print_summary(summary: CallSummary, out: TextIO) -> None:
         print(f"  tool {c.leg}.{c.name} ok={c.ok} {c.duration_ms:.1f} ms -> {c.output[:100]}", file=out)
     for line in format_turns(summary.turn_latency):
         print(line, file=out)
+    if summary.criteria:
+        ran = [v for v in summary.criteria if not v.skipped]
+        print(f"criteria: {sum(v.passed for v in ran)}/{len(ran)} passed", file=out)
+        for v in summary.criteria:
+            mark = "skip" if v.skipped else ("PASS" if v.passed else "FAIL")
+            print(f"  {mark} {v.name} [{v.kind}]: {v.detail}", file=out)
     files = ", ".join(sorted(summary.artifacts.values()))
     print(f"artifacts: {summary.out_dir} ({files})", file=out, flush=True)
 
@@ -94,6 +101,7 @@ async def run_call(
 
 async def _main(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
+    check_scenario(scenario)  # bad criteria are scenario errors before any call is placed
     async with realtime_backend([scenario], args.emulator_url) as backend:
         print(f"Realtime backend: {backend.description}", file=sys.stderr)
         transports = (getattr(args, "caller_transport", "webrtc"), getattr(args, "cs_transport", "webrtc"))
@@ -101,6 +109,9 @@ async def _main(args: argparse.Namespace) -> int:
     print_summary(summary, sys.stderr)
     if summary.end_reason == "error":
         print(f"voicebridge call: {summary.error}", file=sys.stderr)
+    failed = [v.name for v in summary.criteria if not v.passed and not v.skipped]
+    if failed:
+        print(f"voicebridge call: criteria failed: {', '.join(failed)}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary.model_dump(mode="json")))
     return 0 if summary.succeeded else 1
