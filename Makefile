@@ -63,6 +63,7 @@ lint: install
 
 bench: install
 	$(BIN)/voicebridge bench --out out/bench
+	$(BIN)/voicebridge bench --emulator --out out/bench
 
 soak: install
 	$(BIN)/voicebridge soak

@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--calls", type=_positive_int, nargs="*", default=None, help="concurrency levels to measure")
     b.add_argument("--relay", choices=["passthrough", "transcode"], default=None, help="measure only this relay")
     b.add_argument("--out", type=Path, default=Path("."), help="where bench.json and bench.png are written")
+    b.add_argument(
+        "--emulator", action="store_true",
+        help="measure the emulator instead: CPU per session idle, hearing silence or speech and speaking, "
+        "decoding every incoming packet (before) beside only what may be speech",
+    )
+    b.add_argument("--sessions", type=_positive_int, default=8, help="--emulator: sessions on each emulator")
+    b.add_argument("--seconds", type=float, default=8.0, help="--emulator: measured window per phase")
+    b.add_argument("--settle", type=float, default=2.0, help="--emulator: seconds into a phase before measuring")
 
     from voicebridge.batch.args import add_arguments as add_batch_arguments
 
@@ -152,6 +160,10 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         from voicebridge.commands.serve import main as serve_main
 
         return serve_main(args)
+    if cmd == "bench" and args.emulator:
+        from voicebridge.bench.emulator import main as emulator_bench_main
+
+        return emulator_bench_main(args)
     if cmd == "bench":
         from voicebridge.bench import main as bench_main
 

@@ -67,3 +67,21 @@ def test_bench_cli_json_last_line_and_files(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "bench.json").read_text())["levels"] == result["levels"]
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[bench" in proc.stderr  # progress on stderr
+
+
+async def test_the_emulator_bench_measures_both_emulators_in_every_phase_and_the_gated_one_skips_silence() -> None:
+    import argparse
+
+    from voicebridge.bench.emulator import PHASES, _measure
+
+    result = await _measure(argparse.Namespace(sessions=1, seconds=1.0, settle=1.5))
+    assert list(result["phases"]) == list(PHASES)
+    for phase, row in result["phases"].items():
+        assert row["baseline"]["cpu_pct_per_session"] >= 0 and row["gated"]["cpu_pct_per_session"] >= 0, phase
+    phases = result["phases"]
+    assert phases["idle"]["gated"]["packets_in"] == 0
+    # Silence in (while listening, and while speaking, once the last turn heard has ended): none was decoded.
+    for phase in ("silence", "speaking"):
+        assert phases[phase]["gated"]["packets_in"] > 0 and phases[phase]["gated"]["decoded_pct"] == 0.0, phase
+    assert phases["hearing"]["gated"]["decoded_pct"] > 50  # speech is decoded (the pauses may not be)
+    assert result["responses"] > 0  # the speaking phase really had the emulators speak

@@ -12,7 +12,7 @@ been decoded), then the packet. Awake, it decodes every packet; it sleeps again 
 a row outside a turn. Packets pushed out of the ring count on the Ear's clock as silence (`Ear.skip`), and the ring
 itself counts there too (`Ear.backlog`), so audio_start_ms / audio_end_ms stay on the audio timeline.
 
-`decode_all=True` is the old way (every packet decoded): the benchmark's baseline.
+`decode_all=True` decodes every packet: the reference the tests compare the turns with.
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 
 
 class Session:
-    decode_all = False  # class default; `voicebridge bench --emulator` flips it for its baseline sessions
+    # `voicebridge bench --emulator`'s baseline: every incoming packet decoded by aiortc's receiver, as before.
+    aiortc_decode = False
 
     def __init__(
         self,
@@ -190,6 +191,9 @@ class Session:
         # The packets are taken off the receiver before aiortc's jitter buffer and decoder thread, so that only
         # those that may hold speech are decoded (listening.py). If aiortc's internals changed, decode them all.
         assert self.pc is not None
+        if Session.aiortc_decode:
+            self.spawn(self._listen(track))
+            return
         receiver = next((t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track), None)
         try:
             if receiver is None:
@@ -199,7 +203,7 @@ class Session:
             log.warning("session %s: decoding every incoming packet: %s", self.id, e)
             self.spawn(self._listen(track))
             return
-        self.listener = Listener(self.ear, decode_all=Session.decode_all)
+        self.listener = Listener(self.ear)
         self.tap.subscribe(self._hear)
 
     def _hear(self, audio: RtpAudio) -> None:
