@@ -77,7 +77,9 @@ async def test_the_emulator_bench_measures_both_emulators_in_every_phase_and_the
     result = await _measure(argparse.Namespace(sessions=1, seconds=1.0, settle=1.5))
     assert list(result["phases"]) == list(PHASES)
     for phase, row in result["phases"].items():
-        assert row["baseline"]["cpu_pct_per_session"] >= 0 and row["gated"]["cpu_pct_per_session"] >= 0, phase
+        for side in ("baseline", "gated"):
+            assert row[side]["cpu_pct_per_session"] >= 0, phase
+            assert row[side]["loop_lag_ms"]["count"] > 0, phase  # the emulator's loop was probed in the window
     phases = result["phases"]
     assert phases["idle"]["gated"]["packets_in"] == 0
     # Silence in (while listening, and while speaking, once the last turn heard has ended): none was decoded.

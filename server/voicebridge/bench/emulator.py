@@ -41,7 +41,8 @@ def _say(text: str) -> None:
 
 
 def emulator_main(conn: Any, decode_all: bool) -> None:
-    """Child process: an Emulator on 127.0.0.1; answers "stats" (its sessions' decode counters) and "stop"."""
+    """Child process: an Emulator on 127.0.0.1; answers "stats" (its sessions' decode counters, and its event
+    loop's lag since the last "stats") and "stop"."""
     asyncio.run(_serve_emulator(conn, decode_all))
 
 
@@ -49,9 +50,12 @@ async def _serve_emulator(conn: Any, decode_all: bool) -> None:
     from voicebridge.emulator.server import Emulator
     from voicebridge.emulator.session import Session
 
+    from .probes import LagProbe
+
     Session.aiortc_decode = decode_all
     emu = Emulator()
     conn.send(await emu.start())
+    lag = LagProbe()
     try:
         while True:
             msg = await asyncio.to_thread(conn.recv)
@@ -63,9 +67,12 @@ async def _serve_emulator(conn: Any, decode_all: bool) -> None:
                     "sessions": len(emu.sessions),
                     "packets": sum(lst.packets for lst in listeners),
                     "decoded": sum(lst.decoded for lst in listeners),
+                    "loop_lag_ms": lag.summary(),
                 }
             )
+            lag.lags.clear()
     finally:
+        lag.stop()
         await emu.stop()
         conn.send("stopped")
 
@@ -255,7 +262,10 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                 stats = await _stats(conns[kind])
                 packets = stats["packets"] - before[kind][1]["packets"]
                 decoded = stats["decoded"] - before[kind][1]["decoded"]
-                row[kind] = {"cpu_pct_per_session": round(cpu / wall / args.sessions * 100, 2)}
+                row[kind] = {
+                    "cpu_pct_per_session": round(cpu / wall / args.sessions * 100, 2),
+                    "loop_lag_ms": stats["loop_lag_ms"],  # how late a 50 ms timer fired in the window
+                }
                 if kind == "gated":  # the baseline decodes every packet by construction (and has no counter)
                     row[kind]["packets_in"] = packets
                     row[kind]["decoded_pct"] = round(decoded / packets * 100, 1) if packets else 0.0
@@ -290,10 +300,14 @@ def _recv(conn: Any, timeout: float) -> Any:
     return conn.recv()
 
 
-async def _stats(conn: Any) -> dict[str, int]:
+async def _stats(conn: Any) -> dict[str, Any]:
     conn.send("stats")
-    stats: dict[str, int] = await asyncio.to_thread(_recv, conn, 30)
+    stats: dict[str, Any] = await asyncio.to_thread(_recv, conn, 30)
     return stats
+
+
+def _p99(side: dict[str, Any]) -> Any:
+    return side["loop_lag_ms"].get("p99", "-")
 
 
 def table(result: dict[str, Any]) -> str:
@@ -301,13 +315,15 @@ def table(result: dict[str, Any]) -> str:
         f"Emulator CPU per session (% of one core), {result['sessions']} sessions on each emulator, "
         f"{result['window_s']:g} s windows, both emulators measured in the same windows:",
         "",
-        "| phase | decode every packet (before) | decode what may be speech (now) | decoded now | machine busy |",
-        "|---|---|---|---|---|",
+        "| phase | decode every packet (before) | decode what may be speech (now) | decoded now | loop lag p99 "
+        "before / now | machine busy |",
+        "|---|---|---|---|---|---|",
     ]
     for phase, row in result["phases"].items():
         lines.append(
             f"| {phase} | {row['baseline']['cpu_pct_per_session']} % | {row['gated']['cpu_pct_per_session']} % | "
             f"{row['gated']['decoded_pct']} % of {row['gated']['packets_in']} packets | "
+            f"{_p99(row['baseline'])} / {_p99(row['gated'])} ms | "
             f"{row['machine_busy_cores']} cores (load {row['loadavg_1m']}) |"
         )
     return "\n".join(lines)
