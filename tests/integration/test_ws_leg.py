@@ -93,9 +93,10 @@ async def test_barge_in_stops_playout_and_truncates_to_what_was_played(
     emulator: Emulator, cs_leg: WebSocketLeg
 ) -> None:
     rec = await connect_cs(cs_leg, cs_leg.settings)
+    # Synthesised before the greeting starts: espeak's time on a loaded machine must not use up the greeting.
+    pcm = await spoken_pcm("Hello, my order has not arrived.", silence_s=0.2)
     cs_leg.send({"type": "response.create"})
     await rec.until(lambda d, e: len(rec.of("response.output_audio.delta")) >= 25)  # half a second queued
-    pcm = await spoken_pcm("Hello, my order has not arrived.", silence_s=0.2)
     for i in range(0, len(pcm), 960):  # as the relay hands it over: 20 ms at a time
         cs_leg.append_pcm(pcm[i : i + 960])
     await rec.until(lambda d, e: e["type"] == "conversation.item.truncated")
