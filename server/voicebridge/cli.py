@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sessions", type=_positive_int, default=8, help="--emulator: sessions on each emulator")
     b.add_argument("--seconds", type=float, default=8.0, help="--emulator: measured window per phase")
     b.add_argument("--settle", type=float, default=2.0, help="--emulator: seconds into a phase before measuring")
+    b.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="the bridge process's event loop (default asyncio; uvloop needs the uvloop package)",
+    )
 
     from voicebridge.batch.args import add_arguments as add_batch_arguments
 

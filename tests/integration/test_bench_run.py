@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from voicebridge.bench.bridge import Job, run_job
+from voicebridge.bench.bridge import Job, event_loop_runner, run_job
 from voicebridge.bench.report import figures
 
 pytestmark = pytest.mark.integration
@@ -29,6 +29,18 @@ async def test_a_small_passthrough_job_relays_every_packet_and_matches_them_end_
     assert lv["packets_sent"] > 0 and lv["mem_mib_per_call"] is not None
     fan = lv["fanout"]
     assert fan["listeners"] == 2 and fan["listener_delivery_pct"] > 0
+
+
+def test_a_small_passthrough_job_on_uvloop_relays_every_packet() -> None:
+    """`--loop uvloop`: aiortc, aioice and the pass-through's synchronous send path on libuv's event loop."""
+    pytest.importorskip("uvloop")
+    job = Job("passthrough", 1, 1.0, 0.3, loop="uvloop")
+    with event_loop_runner(job.loop) as runner:
+        raw = runner.run(run_job(job))
+    win = raw["window"]
+    assert win["bridge_in"] > 0 and win["bridge_out"] == win["bridge_in"] and win["bridge_dropped"] == 0
+    lv = figures(raw)
+    assert lv["e2e_latency_ms"]["count"] > 0 and lv["cpu_us_per_packet"] is not None
 
 
 async def test_a_small_transcode_job_decodes_and_reencodes_and_traces_frames_to_packets() -> None:

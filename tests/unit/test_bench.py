@@ -4,12 +4,14 @@ loopback, a load process) and the CLI end to end are in tests/integration/test_b
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from voicebridge.bench import main as bench_main
+from voicebridge.bench.bridge import event_loop_runner
 from voicebridge.bench.floor import measure_floor, rtp_packets
 from voicebridge.bench.load import noise_packets
 from voicebridge.bench.probes import profile_shares
@@ -91,7 +93,9 @@ def test_figures_loss_ratios_and_the_last_level_without_loss() -> None:
 def test_bench_out_that_is_a_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    args = argparse.Namespace(quick=True, json=False, calls=[1], relay="passthrough", out=blocker / "sub")
+    args = argparse.Namespace(
+        quick=True, json=False, calls=[1], relay="passthrough", out=blocker / "sub", loop="asyncio"
+    )
     assert bench_main(args) == 2
     assert "--out" in capsys.readouterr().err
 
@@ -174,3 +178,16 @@ def test_the_table_and_report_judge_cpu_per_packet_by_the_floor() -> None:
     text = markdown({**out, **run, "levels": [lv], "failures": [], "floor": floor, "floor_us_per_packet": 10.0})
     assert "| bridge CPU per forwarded packet <= 2x the floor | 20.0 | **no** |" in text
     assert "10.0 us of CPU per packet" in text
+
+
+def test_the_bridge_process_runs_on_the_event_loop_it_is_given() -> None:
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    with event_loop_runner("asyncio") as runner:
+        assert runner.run(loop_module()).startswith("asyncio")
+    with pytest.raises(ValueError, match="unknown event loop 'trio'"):
+        event_loop_runner("trio")
+    pytest.importorskip("uvloop")
+    with event_loop_runner("uvloop") as runner:
+        assert runner.run(loop_module()).startswith("uvloop")

@@ -93,7 +93,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         extra = list(EXTRA_LEVELS) if extend and relay == "passthrough" else []
         while queue:
             calls = queue.pop(0)
-            job = Job(relay, calls, seconds, warmup, listeners if calls == levels[0] else 0)
+            job = Job(relay, calls, seconds, warmup, listeners if calls == levels[0] else 0, loop=args.loop)
             _say(f"{relay}: {calls} concurrent call(s), {seconds:.0f} s window")
             try:
                 raw = run_job(job)
@@ -135,6 +135,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         },
         "quick": quick,
         "window_s": seconds,
+        "loop": args.loop,  # the bridge process's event loop (the load processes always use asyncio's)
     }
     result["floor"] = floor
     result["floor_us_per_packet"] = floor["us_per_packet"]
@@ -174,6 +175,12 @@ def _steal_s() -> float:
 
 def main(args: argparse.Namespace) -> int:
     require("bench")  # before minutes of measuring, not after
+    if args.loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            print("voicebridge bench: --loop uvloop needs the uvloop package (pip install uvloop)", file=sys.stderr)
+            return 2
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,7 @@ class Job:
     seconds: float
     warmup: float
     listeners: int = 0  # measured after the main window, on the first call (fan-out)
+    loop: str = "asyncio"  # the bridge process's event loop: "asyncio" (the default loop) or "uvloop"
 
 
 @dataclass
@@ -307,10 +308,23 @@ async def run_job(job: Job) -> dict[str, Any]:
     return result
 
 
+def event_loop_runner(loop: str) -> asyncio.Runner:
+    """A runner on the named event loop: "asyncio" (the standard one) or "uvloop" (libuv, if installed)."""
+    if loop == "uvloop":
+        import uvloop
+
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    if loop != "asyncio":
+        raise ValueError(f"unknown event loop {loop!r} (asyncio or uvloop)")
+    return asyncio.Runner()
+
+
 def bridge_main(conn: Any, job: Job) -> None:
-    """Entry point of the bridge process: run one job, send back its result (or the error)."""
+    """Entry point of the bridge process: run one job on job.loop, send back its result (or the error)."""
     try:
-        conn.send(("ok", asyncio.run(run_job(job))))
+        with event_loop_runner(job.loop) as runner:
+            result = runner.run(run_job(job))
+        conn.send(("ok", result))
     except BaseException as e:
         conn.send(("error", f"{type(e).__name__}: {e}"))
         raise

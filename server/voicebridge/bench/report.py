@@ -311,6 +311,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"CPU stolen by the host during the run: {m.get('steal_s')} s; CPU pressure (PSI some avg60) "
         f"before/after: {m.get('cpu_pressure_before')} / {m.get('cpu_pressure_after')} %.",
         f"Window {result['window_s']} s per level{' (--quick)' if result['quick'] else ''}; "
+        f"bridge event loop: {result.get('loop', 'asyncio')}; "
         f"headline level: {result['calls']} concurrent calls.",
         floor_line(result.get("floor")),
         "",
