@@ -6,7 +6,8 @@ base install says which extra to install, instead of failing half-way with a Mod
 - `emulator`: the offline Realtime emulator (`voicebridge emulator`, and `serve`, `call`, `batch`, `soak` when no
   OPENAI_API_KEY or emulator URL is given): speech recognition, voice activity detection, numbers in words;
 - `reports`: the plots of `voicebridge batch`'s report.html;
-- `bench`: `voicebridge bench`'s plot (pyinstrument, for VOICEBRIDGE_BENCH_PROFILE, is in the extra but optional).
+- `bench`: `voicebridge bench`'s plot (pyinstrument, for VOICEBRIDGE_BENCH_PROFILE, and uvloop, for `--loop uvloop`,
+  are in the extra but optional).
 
 `cli.main` turns MissingExtra into one line on stderr and exit status 3.
 """

@@ -33,7 +33,6 @@ async def test_a_small_passthrough_job_relays_every_packet_and_matches_them_end_
 
 def test_a_small_passthrough_job_on_uvloop_relays_every_packet() -> None:
     """`--loop uvloop`: aiortc, aioice and the pass-through's synchronous send path on libuv's event loop."""
-    pytest.importorskip("uvloop")
     job = Job("passthrough", 1, 1.0, 0.3, loop="uvloop")
     with event_loop_runner(job.loop) as runner:
         raw = runner.run(run_job(job))

@@ -188,6 +188,5 @@ def test_the_bridge_process_runs_on_the_event_loop_it_is_given() -> None:
         assert runner.run(loop_module()).startswith("asyncio")
     with pytest.raises(ValueError, match="unknown event loop 'trio'"):
         event_loop_runner("trio")
-    pytest.importorskip("uvloop")
     with event_loop_runner("uvloop") as runner:
         assert runner.run(loop_module()).startswith("uvloop")
