@@ -35,6 +35,9 @@ from voicebridge.signaling.tokens import TokenSigner
 
 pytestmark = pytest.mark.integration
 CALL_S = 60.0
+# How long the legs may take to connect, and a join to wait for the call to go live: a bound for a hang only, far
+# beyond a set-up on a loaded machine (the default, 10 s, is the product's, not the tests').
+SETUP_S = 60.0
 SECRET = "integration-test-secret-0123456789"
 LATE_ORDER = load_scenario("late_order")
 HUMAN_LINE = LATE_ORDER.caller.script[0].say or ""
@@ -44,7 +47,9 @@ Client = TestClient[Any, Any]
 @pytest.fixture
 async def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: Emulator) -> AsyncIterator[Client]:
     monkeypatch.setenv("VOICEBRIDGE_TOKEN_SECRET", SECRET)  # so a test can make tokens (e.g. expired ones)
-    settings = dataclasses.replace(Settings(), base_url=emulator.base_url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
+    settings = dataclasses.replace(
+        Settings(), base_url=emulator.base_url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path, session_timeout_s=SETUP_S
+    )
     async with TestClient(TestServer(await create_app(settings))) as c:
         yield c
 
@@ -393,7 +398,9 @@ async def test_a_browser_whose_media_stops_is_handed_back(client: Client, browse
 @pytest.fixture
 async def ws_client(tmp_path: Path, emulator: Emulator) -> AsyncIterator[Client]:
     """The signaling app whose calls use the WebSocket transport on both legs (relayed PCM to PCM)."""
-    settings = dataclasses.replace(Settings(), base_url=emulator.base_url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
+    settings = dataclasses.replace(
+        Settings(), base_url=emulator.base_url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path, session_timeout_s=SETUP_S
+    )
 
     def make(scenario: Scenario) -> Call:
         return Call(scenario, settings, leg_factory=leg_factory("ws", "ws"))
