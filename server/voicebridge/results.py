@@ -217,6 +217,30 @@ class RelayStats(TypedDict):
     """The relay's `kind`: "passthrough", "pcm" or "transcode"."""
 
 
+class DelaySummary(TypedDict):
+    count: int
+    p50: float
+    p95: float
+    max: float
+
+
+class ImpairStats(TypedDict):
+    """What one direction's network impairment stage applied (media/impair.py), delays in milliseconds."""
+
+    spec: str
+    seed: int
+    packets_in: int
+    dropped: int  # all causes: lost_random + lost_burst + lost_blackout
+    lost_random: int
+    lost_burst: int
+    lost_blackout: int
+    duplicated: int
+    reordered: int  # forwarded with a lower sequence number than one forwarded before it
+    forwarded: int  # handed to the relay, duplicates included
+    applied_loss: float  # dropped / packets_in
+    delay_ms: DelaySummary
+
+
 class RelayStatsError(TypedDict):
     """In place of the relay's stats when taking them failed."""
 

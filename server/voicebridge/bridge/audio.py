@@ -26,9 +26,10 @@ import logging
 from collections.abc import Callable
 from typing import TypedDict
 
+from voicebridge.media.impair import ImpairSpec, ImpairStage
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, OutboundStats, RtpAudio, latency_summary
 from voicebridge.media.relay import FanOut, PacketHook, PacketHooks, Party, Relay, Switchable
-from voicebridge.results import RelayStats
+from voicebridge.results import ImpairStats, RelayStats
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class PassthroughStats(RelayStats):
     listeners: ListenerStats
     on_hold: bool
     hook_errors: int
+    impairment: dict[str, ImpairStats] | None  # per direction, when the relay impairs (media/impair.py)
 
 
 class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
@@ -73,6 +75,8 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
         cs_out: OutboundAudio,
         *,
         hold_hears_cs: bool = False,
+        impair: ImpairSpec | None = None,
+        impair_seed: int = 0,
     ) -> None:
         self.caller_in = caller_in
         self.caller_out = caller_out
@@ -92,6 +96,13 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
         self._to_caller_side: tuple[OutboundAudio, ...] = ()  # who hears the CS agent
         self._caller_listeners: tuple[OutboundAudio, ...] = ()  # listeners' caller tracks
         self._rebuild()
+        # Impairment sits before OutboundAudio.send's seq rewrite, so a dropped packet is a sequence gap (real
+        # loss) at the far end. Listeners and packet hooks see the packets as they arrived, unimpaired.
+        self._impair_to_cs: ImpairStage | None = None
+        self._impair_to_caller: ImpairStage | None = None
+        if impair is not None and not impair.is_null:
+            self._impair_to_cs = ImpairStage(impair, self._send_to_cs, seed=impair_seed)
+            self._impair_to_caller = ImpairStage(impair, self._send_to_caller, seed=impair_seed + 1)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -101,6 +112,9 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
             self.caller_in.subscribe(self._on_caller_agent),
             self.cs_in.subscribe(self._on_cs),
         ]
+        for stage in (self._impair_to_cs, self._impair_to_caller):
+            if stage is not None:
+                stage.start()
 
     def stop(self) -> None:
         for unsub in self._unsubs:
@@ -109,6 +123,9 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
         if self._human_unsub is not None:
             self._human_unsub()
             self._human_unsub = None
+        for stage in (self._impair_to_cs, self._impair_to_caller):
+            if stage is not None:
+                stage.close()
 
     # -- control -----------------------------------------------------------------------------------------
     @property
@@ -163,14 +180,26 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
             to_caller.append(self.caller_out)
         if self._human_out is not None:
             to_caller.append(self._human_out)
-        to_caller.extend(cs for _, cs in self._listeners if cs is not None)
-        self._to_caller_side = tuple(to_caller)
+        self._to_caller_agent: tuple[OutboundAudio, ...] = tuple(to_caller)  # the impaired CS -> caller path
+        self._cs_listeners: tuple[OutboundAudio, ...] = tuple(cs for _, cs in self._listeners if cs is not None)
+        self._to_caller_side = self._to_caller_agent + self._cs_listeners
         self._caller_listeners = tuple(c for c, _ in self._listeners if c is not None)
 
     # -- per packet (called inside aiortc's receive path: keep it short) ---------------------------------
+    def _send_to_cs(self, pkt: RtpAudio) -> None:
+        if self._human is None:  # a packet delayed across a take-over is not sent to the CS agent
+            self.cs_out.send(pkt, "caller")
+
+    def _send_to_caller(self, pkt: RtpAudio) -> None:
+        for out in self._to_caller_agent:
+            out.send(pkt, "cs")
+
     def _on_caller_agent(self, pkt: RtpAudio) -> None:
         if self._human is None:
-            self.cs_out.send(pkt, "caller")
+            if self._impair_to_cs is not None:
+                self._impair_to_cs.push(pkt)
+            else:
+                self.cs_out.send(pkt, "caller")
             for out in self._caller_listeners:
                 out.send(pkt, "caller")
         if self._hooks:
@@ -185,8 +214,14 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
             self._emit("human", pkt)
 
     def _on_cs(self, pkt: RtpAudio) -> None:
-        for out in self._to_caller_side:
-            out.send(pkt, "cs")
+        stage = self._impair_to_caller
+        if stage is None:
+            for out in self._to_caller_side:
+                out.send(pkt, "cs")
+        else:
+            stage.push(pkt)  # the caller agent (and a human who took over) hear the impaired stream
+            for out in self._cs_listeners:
+                out.send(pkt, "cs")
         if self._hooks:
             self._emit("cs", pkt)
 
@@ -229,4 +264,9 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
             },
             "on_hold": self.on_hold,
             "hook_errors": self._hook_errors,
+            "impairment": (
+                {"caller_to_cs": self._impair_to_cs.stats(), "cs_to_caller": self._impair_to_caller.stats()}
+                if self._impair_to_cs is not None and self._impair_to_caller is not None
+                else None
+            ),
         }
