@@ -163,6 +163,95 @@ class TurnLatencySummary(Record):
     relay_ms: P50Max | None
 
 
+class SpeechInterval(Record):
+    """A stretch of one party's speech on the call's clock (bridge/turns.py): from its first speech packet's
+    arrival to its last one's plus one frame; pauses shorter than turns.py's QUIET_S stay inside it."""
+
+    start: float
+    """Seconds since the call started (4 decimals)."""
+    end: float
+
+
+class Overlap(Record):
+    """Both parties talking at once (lab/timing.py)."""
+
+    start: float
+    end: float
+    duration_s: float
+    by: str | None
+    """Who came in on the other (whose speech started later); None when both started at the same instant."""
+
+
+class Interruption(Record):
+    """One party cut in on the other, who then stopped (lab/timing.py): `by` started while `of` was talking,
+    `of` stopped within the yield window after that and `by` was still talking when it did."""
+
+    by: str
+    of: str
+    at: float
+    """When `by` started talking, seconds since the call started."""
+    yielded_at: float
+    """When `of` stopped talking."""
+    time_to_yield_ms: float
+    """yielded_at - at, milliseconds: how long the interrupted party kept talking."""
+
+
+class Silence(Record):
+    """Nobody talking, between two stretches of speech (lab/timing.py)."""
+
+    start: float
+    end: float
+    duration_s: float
+
+
+class TurnTiming(Record):
+    """The gap before one reply (from the turn records of bridge/turns.py)."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    from_: str = Field(validation_alias=AliasChoices("from", "from_"), serialization_alias="from")
+    to: str
+    at: float
+    """When the reply started (TurnRecord.reply_start)."""
+    gap_ms: float
+    """TurnRecord.total_ms."""
+
+
+class GapPercentiles(Record):
+    """Nearest-rank p50 and p95, milliseconds."""
+
+    p50: float
+    p95: float
+
+
+class CallTiming(Record):
+    """The call's timing and talk-over analysis (summary.json `timing`; lab/timing.py, definitions in
+    docs/lab.md). Names follow LiveKit's simulation metrics where one exists (overlap_ratio, time_to_yield_ms)."""
+
+    speech: dict[str, list[SpeechInterval]]
+    """Per party ("caller", "cs"), its speech intervals in order."""
+    speech_s: float
+    """Seconds during which at least one party was talking."""
+    overlaps: list[Overlap]
+    overlap_s: float
+    """Total seconds during which both were talking."""
+    overlap_ratio: float | None
+    """overlap_s / speech_s (4 decimals); None when nobody spoke."""
+    interruptions: list[Interruption]
+    time_to_yield_ms: float | None
+    """Median of the interruptions' time_to_yield_ms; None without interruptions."""
+    yield_window_s: float
+    """How soon after being cut in on a party must stop for it to count as an interruption."""
+    silences: list[Silence]
+    """Silences of at least `silence_threshold_s` between the first and the last speech."""
+    silence_threshold_s: float
+    max_silence_s: float
+    """The longest silence between the first and the last speech (0.0 with fewer than two stretches)."""
+    turns: list[TurnTiming]
+    turn_gap_ms: GapPercentiles | None
+    """Over `turns`; None without turns."""
+
+
 class CriterionVerdict(Record):
     """What one pass criterion of the scenario (an `[[expect]]` entry) found when the call ended (summary.json
     `criteria`; voicebridge/lab/criteria.py)."""
@@ -171,7 +260,7 @@ class CriterionVerdict(Record):
     """The entry's `name`."""
     kind: str
     """What it checks: tool, no_tool, query, check, said, heard, end_reason, max_duration_s, max_turn_gap_ms,
-    judge."""
+    max_overlap_s, max_silence_s, max_interruptions, judge."""
     passed: bool
     """It ran and held. False when it failed or was skipped."""
     skipped: bool
@@ -288,6 +377,9 @@ class CallSummary(Record):
     has ended; empty before that and for a scenario without criteria."""
     passed: bool | None = None
     """Every criterion that ran passed (criteria_passed); None while there are no verdicts."""
+    timing: CallTiming | None = None
+    """The timing and talk-over analysis off the relay's packets (lab/timing.py); None for a relay without
+    packet hooks (two WebSocket legs)."""
 
     @property
     def succeeded(self) -> bool:

@@ -348,13 +348,15 @@ def error_of(tmp_path: Path, entry: str) -> str:
         ('end_reason = "hungup"',
          "expect[1].end_reason: expected 'caller_hangup', 'human_hangup', 'operator_hangup', 'leg_failed', "
          "'max_duration', 'idle_timeout', 'error' or 'shutdown', got 'hungup' (a string)"),
-        ("max_overlap_s = 1.5",
-         "expect[1]: 'the entry': `max_overlap_s` is not supported yet (it needs a talk-over analysis of the call's "
-         "audio timeline); supported: tool, no_tool, query, check, said, heard, end_reason, max_duration_s, "
-         "max_turn_gap_ms, judge"),
+        ("max_overlap_s = -1.5", "expect[1].max_overlap_s: expected a number at least 0, got -1.5 (a number)"),
+        ("max_silence_s = 0", "expect[1].max_silence_s: expected a number greater than 0, got 0 (an integer)"),
+        ("max_interruptions = 1.5", "expect[1].max_interruptions: expected an integer, got 1.5 (a number)"),
+        ('max_overlap_s = 1\nby = "cs"',
+         "expect[1]: 'the entry': `by` does not go with `max_overlap_s` (`max_overlap_s` takes nothing else)"),
         ('tool = "issue_refund"\nsaid = "cs"',
          "expect[1]: 'the entry': needs exactly one of `tool`, `no_tool`, `query`, `check`, `said`, `heard`, "
-         "`end_reason`, `max_duration_s`, `max_turn_gap_ms`, `judge` (got tool, said)"),
+         "`end_reason`, `max_duration_s`, `max_turn_gap_ms`, `max_overlap_s`, `max_silence_s`, "
+         "`max_interruptions`, `judge` (got tool, said)"),
         ('tool = "issue_refund"\nequals = 1',
          "expect[1]: 'the entry': `equals` does not go with `tool` (with `tool`: args, count, ok, before, after)"),
         ('query = "SELECT 1"', "expect[1]: 'the entry': `query` needs `equals` (the value of the first column of the "

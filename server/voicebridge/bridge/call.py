@@ -264,6 +264,7 @@ class Call(AsyncIOEventEmitter):
             out_dir=str(self.out_dir),
             criteria=list(self.verdicts),
             passed=criteria_passed(self.verdicts),
+            timing=self.turn_latency.timing() if isinstance(self.relay, PacketHooks) else None,
         )
 
     def saved_debug(self) -> dict[str, Any]:

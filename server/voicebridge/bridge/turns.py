@@ -29,15 +29,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from voicebridge.lab.timing import analyze
 from voicebridge.media.passthrough import RtpAudio
 from voicebridge.media.recording import Recorder, export_wav
 from voicebridge.media.relay import PacketHooks
-from voicebridge.results import P50Max, TurnLatencySummary, TurnRecord
+from voicebridge.results import CallTiming, P50Max, TurnLatencySummary, TurnRecord
 
 log = logging.getLogger(__name__)
 
 SILENCE_MAX_BYTES = 10  # an Opus packet this small is silence / comfort noise, not speech
 QUIET_S = 0.25  # a party must have been quiet this long before its speech starts a new turn
+FRAME_S = 0.02  # the audio one speech packet holds: a stretch of speech ends one frame after its last packet
 SIDE = {"caller": "caller", "human": "caller", "cs": "cs"}  # a human who took over speaks for the caller
 
 
@@ -56,6 +58,9 @@ class TurnLatency:
         self._tools: dict[str, list[tuple[float, float]]] = {"caller": [], "cs": []}
         self._gating: dict[str, list[tuple[float, float]]] = {"caller": [], "cs": []}
         self.turns: list[TurnRecord] = []
+        # Per party, its stretches of speech [first packet, last packet + FRAME_S] (a pause < QUIET_S stays
+        # inside one): the timeline of the talk-over analysis (lab/timing.py).
+        self._speech: dict[str, list[list[float]]] = {"caller": [], "cs": []}
 
     # -- inputs ----------------------------------------------------------------------------------------
     def on_packet(self, party: str, pkt: RtpAudio) -> None:
@@ -70,6 +75,11 @@ class TurnLatency:
         mine, theirs = self._last[side], self._last[other]
         if theirs is not None and self._spoke_after[side] and (mine is None or t - mine[0] >= QUIET_S):
             self._add_turn(other, side, theirs, (t, relay_s * 1000.0))
+        stretches = self._speech[side]
+        if stretches and t - (stretches[-1][1] - FRAME_S) < QUIET_S:
+            stretches[-1][1] = max(stretches[-1][1], t + FRAME_S)
+        else:
+            stretches.append([t, t + FRAME_S])
         self._last[side] = (t, relay_s * 1000.0)
         self._spoke_after[side] = False
         self._spoke_after[other] = True
@@ -119,6 +129,14 @@ class TurnLatency:
                 other_ms=round(total - bridge, 2),
             )
         )
+
+    def speech(self) -> dict[str, list[tuple[float, float]]]:
+        """Per party, its stretches of speech so far, seconds on the call's clock."""
+        return {party: [(a, b) for a, b in stretches] for party, stretches in self._speech.items()}
+
+    def timing(self) -> CallTiming:
+        """The timing and talk-over analysis of the call so far (lab/timing.py)."""
+        return analyze(self.speech(), self.turns)
 
     def summary(self) -> TurnLatencySummary:
         def stats(values: list[float]) -> P50Max | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import re
 import sqlite3
 import tempfile
@@ -25,6 +24,8 @@ from pydantic import JsonValue
 from voicebridge.results import CallSummary, CriterionVerdict, ToolCallRecord, TranscriptLine
 from voicebridge.scenarios.expect import Expectation
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_tools
+
+from .timing import percentile, silences
 
 # The caller's own tool: always there, though no scenario registers it.
 HANGUP = "hangup"
@@ -182,6 +183,8 @@ def _evaluate(exp: Expectation, summary: CallSummary, call_dir: Path, judge_key:
         )
     if kind == "max_turn_gap_ms":
         return _turn_gap(exp, summary)
+    if kind in ("max_overlap_s", "max_silence_s", "max_interruptions"):
+        return _talk_over(exp, summary)
     reason = "no judge model is implemented yet" if judge_key else "offline: no OPENAI_API_KEY"
     return _verdict(exp, False, f"skipped ({reason})", None, skipped=True)
 
@@ -336,12 +339,6 @@ def _speech(exp: Expectation, summary: CallSummary) -> CriterionVerdict:
     return _verdict(exp, True, f"no line {whose} contains {needle!r} ({len(lines)} lines)", None)
 
 
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (the batch report's rule) of a non-empty list."""
-    ranked = sorted(values)
-    return ranked[max(1, math.ceil(p / 100 * len(ranked))) - 1]
-
-
 def _turn_gap(exp: Expectation, summary: CallSummary) -> CriterionVerdict:
     limit = exp.max_turn_gap_ms
     assert limit is not None
@@ -357,3 +354,44 @@ def _turn_gap(exp: Expectation, summary: CallSummary) -> CriterionVerdict:
         return _verdict(exp, False, f"turn gaps{whose}: " + ", ".join(over), measured)
     within = ", ".join(f"{name} {figures[name]:.1f} ms <= {value:g} ms" for name, value in limits)
     return _verdict(exp, True, f"turn gaps{whose} ({len(gaps)}): {within}", measured)
+
+
+def _talk_over(exp: Expectation, summary: CallSummary) -> CriterionVerdict:
+    """max_overlap_s (the longest overlap), max_silence_s (the longest silence), max_interruptions (how many, by
+    whom): against the call's timing analysis, with the offending (or longest) interval as evidence."""
+    timing = summary.timing
+    if timing is None:
+        return _verdict(exp, False, "the call has no timing analysis (its relay has no packet timeline)", None)
+    if exp.max_overlap_s is not None:
+        longest = max(timing.overlaps, key=lambda o: o.duration_s, default=None)
+        if longest is None:
+            return _verdict(exp, True, "no overlap", {"overlaps": 0, "overlap_s": 0.0})
+        ok = longest.duration_s <= exp.max_overlap_s
+        evidence: JsonValue = {"overlap": longest.model_dump(mode="json"), "overlaps": len(timing.overlaps),
+                               "overlap_s": timing.overlap_s}
+        return _verdict(
+            exp, ok, f"longest overlap {longest.duration_s:.3f} s at {longest.start:.3f} s "
+            f"({'<=' if ok else '>'} {exp.max_overlap_s:g} s)", evidence,
+        )
+    if exp.max_silence_s is not None:
+        # The longest gap itself (timing.silences lists only those above its threshold).
+        gaps = silences({p: [(i.start, i.end) for i in spans] for p, spans in timing.speech.items()})
+        silence = max(gaps, key=lambda g: g.duration_s, default=None)
+        ok = timing.max_silence_s <= exp.max_silence_s
+        at = f" at {silence.start:.3f} s" if silence is not None else ""
+        evidence = {"max_silence_s": timing.max_silence_s,
+                    "silence": silence.model_dump(mode="json") if silence is not None else None}
+        return _verdict(
+            exp, ok, f"longest silence {timing.max_silence_s:.3f} s{at} ({'<=' if ok else '>'} "
+            f"{exp.max_silence_s:g} s)", evidence,
+        )
+    assert exp.max_interruptions is not None
+    cuts = [c for c in timing.interruptions if exp.by is None or c.by == exp.by]
+    whose = f" by {exp.by}" if exp.by else ""
+    ok = len(cuts) <= exp.max_interruptions
+    shown = "; ".join(f"{c.by} cut in on {c.of} at {c.at:.3f} s" for c in cuts[:3])
+    return _verdict(
+        exp, ok, f"{len(cuts)} interruptions{whose} ({'<=' if ok else '>'} {exp.max_interruptions})"
+        + (f": {shown}" if shown else ""),
+        {"interruptions": [c.model_dump(mode="json") for c in cuts]},
+    )

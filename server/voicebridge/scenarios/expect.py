@@ -18,15 +18,12 @@ from voicebridge.results import EndReason
 
 ExpectKind = Literal[
     "tool", "no_tool", "query", "check", "said", "heard", "end_reason", "max_duration_s", "max_turn_gap_ms",
-    "judge",
+    "max_overlap_s", "max_silence_s", "max_interruptions", "judge",
 ]
 KINDS: tuple[ExpectKind, ...] = (
     "tool", "no_tool", "query", "check", "said", "heard", "end_reason", "max_duration_s", "max_turn_gap_ms",
-    "judge",
+    "max_overlap_s", "max_silence_s", "max_interruptions", "judge",
 )
-# Criteria that need a per-call talk-over analysis (who spoke over whom, silences) which the turn records do not
-# hold exactly: refused rather than approximated.
-NOT_YET = ("max_overlap_s", "max_silence_s", "max_interruptions")
 # The keys that refine each kind; every other key is an error for that kind.
 MODIFIERS: dict[str, tuple[str, ...]] = {
     "tool": ("args", "count", "ok", "before", "after"),
@@ -35,6 +32,7 @@ MODIFIERS: dict[str, tuple[str, ...]] = {
     "said": ("contains", "regex", "not_contains"),
     "heard": ("contains", "regex", "not_contains"),
     "max_turn_gap_ms": ("by",),
+    "max_interruptions": ("by",),
 }
 _ALL_MODIFIERS = sorted({m for ms in MODIFIERS.values() for m in ms})
 _HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -92,12 +90,12 @@ class Expectation(BaseModel):
     max_duration_s: float | None = Field(None, gt=0)
     max_turn_gap_ms: TurnGapLimit | None = None
     by: Literal["caller", "cs"] | None = None
+    # talk-over (lab/timing.py): the longest overlap, the longest silence, how many interruptions
+    max_overlap_s: float | None = Field(None, ge=0)
+    max_silence_s: float | None = Field(None, gt=0)
+    max_interruptions: int | None = Field(None, ge=0)
     # judge
     judge: str | None = None
-    # not supported yet (NOT_YET)
-    max_overlap_s: Any = None
-    max_silence_s: Any = None
-    max_interruptions: Any = None
 
     @field_validator("name")
     @classmethod
@@ -136,12 +134,6 @@ class Expectation(BaseModel):
     @model_validator(mode="after")
     def _one_kind(self) -> Expectation:
         given = {k for k, v in self if v is not None and k != "name"}
-        later = [k for k in NOT_YET if k in given]
-        if later:
-            raise ValueError(
-                f"{self.name!r}: `{later[0]}` is not supported yet (it needs a talk-over analysis of the call's "
-                f"audio timeline); supported: {', '.join(KINDS)}"
-            )
         kinds = [k for k in KINDS if k in given]
         if len(kinds) != 1:
             raise ValueError(
