@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -36,15 +37,20 @@ def _at(obj: Any, dotted: str) -> Any:
 
 
 def heard_until(ear: Ear, more_ms: int) -> asyncio.Event:
-    """Set once the session's ear has heard `more_ms` more of audio than now (its clock: decoded frames)."""
-    done, target, feed = asyncio.Event(), ear.audio_ms + more_ms, ear.feed
+    """Set once the session's ear has heard `more_ms` more of audio than now: its clock, advanced by the frames it
+    is fed (decoded audio) and the silence it is told to skip (silent packets it does not decode)."""
+    done, target = asyncio.Event(), ear.audio_ms + more_ms
 
-    def counted(frame: Any) -> None:
-        feed(frame)
-        if ear.audio_ms >= target:
-            done.set()
+    def counted(step: Callable[[Any], None]) -> Callable[[Any], None]:
+        def advance(audio: Any) -> None:
+            step(audio)
+            if ear.audio_ms >= target:
+                done.set()
 
-    ear.feed = counted  # type: ignore[method-assign]
+        return advance
+
+    ear.feed = counted(ear.feed)  # type: ignore[method-assign]
+    ear.skip = counted(ear.skip)  # type: ignore[method-assign]
     return done
 
 
