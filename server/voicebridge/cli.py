@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
             default="webrtc",
             help=f"the {role} leg's Realtime transport: WebRTC (Opus, pass-through) or WebSocket (PCM16)",
         )
+    c.add_argument(
+        "--impair",
+        default=None,
+        metavar="PROFILE_OR_SPEC",
+        help="impair the relay path both ways: good, wifi, 3g, satellite, lossy, or a spec like loss=5%%,delay=80ms"
+        " (overrides the scenario's impair)",
+    )
+    c.add_argument("--impair-seed", type=int, default=None, help="the impairment's random seed (same seed, same run)")
 
     e = sub.add_parser("emulator", help="the offline Realtime GA API emulator alone, at http://HOST:PORT/v1")
     e.add_argument("--host", default="127.0.0.1")

@@ -364,6 +364,9 @@ class CallSummary(Record):
     legs: list[LegSummary]
     relay: RelayStats | RelayStatsError | None
     """The relay's stats (None when the call never got as far as relaying)."""
+    impairment: dict[str, ImpairStats] | None = None
+    """What network impairment applied per direction ("caller_to_cs", "cs_to_caller"; media/impair.py), None
+    when the call ran unimpaired (scenario `impair`, `voicebridge call --impair`)."""
     turn_latency: TurnLatencySummary
     artifacts: dict[str, str]
     """Artifact name -> file name in the call's folder: events, transcript, transcript_txt, summary, and once

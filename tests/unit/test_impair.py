@@ -6,11 +6,15 @@ import heapq
 import itertools
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from voicebridge.media.impair import PROFILES, ImpairSpec, ImpairSpecError, ImpairStage, parse_impairment
+from voicebridge.commands.call import with_impairment
+from voicebridge.media.impair import ImpairStage
 from voicebridge.media.passthrough import RtpAudio
+from voicebridge.scenarios.impairment import PROFILES, ImpairSpec, ImpairSpecError, parse_impairment
+from voicebridge.scenarios.model import ScenarioError, load_scenario
 
 FRAME = 0.020
 
@@ -203,3 +207,20 @@ def test_spec_parse() -> None:
 def test_spec_errors_name_the_field(text: str, names: str) -> None:
     with pytest.raises(ImpairSpecError, match=names):
         parse_impairment(text)
+
+
+def test_scenario_impair_key(tmp_path: Path) -> None:
+    from tests.unit.test_scenario_file import GOOD, error_of, write
+
+    path = write(tmp_path, GOOD.replace('max_duration_s = 90', 'max_duration_s = 90\nimpair = "3g"\nimpair_seed = 9'))
+    scenario = load_scenario(path)
+    assert (scenario.impair, scenario.impair_seed) == ("3g", 9)
+    bad = write(tmp_path, GOOD.replace('max_duration_s = 90', 'max_duration_s = 90\nimpair = "loss=5,delay=80ms"'))
+    message = error_of(bad)
+    assert "impair" in message and "'loss'" in message and "write 5%" in message
+    # --impair / --impair-seed override the file; a bad --impair is a scenario error naming the option and field.
+    over = with_impairment(scenario, "loss=10%", 3)
+    assert (over.impair, over.impair_seed) == ("loss=10%", 3)
+    assert with_impairment(scenario, None, None) is scenario
+    with pytest.raises(ScenarioError, match="--impair: impairment field 'jitter'"):
+        with_impairment(scenario, "jitter=lots", None)

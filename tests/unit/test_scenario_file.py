@@ -73,8 +73,8 @@ def test_a_good_file_and_its_defaults(tmp_path: Path) -> None:
         ('instructions = "You are a caller."', 'instructions = "You are a caller."\nvoise = "cedar"',
          "caller.voise: unknown field (known: context, espeak_speed, espeak_voice, instructions, script, voice)"),
         ('first_speaker = "cs"', 'first_speaker = "cs"\nmax_duraton_s = 5',
-         "max_duraton_s: unknown field (known: caller, cs, expect, first_speaker, idle_timeout_s, max_duration_s, "
-         "name, title, tools)"),
+         "max_duraton_s: unknown field (known: caller, cs, expect, first_speaker, idle_timeout_s, impair, "
+         "impair_seed, max_duration_s, name, title, tools)"),
         ('arguments = { order_id = "1" }', 'arguments = { order_id = "1" }, args = 1',
          "cs.script[1].call.args: unknown field (known: arguments, name)"),
         # a wrong type: what was expected and what was given

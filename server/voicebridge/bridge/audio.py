@@ -26,10 +26,11 @@ import logging
 from collections.abc import Callable
 from typing import TypedDict
 
-from voicebridge.media.impair import ImpairSpec, ImpairStage
+from voicebridge.media.impair import ImpairStage
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, OutboundStats, RtpAudio, latency_summary
 from voicebridge.media.relay import FanOut, PacketHook, PacketHooks, Party, Relay, Switchable
 from voicebridge.results import ImpairStats, RelayStats
+from voicebridge.scenarios.impairment import ImpairSpec
 
 log = logging.getLogger(__name__)
 
@@ -264,9 +265,11 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
             },
             "on_hold": self.on_hold,
             "hook_errors": self._hook_errors,
-            "impairment": (
-                {"caller_to_cs": self._impair_to_cs.stats(), "cs_to_caller": self._impair_to_caller.stats()}
-                if self._impair_to_cs is not None and self._impair_to_caller is not None
-                else None
-            ),
+            "impairment": self.impairment_stats(),
         }
+
+    def impairment_stats(self) -> dict[str, ImpairStats] | None:
+        """What the impairment stages applied per direction; None when this relay does not impair."""
+        if self._impair_to_cs is None or self._impair_to_caller is None:
+            return None
+        return {"caller_to_cs": self._impair_to_cs.stats(), "cs_to_caller": self._impair_to_caller.stats()}

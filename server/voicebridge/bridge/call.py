@@ -33,12 +33,14 @@ from voicebridge.results import (
     CriterionVerdict,
     EndReason,
     EventRecord,
+    ImpairStats,
     LegSummary,
     RelayStats,
     RelayStatsError,
     ToolCallRecord,
     criteria_passed,
 )
+from voicebridge.scenarios.impairment import parse_impairment
 from voicebridge.scenarios.model import ROLES, Scenario, load_tools
 from voicebridge.tools import ToolRegistry, ToolResult
 
@@ -258,6 +260,7 @@ class Call(AsyncIOEventEmitter):
             tool_calls=list(self.tool_calls),
             legs=legs,
             relay=relay_stats,
+            impairment=self._impairment(),
             turn_latency=self.turn_latency.summary(),
             artifacts=artifact_files(self.recording),
             events=self.artifacts.events_written if self.artifacts else 0,
@@ -266,6 +269,11 @@ class Call(AsyncIOEventEmitter):
             passed=criteria_passed(self.verdicts),
             timing=self.turn_latency.timing() if isinstance(self.relay, PacketHooks) else None,
         )
+
+    def _impairment(self) -> dict[str, ImpairStats] | None:
+        from .audio import AudioRelay  # lazily, like _make_relay: aiortc is loaded only by a call that relays
+
+        return self.relay.impairment_stats() if isinstance(self.relay, AudioRelay) else None
 
     def saved_debug(self) -> dict[str, Any]:
         """What debug.json keeps: each agent leg's offer and answer (ICE passwords masked) and every peer
@@ -305,11 +313,17 @@ class Call(AsyncIOEventEmitter):
 
         c, s = self.legs["caller"], self.legs["cs"]
         if isinstance(c, WebSocketLeg) and isinstance(s, WebSocketLeg):
+            if self.scenario.impair:
+                raise RuntimeError(
+                    "network impairment needs a WebRTC leg (RTP packets to impair); both legs are WebSocket"
+                )
             return PcmRelay(c, s)  # PCM16 both sides: no codec at all
         # WebRTC legs relay Opus as it is; a WebSocket leg's tap/sink transcode (media/pcm.py) on its side only.
         if c.audio_in is None or c.audio_out is None or s.audio_in is None or s.audio_out is None:
             raise RuntimeError("a leg connected without its audio tap/sender")
-        return AudioRelay(c.audio_in, c.audio_out, s.audio_in, s.audio_out)
+        sc = self.scenario
+        impair = parse_impairment(sc.impair) if sc.impair else None
+        return AudioRelay(c.audio_in, c.audio_out, s.audio_in, s.audio_out, impair=impair, impair_seed=sc.impair_seed)
 
     def _observe_media(self) -> None:
         """Per-turn latency and the recording, off the relay's packets; a relay with none (PcmRelay) has neither."""

@@ -23,6 +23,7 @@ from voicebridge.config import Settings
 from voicebridge.lab.criteria import check_scenario
 from voicebridge.realtime.api import LegError
 from voicebridge.results import CallSummary, ToolCallRecord, TranscriptLine
+from voicebridge.scenarios.impairment import ImpairSpecError, parse_impairment
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
 
 
@@ -99,8 +100,23 @@ async def run_call(
     return call.summary()
 
 
+def with_impairment(scenario: Scenario, impair: str | None, seed: int | None) -> Scenario:
+    """The scenario with --impair / --impair-seed applied over its own `impair` keys (ScenarioError if bad)."""
+    update: dict[str, object] = {}
+    if impair is not None:
+        try:
+            parse_impairment(impair)
+        except ImpairSpecError as e:
+            raise ScenarioError(f"--impair: {e}") from None
+        update["impair"] = impair.strip()
+    if seed is not None:
+        update["impair_seed"] = seed
+    return scenario.model_copy(update=update) if update else scenario
+
+
 async def _main(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
+    scenario = with_impairment(scenario, getattr(args, "impair", None), getattr(args, "impair_seed", None))
     check_scenario(scenario)  # bad criteria are scenario errors before any call is placed
     async with realtime_backend([scenario], args.emulator_url) as backend:
         print(f"Realtime backend: {backend.description}", file=sys.stderr)

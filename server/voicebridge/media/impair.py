@@ -10,170 +10,23 @@ ever decoded: pass-through stays pass-through.
 Every random draw comes from one `random.Random(seed)` per stage, in a fixed order per packet, so the same
 packets with the same seed get exactly the same fate.
 
-Spec grammar (comma separated, any order, each at most once)::
-
-    loss=5%            independent random loss
-    burst=3%/4         Gilbert-Elliott bursty loss: 3 % of packets lost on average, in bursts of 4 on average
-    delay=80ms         one-way delay added to every packet
-    jitter=30ms        each packet's delay drawn uniformly in [delay - jitter, delay + jitter] (clamped at 0),
-                       as netem's "delay 80ms 30ms" does
-    dup=1%             duplicate a packet (the copy is sent right after the original)
-    blackout=2s@30s    drop every packet for 2 s starting 30 s after the stage started
-
-A bare profile name (`good`, `wifi`, `3g`, `satellite`, `lossy`) stands for its spec in PROFILES; a spec may
-also start with a profile and override fields: `3g,loss=10%`.
+The spec (profiles, `loss=5%,jitter=30ms,...`) is parsed by scenarios/impairment.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import Any
 
 from voicebridge.results import DelaySummary, ImpairStats
+from voicebridge.scenarios.impairment import PROFILES, ImpairSpec, ImpairSpecError, parse_impairment
 
 from .passthrough import RtpAudio
 
-
-class ImpairSpecError(ValueError):
-    """A bad impairment spec; the message names the field and what is wrong with it."""
-
-
-@dataclass(frozen=True, slots=True)
-class ImpairSpec:
-    """What to apply to one direction. Probabilities are fractions (0.05 = 5 %), times are seconds."""
-
-    loss: float = 0.0
-    burst_loss: float = 0.0  # Gilbert-Elliott mean loss rate
-    burst_len: float = 0.0  # Gilbert-Elliott mean burst length in packets (>= 1 when burst_loss > 0)
-    delay: float = 0.0
-    jitter: float = 0.0
-    dup: float = 0.0
-    blackout_len: float = 0.0
-    blackout_at: float = 0.0
-
-    @property
-    def is_null(self) -> bool:
-        return self == ImpairSpec()
-
-    def describe(self) -> str:
-        """The canonical spec string (parses back to an equal spec)."""
-        parts: list[str] = []
-        if self.loss:
-            parts.append(f"loss={_pct(self.loss)}")
-        if self.burst_loss:
-            parts.append(f"burst={_pct(self.burst_loss)}/{self.burst_len:g}")
-        if self.delay:
-            parts.append(f"delay={_ms(self.delay)}")
-        if self.jitter:
-            parts.append(f"jitter={_ms(self.jitter)}")
-        if self.dup:
-            parts.append(f"dup={_pct(self.dup)}")
-        if self.blackout_len:
-            parts.append(f"blackout={self.blackout_len:g}s@{self.blackout_at:g}s")
-        return ",".join(parts) or "none"
-
-
-def _pct(x: float) -> str:
-    return f"{x * 100:g}%"
-
-
-def _ms(x: float) -> str:
-    return f"{x * 1000:g}ms"
-
-
-PROFILES: dict[str, str] = {
-    "good": "none",
-    "wifi": "loss=1%,delay=10ms,jitter=10ms",
-    "3g": "burst=3%/3,delay=100ms,jitter=40ms",
-    "satellite": "loss=1%,delay=300ms,jitter=20ms",
-    "lossy": "loss=10%,burst=5%/4,delay=40ms,jitter=20ms,dup=1%",
-}
-
-_KEYS = ("loss", "burst", "delay", "jitter", "dup", "blackout")
-
-
-def _parse_fraction(key: str, text: str) -> float:
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(%?)\s*", text)
-    if m is None:
-        raise ImpairSpecError(f"impairment field {key!r}: {text!r} is not a percentage like 5% (or a fraction 0.05)")
-    value = float(m.group(1)) / (100.0 if m.group(2) else 1.0)
-    if not 0.0 <= value <= 1.0:
-        raise ImpairSpecError(f"impairment field {key!r}: {text!r} is outside 0..100%")
-    return value
-
-
-def _parse_time(key: str, text: str) -> float:
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s)\s*", text)
-    if m is None:
-        raise ImpairSpecError(f"impairment field {key!r}: {text!r} is not a duration like 80ms or 2s")
-    value = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
-    if value > 3600:
-        raise ImpairSpecError(f"impairment field {key!r}: {text!r} is longer than an hour")
-    return value
-
-
-def parse_impairment(text: str) -> ImpairSpec:
-    """A profile name or a spec string (see the module doc) -> ImpairSpec; ImpairSpecError names the bad field."""
-    spec = ImpairSpec()
-    seen: set[str] = set()
-    items = [p.strip() for p in text.split(",")]
-    if not text.strip():
-        raise ImpairSpecError("impairment spec is empty: give a profile (" + ", ".join(PROFILES) + ") or key=value")
-    for i, item in enumerate(items):
-        if not item:
-            raise ImpairSpecError(f"impairment spec {text!r}: empty field at position {i + 1}")
-        if "=" not in item:
-            name = item.lower()
-            if name == "none":
-                continue
-            if i == 0 and name in PROFILES:
-                spec = parse_impairment(PROFILES[name])
-                continue
-            raise ImpairSpecError(
-                f"impairment field {item!r}: not key=value and not a profile (profiles: {', '.join(PROFILES)};"
-                f" keys: {', '.join(_KEYS)})"
-            )
-        key, _, value = item.partition("=")
-        key = key.strip().lower()
-        if key not in _KEYS:
-            raise ImpairSpecError(f"impairment field {key!r}: unknown key (known: {', '.join(_KEYS)})")
-        if key in seen:
-            raise ImpairSpecError(f"impairment field {key!r}: given twice")
-        seen.add(key)
-        if key == "loss":
-            spec = replace(spec, loss=_parse_fraction(key, value))
-        elif key == "dup":
-            spec = replace(spec, dup=_parse_fraction(key, value))
-        elif key == "delay":
-            spec = replace(spec, delay=_parse_time(key, value))
-        elif key == "jitter":
-            spec = replace(spec, jitter=_parse_time(key, value))
-        elif key == "burst":
-            rate, sep, length = value.partition("/")
-            if not sep:
-                raise ImpairSpecError(f"impairment field 'burst': {value!r} is not RATE/LENGTH like 3%/4")
-            bl = _parse_fraction(key, rate)
-            try:
-                ln = float(length)
-            except ValueError:
-                raise ImpairSpecError(f"impairment field 'burst': length {length!r} is not a number") from None
-            if ln < 1:
-                raise ImpairSpecError(f"impairment field 'burst': mean burst length {length!r} must be >= 1 packet")
-            if bl >= 1:
-                raise ImpairSpecError(f"impairment field 'burst': rate {rate!r} must be below 100%")
-            spec = replace(spec, burst_loss=bl, burst_len=ln if bl else 0.0)
-        else:  # blackout
-            length_s, sep, at = value.partition("@")
-            if not sep:
-                raise ImpairSpecError(f"impairment field 'blackout': {value!r} is not LENGTH@START like 2s@30s")
-            spec = replace(spec, blackout_len=_parse_time(key, length_s), blackout_at=_parse_time(key, at))
-    return spec
-
+__all__ = ["PROFILES", "ImpairSpec", "ImpairSpecError", "ImpairStage", "parse_impairment"]
 
 Forward = Callable[[RtpAudio], None]
 Scheduler = Callable[[float, Callable[[], None]], Any]

@@ -33,6 +33,7 @@ from voicebridge.tools import ToolRegistry
 from voicebridge.validation import explain
 
 from .expect import Expectation
+from .impairment import parse_impairment
 
 Role = Literal["caller", "cs"]
 ROLES: tuple[Role, ...] = ("caller", "cs")
@@ -136,6 +137,17 @@ class Scenario(_FileTable):
     idle_timeout_s: float = Field(60.0, gt=0)
     # The pass criteria (`[[expect]]`), checked when the call ends (voicebridge.lab.criteria).
     expect: tuple[Expectation, ...] = Field((), strict=False)
+    # Network impairment on the relay path, both directions (media/impair.py): a profile name (good, wifi, 3g,
+    # satellite, lossy) or a spec "loss=5%,jitter=30ms,delay=80ms"; empty for none. Same seed, same packets lost.
+    impair: str = ""
+    impair_seed: int = 0
+
+    @field_validator("impair")
+    @classmethod
+    def _impair_spec(cls, impair: str) -> str:
+        if impair.strip():
+            parse_impairment(impair)  # ImpairSpecError (a ValueError) names the bad field
+        return impair.strip()
     # Where the scenario was loaded from: not a field of the file, so a file cannot set it.
     _path: Path | None = PrivateAttr(None)
 
