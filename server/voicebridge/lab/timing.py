@@ -120,7 +120,8 @@ def analyze(
     silence_threshold_s: float = SILENCE_THRESHOLD_S,
 ) -> CallTiming:
     """The whole analysis of one call's timeline."""
-    merged = {p: merge(speech.get(p, ())) for p in PARTIES}
+    # Rounded first, as they are written: the figures of a summary.json are exactly those of its own `speech`.
+    merged = {p: merge((_r(a), _r(b)) for a, b in speech.get(p, ())) for p in PARTIES}
     speech_s = _total(merge(s for p in PARTIES for s in merged[p]))
     over = overlaps(merged)
     overlap_s = _total((o.start, o.end) for o in over)
