@@ -23,10 +23,10 @@ by a page or two. A leak raises every window's growth; a step only the tenth of 
 which the median ignores (up to four steps in a phase), and a window of ten calls or more averages the jitter
 and the arenas' chunky growth. No timing enters into it: RSS per call, whatever the speed of the machine.
 
-Always judged, whatever N (no RSS, nothing that depends on the machine): every retained call is listed by
-GET /api/calls and its details are served from its folder (detail with turns, SDP, debug, stats, the events
-backlog and `?since=`); no Call object and no RTCPeerConnection outlives its call; the kept-whole calls do hold
-theirs (so the reference measures what it says).
+Always judged, whatever N (no RSS, nothing that depends on the machine): the retained calls are listed by
+GET /api/calls (the newest 200, the registry's bound) and their details are served from their folders (detail
+with turns, SDP, debug, stats, the events backlog and `?since=`); no Call object and no RTCPeerConnection
+outlives its call; the kept-whole calls do hold theirs (so the reference measures what it says).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ async def registry_phases(
             if name == "retained" and n:
                 run.problems += _still_held(manager, calls_before, pcs_before)
                 ids = [s.call_id for s in run.summaries]
-                run.listed, problems = await check_served(base_url, ids)
+                run.listed, problems = await check_served(base_url, ids, manager.max_ended)
                 run.problems += problems
         if kept_whole:
             held = peer_connections() - pcs_before
@@ -214,9 +214,10 @@ def _still_held(manager: Any, calls_before: int, pcs_before: int) -> list[str]:
     return problems
 
 
-async def check_served(base_url: str, ids: list[str]) -> tuple[int, list[str]]:
+async def check_served(base_url: str, ids: list[str], max_listed: int) -> tuple[int, list[str]]:
     """(how many of `ids` GET /api/calls lists, problems) after reading the first and last call's details
-    back over HTTP as the console does: detail, sdp, debug, stats, the events backlog and `?since=`."""
+    back over HTTP as the console does: detail, sdp, debug, stats, the events backlog and `?since=`. The newest
+    `max_listed` must be listed; the first is read by id even when it no longer is (from its folder)."""
     problems: list[str] = []
     timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT_S)
     async with aiohttp.ClientSession(base_url, timeout=timeout) as http:
@@ -229,7 +230,7 @@ async def check_served(base_url: str, ids: list[str]) -> tuple[int, list[str]]:
                 return await resp.json()
 
         listed = {c.get("id") for c in (await get("/api/calls")).get("calls") or []}
-        missing = [i for i in ids if i not in listed]
+        missing = [i for i in ids[-max_listed:] if i not in listed] if max_listed else []
         if missing:
             problems.append(f"{len(missing)} of {len(ids)} ended calls not listed by GET /api/calls ({missing[0]}...)")
         for cid in dict.fromkeys((ids[0], ids[-1])):
@@ -246,7 +247,7 @@ async def check_served(base_url: str, ids: list[str]) -> tuple[int, list[str]]:
             if not {"caller", "cs"} <= set(stats) or not all(stats[r] for r in ("caller", "cs")):
                 problems.append(f"GET /api/calls/{cid}/stats: not both legs' last stats")
             problems += await _check_replay(http, cid)
-    return len(ids) - len(missing), problems
+    return sum(1 for i in ids if i in listed), problems
 
 
 async def _check_replay(http: aiohttp.ClientSession, cid: str) -> list[str]:

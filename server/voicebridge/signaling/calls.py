@@ -33,9 +33,12 @@ from .ended import MESSAGES_FILE, EndedCall, count_lines, write_messages
 log = logging.getLogger(__name__)
 
 MAX_BACKLOG = 20_000  # messages kept per call for late watchers (raw events dominate; ~10 MB worst case)
-MAX_ENDED = 1000  # ended calls listed (a few KiB each once retired); older ones are found by id on disk
+# Ended calls listed: a few KiB each once retired, but the console fetches the whole list every 2 s; older
+# ones are still found by id on disk.
+MAX_ENDED = 200
 WATCHER_QUEUE = 5_000  # a watcher this far behind is dropped rather than slowing the call down
 MESSAGE_KINDS = ("state", "event", "turn", "tool_call", "ended")
+_NO_BACKLOG: deque[dict[str, Any]] = deque(maxlen=0)  # a retired record's, shared: it holds nothing
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a call id that can name a folder, and no path
 
 
@@ -147,7 +150,7 @@ class CallRecord:
         self.retired = True
         if saved is not None:
             self.saved, self.stream_on_disk = saved, True
-            self.backlog = deque(maxlen=1)
+            self.backlog = _NO_BACKLOG
 
     @property
     def truncated(self) -> bool:
