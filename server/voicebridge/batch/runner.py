@@ -99,7 +99,10 @@ class BatchRunner:
         metrics: Metrics | None = None,
         progress: Progress | None = None,
         call_factory: CallFactory = default_call_factory,
+        keep: Callable[[BatchCall], bool] | None = None,
     ) -> None:
+        """`keep`: whether the result keeps a call (all of them when None; the soak keeps a line of its own
+        instead, so that its memory measures the calls and not its notes about them)."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.scenario = scenario
@@ -110,6 +113,7 @@ class BatchRunner:
         self.metrics = metrics
         self.progress = progress
         self.call_factory = call_factory
+        self.keep = keep
         self._live: dict[str, BatchedCall] = {}
         self._stopping = False
         self._hangups: set[asyncio.Future[None]] = set()
@@ -130,13 +134,14 @@ class BatchRunner:
                 if self._stopping:
                     return
                 outcome = await self._one_call(i)
-            results[i] = outcome
             done += 1
             if self.progress is not None:
                 try:
                     self.progress(done, calls, outcome.summary)
                 except Exception:
                     log.exception("batch progress callback failed")
+            if self.keep is None or self.keep(outcome):
+                results[i] = outcome
 
         await asyncio.gather(*(one(i) for i in range(calls)))
         result.calls = [c for c in results if c is not None]

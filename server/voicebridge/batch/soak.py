@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -34,14 +33,14 @@ from voicebridge.backend import realtime_backend
 from voicebridge.extras import require
 from voicebridge.observability.logs import setup_logging_from_env
 from voicebridge.observability.metrics import Metrics
-from voicebridge.observability.resources import Resources, malloc_trim, rss_kb
-from voicebridge.results import CallError, CallSummary
+from voicebridge.observability.resources import Resources
+from voicebridge.results import BatchCall, CallError, CallSummary
 from voicebridge.scenarios.model import Scenario, load_scenario
 
 from .emulator_process import EmulatorProcess, ProcessResources, emulator_process
 from .progress import ProgressBar
 from .runner import BatchRunner
-from .soak_registry import RegistryFigures, judge, per_100_calls, registry_phases
+from .soak_registry import CallNote, RegistryFigures, judge, per_100_calls, registry_phases, rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +215,7 @@ async def soak(
     assert folder is not None
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    summaries: list[CallSummary] = []
+    notes: list[CallNote] = []
     try:
         async with contextlib.AsyncExitStack() as stack:
             child: EmulatorProcess | None = None
@@ -231,28 +230,31 @@ async def soak(
                 bar = ProgressBar(progress, calls, f"{name} calls") if progress is not None else None
 
                 def report(done: int, total: int, summary: CallSummary) -> None:
-                    if name == "sequential":
-                        # As Resources.now(): after the cyclic GC (an ended call's objects form cycles that a
-                        # big heap collects only now and then) and malloc_trim, so the trend is memory in use.
-                        gc.collect()
-                        malloc_trim()
-                        result.rss_trace_mb.append(round(rss_kb() / 1024.0, 1))
                     if bar is not None:
                         bar(done, total, summary)
 
+                def keep(call: BatchCall) -> bool:
+                    notes.append(CallNote.of(call.summary))
+                    if name == "sequential":
+                        # As Resources.now(): after the cyclic GC (an ended call's objects form cycles that a
+                        # big heap collects only now and then) and malloc_trim, so the trend is memory in use.
+                        result.rss_trace_mb.append(rss_mb())
+                    return False  # the note is all the soak keeps of a call
+
                 runner = BatchRunner(
                     scenario, settings, folder / name, concurrency=concurrency, batch_id=f"soak_{name}",
-                    metrics=metrics, progress=report,
+                    metrics=metrics, progress=report, keep=keep,
                 )
                 try:
-                    summaries.extend((await runner.run(calls)).summaries if calls else [])
+                    if calls:
+                        await runner.run(calls)
                 finally:
                     if bar is not None:
                         bar.close()
 
             if warmup:
                 await phase("warmup", warmup, 1)
-                summaries.clear()  # warm-up calls prepare the baseline; they are not judged
+                notes.clear()  # warm-up calls prepare the baseline; they are not judged
             result.baseline = base = await settle(Resources.now(), limits, 5.0)
             result.emulator_baseline = await _child_measure(child) if child else None
             ts = time.monotonic()
@@ -277,7 +279,7 @@ async def soak(
                 )
                 registry = run.app
                 result.registry_s = round(time.monotonic() - ts, 2)
-                summaries.extend(run.summaries)
+                notes.extend(run.notes)
                 result.retained_listed = run.listed
                 result.retained_rss_trace_mb = run.retained_trace_mb
                 result.whole_rss_trace_mb = run.whole_trace_mb
@@ -304,15 +306,15 @@ async def soak(
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    result.calls = len(summaries)
-    bad = [s for s in summaries if not s.succeeded]
+    result.calls = len(notes)
+    bad = [n for n in notes if not n.succeeded]
     result.failed = len(bad)
-    result.failures = [CallError(call_id=s.call_id, end_reason=s.end_reason, error=s.error) for s in bad[:20]]
-    for s in summaries:
-        reason = str(s.end_reason)
+    result.failures = [CallError(call_id=n.call_id, end_reason=n.end_reason, error=n.error) for n in bad[:20]]
+    for n in notes:
+        reason = str(n.end_reason)
         result.end_reasons[reason] = result.end_reasons.get(reason, 0) + 1
     if bad:
-        result.problems.insert(0, f"{len(bad)} of {len(summaries)} calls failed")
+        result.problems.insert(0, f"{len(bad)} of {len(notes)} calls failed")
     expected = sequential + retained + kept_whole + concurrent
     if result.calls != expected:
         result.problems.append(f"{result.calls} calls ran, expected {expected}")

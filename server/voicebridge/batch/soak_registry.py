@@ -73,6 +73,21 @@ class RegistryFigures:
         return round(self.retained - self.baseline, 3)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallNote:
+    """What the soak keeps of each call (what it reports): a line, not the call's summary (~20 KiB as Python
+    objects), so that RSS measures the calls and not the soak's notes about them."""
+
+    call_id: str
+    end_reason: str | None
+    error: str | None
+    succeeded: bool
+
+    @classmethod
+    def of(cls, summary: CallSummary) -> CallNote:
+        return cls(summary.call_id, summary.end_reason, summary.error, summary.succeeded)
+
+
 def rss_mb() -> float:
     """RSS as the soak measures it: memory in use, after the cyclic GC and malloc_trim."""
     gc.collect()
@@ -122,7 +137,7 @@ def count_calls() -> int:
 
 @dataclasses.dataclass
 class RegistryRun:
-    summaries: list[CallSummary] = dataclasses.field(default_factory=list)
+    notes: list[CallNote] = dataclasses.field(default_factory=list)
     retained_trace_mb: list[float] = dataclasses.field(default_factory=list)
     whole_trace_mb: list[float] = dataclasses.field(default_factory=list)
     listed: int = 0
@@ -165,7 +180,7 @@ async def registry_phases(
             except TimeoutError:
                 manager.hangup(rec, "shutdown", "soak")
                 await call.wait_ended(END_GRACE_S)
-            summary = call.summary()  # what a batch keeps of each call, in both phases
+            summary = call.summary()
             await manager.wait_retired()
             if keep:
                 kept.append(call)
@@ -177,13 +192,14 @@ async def registry_phases(
                 trace.append(rss_mb())  # the phase's first point: before its first call
             for i in range(n):
                 summary = await asyncio.ensure_future(one(keep=name == "kept whole"))
-                run.summaries.append(summary)
-                trace.append(rss_mb())
                 if progress is not None:
                     progress(name, i + 1, n, summary)
+                run.notes.append(CallNote.of(summary))
+                del summary
+                trace.append(rss_mb())
             if name == "retained" and n:
                 run.problems += _still_held(manager, calls_before, pcs_before)
-                ids = [s.call_id for s in run.summaries]
+                ids = [note.call_id for note in run.notes]
                 run.listed, problems = await check_served(base_url, ids, manager.max_ended)
                 run.problems += problems
         if kept_whole:
