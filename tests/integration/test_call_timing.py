@@ -14,7 +14,7 @@ import pytest
 from tests.integration.test_call_cli import run_cli
 from tests.integration.test_call_failure import SHORT
 from voicebridge.bridge.turns import FRAME_S
-from voicebridge.lab.timing import analyze
+from voicebridge.lab.timing import analyze, format_timing
 from voicebridge.results import CallSummary
 
 pytestmark = pytest.mark.integration
@@ -61,6 +61,7 @@ async def test_an_emulator_calls_timing_holds_its_turns_and_its_criteria_are_jud
     assert analyze(speech, turns) == timing
     assert timing.speech_s <= round(sum(b - a for spans in speech.values() for a, b in spans), 4)
     assert timing.overlap_ratio == round(timing.overlap_s / timing.speech_s, 4)
+    assert format_timing(timing)[0] in err  # the console's summary shows the same analysis
     verdicts = {v.name: v for v in summary.criteria}
     assert [verdicts[n].kind for n in ("overlaps", "silences", "interruptions")] == [
         "max_overlap_s", "max_silence_s", "max_interruptions"

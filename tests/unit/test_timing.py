@@ -10,7 +10,7 @@ import pytest
 
 from voicebridge.bridge.turns import FRAME_S, TurnLatency
 from voicebridge.lab.criteria import evaluate
-from voicebridge.lab.timing import analyze, interruptions, merge, overlaps, silences
+from voicebridge.lab.timing import analyze, format_timing, interruptions, merge, overlaps, silences
 from voicebridge.media.passthrough import RtpAudio
 from voicebridge.results import (
     CallSummary,
@@ -217,3 +217,16 @@ def test_the_bridge_records_speech_stretches_off_speech_packets_only() -> None:
     timing = obs.timing()
     assert timing.overlaps == [Overlap(start=2.0, end=2.02, duration_s=0.02, by=None)]
     assert [(t.from_, t.to) for t in timing.turns] == [(t.from_, t.to) for t in obs.turns]
+
+
+def test_the_console_lines_give_the_headline_figures_each_interruption_and_each_long_silence() -> None:
+    timing = analyze(CALL, [turn("cs", "caller", 2.98, 3.5), turn("caller", "cs", 5.98, 6.4)])
+    assert format_timing(timing) == [
+        "timing: speech 13.10 s, overlap 1.50 s (11.5%) in 2 overlaps, 1 interruptions (time to yield 1000 ms), "
+        "longest silence 4.00 s, turn gap p50 420 ms, p95 520 ms",
+        "  interruption at   9.00: caller cut in on cs, who stopped 1000 ms later",
+        "  silence  12.00- 16.00: 4.00 s",
+    ]
+    assert format_timing(analyze({})) == [
+        "timing: speech 0.00 s, overlap 0.00 s (-) in 0 overlaps, 0 interruptions, longest silence 0.00 s, no turns"
+    ]

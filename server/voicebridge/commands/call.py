@@ -21,6 +21,7 @@ from voicebridge.bridge.context import ContextError
 from voicebridge.bridge.turns import format_turns
 from voicebridge.config import Settings
 from voicebridge.lab.criteria import check_scenario
+from voicebridge.lab.timing import format_timing
 from voicebridge.realtime.api import LegError
 from voicebridge.results import CallSummary, ToolCallRecord, TranscriptLine
 from voicebridge.scenarios.impairment import ImpairSpecError, parse_impairment
@@ -55,6 +56,8 @@ def print_summary(summary: CallSummary, out: TextIO) -> None:
     for c in summary.tool_calls:
         print(f"  tool {c.leg}.{c.name} ok={c.ok} {c.duration_ms:.1f} ms -> {c.output[:100]}", file=out)
     for line in format_turns(summary.turn_latency):
+        print(line, file=out)
+    for line in format_timing(summary.timing) if summary.timing is not None else []:
         print(line, file=out)
     if summary.criteria:
         ran = [v for v in summary.criteria if not v.skipped]

@@ -150,3 +150,25 @@ def analyze(
 
 def _r(x: float) -> float:
     return round(x, 4)
+
+
+def format_timing(timing: CallTiming) -> list[str]:
+    """Lines for `voicebridge call`'s summary output: the headline figures, then each interruption and long
+    silence."""
+    ratio = "-" if timing.overlap_ratio is None else f"{timing.overlap_ratio:.1%}"
+    gaps = (
+        f"turn gap p50 {timing.turn_gap_ms.p50:.0f} ms, p95 {timing.turn_gap_ms.p95:.0f} ms"
+        if timing.turn_gap_ms is not None else "no turns"
+    )
+    yield_ = "" if timing.time_to_yield_ms is None else f" (time to yield {timing.time_to_yield_ms:.0f} ms)"
+    lines = [
+        f"timing: speech {timing.speech_s:.2f} s, overlap {timing.overlap_s:.2f} s ({ratio}) in "
+        f"{len(timing.overlaps)} overlaps, {len(timing.interruptions)} interruptions{yield_}, longest silence "
+        f"{timing.max_silence_s:.2f} s, {gaps}"
+    ]
+    lines += [
+        f"  interruption at {c.at:6.2f}: {c.by} cut in on {c.of}, who stopped {c.time_to_yield_ms:.0f} ms later"
+        for c in timing.interruptions
+    ]
+    lines += [f"  silence {s.start:6.2f}-{s.end:6.2f}: {s.duration_s:.2f} s" for s in timing.silences]
+    return lines
