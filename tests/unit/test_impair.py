@@ -13,7 +13,14 @@ import pytest
 from voicebridge.commands.call import with_impairment
 from voicebridge.media.impair import ImpairStage
 from voicebridge.media.passthrough import RtpAudio
-from voicebridge.scenarios.impairment import PROFILES, ImpairSpec, ImpairSpecError, parse_impairment
+from voicebridge.scenarios.impairment import (
+    PROFILES,
+    Impairment,
+    ImpairSpec,
+    ImpairSpecError,
+    parse_directions,
+    parse_impairment,
+)
 from voicebridge.scenarios.model import ScenarioError, load_scenario
 
 FRAME = 0.020
@@ -224,3 +231,18 @@ def test_scenario_impair_key(tmp_path: Path) -> None:
     assert with_impairment(scenario, None, None) is scenario
     with pytest.raises(ScenarioError, match="--impair: impairment field 'jitter'"):
         with_impairment(scenario, "jitter=lots", None)
+
+
+def test_per_direction_specs() -> None:
+    both = parse_directions("3g")
+    assert both == Impairment(parse_impairment("3g"), parse_impairment("3g"))
+    split = parse_directions("caller>cs: loss=5%; cs>caller: satellite")
+    assert split == Impairment(ImpairSpec(loss=0.05), parse_impairment("satellite"))
+    assert parse_directions("cs>caller: loss=5%") == Impairment(ImpairSpec(), ImpairSpec(loss=0.05))
+    assert parse_directions("caller>cs: good").is_null
+    with pytest.raises(ImpairSpecError, match="direction 'agent>cs'"):
+        parse_directions("agent>cs: loss=5%")
+    with pytest.raises(ImpairSpecError, match="given twice"):
+        parse_directions("caller>cs: loss=5%; caller>cs: loss=1%")
+    with pytest.raises(ImpairSpecError, match="impairment field 'delay'"):
+        parse_directions("caller>cs: delay=slow")

@@ -30,7 +30,7 @@ from voicebridge.media.impair import ImpairStage
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, OutboundStats, RtpAudio, latency_summary
 from voicebridge.media.relay import FanOut, PacketHook, PacketHooks, Party, Relay, Switchable
 from voicebridge.results import ImpairStats, RelayStats
-from voicebridge.scenarios.impairment import ImpairSpec
+from voicebridge.scenarios.impairment import Impairment, ImpairSpec
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
         cs_out: OutboundAudio,
         *,
         hold_hears_cs: bool = False,
-        impair: ImpairSpec | None = None,
+        impair: Impairment | ImpairSpec | None = None,
         impair_seed: int = 0,
     ) -> None:
         self.caller_in = caller_in
@@ -101,9 +101,11 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
         # loss) at the far end. Listeners and packet hooks see the packets as they arrived, unimpaired.
         self._impair_to_cs: ImpairStage | None = None
         self._impair_to_caller: ImpairStage | None = None
+        if isinstance(impair, ImpairSpec):
+            impair = Impairment(impair, impair)  # the same both ways
         if impair is not None and not impair.is_null:
-            self._impair_to_cs = ImpairStage(impair, self._send_to_cs, seed=impair_seed)
-            self._impair_to_caller = ImpairStage(impair, self._send_to_caller, seed=impair_seed + 1)
+            self._impair_to_cs = ImpairStage(impair.caller_to_cs, self._send_to_cs, seed=impair_seed)
+            self._impair_to_caller = ImpairStage(impair.cs_to_caller, self._send_to_caller, seed=impair_seed + 1)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -40,7 +40,7 @@ from voicebridge.results import (
     ToolCallRecord,
     criteria_passed,
 )
-from voicebridge.scenarios.impairment import parse_impairment
+from voicebridge.scenarios.impairment import parse_directions
 from voicebridge.scenarios.model import ROLES, Scenario, load_tools
 from voicebridge.tools import ToolRegistry, ToolResult
 
@@ -313,7 +313,7 @@ class Call(AsyncIOEventEmitter):
 
         c, s = self.legs["caller"], self.legs["cs"]
         if isinstance(c, WebSocketLeg) and isinstance(s, WebSocketLeg):
-            if self.scenario.impair:
+            if self.scenario.impair and not parse_directions(self.scenario.impair).is_null:
                 raise RuntimeError(
                     "network impairment needs a WebRTC leg (RTP packets to impair); both legs are WebSocket"
                 )
@@ -322,7 +322,7 @@ class Call(AsyncIOEventEmitter):
         if c.audio_in is None or c.audio_out is None or s.audio_in is None or s.audio_out is None:
             raise RuntimeError("a leg connected without its audio tap/sender")
         sc = self.scenario
-        impair = parse_impairment(sc.impair) if sc.impair else None
+        impair = parse_directions(sc.impair) if sc.impair else None
         return AudioRelay(c.audio_in, c.audio_out, s.audio_in, s.audio_out, impair=impair, impair_seed=sc.impair_seed)
 
     def _observe_media(self) -> None:

@@ -24,7 +24,7 @@ from voicebridge.lab.criteria import check_scenario
 from voicebridge.lab.timing import format_timing
 from voicebridge.realtime.api import LegError
 from voicebridge.results import CallSummary, ToolCallRecord, TranscriptLine
-from voicebridge.scenarios.impairment import ImpairSpecError, parse_impairment
+from voicebridge.scenarios.impairment import ImpairSpecError, parse_directions
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
 
 
@@ -108,7 +108,7 @@ def with_impairment(scenario: Scenario, impair: str | None, seed: int | None) ->
     update: dict[str, object] = {}
     if impair is not None:
         try:
-            parse_impairment(impair)
+            parse_directions(impair)
         except ImpairSpecError as e:
             raise ScenarioError(f"--impair: {e}") from None
         update["impair"] = impair.strip()

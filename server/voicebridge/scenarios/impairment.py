@@ -160,3 +160,43 @@ def parse_impairment(text: str) -> ImpairSpec:
                 raise ImpairSpecError(f"impairment field 'blackout': {value!r} is not LENGTH@START like 2s@30s")
             spec = replace(spec, blackout_len=_parse_time(key, length_s), blackout_at=_parse_time(key, at))
     return spec
+
+
+DIRECTIONS = {"caller>cs": "caller_to_cs", "cs>caller": "cs_to_caller"}
+
+
+@dataclass(frozen=True, slots=True)
+class Impairment:
+    """One spec per direction of the call's audio."""
+
+    caller_to_cs: ImpairSpec
+    cs_to_caller: ImpairSpec
+
+    @property
+    def is_null(self) -> bool:
+        return self.caller_to_cs.is_null and self.cs_to_caller.is_null
+
+
+def parse_directions(text: str) -> Impairment:
+    """`impair` as a scenario or --impair gives it: one spec for both directions (`3g`), or per direction,
+    `caller>cs: 3g; cs>caller: loss=5%` (a direction left out is unimpaired). ImpairSpecError names what is wrong."""
+    if ";" not in text and ":" not in text:
+        spec = parse_impairment(text)
+        return Impairment(spec, spec)
+    specs: dict[str, ImpairSpec] = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        direction, sep, spec_text = part.partition(":")
+        key = DIRECTIONS.get(direction.strip().lower().replace(" ", ""))
+        if not sep or key is None:
+            raise ImpairSpecError(
+                f"impairment direction {direction.strip()!r}: write caller>cs: SPEC and/or cs>caller: SPEC,"
+                " separated by ;"
+            )
+        if key in specs:
+            raise ImpairSpecError(f"impairment direction {direction.strip()!r}: given twice")
+        specs[key] = parse_impairment(spec_text)
+    if not specs:
+        raise ImpairSpecError("impairment spec is empty: give a profile (" + ", ".join(PROFILES) + ") or key=value")
+    return Impairment(specs.get("caller_to_cs", ImpairSpec()), specs.get("cs_to_caller", ImpairSpec()))

@@ -33,7 +33,7 @@ from voicebridge.tools import ToolRegistry
 from voicebridge.validation import explain
 
 from .expect import Expectation
-from .impairment import parse_impairment
+from .impairment import parse_directions
 
 Role = Literal["caller", "cs"]
 ROLES: tuple[Role, ...] = ("caller", "cs")
@@ -138,7 +138,8 @@ class Scenario(_FileTable):
     # The pass criteria (`[[expect]]`), checked when the call ends (voicebridge.lab.criteria).
     expect: tuple[Expectation, ...] = Field((), strict=False)
     # Network impairment on the relay path, both directions (media/impair.py): a profile name (good, wifi, 3g,
-    # satellite, lossy) or a spec "loss=5%,jitter=30ms,delay=80ms"; empty for none. Same seed, same packets lost.
+    # satellite, lossy) or a spec "loss=5%,jitter=30ms,delay=80ms", or one per direction "caller>cs: 3g; cs>caller:
+    # loss=5%"; empty for none. Same seed, same packets lost.
     impair: str = ""
     impair_seed: int = 0
 
@@ -146,7 +147,7 @@ class Scenario(_FileTable):
     @classmethod
     def _impair_spec(cls, impair: str) -> str:
         if impair.strip():
-            parse_impairment(impair)  # ImpairSpecError (a ValueError) names the bad field
+            parse_directions(impair)  # ImpairSpecError (a ValueError) names the bad field
         return impair.strip()
     # Where the scenario was loaded from: not a field of the file, so a file cannot set it.
     _path: Path | None = PrivateAttr(None)
