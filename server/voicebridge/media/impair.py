@@ -19,6 +19,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from voicebridge.results import DelaySummary, ImpairStats
@@ -119,8 +120,11 @@ class ImpairStage:
                 self._send(pkt)
             return
         schedule = self._schedule or asyncio.get_running_loop().call_later
+        # The same payload bytes, with its arrival moved by the delay the network would have added: the bridge's
+        # own forwarding latency (relay stats, metrics) stays the bridge's, not the impairment's.
+        late = replace(pkt, received_at=pkt.received_at + delay)
         for _ in range(copies):
-            self._later(schedule, delay, pkt)
+            self._later(schedule, delay, late)
 
     def _later(self, schedule: Scheduler, delay: float, pkt: RtpAudio) -> None:
         box: list[Any] = []
