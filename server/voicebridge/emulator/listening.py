@@ -13,6 +13,10 @@ a row outside a turn. Packets pushed out of the ring count on the Ear's clock as
 itself counts there too (`Ear.backlog`), so audio_start_ms / audio_end_ms stay on the audio timeline.
 
 `decode_all=True` decodes every packet: the reference the tests compare the turns with.
+
+Packets with RTP sequence numbers first pass a `Reorder` stage: a jittery path (a real network, or the bridge's own
+impairment stage) delivers packets out of order, and libopus and the VAD need them in order, or a reordered stretch
+is heard as noise. It holds at most REORDER_DEPTH packets behind a missing one, then gives that one up as lost.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ log = logging.getLogger(__name__)
 SPEECH_BPS = 4000  # below this a packet holds no speech: Opus codes speech from 6 kbit/s up
 SLEEP_AFTER = 10  # silent packets in a row (200 ms) outside a turn before decoding stops
 RING_MARGIN_MS = 100  # beyond the Ear's history: a word's quiet lead-in that the start window looks back on
+# Packets held behind a missing one before it counts as lost: 5 frames (100 ms) puts back in order any path whose
+# jitter spreads arrivals over up to 100 ms, and delays hearing only while a packet is actually missing.
+REORDER_DEPTH = 5
 
 
 def may_hold_speech(payload: bytes) -> bool:
@@ -39,6 +46,43 @@ def may_hold_speech(payload: bytes) -> bool:
     if not payload:
         return False
     return len(payload) * 8 * OPUS_CLOCK >= SPEECH_BPS * opus_samples(payload)
+
+
+class Reorder:
+    """RTP payloads back in sequence order. In-order packets pass at once; behind a missing one, up to `depth`
+    packets wait for it; past that it is lost and the wait moves on to the next one held."""
+
+    def __init__(self, depth: int = REORDER_DEPTH) -> None:
+        self.depth = depth
+        self.late = 0  # older than a packet already released (or a duplicate of one): dropped
+        self.lost = 0  # never arrived while `depth` packets waited behind it
+        self.reordered = 0  # arrived after a later one and were put back in place
+        self._held: dict[int, bytes] = {}
+        self._next: int | None = None
+
+    def push(self, sequence: int, payload: bytes) -> list[bytes]:
+        """The payloads that are now in order (often just this one, none while a gap is open)."""
+        if self._next is None:
+            self._next = sequence
+        ahead = (sequence - self._next) & 0xFFFF
+        if ahead >= 0x8000 or sequence in self._held:
+            self.late += 1
+            return []
+        if ahead == 0 and self._held:
+            self.reordered += 1  # the missing one arrived while later ones waited
+        self._held[sequence] = payload
+        out: list[bytes] = []
+        while self._held:
+            if self._next in self._held:
+                out.append(self._held.pop(self._next))
+                self._next = (self._next + 1) & 0xFFFF
+            elif len(self._held) > self.depth:
+                nearest = min(self._held, key=lambda s: (s - (self._next or 0)) & 0xFFFF)
+                self.lost += (nearest - self._next) & 0xFFFF
+                self._next = nearest
+            else:
+                break
+        return out
 
 
 class Listener:
@@ -50,14 +94,13 @@ class Listener:
         self.packets = 0  # packets pushed
         self.decoded = 0  # packets decoded (the ring's included when it was decoded)
         self.skipped = 0  # packets never decoded: counted on the Ear's clock as silence
-        self.late = 0  # packets older than one already heard (dropped: there is no jitter buffer)
+        self.reorder = Reorder()  # packets with sequence numbers are put back in order first
         self.errors = 0  # packets libopus refused
         self._codec = self._new_codec()
         self._ring: deque[tuple[bytes, int]] = deque()  # silent packets and their 48 kHz samples
         self._ring_samples = 0
         self._awake = False
         self._quiet = 0
-        self._last_seq: int | None = None
         ear.backlog = self
 
     @staticmethod
@@ -72,13 +115,26 @@ class Listener:
     def awake(self) -> bool:
         return self._awake
 
+    @property
+    def late(self) -> int:
+        return self.reorder.late
+
     def push(self, payload: bytes, sequence: int | None = None) -> None:
-        """One packet. Raises HearingError for a packet libopus cannot decode (the stream goes on)."""
-        if sequence is not None:
-            if self._last_seq is not None and 0 < (self._last_seq - sequence) & 0xFFFF < 0x8000:
-                self.late += 1
-                return
-            self._last_seq = sequence
+        """One packet as it arrived. Raises HearingError for a packet libopus cannot decode, after the packets
+        released with it are heard (the stream goes on)."""
+        if sequence is None:
+            self._hear(payload)
+            return
+        refused: HearingError | None = None
+        for ready in self.reorder.push(sequence, payload):
+            try:
+                self._hear(ready)
+            except HearingError as e:
+                refused = refused or e
+        if refused is not None:
+            raise refused
+
+    def _hear(self, payload: bytes) -> None:
         self.packets += 1
         if self.decode_all:
             self._decode(payload)
