@@ -53,26 +53,24 @@ def user_audio_item(item_id: str, transcript: str | None, status: str = "complet
 
 
 def assistant_audio_item(item_id: str, transcript: str | None, status: str) -> Event:
-    content = [] if transcript is None else [{"type": "output_audio", "transcript": transcript}]
-    return {
-        "id": item_id,
-        "type": "message",
-        "object": "realtime.item",
-        "status": status,
-        "role": "assistant",
-        "content": content,
-    }
+    part = None if transcript is None else {"type": "output_audio", "transcript": transcript}
+    return _assistant_item(item_id, part, status)
 
 
 def assistant_text_item(item_id: str, text: str | None, status: str) -> Event:
-    content = [] if text is None else [{"type": "output_text", "text": text}]
+    part = None if text is None else {"type": "output_text", "text": text}
+    return _assistant_item(item_id, part, status)
+
+
+def _assistant_item(item_id: str, part: Event | None, status: str) -> Event:
+    """An assistant message item; its one content part once there is one (none while it is in progress)."""
     return {
         "id": item_id,
         "type": "message",
         "object": "realtime.item",
         "status": status,
         "role": "assistant",
-        "content": content,
+        "content": [] if part is None else [part],
     }
 
 
