@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := espeak-ng sox chromium ffmpeg iproute2 util-linux openssl
+DEBS := espeak-ng sox chromium ffmpeg iproute2 util-linux openssl redis-server
 HOST ?= 127.0.0.1
 PORT ?= 8080
 # Calls in tests are real-time bound (speech is paced at 20 ms a frame), not CPU bound: run several at once.
@@ -27,11 +27,11 @@ deps-debian:
 	  fi; \
 	fi
 
-# Every extra: the tests use the emulator, the batch report plots and the bench (see voicebridge/extras.py).
+# Every extra: the tests use the emulator, the batch report plots, the bench and the workers' Redis client (see voicebridge/extras.py).
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,emulator,reports,bench]'
+	$(BIN)/python -m pip install -q -e '.[dev,emulator,reports,bench,cluster]'
 	@touch $@
 
 # The official JavaScript Realtime client the integration tests run against the emulator (locked versions).

@@ -81,3 +81,13 @@ def validate_server_event(event: dict[str, Any]) -> None:
 
 def validate_client_event(event: dict[str, Any]) -> None:
     CLIENT_EVENT.validate_python(event)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Any]:
+    """A real redis-server on a free 127.0.0.1 port with a password, stopped at the end (tests/redis_server.py)."""
+    from tests.redis_server import start_redis
+
+    server = start_redis(tmp_path / "redis")
+    yield server
+    server.stop()

@@ -7,7 +7,9 @@ base install says which extra to install, instead of failing half-way with a Mod
   OPENAI_API_KEY or emulator URL is given): speech recognition, voice activity detection, numbers in words;
 - `reports`: the plots of `voicebridge batch`'s report.html;
 - `bench`: `voicebridge bench`'s plot (pyinstrument, for VOICEBRIDGE_BENCH_PROFILE, and uvloop, for `--loop uvloop`,
-  are in the extra but optional).
+  are in the extra but optional);
+- `cluster`: the Redis client, for bridge workers sharing calls through Redis (`serve --workers N --redis URL`,
+  `worker`); the single-process default needs no Redis.
 
 `cli.main` turns MissingExtra into one line on stderr and exit status 3.
 """
@@ -21,12 +23,14 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "emulator": ("pocketsphinx", "webrtcvad", "num2words"),
     "reports": ("matplotlib",),
     "bench": ("matplotlib",),
+    "cluster": ("redis",),
 }
 # What needs each extra, for the message when no caller says more precisely.
 NEEDED_BY: dict[str, str] = {
     "emulator": "the Realtime emulator (what voicebridge talks to when OPENAI_API_KEY is not set)",
     "reports": "voicebridge batch (the plots of report.html)",
     "bench": "voicebridge bench (its plot, bench.png)",
+    "cluster": "bridge workers on Redis (voicebridge serve --redis, voicebridge worker)",
 }
 EXIT_STATUS = 3
 
