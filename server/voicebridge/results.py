@@ -33,7 +33,7 @@ from typing_extensions import TypedDict
 CallState = Literal["connecting", "live", "ending", "ended"]
 EndReason = Literal[
     "caller_hangup", "human_hangup", "operator_hangup", "leg_failed", "max_duration", "idle_timeout", "error",
-    "shutdown",
+    "shutdown", "worker_lost",
 ]
 # The one rule for "this call succeeded": it ended because someone hung up on purpose, the caller agent (it said
 # goodbye and called hangup()) or the operator (the console's or the CLI's hang-up). Everything else (a failed
@@ -401,6 +401,10 @@ class BatchCall(Record):
     end_reason "error" and the reason in `error`."""
     setup_s: float | None
     """Seconds from creating the call to it going live (both legs up, context synced); None if it never did."""
+    worker: str | None = None
+    """The bridge worker that ran the call (`voicebridge batch --redis`); None when the batch ran it itself."""
+    attempt: int = 1
+    """1, or 2 when the call was run again after its first worker was lost."""
 
 
 _MEASURED = ("mean", "p50", "p90", "p99", "max")
