@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from voicebridge.lab.criteria import check_scenario
 from voicebridge.scenarios.model import ScenarioError, builtin_names, load_scenario
 
 pytestmark = pytest.mark.unit
@@ -47,11 +48,12 @@ def error_of(path: Path) -> str:
 
 
 def test_builtin_scenarios_load() -> None:
-    assert builtin_names() == ["late_order", "quick_bye"]
+    assert {"late_order", "quick_bye", "unknown_order"} <= set(builtin_names())
     for name in builtin_names():
         scenario = load_scenario(name)
         assert scenario.name == name and scenario.path is not None and scenario.path.stem == name
         assert scenario.caller.instructions and scenario.cs.script
+        check_scenario(scenario)  # its criteria name real tools and prepare their SQL
 
 
 def test_a_good_file_and_its_defaults(tmp_path: Path) -> None:
