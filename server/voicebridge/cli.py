@@ -108,10 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=Path("."), help="where bench.json and bench.png are written")
     b.add_argument(
         "--emulator", action="store_true",
-        help="measure the emulator instead: CPU per session idle, hearing silence or speech and speaking, "
-        "decoding every incoming packet (before) beside only what may be speech",
+        help="measure the emulator instead: CPU per session idle, hearing silence or speech and speaking, and "
+        "its turn gap split into its parts, before issue 17 beside as shipped",
     )
-    b.add_argument("--sessions", type=_positive_int, default=8, help="--emulator: sessions on each emulator")
+    b.add_argument(
+        "--sessions", type=_positive_int, nargs="+", default=[1, 12, 24, 50],
+        help="--emulator: concurrent sessions on each emulator, one level after another (default 1 12 24 50)",
+    )
+    b.add_argument("--turns", type=_positive_int, default=3, help="--emulator: turns per session in the turns phase")
     b.add_argument("--seconds", type=float, default=8.0, help="--emulator: measured window per phase")
     b.add_argument("--settle", type=float, default=2.0, help="--emulator: seconds into a phase before measuring")
     b.add_argument(

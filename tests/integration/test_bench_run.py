@@ -80,21 +80,29 @@ def test_bench_cli_json_last_line_and_files(tmp_path: Path) -> None:
     assert "[bench" in proc.stderr  # progress on stderr
 
 
-async def test_the_emulator_bench_measures_both_emulators_in_every_phase_and_the_gated_one_skips_silence() -> None:
+async def test_the_emulator_bench_measures_both_emulators_in_every_phase_and_times_turns() -> None:
     import argparse
 
-    from voicebridge.bench.emulator import PHASES, _measure
+    from voicebridge.bench.emulator import PHASES, _measure, table
 
-    result = await _measure(argparse.Namespace(sessions=1, seconds=1.0, settle=1.5))
-    assert list(result["phases"]) == list(PHASES)
-    for phase, row in result["phases"].items():
-        for side in ("baseline", "gated"):
+    result = await _measure(argparse.Namespace(sessions=[1], seconds=1.0, settle=1.5, turns=1))
+    assert list(result["levels"]) == ["1"]
+    phases = result["levels"]["1"]["phases"]
+    assert list(phases) == list(PHASES)
+    for phase, row in phases.items():
+        for side in ("baseline", "now"):
             assert row[side]["cpu_pct_per_session"] >= 0, phase
             assert row[side]["loop_lag_ms"]["count"] > 0, phase  # the emulator's loop was probed in the window
-    phases = result["phases"]
-    assert phases["idle"]["gated"]["packets_in"] == 0
+    assert phases["idle"]["now"]["packets_in"] == 0
     # Silence in (while listening, and while speaking, once the last turn heard has ended): none was decoded.
     for phase in ("silence", "speaking"):
-        assert phases[phase]["gated"]["packets_in"] > 0 and phases[phase]["gated"]["decoded_pct"] == 0.0, phase
-    assert phases["hearing"]["gated"]["decoded_pct"] > 50  # speech is decoded (the pauses may not be)
-    assert result["responses"] > 0  # the speaking phase really had the emulators speak
+        assert phases[phase]["now"]["packets_in"] > 0 and phases[phase]["now"]["decoded_pct"] == 0.0, phase
+    assert phases["hearing"]["now"]["decoded_pct"] > 50  # speech is decoded (the pauses may not be)
+    assert result["levels"]["1"]["responses"] > 0  # the speaking phase really had the emulators speak
+    # One turn each: heard as said, answered, and its gap is the sum of its parts.
+    for side in ("baseline", "now"):
+        turn = phases["turns"][side]["turn"]
+        assert turn["timed"] == turn["understood"] == 1, side
+        parts = sum(turn[k]["p50"] for k in ("vad", "recognition", "response_start", "first_audio"))
+        assert turn["gap"]["p50"] == pytest.approx(parts, abs=0.5), side
+    assert "| 1 | now | 1 (1) |" in table(result)

@@ -1,17 +1,25 @@
 """`voicebridge bench --emulator`: the emulator's CPU per session while idle, listening to silence, hearing speech and
-speaking, decoding as before (every incoming packet) beside decoding only what may be speech (emulator/listening.py).
+speaking, and its turn gap split into its own parts, at several numbers of concurrent sessions; the emulator as it
+was before issue 17 (the baseline) beside the emulator as shipped, measured in the same windows.
 
-Two emulator processes run side by side in the same window, so the baseline and the new way meet the same machine
-load: one with `Session.aiortc_decode` (the baseline: aiortc's jitter buffer and decoder thread hand every packet,
-decoded, to the session's track reader, as before), one as shipped. This process drives the same number of WebRTC
+Two emulator processes run side by side, so the baseline and the new way meet the same machine load: the baseline
+with the old ways switched back on (`_as_before`: aiortc's jitter buffer and decoder thread hand every packet,
+decoded, to the session's track reader; pocketsphinx runs in a thread of the emulator's own process, where it
+holds the GIL for the whole utterance), the other as shipped. This process drives the same number of WebRTC
 sessions on 127.0.0.1 into each: cheap peers that send cached Opus packets SFU style (`OutboundAudio`, no encoder)
 and take the emulator's audio off their receiver (`InboundTap`, no decoder). Each emulator's CPU is read from
-/proc/PID/stat over the window; the machine's from /proc/stat.
+/proc/PID/stat over the window; the machine's from /proc/stat; each event loop's lag from a 50 ms timer.
 
-Phases (the peer's side): idle (a connected peer that sends no audio), silence (3-byte Opus silence every 20 ms,
-what aiortc and the emulator send when quiet), hearing (a spoken line, looped with 400 ms of silence between, turn
-detection on but no response created) and speaking (silence in, the emulator answering response.create after
-response.create, so it speaks all the time).
+Every session plays the caller of the built-in late_order scenario (its instructions pick the persona), so what
+it hears is recognised against that persona's grammar, as in a real offline call. Phases (the peer's side): idle
+(a connected peer that sends no audio), silence (3-byte Opus silence every 20 ms), hearing (the agent's greeting,
+looped with 400 ms of silence between, turn detection on but no response created), speaking (silence in, the
+emulator answering response.create after response.create, so it speaks all the time) and turns (each peer says
+the greeting, the emulator recognises it and answers with the caller's line, the peer waits for the answer to
+end, pauses and says it again; starts staggered over 2 s). A turn's gap runs from the peer's last packet of its
+line to the first packet of the emulator's answer that may hold speech, split at speech_stopped (the VAD's
+decision: it includes the 500 ms of silence the VAD waits for), the transcription's completion (recognition),
+response.created (response start) and that first audio packet.
 """
 
 from __future__ import annotations
@@ -21,16 +29,26 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 FRAME_S = 0.020
-PHASES = ("idle", "silence", "hearing", "speaking")
-KINDS = ("baseline", "gated")  # decode every packet (as before) / only what may hold speech
-LINE = "Hello, my order has not arrived. The order number is four two one seven."
+PHASES = ("idle", "silence", "hearing", "speaking", "turns")
+KINDS = ("baseline", "now")  # the emulator as it was before issue 17 / as shipped
+LEVELS = (1, 12, 24, 50)
+SCENARIO = "late_order"
+# The agent's greeting, as the late_order CS persona says it: the caller persona hears it and answers.
+LINE = "Thank you for calling the help desk, how can I help you today?"
+LINE_SPEED = 215
 API_KEY = "sk-bench-emulator"
+PAUSE_S = 0.4  # the peer's pause after the emulator's answer ends, before its next line
+STAGGER_S = 2.0  # the peers' first lines start spread over this, as calls in a batch do
+TURN_CAP_S = 20.0  # a turn that takes longer than this (per turn asked) ends the phase: something is wrong
+CONNECT_BATCH = 10  # peers connecting at once
 
 
 def _say(text: str) -> None:
@@ -40,21 +58,29 @@ def _say(text: str) -> None:
 # ---- the emulator processes ------------------------------------------------------------------------------------
 
 
-def emulator_main(conn: Any, decode_all: bool) -> None:
-    """Child process: an Emulator on 127.0.0.1; answers "stats" (its sessions' decode counters, and its event
-    loop's lag since the last "stats") and "stop"."""
-    asyncio.run(_serve_emulator(conn, decode_all))
+def emulator_main(conn: Any, kind: str) -> None:
+    """Child process: an Emulator on 127.0.0.1 with the late_order personas; answers "stats" (its sessions' decode
+    counters, and its event loop's lag since the last "stats") and "stop"."""
+    asyncio.run(_serve_emulator(conn, kind))
 
 
-async def _serve_emulator(conn: Any, decode_all: bool) -> None:
-    from voicebridge.emulator.server import Emulator
+def _as_before() -> None:
+    """The baseline: the ways of the emulator before issue 17, switched back on in this process."""
     from voicebridge.emulator.session import Session
+
+    Session.aiortc_decode = True
+
+
+async def _serve_emulator(conn: Any, kind: str) -> None:
+    from voicebridge.emulator.server import Emulator
 
     from .probes import LagProbe
 
-    Session.aiortc_decode = decode_all
+    if kind == "baseline":
+        _as_before()
     emu = Emulator()
-    conn.send(await emu.start())
+    scenario = emu.load_scenario(SCENARIO)
+    conn.send({"url": await emu.start(), "instructions": scenario.caller.instructions})
     lag = LagProbe()
     try:
         while True:
@@ -94,10 +120,36 @@ def _machine() -> tuple[float, float]:
 # ---- the peers -------------------------------------------------------------------------------------------------
 
 
-class Peer:
-    """One client session: sends what the phase says every 20 ms, counts the audio it receives, asks for speech."""
+@dataclass
+class Turn:
+    """One line of the peer and the emulator's answer, as perf_counter() seconds in this process."""
 
-    def __init__(self) -> None:
+    end: float | None = None  # the line's last packet sent
+    vad: float | None = None  # input_audio_buffer.speech_stopped received
+    recognized: float | None = None  # ...input_audio_transcription.completed received
+    created: float | None = None  # response.created received
+    audio: float | None = None  # the answer's first packet that may hold speech arrived
+    transcript: str = ""
+
+    def parts_ms(self) -> dict[str, float] | None:
+        if None in (self.end, self.vad, self.recognized, self.created, self.audio):
+            return None
+        assert self.end is not None and self.vad is not None and self.recognized is not None
+        assert self.created is not None and self.audio is not None
+        return {
+            "gap": (self.audio - self.end) * 1000,
+            "vad": (self.vad - self.end) * 1000,
+            "recognition": (self.recognized - self.vad) * 1000,
+            "response_start": (self.created - self.recognized) * 1000,
+            "first_audio": (self.audio - self.created) * 1000,
+        }
+
+
+class Peer:
+    """One client session: sends its stream (or silence) every 20 ms, counts the audio it receives, asks for
+    speech, and in the turns phase says its line and times the emulator's answer."""
+
+    def __init__(self, silence: bytes) -> None:
         from aiortc import RTCConfiguration, RTCPeerConnection
 
         from voicebridge.media.passthrough import InboundTap, OutboundAudio
@@ -108,7 +160,7 @@ class Peer:
         assert self.out.receiver is not None
         self.tap = InboundTap(self.out.receiver)
         self.received = 0
-        self.tap.subscribe(self._count)
+        self.tap.subscribe(self._on_audio)
         self.channel = self.pc.createDataChannel("oai-events")
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.channel.on("open", self._on_open)
@@ -116,29 +168,63 @@ class Peer:
         self.speaking = False
         self.responses = 0  # response.created events
         self.answered = asyncio.Event()  # a response was created: the emulator speaks
+        self.sending = False
+        self._silence = silence
+        self._stream: tuple[bytes, ...] = ()
+        self._pos = 0
+        self._loop_stream = False
         self._seq = 0
         self._ts = 0
+        # The turns phase.
+        self.line: tuple[bytes, ...] = ()
+        self.turns: list[Turn] = []
+        self.turn: Turn | None = None
+        self.want = 0
+        self.done = asyncio.Event()
 
     def _on_open(self) -> None:
         if not self.opened.done():
             self.opened.set_result(None)
 
-    def _count(self, _pkt: Any) -> None:
+    def _on_audio(self, pkt: Any) -> None:
+        from voicebridge.emulator.listening import may_hold_speech
+
         self.received += 1
+        turn = self.turn
+        if turn is not None and turn.created is not None and turn.audio is None and may_hold_speech(pkt.payload):
+            turn.audio = pkt.received_at
 
     def _on_message(self, message: str) -> None:
         event = json.loads(message)
-        if event.get("type") == "response.created":
+        kind = event.get("type")
+        now = time.perf_counter()
+        turn = self.turn
+        if kind == "response.created":
             self.responses += 1
             self.answered.set()
-        elif event.get("type") == "response.done":
+            if turn is not None and turn.created is None:
+                turn.created = now
+        elif kind == "response.done":
             if self.speaking:
                 self.send_event({"type": "response.create"})
+        elif turn is None:
+            return
+        elif kind == "input_audio_buffer.speech_stopped" and turn.vad is None:
+            turn.vad = now
+        elif kind == "conversation.item.input_audio_transcription.completed" and turn.recognized is None:
+            turn.recognized, turn.transcript = now, event.get("transcript") or ""
+        elif kind == "output_audio_buffer.stopped" and turn.audio is not None:
+            self.turns.append(turn)
+            self.turn = None
+            if len(self.turns) >= self.want:
+                self.done.set()
+            else:
+                asyncio.get_running_loop().call_later(PAUSE_S, self.say)
 
     def send_event(self, event: dict[str, Any]) -> None:
         self.channel.send(json.dumps(event))
 
-    async def connect(self, base_url: str) -> None:
+    async def connect(self, base_url: str, instructions: str) -> None:
         import aiohttp
         from aiortc import RTCSessionDescription
 
@@ -153,16 +239,45 @@ class Peer:
                     raise RuntimeError(f"bench: the emulator refused the call ({r.status}): {body[:300]}")
         await self.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
         await asyncio.wait_for(self.opened, 30)
-        # Turns are detected (the VAD runs) but answered only when the bench asks: hearing stays hearing.
-        self.send_event(
-            {
-                "type": "session.update",
-                "session": {
-                    "type": "realtime",
-                    "audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": False}}},
-                },
-            }
-        )
+        # Turns are detected (the VAD runs) and transcribed, but answered only when the bench asks: hearing stays
+        # hearing until the turns phase.
+        self.configure(create_response=False, instructions=instructions)
+
+    def configure(self, create_response: bool, instructions: str | None = None) -> None:
+        session: dict[str, Any] = {
+            "type": "realtime",
+            "audio": {
+                "input": {
+                    "turn_detection": {"type": "server_vad", "create_response": create_response},
+                    "transcription": {"model": "gpt-4o-transcribe"},
+                }
+            },
+        }
+        if instructions is not None:
+            session["instructions"] = instructions
+        self.send_event({"type": "session.update", "session": session})
+
+    def play(self, stream: list[bytes] | tuple[bytes, ...], loop: bool) -> None:
+        self._stream, self._pos, self._loop_stream = tuple(stream), 0, loop
+
+    def say(self) -> None:
+        """The turns phase: say the line once (then silence), and time the answer."""
+        self.turn = Turn()
+        self.play(self.line, loop=False)
+
+    def next_payload(self) -> bytes | None:
+        if not self.sending:
+            return None
+        if self._pos >= len(self._stream):
+            return self._silence
+        payload = self._stream[self._pos]
+        self._pos += 1
+        if self._pos == len(self._stream):
+            if self._loop_stream:
+                self._pos = 0
+            elif self.turn is not None and self.turn.end is None:
+                self.turn.end = time.perf_counter()
+        return payload
 
     def send(self, payload: bytes) -> None:
         from voicebridge.media.passthrough import RtpAudio
@@ -178,119 +293,234 @@ class Peer:
 
 
 class Sender:
-    """One 20 ms clock for every peer: each tick sends each peer the next packet of the phase's stream."""
+    """One 20 ms clock for every peer: each tick sends each peer its next packet."""
 
-    def __init__(self, peers: list[Peer]) -> None:
-        self.peers = peers
-        self.stream: list[bytes] = []
-        self._i = 0
-        self._next = 0.0
-        self._handle: asyncio.TimerHandle | None = None
+    def __init__(self) -> None:
+        self.peers: list[Peer] = []
         self.late = 0
-
-    def play(self, stream: list[bytes]) -> None:
-        self.stream, self._i = stream, 0
-        if self._handle is None and stream:
-            loop = asyncio.get_running_loop()
-            self._next = loop.time()
-            self._handle = loop.call_at(self._next, self._tick)
+        loop = asyncio.get_running_loop()
+        self._next = loop.time()
+        self._handle = loop.call_at(self._next, self._tick)
 
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         if loop.time() - self._next > 0.2:
             self.late += 1
             self._next = loop.time()
-        if self.stream:
-            payload = self.stream[self._i % len(self.stream)]
-            self._i += 1
-            for peer in self.peers:
+        for peer in self.peers:
+            payload = peer.next_payload()
+            if payload is not None:
                 peer.send(payload)
-            self._next += FRAME_S
-            self._handle = loop.call_at(self._next, self._tick)
-        else:
-            self._handle = None
+        self._next += FRAME_S
+        self._handle = loop.call_at(self._next, self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
-async def _measure(args: argparse.Namespace) -> dict[str, Any]:
-    from voicebridge.emulator.voice import Voice
-    from voicebridge.media.loopback import set_loopback_only
+# ---- measuring -------------------------------------------------------------------------------------------------
 
-    set_loopback_only(True)
-    voice = Voice()
-    silence = [voice.silence_packet]
-    line = await voice.speak(LINE)
-    speech = list(line.packets) + silence * 20
-    ctx = mp.get_context("spawn")
-    procs: dict[str, Any] = {}
-    conns: dict[str, Any] = {}
-    peers: dict[str, list[Peer]] = {}
-    results: dict[str, Any] = {"sessions": args.sessions, "window_s": args.seconds, "phases": {}}
-    try:
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def turn_summary(turns: list[Turn], expected: str) -> dict[str, Any]:
+    """Counts, the gap's p50/p90 and each part's p50/p90 (ms) of the turns that completed."""
+    parts = [p for p in (t.parts_ms() for t in turns) if p is not None]
+    summary: dict[str, Any] = {
+        "turns": len(turns),
+        "understood": sum(t.transcript == expected for t in turns),
+        "timed": len(parts),
+    }
+    for name in ("gap", "vad", "recognition", "response_start", "first_audio"):
+        values = [p[name] for p in parts]
+        summary[name] = {"p50": _pct(values, 0.5), "p90": _pct(values, 0.9)}
+    return summary
+
+
+class Run:
+    """The emulator processes, their peers, the sender and this process's own loop probe."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.procs: dict[str, Any] = {}
+        self.conns: dict[str, Any] = {}
+        self.urls: dict[str, str] = {}
+        self.instructions = ""
+        self.peers: dict[str, list[Peer]] = {kind: [] for kind in KINDS}
+        self.silence = b""
+        self.speech: list[bytes] = []
+        self.line: tuple[bytes, ...] = ()
+
+    async def start(self) -> None:
+        from voicebridge.emulator.voice import Voice
+
+        voice = Voice()
+        self.silence = voice.silence_packet
+        self.line = (await voice.speak(LINE, "en-us", LINE_SPEED)).packets
+        self.speech = list(self.line) + [self.silence] * 20
+        ctx = mp.get_context("spawn")
         for kind in KINDS:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=emulator_main, args=(child, kind == "baseline"), daemon=True)
+            proc = ctx.Process(target=emulator_main, args=(child, kind), daemon=True)
             proc.start()
-            procs[kind], conns[kind] = proc, parent
-        urls = {kind: await asyncio.to_thread(_recv, conns[kind], 60) for kind in KINDS}
+            self.procs[kind], self.conns[kind] = proc, parent
         for kind in KINDS:
-            peers[kind] = [Peer() for _ in range(args.sessions)]
-            await asyncio.gather(*(p.connect(urls[kind]) for p in peers[kind]))
-        _say(f"{args.sessions} session(s) on each emulator: {', '.join(KINDS)}")
-        everyone = [p for kind in KINDS for p in peers[kind]]
-        sender = Sender(everyone)
-        for phase in PHASES:
-            for p in everyone:
-                p.speaking = phase == "speaking"
-            sender.play(speech if phase == "hearing" else silence if phase in ("silence", "speaking") else [])
-            if phase == "speaking":
-                for p in everyone:
-                    p.send_event({"type": "response.create"})
-                await asyncio.wait_for(asyncio.gather(*(p.answered.wait() for p in everyone)), 60)
-            await asyncio.sleep(args.settle)  # the phase's steady state, not its start
-            before = {kind: (_cpu_s(procs[kind].pid), await _stats(conns[kind])) for kind in KINDS}
-            machine0, load0 = _machine(), os.getloadavg()[0]
-            t0 = time.perf_counter()
-            await asyncio.sleep(args.seconds)
-            wall = time.perf_counter() - t0
-            machine1 = _machine()
-            row: dict[str, Any] = {
-                "machine_busy_cores": round((machine1[0] - machine0[0]) / wall, 2),
-                "loadavg_1m": round(load0, 2),
-            }
-            for kind in KINDS:
-                cpu = _cpu_s(procs[kind].pid) - before[kind][0]
-                stats = await _stats(conns[kind])
-                packets = stats["packets"] - before[kind][1]["packets"]
-                decoded = stats["decoded"] - before[kind][1]["decoded"]
-                row[kind] = {
-                    "cpu_pct_per_session": round(cpu / wall / args.sessions * 100, 2),
-                    "loop_lag_ms": stats["loop_lag_ms"],  # how late a 50 ms timer fired in the window
-                }
-                if kind == "gated":  # the baseline decodes every packet by construction (and has no counter)
-                    row[kind]["packets_in"] = packets
-                    row[kind]["decoded_pct"] = round(decoded / packets * 100, 1) if packets else 0.0
-            results["phases"][phase] = row
-            base, gated = row["baseline"], row["gated"]
-            _say(
-                f"{phase:9} baseline {base['cpu_pct_per_session']:5.2f} % of a core per session, gated "
-                f"{gated['cpu_pct_per_session']:5.2f} % (decoded {gated['decoded_pct']} %); "
-                f"machine {row['machine_busy_cores']} cores busy"
-            )
-        sender.play([])
-        results["sender_resyncs"] = sender.late
-        results["responses"] = sum(p.responses for p in everyone)
-    finally:
-        for kind in peers:
-            await asyncio.gather(*(p.close() for p in peers[kind]), return_exceptions=True)
-        for kind, conn in conns.items():
+            hello = await asyncio.to_thread(_recv, self.conns[kind], 60)
+            self.urls[kind], self.instructions = hello["url"], hello["instructions"]
+        self.sender = Sender()
+
+    async def connect(self, sessions: int) -> None:
+        for kind in KINDS:
+            for i in range(0, sessions, CONNECT_BATCH):
+                batch = [Peer(self.silence) for _ in range(min(CONNECT_BATCH, sessions - i))]
+                self.peers[kind].extend(batch)
+                await asyncio.gather(*(p.connect(self.urls[kind], self.instructions) for p in batch))
+        self.sender.peers = self.everyone
+
+    @property
+    def everyone(self) -> list[Peer]:
+        return [p for kind in KINDS for p in self.peers[kind]]
+
+    async def disconnect(self) -> None:
+        self.sender.peers = []
+        peers = self.everyone
+        self.peers = {kind: [] for kind in KINDS}
+        await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+        for _ in range(150):  # the emulators notice the closed peer connections and end their sessions
+            left = [(await _stats(self.conns[kind]))["sessions"] for kind in KINDS]
+            if not any(left):
+                return
+            await asyncio.sleep(0.2)
+        _say("some sessions outlived their peers by 30 s; going on")
+
+    async def stop(self) -> None:
+        if hasattr(self, "sender"):
+            self.sender.stop()
+        await self.disconnect()
+        for kind, conn in self.conns.items():
             try:
                 conn.send("stop")
             except (OSError, EOFError):
                 pass
-            procs[kind].join(15)
-            if procs[kind].is_alive():
-                procs[kind].terminate()
-                procs[kind].join(5)
+            self.procs[kind].join(15)
+            if self.procs[kind].is_alive():
+                self.procs[kind].terminate()
+                self.procs[kind].join(5)
+
+    async def phase(self, phase: str, sessions: int) -> dict[str, Any]:
+        """Set the phase up, let it settle, and measure one window (the turns phase: until every peer is done)."""
+        from voicebridge.scenarios import normalize_phrase
+
+        from .probes import LagProbe
+
+        everyone = self.everyone
+        for p in everyone:
+            p.speaking = phase == "speaking"
+            p.sending = phase != "idle"
+            p.play(self.speech if phase == "hearing" else [], loop=True)
+        if phase == "speaking":
+            for p in everyone:
+                p.answered.clear()
+                p.send_event({"type": "response.create"})
+            await asyncio.wait_for(asyncio.gather(*(p.answered.wait() for p in everyone)), 60)
+        if phase != "turns":
+            await asyncio.sleep(self.args.settle)  # the phase's steady state, not its start
+        before = {kind: (_cpu_s(self.procs[kind].pid), await _stats(self.conns[kind])) for kind in KINDS}
+        machine0, load0 = _machine(), os.getloadavg()[0]
+        probe = LagProbe()
+        t0 = time.perf_counter()
+        if phase == "turns":
+            await self._turns(everyone)
+        else:
+            await asyncio.sleep(self.args.seconds)
+        wall = time.perf_counter() - t0
+        probe.stop()
+        machine1 = _machine()
+        row: dict[str, Any] = {
+            "window_s": round(wall, 1),
+            "machine_busy_cores": round((machine1[0] - machine0[0]) / wall, 2),
+            "loadavg_1m": round(load0, 2),
+            "bench_loop_lag_ms": probe.summary(),
+        }
+        for kind in KINDS:
+            cpu = _cpu_s(self.procs[kind].pid) - before[kind][0]
+            stats = await _stats(self.conns[kind])
+            packets = stats["packets"] - before[kind][1]["packets"]
+            decoded = stats["decoded"] - before[kind][1]["decoded"]
+            row[kind] = {
+                "cpu_pct_per_session": round(cpu / wall / sessions * 100, 2),
+                "loop_lag_ms": stats["loop_lag_ms"],  # how late a 50 ms timer fired in the window
+            }
+            if kind == "now":  # the baseline decodes every packet by construction (and has no counter)
+                row[kind]["packets_in"] = packets
+                row[kind]["decoded_pct"] = round(decoded / packets * 100, 1) if packets else 0.0
+            if phase == "turns":
+                turns = [t for p in self.peers[kind] for t in p.turns]
+                row[kind]["turn"] = turn_summary(turns, normalize_phrase(LINE))
+        return row
+
+    async def _turns(self, everyone: list[Peer]) -> None:
+        loop = asyncio.get_running_loop()
+        rng = random.Random(17)
+        for p in everyone:
+            p.line, p.turns, p.turn, p.want = self.line, [], None, self.args.turns
+            p.done.clear()
+            p.configure(create_response=True)
+            loop.call_later(rng.uniform(0, STAGGER_S), p.say)
+        cap = STAGGER_S + TURN_CAP_S * self.args.turns
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.done.wait() for p in everyone)), cap)
+        except TimeoutError:
+            late = sum(not p.done.is_set() for p in everyone)
+            _say(f"turns: {late} peer(s) did not finish {self.args.turns} turn(s) within {cap:.0f} s")
+        for p in everyone:
+            p.turn = None  # an unfinished turn is not counted
+            p.configure(create_response=False)
+
+
+async def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    from voicebridge.media.loopback import set_loopback_only
+
+    set_loopback_only(True)
+    levels = sorted(set(args.sessions))
+    results: dict[str, Any] = {
+        "window_s": args.seconds,
+        "settle_s": args.settle,
+        "turns_per_session": args.turns,
+        "levels": {},
+    }
+    run = Run(args)
+    try:
+        await run.start()
+        for sessions in levels:
+            t0 = time.perf_counter()
+            await run.connect(sessions)
+            _say(f"{sessions} session(s) on each emulator ({', '.join(KINDS)}), connected in "
+                 f"{time.perf_counter() - t0:.1f} s")
+            level: dict[str, Any] = {"phases": {}}
+            for phase in PHASES:
+                row = level["phases"][phase] = await run.phase(phase, sessions)
+                base, now = row["baseline"], row["now"]
+                _say(
+                    f"{sessions:3} sessions, {phase:8}: baseline {base['cpu_pct_per_session']:5.2f} % of a core per "
+                    f"session, now {now['cpu_pct_per_session']:5.2f} % (decoded {now['decoded_pct']} %); loop lag "
+                    f"p99 {_p99(base)} / {_p99(now)} ms; machine {row['machine_busy_cores']} cores busy, load "
+                    f"{row['loadavg_1m']}"
+                )
+                if phase == "turns":
+                    gaps = base["turn"]["gap"]["p50"], now["turn"]["gap"]["p50"]
+                    _say(f"    turn gap p50 baseline {gaps[0]} ms, now {gaps[1]} ms")
+            level["responses"] = sum(p.responses for p in run.everyone)
+            level["sender_resyncs"] = run.sender.late
+            results["levels"][str(sessions)] = level
+            await run.disconnect()
+    finally:
+        await run.stop()
     return results
 
 
@@ -307,43 +537,77 @@ async def _stats(conn: Any) -> dict[str, Any]:
 
 
 def _p99(side: dict[str, Any]) -> Any:
-    return side["loop_lag_ms"].get("p99", "-")
+    p99 = side["loop_lag_ms"].get("p99")
+    return "-" if p99 is None else round(p99, 1)
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"Emulator CPU per session (% of one core), {result['sessions']} sessions on each emulator, "
-        f"{result['window_s']:g} s windows, both emulators measured in the same windows:",
+        f"Emulator CPU per session (% of one core), {result['window_s']:g} s windows after {result['settle_s']:g} s "
+        "of settling, both emulators measured in the same windows; before = the emulator before issue 17, "
+        "now = as shipped:",
         "",
-        "| phase | decode every packet (before) | decode what may be speech (now) | decoded now | loop lag p99 "
-        "before / now | machine busy |",
-        "|---|---|---|---|---|---|",
+        "| sessions | phase | before | now | decoded now | loop lag p99 before / now | machine busy |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for phase, row in result["phases"].items():
-        lines.append(
-            f"| {phase} | {row['baseline']['cpu_pct_per_session']} % | {row['gated']['cpu_pct_per_session']} % | "
-            f"{row['gated']['decoded_pct']} % of {row['gated']['packets_in']} packets | "
-            f"{_p99(row['baseline'])} / {_p99(row['gated'])} ms | "
-            f"{row['machine_busy_cores']} cores (load {row['loadavg_1m']}) |"
-        )
+    for sessions, level in result["levels"].items():
+        for phase, row in level["phases"].items():
+            if phase == "turns":
+                continue
+            lines.append(
+                f"| {sessions} | {phase} | {row['baseline']['cpu_pct_per_session']} % | "
+                f"{row['now']['cpu_pct_per_session']} % | "
+                f"{row['now']['decoded_pct']} % of {row['now']['packets_in']} packets | "
+                f"{_p99(row['baseline'])} / {_p99(row['now'])} ms | "
+                f"{row['machine_busy_cores']} cores (load {row['loadavg_1m']}) |"
+            )
+    lines += [
+        "",
+        f"Turn gap (the peer's line ends -> the emulator's answer's first audio), ms, p50 / p90, "
+        f"{result['turns_per_session']} turn(s) per session asked; parts p50; loop lag p99 (the emulator's, and "
+        "this process's, where the peers run):",
+        "",
+        "| sessions | emulator | turns (understood) | gap | VAD decision | recognition | response start | "
+        "first audio | CPU/session | emulator loop lag | bench loop lag | machine busy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for sessions, level in result["levels"].items():
+        row = level["phases"].get("turns")
+        if row is None:
+            continue
+        for kind, label in (("baseline", "before"), ("now", "now")):
+            t = row[kind]["turn"]
+            lines.append(
+                f"| {sessions} | {label} | {t['timed']} ({t['understood']}) | {_ms(t['gap']['p50'])} / "
+                f"{_ms(t['gap']['p90'])} | {_ms(t['vad']['p50'])} | {_ms(t['recognition']['p50'])} | "
+                f"{_ms(t['response_start']['p50'])} | {_ms(t['first_audio']['p50'])} | "
+                f"{row[kind]['cpu_pct_per_session']} % | {_p99(row[kind])} ms | "
+                f"{_p99({'loop_lag_ms': row['bench_loop_lag_ms']})} ms | {row['machine_busy_cores']} cores "
+                f"(load {row['loadavg_1m']}) |"
+            )
     return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
     from voicebridge.extras import require
 
-    require("emulator")  # espeak, pocketsphinx, webrtcvad: before a minute of measuring, not after
+    require("emulator")  # espeak, pocketsphinx, webrtcvad: before minutes of measuring, not after
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result = asyncio.run(_measure(args))
     result["cores"] = os.cpu_count()
     result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    result["duration_s"] = round(time.perf_counter() - started)
     text = table(result)
     print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
     (out / "emulator-bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out / "emulator-bench.md").write_text(text + "\n", encoding="utf-8")
-    _say(f"done in {time.perf_counter() - started:.0f} s: {out / 'emulator-bench.json'}")
+    _say(f"done in {result['duration_s']} s: {out / 'emulator-bench.json'}")
     if args.json:
         print(json.dumps(result))
     return 0
