@@ -32,6 +32,16 @@ def _non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def _non_negative_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
@@ -98,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-sessions", type=_positive_int, default=500, help="live sessions in all (default 500)")
     e.add_argument(
         "--max-sessions-per-key", type=_positive_int, default=200, help="live sessions per API key (default 200)"
+    )
+    e.add_argument(
+        "--sessions-per-core", type=_non_negative_number, default=None, metavar="N",
+        help="capacity: live sessions per core; beyond, new sessions get 429 (default 24, "
+        "VOICEBRIDGE_EMULATOR_SESSIONS_PER_CORE; 0: no budget)",
+    )
+    e.add_argument(
+        "--max-lag-ms", type=_non_negative_number, default=None, metavar="MS",
+        help="capacity: the smoothed event-loop lag beyond which new sessions get 429 (default 150, "
+        "VOICEBRIDGE_EMULATOR_MAX_LAG_MS; 0: off)",
     )
 
     b = sub.add_parser("bench", help="measure the media path against a transcoding baseline")

@@ -405,6 +405,13 @@ class BatchCall(Record):
     """The bridge worker that ran the call (`voicebridge batch --redis`); None when the batch ran it itself."""
     attempt: int = 1
     """1, or 2 when the call was run again after its first worker was lost."""
+    refusals: int = 0
+    """Times the Realtime server refused to create its sessions (429/503: at capacity) before it ran; each
+    was retried after a back-off (batch/runner.py RetryPolicy)."""
+    retry_wait_s: float = 0.0
+    """Seconds spent backing off after those refusals."""
+    gave_up: bool = False
+    """Refused on every attempt: it never started (a failure; `summary.error` says so)."""
 
 
 _MEASURED = ("mean", "p50", "p90", "p99", "max")
@@ -527,6 +534,8 @@ class CallRow(Record):
     duration_s: float
     setup_s: float | None
     """Seconds from creation to live; None if it never went live."""
+    refusals: int = 0
+    """Times its creation was refused (429/503) and retried (BatchCall.refusals)."""
     turns: list[SpokenTurn]
     turn_latency: list[TurnGap]
     tool_calls: list[ToolCallBrief]
@@ -565,6 +574,12 @@ class BatchReport(Record):
     tool_calls: ToolCallStats
     turn_latency_s: TurnLatencyStats
     calls: list[CallRow]
+    refusals: int = 0
+    """Creations the Realtime server refused (429/503: at capacity), each retried after a back-off."""
+    retried: int = 0
+    """Calls refused at least once (and then retried)."""
+    gave_up: int = 0
+    """Calls refused on every attempt: failed without ever starting (their error says so)."""
 
     def headline(self) -> dict[str, Any]:
         """The report without its per-call rows, as JSON (for --json and the console)."""

@@ -25,3 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="report folder (default batches/<batch_id>)")
     p.add_argument("--json", action="store_true", help="print the report's headline as stdout's last line")
     p.add_argument("--emulator-url", default="", help="use an emulator already running at this /v1 URL")
+    p.add_argument(
+        "--max-attempts", type=count, default=12,
+        help="tries per call while the Realtime server refuses to create it (429/503: at capacity), backing off "
+        "between them (default 12; 1: never retry)",
+    )

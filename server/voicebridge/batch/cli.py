@@ -29,7 +29,15 @@ from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
 from .html import render
 from .progress import ProgressBar
 from .report import build_report, write_json
-from .runner import BatchResult, BatchRunner, CallFactory, Progress, default_call_factory, new_batch_id
+from .runner import (
+    BatchResult,
+    BatchRunner,
+    CallFactory,
+    Progress,
+    RetryPolicy,
+    default_call_factory,
+    new_batch_id,
+)
 
 
 def write_report(result: BatchResult) -> BatchReport:
@@ -53,6 +61,7 @@ async def run_batch(
     progress: Progress | None = None,
     metrics: Metrics | None = None,
     call_factory: CallFactory = default_call_factory,
+    retry: RetryPolicy | None = None,
 ) -> tuple[BatchResult, BatchReport]:
     """The whole batch: backend up, calls run, report written, backend down. Ctrl-C (SIGINT) stops starting
     calls and hangs up the live ones; the report covers what ran."""
@@ -68,7 +77,7 @@ async def run_batch(
             root.setLevel(logging.INFO)
         runner = BatchRunner(
             scenario, settings, out_dir, concurrency=concurrency, batch_id=batch_id, metrics=metrics,
-            progress=progress, call_factory=call_factory,
+            progress=progress, call_factory=call_factory, retry=retry,
         )
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -92,6 +101,12 @@ def print_headline(report: BatchReport, out_dir: Path, stream: TextIO) -> None:
         file=stream,
     )
     print(f"  end reasons: {json.dumps(report.end_reasons)}", file=stream)
+    if report.refusals:
+        print(
+            f"  refused at creation (server at capacity): {report.refusals} times, {report.retried} calls "
+            f"retried, {report.gave_up} gave up",
+            file=stream,
+        )
     d, tl = report.duration_s, report.turn_latency_s
     if d.count:
         print(f"  call duration p50 {d.p50:.2f} s, p99 {d.p99:.2f} s", file=stream)
@@ -112,7 +127,7 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         result, report = await run_batch(
             scenario, args.calls, args.concurrency, out_dir, emulator_url=args.emulator_url, batch_id=batch_id,
-            progress=bar,
+            progress=bar, retry=RetryPolicy(attempts=args.max_attempts),
         )
     finally:
         bar.close()

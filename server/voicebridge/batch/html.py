@@ -121,6 +121,8 @@ def render(report: BatchReport) -> str:
         f"<div class=card><b class={'ok' if failed == 0 else 'bad'}>{failed}</b>failed</div>",
         f"<div class=card><b>{report.tool_calls.total}</b>tool calls ({report.tool_calls.errors} errors)</div>",
         f"<div class=card><b>{_num(report.turn_latency_s.p50, '{:.2f}')} s</b>turn latency p50</div>",
+        f"<div class=card><b>{report.refusals}</b>refused at creation ({report.retried} calls retried, "
+        f"{report.gave_up} gave up)</div>",
         "</div>",
     ]
     figs = plots(report)

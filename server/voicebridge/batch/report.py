@@ -1,9 +1,10 @@
 """A batch's report as data (report.json): headline numbers, then one row per call.
 
-Headline: success rate, end reasons, errors, call duration and set-up percentiles, tool calls and their errors
-per tool, per-turn latency percentiles (the summaries' `turn_latency` when they have it, else the gap between
-one agent's turn ending and the other's starting). Per call: outcome, transcript, tool calls and links to its
-artifacts (paths relative to the report's folder, so the folder can be moved or served as it is).
+Headline: success rate, end reasons, errors, creations refused (429/503) and retried, call duration and set-up
+percentiles, tool calls and their errors per tool, per-turn latency percentiles (the summaries' `turn_latency`
+when they have it, else the gap between one agent's turn ending and the other's starting). Per call: outcome,
+transcript, tool calls and links to its artifacts (paths relative to the report's folder, so the folder can be
+moved or served as it is).
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ def _links(summary: CallSummary, report_dir: Path) -> dict[str, str]:
     return {name: os.path.relpath(p, report_dir) for name, p in found.items()}
 
 
-def _call_row(summary: CallSummary, setup_s: float | None, report_dir: Path) -> CallRow:
+def _call_row(summary: CallSummary, setup_s: float | None, report_dir: Path, refusals: int = 0) -> CallRow:
     return CallRow(
+        refusals=refusals,
         call_id=summary.call_id,
         ok=summary.succeeded,
         end_reason=summary.end_reason,
@@ -174,7 +176,10 @@ def build_report(result: BatchResult, report_dir: Path | None = None) -> BatchRe
         setup_s=percentiles(c.setup_s for c in result.calls),
         tool_calls=_tools(sums),
         turn_latency_s=_turn_latency(sums),
-        calls=[_call_row(c.summary, c.setup_s, report_dir) for c in result.calls],
+        calls=[_call_row(c.summary, c.setup_s, report_dir, c.refusals) for c in result.calls],
+        refusals=sum(c.refusals for c in result.calls),
+        retried=sum(1 for c in result.calls if c.refusals),
+        gave_up=sum(1 for c in result.calls if c.gave_up),
     )
 
 

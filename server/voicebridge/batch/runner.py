@@ -2,6 +2,13 @@
 
 Each call gets its own folder (`<out>/calls/<call_id>/`, the usual artifacts) and its own `call_id` in the
 logging context. Each call's result is a `BatchCall` (voicebridge/results.py): its summary and its set-up time.
+
+Refused is not failed. A Realtime server at capacity refuses to create a session (429 rate limit, 503
+overloaded, with `Retry-After`: emulator/limits.py); nothing was set up, so the call is tried again, afresh in
+the same folder, after a back-off (`RetryPolicy`: at least the `Retry-After`, exponential and jittered, a
+bounded number of attempts). A call that went live and then failed is never retried: it counts as failed.
+Each `BatchCall` says how often it was refused and how long it waited.
+
 What a call could not say for itself (it crashed before it had a summary, or never ended) becomes a summary with
 end_reason `error` and the reason in `error`.
 """
@@ -11,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +30,7 @@ from typing import Protocol
 from voicebridge.config import Settings
 from voicebridge.observability.logs import CALL_ID
 from voicebridge.observability.metrics import Metrics, ObservedCall
+from voicebridge.realtime.api import LegError
 from voicebridge.results import BatchCall, CallSummary, EndReason, TurnLatencySummary
 from voicebridge.scenarios.model import Scenario
 
@@ -51,6 +61,35 @@ class BatchedCall(ObservedCall, Protocol):
 
 # (scenario, settings, folder, call_id) -> a Call (or anything with its interface)
 CallFactory = Callable[[Scenario, Settings, Path, str], BatchedCall]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a call whose creation was refused (429/503) is tried again: up to `attempts` tries in all; before try
+    n+1, wait max(Retry-After, min(cap_s, base_s * 2**(n-1))) times a random factor in [1, 1 + jitter] (so the
+    refused calls of a burst do not all come back at the same moment)."""
+
+    attempts: int = 12
+    base_s: float = 1.0
+    cap_s: float = 30.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_s < 0 or self.cap_s < 0 or self.jitter < 0:
+            raise ValueError(f"bad retry policy: {self}")
+
+    def wait_s(self, refusals: int, retry_after_s: float | None, rng: random.Random) -> float:
+        """The back-off after the `refusals`-th refusal of a call (1 for the first)."""
+        backoff = min(self.cap_s, self.base_s * 2.0 ** max(0, refusals - 1))
+        return max(retry_after_s or 0.0, backoff) * (1.0 + rng.uniform(0.0, self.jitter))
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def refusal(e: BaseException) -> LegError | None:
+    """The server's "not now" to creating a session (a LegError with 429/503), else None."""
+    return e if isinstance(e, LegError) and e.refused else None
 
 
 def default_call_factory(scenario: Scenario, settings: Settings, folder: Path, call_id: str) -> BatchedCall:
@@ -100,9 +139,12 @@ class BatchRunner:
         progress: Progress | None = None,
         call_factory: CallFactory = default_call_factory,
         keep: Callable[[BatchCall], bool] | None = None,
+        retry: RetryPolicy | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """`keep`: whether the result keeps a call (all of them when None; the soak keeps a line of its own
-        instead, so that its memory measures the calls and not its notes about them)."""
+        instead, so that its memory measures the calls and not its notes about them). `retry`: how calls
+        refused at creation are tried again (RetryPolicy(); NO_RETRY: never)."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.scenario = scenario
@@ -114,8 +156,11 @@ class BatchRunner:
         self.progress = progress
         self.call_factory = call_factory
         self.keep = keep
+        self.retry = retry or RetryPolicy()
+        self._rng = rng or random.Random()
         self._live: dict[str, BatchedCall] = {}
         self._stopping = False
+        self._stopped = asyncio.Event()
         self._hangups: set[asyncio.Future[None]] = set()
 
     async def run(self, calls: int) -> BatchResult:
@@ -151,15 +196,43 @@ class BatchRunner:
 
     def stop(self) -> None:
         self._stopping = True
+        self._stopped.set()
         for call in list(self._live.values()):
             task = asyncio.ensure_future(call.hangup("shutdown", "operator"))
             self._hangups.add(task)
             task.add_done_callback(self._hangups.discard)
 
     async def _one_call(self, i: int) -> BatchCall:
+        """The call, tried again (afresh, in the same folder) while its creation is refused."""
         call_id = f"{self.batch_id}_{i + 1:04d}"
         folder = self.out_dir / "calls" / call_id
         CALL_ID.set(call_id)  # this task's context (and the call's tasks): its log lines carry the id
+        refusals, waited, gave_up = 0, 0.0, False
+        while True:
+            outcome, refused = await self._attempt(call_id, folder)
+            if refused is None or self._stopping:
+                break
+            refusals += 1
+            if refusals >= self.retry.attempts:
+                log.warning("call %s: refused %d times, giving up: %s", call_id, refusals, refused)
+                summary = outcome.summary.model_copy(
+                    update={"error": f"refused {refusals} times (the last: {refused})"}
+                )
+                outcome, gave_up = outcome.model_copy(update={"summary": summary}), True
+                break
+            wait = self.retry.wait_s(refusals, refused.retry_after_s, self._rng)
+            log.info("call %s: refused (%s); trying again in %.1f s", call_id, refused, wait)
+            with contextlib.suppress(TimeoutError):  # stop() ends the wait at once
+                await asyncio.wait_for(self._stopped.wait(), wait)
+            waited += wait
+            if self._stopping:
+                break
+            await asyncio.to_thread(shutil.rmtree, folder, True)  # the refused try's artifacts: nothing happened
+        return outcome.model_copy(update={"refusals": refusals, "retry_wait_s": round(waited, 3), "gave_up": gave_up})
+
+    async def _attempt(self, call_id: str, folder: Path) -> tuple[BatchCall, LegError | None]:
+        """One try of the call; with the refusal when its creation was refused (it never went live)."""
+        refused: LegError | None = None
         started_at, t0 = time.time(), time.monotonic()
         live_at: list[float] = []
         call: BatchedCall | None = None
@@ -178,7 +251,9 @@ class BatchRunner:
                 await call.start()
             except Exception as e:
                 # The Call has ended itself with `error` (its summary says why); anything else is logged.
-                log.info("call %s did not start: %s", call_id, e)
+                refused = refusal(e) if not live_at else None
+                if refused is None:
+                    log.info("call %s did not start: %s", call_id, e)
             limit = self.scenario.max_duration_s + self.settings.hangup_drain_timeout_s + END_GRACE_S
             try:
                 await call.wait_ended(limit)
@@ -200,7 +275,7 @@ class BatchRunner:
                     await asyncio.wait_for(call.hangup("error", "batch"), END_GRACE_S)
         finally:
             self._live.pop(call_id, None)
-        return BatchCall(summary=summary, setup_s=round(live_at[0], 4) if live_at else None)
+        return BatchCall(summary=summary, setup_s=round(live_at[0], 4) if live_at else None), refused
 
 
 _NO_TURNS = TurnLatencySummary(turns=[], count=0, total_ms=None, bridge_ms=None, relay_ms=None)

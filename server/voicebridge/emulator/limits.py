@@ -7,6 +7,10 @@
   WebSocket alike. Beyond either: 429 in the API's rate-limit shape (`type` "requests", `code`
   "rate_limit_exceeded", a `Retry-After`), checked and counted in one synchronous step, so concurrent offers
   cannot all slip past the same check.
+* Capacity (observability/capacity.py). Sessions per core (`sessions_per_core`) and the event loop's lag
+  (`max_lag_ms`): beyond either, a new session gets the same 429 (message: "this emulator is at capacity",
+  the reason, `Retry-After`), so a load past what the process can pace is refused instead of accepted and
+  failing every session. Sessions already live keep running.
 * File descriptors. A new WebRTC session needs sockets (ICE), and the process needs some to accept connections at
   all. When fewer than `fd_reserve` are left, an offer gets a 503 in the API's shape before anything is allocated;
   an answer that came out without a single ICE candidate (its sockets could not be opened) is a 503 too, never a
@@ -20,12 +24,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import resource
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from voicebridge.observability.capacity import Capacity, CapacityLimits, Full, env_number
 from voicebridge.observability.resources import count_fds
 
 from .schema import ApiError
@@ -34,6 +41,12 @@ log = logging.getLogger(__name__)
 ACCEPT_WARN_EVERY_S = 10.0
 _ACCEPT_FAILED = "socket.accept() out of system resource"
 RETRY_AFTER_S = 5
+# Capacity defaults, measured on this project's 2-vCPU machine (README, "Overload"): see Limits.
+SESSIONS_PER_CORE = 24.0
+MAX_LAG_MS = 150.0
+LAG_FLOOR = 8  # the lag refuses only while this many sessions are live (capacity.py says why)
+ENV_SESSIONS_PER_CORE = "VOICEBRIDGE_EMULATOR_SESSIONS_PER_CORE"
+ENV_MAX_LAG_MS = "VOICEBRIDGE_EMULATOR_MAX_LAG_MS"
 
 
 @dataclass(frozen=True)
@@ -42,10 +55,36 @@ class Limits:
     max_sessions: int = 500  # live sessions in all
     max_sessions_per_key: int = 200  # live sessions per API key
     fd_reserve: int = 24  # descriptors kept free for accepting connections and answering
+    sessions_per_core: float = SESSIONS_PER_CORE  # capacity: live sessions per usable core (0: no budget)
+    max_lag_ms: float = MAX_LAG_MS  # capacity: the smoothed event-loop lag beyond which it is full (0: off)
+    cores: int = 0  # cores the budget counts (0: this process's CPU affinity)
+    lag_floor: int = LAG_FLOOR  # the lag refuses only while at least this many sessions are live
+    capacity_retry_after_s: int = 0  # the Retry-After of a capacity refusal (0: capacity.py's defaults)
 
     def __post_init__(self) -> None:
         if not self.connect_timeout_s > 0 or self.max_sessions < 1 or self.max_sessions_per_key < 1:
             raise ValueError(f"emulator limits must be positive: {self}")
+        if self.sessions_per_core < 0 or self.max_lag_ms < 0 or self.cores < 0 or self.lag_floor < 0:
+            raise ValueError(f"emulator capacity settings must not be negative: {self}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Limits:
+        """The defaults, then VOICEBRIDGE_EMULATOR_SESSIONS_PER_CORE / _MAX_LAG_MS, then `overrides` (flags) that
+        are not None. ValueError names a bad variable."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {
+            "sessions_per_core": env_number(env, ENV_SESSIONS_PER_CORE, SESSIONS_PER_CORE),
+            "max_lag_ms": env_number(env, ENV_MAX_LAG_MS, MAX_LAG_MS),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def capacity(self) -> CapacityLimits:
+        return CapacityLimits(
+            per_core=self.sessions_per_core, max_lag_ms=self.max_lag_ms, cores=self.cores,
+            retry_after_s=self.capacity_retry_after_s,
+        )
 
 
 def rate_limited(what: str, limit: int, model: str) -> ApiError:
@@ -57,6 +96,18 @@ def rate_limited(what: str, limit: int, model: str) -> ApiError:
         type_="requests",
         code="rate_limit_exceeded",
         headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def at_capacity(full: Full, model: str) -> ApiError:
+    """The real API's 429 shape for this emulator's own capacity (it has more than it can pace)."""
+    return ApiError(
+        429,
+        f"Rate limit reached for {model} on concurrent sessions: this emulator is at capacity ({full.message}). "
+        f"Please try again in {full.retry_after_s}s.",
+        type_="requests",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(full.retry_after_s)},
     )
 
 
@@ -99,8 +150,9 @@ class Throttle:
 class SessionCounter:
     """Live sessions per owning key, checked and counted together (`admit`), released when a session ends."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, capacity: Capacity | None = None) -> None:
         self.limits = limits
+        self.capacity = capacity or Capacity("sessions", limits.capacity, lag_floor=limits.lag_floor)
         self._owner: dict[str, str] = {}  # session id -> owning API key (kept in memory only, never shown)
         self._per_key: Counter[str] = Counter()
         self._fd_warning = Throttle()
@@ -116,6 +168,8 @@ class SessionCounter:
             raise rate_limited("concurrent sessions", lim.max_sessions, model)
         if self._per_key[owner] >= lim.max_sessions_per_key:
             raise rate_limited("concurrent sessions per API key", lim.max_sessions_per_key, model)
+        if (full := self.capacity.refusal(len(self._owner))) is not None:
+            raise at_capacity(full, model)
         if needs_sockets:
             free, soft = free_fds()
             if free < lim.fd_reserve:

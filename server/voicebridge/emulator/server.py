@@ -28,6 +28,7 @@ from aiohttp import web
 from voicebridge.edge.headers import undecodable_header
 from voicebridge.edge.hosts import HostConfigError, HostPolicy, host_policy
 from voicebridge.media.loopback import is_local_url, set_loopback_only
+from voicebridge.observability.capacity import Capacity, LagSource
 from voicebridge.observability.logs import CHATTY_LIBRARIES
 from voicebridge.scenarios.model import Scenario, ScenarioError, builtin_names
 
@@ -120,9 +121,13 @@ class Emulator:
         voice: Voice | None = None,
         allowed_hosts: Sequence[str] = (),
         limits: Limits | None = None,
+        lag_meter: LagSource | None = None,
     ) -> None:
-        self.limits = limits or Limits()
-        self.counter = SessionCounter(self.limits)  # live sessions per key and in all (limits.py)
+        """`limits`: Limits.from_env() when None (the capacity's environment variables apply to an embedded
+        emulator too); `lag_meter`: what measures the loop's lag (tests inject one)."""
+        self.limits = limits or Limits.from_env()
+        self.capacity = Capacity("sessions", self.limits.capacity, lag_meter, lag_floor=self.limits.lag_floor)
+        self.counter = SessionCounter(self.limits, self.capacity)  # live sessions per key and in all (limits.py)
         self._accept_filter: AcceptErrorFilter | None = None
         self.personas = PersonaBook()
         self.voice = voice or Voice()  # pass one Voice to share its cache of spoken lines between emulators
@@ -157,6 +162,7 @@ class Emulator:
         app.router.add_route("*", "/v1/realtime", self._realtime)
         for path in ("/v1/realtime/sessions", "/v1/realtime/transcription_sessions"):
             app.router.add_route("*", path, self._beta)
+        app.router.add_get("/readyz", self._readyz)  # not the API's: whether this emulator takes new sessions
         return app
 
     async def _edge(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -178,6 +184,7 @@ class Emulator:
         if self._accept_filter is None:
             self._accept_filter = AcceptErrorFilter(asyncio.get_running_loop())
             self._accept_filter.install()
+        self.capacity.start()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -196,8 +203,21 @@ class Emulator:
         if self._accept_filter is not None:
             self._accept_filter.remove()
             self._accept_filter = None
+        self.capacity.stop()
 
     # ---- endpoints --------------------------------------------------------------------------------------
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """200 while a new session would be taken, else 503 naming why (full: capacity or the session limit)."""
+        live = len(self.counter)
+        failing: dict[str, str] = {}
+        full = self.capacity.full(live)
+        if full is not None:
+            failing["capacity"] = f"this emulator is at capacity: {full.message}"
+        elif live >= self.limits.max_sessions:
+            failing["capacity"] = f"{live} sessions live, the limit is {self.limits.max_sessions} (--max-sessions)"
+        body = {"ready": not failing, "failing": failing, "sessions": live, "capacity": self.capacity.status(live)}
+        return web.json_response(body, status=200 if not failing else 503)
 
     async def _realtime(self, request: web.Request) -> web.StreamResponse:
         if ws.is_websocket_request(request):
@@ -412,10 +432,12 @@ def _check_fingerprint(text: str) -> None:
 
 async def _serve(args: argparse.Namespace) -> int:
     try:
-        limits = Limits(
-            connect_timeout_s=getattr(args, "connect_timeout", Limits.connect_timeout_s),
-            max_sessions=getattr(args, "max_sessions", Limits.max_sessions),
-            max_sessions_per_key=getattr(args, "max_sessions_per_key", Limits.max_sessions_per_key),
+        limits = Limits.from_env(
+            connect_timeout_s=getattr(args, "connect_timeout", None),
+            max_sessions=getattr(args, "max_sessions", None),
+            max_sessions_per_key=getattr(args, "max_sessions_per_key", None),
+            sessions_per_core=getattr(args, "sessions_per_core", None),
+            max_lag_ms=getattr(args, "max_lag_ms", None),
         )
         allowed = getattr(args, "allowed_host", None) or ()
         emulator = Emulator(scenarios=args.scenario, allowed_hosts=allowed, limits=limits)

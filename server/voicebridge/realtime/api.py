@@ -11,14 +11,40 @@ from typing import Any, cast
 import openai
 from openai import AsyncOpenAI
 
+REFUSED_STATUSES = (429, 503)  # "not now": a rate limit or a server at capacity; the same request may pass later
+
 
 class LegError(RuntimeError):
     """A Realtime leg could not be set up or failed; the message says which step and why. `timed_out`: the
-    server did not answer in time (it may still have acted on the request)."""
+    server did not answer in time (it may still have acted on the request). `status`: the HTTP status of a
+    refused request, with its `Retry-After` in seconds when it had one."""
 
-    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        timed_out: bool = False,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.timed_out = timed_out
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+    @property
+    def refused(self) -> bool:
+        """The server said "not now" (429 or 503) to creating the session: nothing was set up, try again later."""
+        return self.status in REFUSED_STATUSES
+
+
+def retry_after(headers: Any) -> float | None:
+    """`Retry-After` in seconds (the delta-seconds form; an HTTP date is not used by the API), else None."""
+    try:
+        value = float(str(headers.get("retry-after", "")).strip())
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return value if value >= 0 else None
 
 
 def _api_message(e: openai.APIStatusError) -> str:
@@ -35,7 +61,11 @@ def describe_error(step: str, base_url: str, e: Exception) -> LegError:
     if isinstance(e, openai.AuthenticationError):
         return LegError(f"{step}: 401 unauthorized at {base_url}: {_api_message(e)}; check OPENAI_API_KEY")
     if isinstance(e, openai.APIStatusError):
-        return LegError(f"{step}: HTTP {e.status_code} from {base_url}: {_api_message(e)}")
+        return LegError(
+            f"{step}: HTTP {e.status_code} from {base_url}: {_api_message(e)}",
+            status=e.status_code,
+            retry_after_s=retry_after(e.response.headers),
+        )
     if isinstance(e, openai.APITimeoutError):
         return LegError(f"{step}: {base_url} did not answer in time", timed_out=True)
     if isinstance(e, openai.APIConnectionError):

@@ -41,7 +41,7 @@ from voicebridge.config import Settings
 from voicebridge.media.passthrough import latency_summary
 from voicebridge.media.pcm import FRAME_BYTES, PCM_RATE, SILENCE, OpusToPcmSink, PcmToOpusTap
 
-from .api import LegError
+from .api import LegError, retry_after
 from .leg import Leg, LegStats
 
 if TYPE_CHECKING:
@@ -157,7 +157,11 @@ class WebSocketLeg(Leg):
             try:
                 self._conn = await asyncio.wait_for(self._client.realtime.connect(model=model).enter(), timeout)
             except InvalidStatus as e:
-                raise LegError(f"{self.role} leg: {_refusal(self.base_url, e)}") from None
+                raise LegError(
+                    f"{self.role} leg: {_refusal(self.base_url, e)}",
+                    status=e.response.status_code,
+                    retry_after_s=retry_after(e.response.headers),
+                ) from None
             except TimeoutError:
                 raise LegError(
                     f"{self.role} leg: no WebSocket handshake from {self.base_url} in {timeout:g} s"
