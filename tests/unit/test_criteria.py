@@ -351,12 +351,13 @@ def error_of(tmp_path: Path, entry: str) -> str:
         ("max_overlap_s = -1.5", "expect[1].max_overlap_s: expected a number at least 0, got -1.5 (a number)"),
         ("max_silence_s = 0", "expect[1].max_silence_s: expected a number greater than 0, got 0 (an integer)"),
         ("max_interruptions = 1.5", "expect[1].max_interruptions: expected an integer, got 1.5 (a number)"),
+        ("min_interruptions = 0", "expect[1].min_interruptions: expected a number at least 1, got 0 (an integer)"),
         ('max_overlap_s = 1\nby = "cs"',
          "expect[1]: 'the entry': `by` does not go with `max_overlap_s` (`max_overlap_s` takes nothing else)"),
         ('tool = "issue_refund"\nsaid = "cs"',
          "expect[1]: 'the entry': needs exactly one of `tool`, `no_tool`, `query`, `check`, `said`, `heard`, "
          "`end_reason`, `max_duration_s`, `max_turn_gap_ms`, `max_overlap_s`, `max_silence_s`, "
-         "`max_interruptions`, `judge` (got tool, said)"),
+         "`max_interruptions`, `min_interruptions`, `judge` (got tool, said)"),
         ('tool = "issue_refund"\nequals = 1',
          "expect[1]: 'the entry': `equals` does not go with `tool` (with `tool`: args, count, ok, before, after)"),
         ('query = "SELECT 1"', "expect[1]: 'the entry': `query` needs `equals` (the value of the first column of the "
@@ -367,7 +368,7 @@ def error_of(tmp_path: Path, entry: str) -> str:
         ('tool = "issue_refund"\nwhen = "early"',
          "expect[1].when: unknown field (known: after, args, before, by, check, contains, count, database, end_reason, "
          "equals, heard, judge, max_duration_s, max_interruptions, max_overlap_s, max_silence_s, max_turn_gap_ms, "
-         "name, no_tool, not_contains, ok, query, regex, said, tool)"),
+         "min_interruptions, name, no_tool, not_contains, ok, query, regex, said, tool)"),
     ],
 )  # fmt: skip
 def test_each_bad_criterion_is_a_scenario_error_naming_the_file_the_entry_and_the_problem(

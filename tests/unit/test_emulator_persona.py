@@ -101,3 +101,25 @@ def test_scripted_phrase_in_user_text_is_answered_like_speech() -> None:
     s = _persona_script([{"on": "start", "say": "Welcome."}, {"hear": "refund please", "say": "Sure."}])
     action = s.on_typed("Refund please!")
     assert action is not None and action.say == "Sure."
+
+
+def test_a_barge_in_rule_cuts_in_once_its_delay_has_passed_and_never_answers_a_finished_turn() -> None:
+    s = _persona_script([{"interrupt_after_ms": 1500, "say": "Sorry to cut in."}, {"hear": "hello", "say": "Hi."}])
+    assert s.interrupts
+    assert s.cut_in(1480) is None  # not yet
+    action = s.cut_in(1500)
+    assert action is not None and action.say == "Sorry to cut in."
+    assert s.cut_in(5000) is None  # once
+    assert s.on_heard("hello").say == "Hi."  # type: ignore[union-attr]
+    assert not _persona_script([{"hear": "hello", "say": "Hi."}]).interrupts
+
+
+def test_a_barge_in_rule_with_hear_is_armed_by_that_phrase_in_an_earlier_turn_and_does_not_answer_it() -> None:
+    s = _persona_script([{"hear": "order number", "interrupt_after_ms": 800, "say": "It is four two one seven."}])
+    assert "order number" in s.phrases  # the recognizer must hear what arms it
+    assert s.cut_in(2000) is None
+    assert s.on_heard("what is your order number") is GENERIC  # heard: it arms the rule but does not answer
+    s.note_heard("what is your order number")
+    assert s.scratch().cut_in(900) is not None and s.cut_in(700) is None  # a scratch copy knows it is armed
+    action = s.cut_in(800)
+    assert action is not None and action.say == "It is four two one seven."

@@ -85,6 +85,23 @@ async def test_ear_hears_one_turn_with_sane_times() -> None:
     assert not ear.speaking
 
 
+async def test_ear_tells_how_long_the_turn_has_been_heard_from_its_onset_frame_by_frame() -> None:
+    line = await VOICE.speak(GREETING)
+    turns = Turns()
+    ear = turns.ear(VadSettings(prefix_padding_ms=300, silence_duration_ms=500))
+    heard: list[tuple[int, int]] = []  # (ms since the onset, the clock then)
+    ear.on_speech_ms = lambda ms: heard.append((ms, ear.audio_ms))
+    for frame in decode(silence(1000) + list(line.packets) + silence(1500)):
+        ear.feed(frame)
+    assert len(turns.started) == 1 and len(turns.stopped) == 1
+    onset = turns.started[0] + 300  # audio_start_ms is backdated by the padding
+    first_ms, first_clock = heard[0]
+    assert first_ms >= 120 and first_clock - first_ms == onset  # at the start: the start window's speech, heard
+    assert [ms for ms, _ in heard] == list(range(first_ms, first_ms + FRAME_MS * len(heard), FRAME_MS))
+    assert all(clock - ms == onset for ms, clock in heard)  # always measured from the onset
+    assert heard[-1][1] < turns.stopped[0][0]  # never after the turn ended
+
+
 @pytest.mark.parametrize("threshold", [0.0, 1.0])
 async def test_ear_hears_the_turn_at_every_aggressiveness(threshold: float) -> None:
     line = await VOICE.speak(BYE)

@@ -48,7 +48,7 @@ def error_of(path: Path) -> str:
 
 
 def test_builtin_scenarios_load() -> None:
-    assert {"late_order", "quick_bye", "unknown_order"} <= set(builtin_names())
+    assert {"barge_in", "late_order", "quick_bye", "unknown_order"} <= set(builtin_names())
     for name in builtin_names():
         scenario = load_scenario(name)
         assert scenario.name == name and scenario.path is not None and scenario.path.stem == name
@@ -98,6 +98,16 @@ def test_a_good_file_and_its_defaults(tmp_path: Path) -> None:
         ('on = "start"', 'on = "start"\nhear = "hi"',
          "cs.script[0]: needs exactly one of `on`, `hear`, `after_tool` (got on, hear)"),
         ('hear = "Hello there!"', 'hear = "!?"', "caller.script[0].hear: has no words"),
+        # barge-in rules: alone or with `hear`, with an action, a positive delay
+        ('on = "start"', 'on = "start"\ninterrupt_after_ms = 500',
+         "cs.script[0]: `interrupt_after_ms` goes alone or with `hear`, not with `on`"),
+        ('hear = "goodbye"\ncall', 'after_tool = "x"\ninterrupt_after_ms = 500\ncall',
+         "cs.script[1]: `interrupt_after_ms` goes alone or with `hear`, not with `after_tool`"),
+        ('hear = "goodbye"\ncall = { name = "lookup_order", arguments = { order_id = "1" } }',
+         'interrupt_after_ms = 500', "cs.script[1]: `interrupt_after_ms` needs an action (`say`, `call` or `hangup`): "
+         "it cuts in"),
+        ('hear = "Hello there!"', 'hear = "Hello there!"\ninterrupt_after_ms = 0',
+         "caller.script[0].interrupt_after_ms: expected a number greater than 0, got 0 (an integer)"),
         ('instructions = "You are a caller."', 'instructions = "   "', "caller.instructions: is empty"),
     ],
 )  # fmt: skip

@@ -151,7 +151,7 @@ def summary_with(timing: CallTiming | None) -> CallSummary:
 def verdict(entry: dict[str, object], timing: CallTiming | None) -> tuple[bool, str, object]:
     exp = Expectation.model_validate({"name": "n", **entry})
     (v,) = evaluate([exp], summary_with(timing), call_dir=Path("."))
-    assert v.kind == next(k for k in entry if k.startswith("max_"))
+    assert v.kind == next(k for k in entry if k.startswith(("max_", "min_")))
     return v.passed, v.detail, v.evidence
 
 
@@ -180,7 +180,7 @@ def test_max_silence_s_judges_the_longest_silence_with_it_as_evidence() -> None:
 def test_max_interruptions_counts_all_or_one_partys() -> None:
     timing = analyze(CALL)
     passed, detail, evidence = verdict({"max_interruptions": 0}, timing)
-    assert not passed and detail == "1 interruptions (> 0): caller cut in on cs at 9.000 s"
+    assert not passed and detail == "1 interruptions (> 0): caller cut in on cs at 9.000 s, who yielded 1000 ms later"
     assert evidence == {"interruptions": [
         {"by": "caller", "of": "cs", "at": 9.0, "yielded_at": 10.0, "time_to_yield_ms": 1000.0}
     ]}
@@ -189,8 +189,22 @@ def test_max_interruptions_counts_all_or_one_partys() -> None:
     assert passed and detail == "0 interruptions by cs (<= 0)" and evidence == {"interruptions": []}
 
 
+def test_min_interruptions_asks_for_at_least_so_many_with_them_as_evidence() -> None:
+    timing = analyze(CALL)
+    passed, detail, evidence = verdict({"min_interruptions": 1, "by": "caller"}, timing)
+    assert passed
+    assert detail == "1 interruptions by caller (>= 1): caller cut in on cs at 9.000 s, who yielded 1000 ms later"
+    assert evidence == {"interruptions": [
+        {"by": "caller", "of": "cs", "at": 9.0, "yielded_at": 10.0, "time_to_yield_ms": 1000.0}
+    ]}
+    passed, detail, evidence = verdict({"min_interruptions": 2}, timing)
+    assert not passed and detail.startswith("1 interruptions (< 2): ")
+    passed, detail, evidence = verdict({"min_interruptions": 1, "by": "cs"}, timing)
+    assert not passed and detail == "0 interruptions by cs (< 1)" and evidence == {"interruptions": []}
+
+
 def test_talk_over_criteria_fail_on_a_call_without_a_timeline() -> None:
-    for entry in ({"max_overlap_s": 1.0}, {"max_silence_s": 1.0}, {"max_interruptions": 0}):
+    for entry in ({"max_overlap_s": 1.0}, {"max_silence_s": 1.0}, {"max_interruptions": 0}, {"min_interruptions": 1}):
         passed, detail, evidence = verdict(entry, None)
         assert not passed and evidence is None
         assert detail == "the call has no timing analysis (its relay has no packet timeline)"

@@ -106,7 +106,9 @@ class Ear:
     """Fed every decoded 20 ms frame of the incoming track (av.AudioFrame from aiortc: s16, 48 kHz, stereo).
 
     Callbacks: on_speech_started(audio_start_ms); on_speech_stopped(audio_end_ms, PCM16 mono 16 kHz of the
-    turn, prefix padding included). They run inside feed(), so they must be quick: schedule work, don't do it.
+    turn, prefix padding included); `on_speech_ms`, when set, (ms of the turn heard since its speech onset,
+    padding excluded) at the turn's start and after each frame inside it (a persona's barge-in watches it).
+    They run inside feed(), so they must be quick: schedule work, don't do it.
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class Ear:
         self.settings = vad
         self._judge = SpeechJudge(vad.threshold)
         self.backlog: Backlog | None = None
+        self.on_speech_ms: Callable[[int], None] | None = None
         self._apply(vad)
         self.reset()
 
@@ -144,6 +147,7 @@ class Ear:
         self._recent: deque[Verdict] = deque(maxlen=RESUME_WINDOW)  # the last frames' verdicts, inside a turn
         self._utterance: list[npt.NDArray[np.int16]] = []
         self._start_frame = 0
+        self._onset_frame = 0  # where the current turn's speech began (its padding before that)
         self._last_voiced_end = 0
         self.speech_end_ms = 0  # where the last utterance's speech ended (before the closing silence)
 
@@ -253,6 +257,8 @@ class Ear:
             self._end(self._last_voiced_end + self._silence_frames)
         elif len(self._utterance) * VAD_FRAME_MS >= MAX_UTTERANCE_MS:
             self._end(self._frames)
+        elif self.on_speech_ms is not None:
+            self.on_speech_ms((self._frames - self._onset_frame) * VAD_FRAME_MS)
 
     def _begin(self) -> None:
         # Speech began with the run of active frames (an unvoiced "th" or "s" included) that leads to the window's
@@ -269,7 +275,10 @@ class Ear:
         self._recent = deque([v for _, v in history[-RESUME_WINDOW:]], maxlen=RESUME_WINDOW)
         self._last_voiced_end = self._frames
         self._start_frame = self._frames - keep
+        self._onset_frame = onset
         self._on_started(self._start_frame * VAD_FRAME_MS)
+        if self.on_speech_ms is not None and self._speaking:
+            self.on_speech_ms((self._frames - onset) * VAD_FRAME_MS)
 
     def _end(self, end_frame: int) -> None:
         """The turn ends at `end_frame` (speech end + silence_duration_ms); frames heard after it, while a blip was

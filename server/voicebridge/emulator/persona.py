@@ -6,6 +6,8 @@ must stay unmodified). Matching rules, in short (README "Scenario files" has the
 - `hear`: the transcript may hold several phrases; the LAST one in transcript order picks the rule.
 - a rule with no action means "heard it, stay silent"; a `once` rule fires at most once per session.
 - anything heard but unscripted, or not recognised at all, gets a polite generic reply, never an exception.
+- a barge-in rule (`interrupt_after_ms`) never answers a finished turn: the session asks `cut_in` while the other
+  party is still talking, and it fires there once armed (at once, or after its `hear` phrase was heard).
 """
 
 from __future__ import annotations
@@ -97,11 +99,39 @@ class Script:
     fired: set[int] = field(default_factory=set)
     tool_outputs: dict[str, Any] = field(default_factory=dict)
     started: bool = False
+    history: list[str] = field(default_factory=list)  # every transcript heard, normalized (arms barge-in rules)
 
     def scratch(self) -> Script:
         """A copy that knows what this one knows (rules fired, tool outputs) but changes nothing here: what an
         out-of-band response answers with, so the conversation's own script is untouched."""
-        return Script(self.persona, set(self.fired), dict(self.tool_outputs), self.started)
+        return Script(self.persona, set(self.fired), dict(self.tool_outputs), self.started, list(self.history))
+
+    # -- barge-in ------------------------------------------------------------------------------------------
+
+    @property
+    def interrupts(self) -> bool:
+        """The persona has barge-in rules at all (the session then watches how long the other party talks)."""
+        return self.persona is not None and any(r.interrupt_after_ms is not None for r in self.persona.script)
+
+    def note_heard(self, transcript: str | None) -> None:
+        """A finished turn's transcript, whether or not it is answered: what arms `hear` + `interrupt_after_ms`."""
+        text = normalize_phrase(transcript or "")
+        if text:
+            self.history.append(text)
+
+    def _armed(self, rule: ScriptRule) -> bool:
+        if rule.hear is None:
+            return True
+        return any(f" {rule.hear} " in f" {text} " for text in self.history)
+
+    def cut_in(self, heard_ms: int) -> Action | None:
+        """The action of the first armed barge-in rule whose `interrupt_after_ms` has passed, now that the other
+        party has been talking for `heard_ms` in its current turn (it is then fired); None: keep listening."""
+        for i, rule in self._rules():
+            if rule.interrupt_after_ms is not None and rule.interrupt_after_ms <= heard_ms and self._armed(rule):
+                self.started = True
+                return self._fire(i, rule)
+        return None
 
     def respond(self, outputs: list[str], heard: list[str], typed: list[str]) -> Action | None:
         """What the persona does for a response, given what is new since its last one: the newest tool output
@@ -155,7 +185,7 @@ class Script:
         best: tuple[int, int, ScriptRule] | None = None
         if text.strip():
             for i, rule in self._rules():
-                if rule.hear is None:
+                if rule.hear is None or rule.interrupt_after_ms is not None:  # a barge-in rule's hear only arms it
                     continue
                 pos = text.rfind(f" {rule.hear} ")
                 if pos >= 0 and (best is None or pos > best[0]):

@@ -104,6 +104,9 @@ class Session:
         self.ear = Ear(
             turn_detection.vad_settings(self.turn_detection), self._on_speech_started, self._on_speech_stopped
         )
+        if self.script.interrupts:
+            self.ear.on_speech_ms = self._on_speech_ms
+        self._cut_into: str | None = None  # the speech item the persona barged in on (its reply is the cut-in)
         self.idle = turn_detection.IdleTimer(self._on_idle)
         self.tap: InboundTap | None = None  # WebRTC: the incoming packets, off the receiver
         self.listener: Listener | None = None  # WebRTC: what of them is decoded for the ear
@@ -305,9 +308,12 @@ class Session:
         self.outputs, self.heard, self.typed = [], [], []
         return self.script.respond(outputs, heard, typed)
 
-    def start_response(self, params: dict[str, Any] | None = None) -> responder.Response:
+    def start_response(
+        self, params: dict[str, Any] | None = None, cut_in: Action | None = None
+    ) -> responder.Response:
         """Start a response with response.create's `response` parameters (checked by the caller: a refused
-        one must change nothing); auto responses (server VAD) pass none."""
+        one must change nothing); auto responses (server VAD) pass none. `cut_in`: a barge-in rule's action,
+        played instead of answering what is new (that stays for the next response)."""
         params = params or {}
         settings = response_plan.settings(self, params)
         items = response_plan.resolve_input(self, params)
@@ -317,7 +323,7 @@ class Session:
             metadata=params.get("metadata"),
             context_texts=None if items is None else response_plan.input_texts(items),
         )
-        action = response_plan.action(self, settings, items)
+        action = cut_in if cut_in is not None else response_plan.action(self, settings, items)
         self.idle.disarm()  # the idle timeout counts from the end of the newest response's audio
         self.responses[r.id] = r
         if settings.in_conversation:
@@ -446,6 +452,21 @@ class Session:
             if self.output_buffer_events:
                 self.clear_output(truncate=True, reason="turn_detected")
 
+    def _on_speech_ms(self, heard_ms: int) -> None:
+        """The other party has talked `heard_ms` into its current turn: a persona with a barge-in rule may cut in
+        now (once per turn, and not while it is answering or speaking itself)."""
+        item = self._speech_item
+        if item is None or self._cut_into == item or self.response is not None or self.mouth.busy:
+            return
+        if self.closed.is_set() or self.turn_detection is None:
+            return
+        action = self.script.cut_in(heard_ms)
+        if action is None:
+            return
+        self._cut_into = item
+        log.info("session %s: cuts in after %d ms of the other's speech", self.id, heard_ms)
+        self.start_response(cut_in=action)
+
     def _on_speech_stopped(self, audio_end_ms: int, pcm: npt.NDArray[np.int16]) -> None:
         self.heard_ms += len(pcm) // 16
         if self.turn_detection is None:
@@ -454,13 +475,15 @@ class Session:
         item_id = self._speech_item or ev.new_id("item")
         self._speech_item = None
         self.send(ev.event("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id))
-        self.spawn(self.commit_turn(item_id, pcm, auto=True))
+        answered = self._cut_into == item_id
+        self.spawn(self.commit_turn(item_id, pcm, auto=True, answered=answered))
 
     async def commit_turn(
-        self, item_id: str, pcm: npt.NDArray[np.int16], auto: bool, idle: bool = False
+        self, item_id: str, pcm: npt.NDArray[np.int16], auto: bool, idle: bool = False, answered: bool = False
     ) -> None:
         """Commit heard audio as a user item (transcribed when transcription is on) and, for a VAD turn with
-        create_response (or an idle timeout: it exists to prompt a response), answer it."""
+        create_response (or an idle timeout: it exists to prompt a response), answer it. `answered`: the
+        persona already barged in on this turn, so that cut-in was its answer (committed, not answered again)."""
         prev = next(reversed(self.items), None) if self.items else None
         self.send(ev.event("input_audio_buffer.committed", previous_item_id=prev, item_id=item_id))
         item = ev.user_audio_item(item_id, None)
@@ -491,6 +514,9 @@ class Session:
                     usage={"type": "duration", "seconds": round(len(pcm) / 16000, 3)},
                 )
             )
+        self.script.note_heard(transcript)
+        if answered:
+            return
         self.heard.append(transcript)
         td = self.turn_detection
         wanted = idle or (auto and td is not None and td.get("create_response", True))

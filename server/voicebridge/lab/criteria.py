@@ -183,7 +183,7 @@ def _evaluate(exp: Expectation, summary: CallSummary, call_dir: Path, judge_key:
         )
     if kind == "max_turn_gap_ms":
         return _turn_gap(exp, summary)
-    if kind in ("max_overlap_s", "max_silence_s", "max_interruptions"):
+    if kind in ("max_overlap_s", "max_silence_s", "max_interruptions", "min_interruptions"):
         return _talk_over(exp, summary)
     reason = "no judge model is implemented yet" if judge_key else "offline: no OPENAI_API_KEY"
     return _verdict(exp, False, f"skipped ({reason})", None, skipped=True)
@@ -357,8 +357,9 @@ def _turn_gap(exp: Expectation, summary: CallSummary) -> CriterionVerdict:
 
 
 def _talk_over(exp: Expectation, summary: CallSummary) -> CriterionVerdict:
-    """max_overlap_s (the longest overlap), max_silence_s (the longest silence), max_interruptions (how many, by
-    whom): against the call's timing analysis, with the offending (or longest) interval as evidence."""
+    """max_overlap_s (the longest overlap), max_silence_s (the longest silence), max_interruptions and
+    min_interruptions (how many, by whom): against the call's timing analysis, with the offending (or longest)
+    interval, or the interruptions, as evidence."""
     timing = summary.timing
     if timing is None:
         return _verdict(exp, False, "the call has no timing analysis (its relay has no packet timeline)", None)
@@ -385,13 +386,19 @@ def _talk_over(exp: Expectation, summary: CallSummary) -> CriterionVerdict:
             exp, ok, f"longest silence {timing.max_silence_s:.3f} s{at} ({'<=' if ok else '>'} "
             f"{exp.max_silence_s:g} s)", evidence,
         )
-    assert exp.max_interruptions is not None
     cuts = [c for c in timing.interruptions if exp.by is None or c.by == exp.by]
     whose = f" by {exp.by}" if exp.by else ""
-    ok = len(cuts) <= exp.max_interruptions
-    shown = "; ".join(f"{c.by} cut in on {c.of} at {c.at:.3f} s" for c in cuts[:3])
+    if exp.max_interruptions is not None:
+        ok = len(cuts) <= exp.max_interruptions
+        bound = f"{'<=' if ok else '>'} {exp.max_interruptions}"
+    else:
+        assert exp.min_interruptions is not None
+        ok = len(cuts) >= exp.min_interruptions
+        bound = f"{'>=' if ok else '<'} {exp.min_interruptions}"
+    shown = "; ".join(
+        f"{c.by} cut in on {c.of} at {c.at:.3f} s, who yielded {c.time_to_yield_ms:.0f} ms later" for c in cuts[:3]
+    )
     return _verdict(
-        exp, ok, f"{len(cuts)} interruptions{whose} ({'<=' if ok else '>'} {exp.max_interruptions})"
-        + (f": {shown}" if shown else ""),
+        exp, ok, f"{len(cuts)} interruptions{whose} ({bound})" + (f": {shown}" if shown else ""),
         {"interruptions": [c.model_dump(mode="json") for c in cuts]},
     )

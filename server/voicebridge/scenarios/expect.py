@@ -18,11 +18,11 @@ from voicebridge.results import EndReason
 
 ExpectKind = Literal[
     "tool", "no_tool", "query", "check", "said", "heard", "end_reason", "max_duration_s", "max_turn_gap_ms",
-    "max_overlap_s", "max_silence_s", "max_interruptions", "judge",
+    "max_overlap_s", "max_silence_s", "max_interruptions", "min_interruptions", "judge",
 ]
 KINDS: tuple[ExpectKind, ...] = (
     "tool", "no_tool", "query", "check", "said", "heard", "end_reason", "max_duration_s", "max_turn_gap_ms",
-    "max_overlap_s", "max_silence_s", "max_interruptions", "judge",
+    "max_overlap_s", "max_silence_s", "max_interruptions", "min_interruptions", "judge",
 )
 # The keys that refine each kind; every other key is an error for that kind.
 MODIFIERS: dict[str, tuple[str, ...]] = {
@@ -33,6 +33,7 @@ MODIFIERS: dict[str, tuple[str, ...]] = {
     "heard": ("contains", "regex", "not_contains"),
     "max_turn_gap_ms": ("by",),
     "max_interruptions": ("by",),
+    "min_interruptions": ("by",),
 }
 _ALL_MODIFIERS = sorted({m for ms in MODIFIERS.values() for m in ms})
 _HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -90,10 +91,12 @@ class Expectation(BaseModel):
     max_duration_s: float | None = Field(None, gt=0)
     max_turn_gap_ms: TurnGapLimit | None = None
     by: Literal["caller", "cs"] | None = None
-    # talk-over (lab/timing.py): the longest overlap, the longest silence, how many interruptions
+    # talk-over (lab/timing.py): the longest overlap, the longest silence, how many interruptions (at most, at
+    # least: a barge-in scenario must show one)
     max_overlap_s: float | None = Field(None, ge=0)
     max_silence_s: float | None = Field(None, gt=0)
     max_interruptions: int | None = Field(None, ge=0)
+    min_interruptions: int | None = Field(None, ge=1)
     # judge
     judge: str | None = None
 

@@ -77,11 +77,17 @@ class ScriptRule(_FileTable):
     function_call_output of that tool). Actions, all optional, in this order: `say` a line (it may use
     `{tool.field}` values from function outputs, with `|words` or `|digits` to spell numbers), `call` a tool,
     `hangup` (call the `hangup` tool). A rule with no action means "heard it, stay silent".
+
+    `interrupt_after_ms = N` makes a barge-in rule instead: the persona starts its action while the other party is
+    still talking, once it has heard N ms of that party's speech in the current turn (the emulator's model decides
+    to cut in; the real API only ever answers a finished turn). Alone it arms at once; with `hear` it arms once
+    that phrase has been heard (in an earlier turn), so it cuts into a later one. It needs an action.
     """
 
     on: Literal["start"] | None = None
     hear: str | None = None  # kept normalized (normalize_phrase)
     after_tool: str | None = None
+    interrupt_after_ms: int | None = Field(None, gt=0, le=60_000)
     say: str | None = None
     call: ToolCallStep | None = None
     hangup: bool = False
@@ -99,6 +105,12 @@ class ScriptRule(_FileTable):
     @model_validator(mode="after")
     def _one_trigger(self) -> ScriptRule:
         triggers = [k for k in ("on", "hear", "after_tool") if getattr(self, k) is not None]
+        if self.interrupt_after_ms is not None:
+            if triggers not in ([], ["hear"]):
+                raise ValueError(f"`interrupt_after_ms` goes alone or with `hear`, not with `{triggers[-1]}`")
+            if self.silent:
+                raise ValueError("`interrupt_after_ms` needs an action (`say`, `call` or `hangup`): it cuts in")
+            return self
         if len(triggers) != 1:
             raise ValueError(f"needs exactly one of `on`, `hear`, `after_tool` (got {', '.join(triggers) or 'none'})")
         return self
