@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +49,11 @@ class RedisServer:
                 self.process.wait()
 
 
-def start_redis(workdir: Path, host: str = "127.0.0.1", ready_within_s: float = 30.0) -> RedisServer:
-    """Start redis-server on `host` (a loopback address, or an address inside a test's network namespace)."""
+def start_redis(
+    workdir: Path, host: str = "127.0.0.1", ready_within_s: float = 30.0, command_prefix: Sequence[str] = ()
+) -> RedisServer:
+    """Start redis-server on `host` (a loopback address, or an address inside a test's network namespace);
+    `command_prefix` runs it elsewhere (tests/hosts.py: `Host.command([])`, on another "machine")."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is missing: it is a Debian package, installed by `make install`")
@@ -58,6 +62,7 @@ def start_redis(workdir: Path, host: str = "127.0.0.1", ready_within_s: float = 
     password = secrets.token_hex(16)
     process = subprocess.Popen(
         [
+            *command_prefix,
             binary,
             "--bind",
             host,
