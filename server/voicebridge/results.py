@@ -541,6 +541,10 @@ class CallRow(Record):
     tool_calls: list[ToolCallBrief]
     links: dict[str, str]
     """File name -> path relative to the report's folder, for each of the call's artifacts that exists."""
+    worker: str | None = None
+    """The bridge worker that ran the call (`voicebridge batch --redis`); None when the batch ran it itself."""
+    attempt: int = 1
+    """2 when the call ran again after its first worker was lost."""
 
 
 class BatchReport(Record):
@@ -573,6 +577,8 @@ class BatchReport(Record):
     setup_s: Percentiles
     tool_calls: ToolCallStats
     turn_latency_s: TurnLatencyStats
+    workers: dict[str, int] = {}
+    """Worker id -> calls it ran (`voicebridge batch --redis`); empty when the batch ran its calls itself."""
     calls: list[CallRow]
     refusals: int = 0
     """Creations the Realtime server refused (429/503: at capacity), each retried after a back-off."""

@@ -22,7 +22,7 @@ from voicebridge.cluster.jobs import (
     Job,
     JobQueue,
     JobResult,
-    lost_call,
+    failed_call,
     results_key,
 )
 from voicebridge.results import BatchCall
@@ -42,7 +42,7 @@ async def queue(redis_server: Any) -> AsyncIterator[JobQueue]:
 
 def ran(job: Job, worker: str, attempt: int) -> JobResult:
     """A result as a worker would send it (the call itself is not what these tests are about)."""
-    call = lost_call(job, "stand-in")
+    call = failed_call(job, "stand-in")
     summary = call.summary.model_copy(update={"end_reason": "caller_hangup", "error": None, "duration_s": 1.5})
     return JobResult(
         batch_id=job.batch_id, call_id=job.call_id, index=job.index, worker=worker, attempt=attempt,

@@ -347,7 +347,7 @@ def error_of(tmp_path: Path, entry: str) -> str:
          "(got none)"),
         ('end_reason = "hungup"',
          "expect[1].end_reason: expected 'caller_hangup', 'human_hangup', 'operator_hangup', 'leg_failed', "
-         "'max_duration', 'idle_timeout', 'error' or 'shutdown', got 'hungup' (a string)"),
+         "'max_duration', 'idle_timeout', 'error', 'shutdown' or 'worker_lost', got 'hungup' (a string)"),
         ("max_overlap_s = -1.5", "expect[1].max_overlap_s: expected a number at least 0, got -1.5 (a number)"),
         ("max_silence_s = 0", "expect[1].max_silence_s: expected a number greater than 0, got 0 (an integer)"),
         ("max_interruptions = 1.5", "expect[1].max_interruptions: expected an integer, got 1.5 (a number)"),

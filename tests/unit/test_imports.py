@@ -36,7 +36,7 @@ EMULATOR_MAY_IMPORT = RANKS[0] | {"media"}
 # Where the embedded emulator is started, the only rooms that import it.
 EMULATOR_STARTERS = {"backend", "cli"}
 # The commands: they put the rooms to work in a process and may import any of them.
-TOP = {"cli", "commands", "backend", "batch", "bench"}
+TOP = {"cli", "commands", "backend", "batch", "bench", "cluster"}
 
 
 @dataclass(frozen=True)

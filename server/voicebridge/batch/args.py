@@ -30,3 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="tries per call while the Realtime server refuses to create it (429/503: at capacity), backing off "
         "between them (default 12; 1: never retry)",
     )
+    p.add_argument(
+        "--redis", default="", metavar="URL",
+        help="run the calls on the cluster's bridge workers sharing this Redis, redis://[:PASSWORD@]HOST:PORT/DB "
+        "(each worker's own Realtime backend; --emulator-url is then theirs to set)",
+    )

@@ -1,6 +1,8 @@
-"""`voicebridge batch --scenario X --calls N --concurrency C [--out DIR] [--json] [--emulator-url URL]`
+"""`voicebridge batch --scenario X --calls N --concurrency C [--out DIR] [--json] [--emulator-url URL | --redis URL]`
 
 Runs N agent-to-agent calls, C at a time, against the embedded emulator (or OpenAI when OPENAI_API_KEY is set),
+or with `--redis` on the cluster's bridge workers (cluster/batches.py: each call runs on a worker, the report is
+written here and says which worker ran each call),
 with a progress bar on stderr, and writes into DIR: report.html (self-contained), report.json, batch.log.jsonl
 (structured logs, each line with its call_id) and calls/<call_id>/ (each call's artifacts). Exit status: 0 when
 every call ended by hang-up, 1 when any did not, 2 for bad arguments or a bad scenario.
@@ -15,6 +17,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -68,30 +71,74 @@ async def run_batch(
     out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before any call: nothing to block)
     async with realtime_backend([scenario], emulator_url) as backend:
         settings = backend.settings
-        log_file = open(out_dir / "batch.log.jsonl", "a", encoding="utf-8")  # noqa: ASYNC230 (as above)
-        handler = json_handler(log_file, [settings.api_key])
-        root = logging.getLogger()
-        root.addHandler(handler)
-        old_level = root.level
-        if root.level > logging.INFO or root.level == logging.NOTSET:
-            root.setLevel(logging.INFO)
         runner = BatchRunner(
             scenario, settings, out_dir, concurrency=concurrency, batch_id=batch_id, metrics=metrics,
             progress=progress, call_factory=call_factory, retry=retry,
         )
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGINT, runner.stop)
-        try:
+        with batch_log(out_dir, [settings.api_key]), stopped_by_ctrl_c(runner.stop):
             result = await runner.run(calls)
-        finally:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signal.SIGINT)
-            root.removeHandler(handler)
-            root.setLevel(old_level)
-            handler.close()
-            log_file.close()
     return result, write_report(result)
+
+
+async def run_cluster_batch(
+    scenario: Scenario,
+    calls: int,
+    concurrency: int,
+    out_dir: Path,
+    *,
+    redis_url: str,
+    batch_id: str | None = None,
+    progress: Progress | None = None,
+) -> tuple[BatchResult, BatchReport]:
+    """The whole batch on the cluster's workers (`--redis`): jobs queued, results read, report written here."""
+    from voicebridge.cluster.batches import ClusterBatch, cluster_settings, connect
+    from voicebridge.cluster.jobs import JobQueue
+
+    client = await connect(redis_url)  # ClusterUnavailable before any folder is made
+    out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before any call: nothing to block)
+    settings = cluster_settings(redis_url)
+    batch = ClusterBatch(
+        JobQueue(client), scenario, settings, out_dir, concurrency=concurrency, batch_id=batch_id or new_batch_id(),
+        progress=progress,
+    )
+    try:
+        with batch_log(out_dir, [settings.api_key]), stopped_by_ctrl_c(batch.stop):
+            result = await batch.run(calls)
+    finally:
+        await client.aclose()
+    return result, write_report(result)
+
+
+@contextlib.contextmanager
+def batch_log(out_dir: Path, secrets: list[str]) -> Iterator[None]:
+    """The batch's structured log lines (INFO and up, redacted of `secrets`) into out_dir/batch.log.jsonl."""
+    log_file = open(out_dir / "batch.log.jsonl", "a", encoding="utf-8")
+    handler = json_handler(log_file, secrets)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+        log_file.close()
+
+
+@contextlib.contextmanager
+def stopped_by_ctrl_c(stop: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C (SIGINT) calls `stop` (no new calls; the report covers what ran) instead of killing the batch."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
 
 
 def print_headline(report: BatchReport, out_dir: Path, stream: TextIO) -> None:
@@ -107,6 +154,8 @@ def print_headline(report: BatchReport, out_dir: Path, stream: TextIO) -> None:
             f"retried, {report.gave_up} gave up",
             file=stream,
         )
+    if report.workers:
+        print(f"  calls per worker: {json.dumps(report.workers)}", file=stream)
     d, tl = report.duration_s, report.turn_latency_s
     if d.count:
         print(f"  call duration p50 {d.p50:.2f} s, p99 {d.p99:.2f} s", file=stream)
@@ -125,10 +174,16 @@ async def _main(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out is not None else Path("batches") / batch_id
     bar = ProgressBar(sys.stderr, args.calls)
     try:
-        result, report = await run_batch(
-            scenario, args.calls, args.concurrency, out_dir, emulator_url=args.emulator_url, batch_id=batch_id,
-            progress=bar, retry=RetryPolicy(attempts=args.max_attempts),
-        )
+        if args.redis:
+            result, report = await run_cluster_batch(
+                scenario, args.calls, args.concurrency, out_dir, redis_url=args.redis, batch_id=batch_id,
+                progress=bar,
+            )
+        else:
+            result, report = await run_batch(
+                scenario, args.calls, args.concurrency, out_dir, emulator_url=args.emulator_url,
+                batch_id=batch_id, progress=bar, retry=RetryPolicy(attempts=args.max_attempts),
+            )
     finally:
         bar.close()
     print_headline(report, out_dir, sys.stderr)
@@ -140,6 +195,8 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     require("reports")  # before the calls, not after them
+    if args.redis:
+        require("cluster", "voicebridge batch --redis")
     try:
         return asyncio.run(_main(args))
     except ScenarioError as e:
@@ -148,3 +205,8 @@ def main(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"voicebridge batch: {e}", file=sys.stderr)
         return 1
+    except RuntimeError as e:  # ClusterUnavailable (the cluster module is imported only with --redis)
+        if type(e).__name__ != "ClusterUnavailable":
+            raise
+        print(f"voicebridge batch: {e}", file=sys.stderr)
+        return 2

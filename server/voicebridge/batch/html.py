@@ -131,6 +131,10 @@ def render(report: BatchReport) -> str:
         parts.extend(f"<figure><img alt='{_e(t)}' src='{uri}'><figcaption>{_e(t)}</figcaption></figure>"
                      for t, uri in figs)
         parts.append("</div>")
+    if report.workers:
+        parts.append("<h2>Workers</h2><table><tr><th>worker</th><th>calls</th></tr>")
+        parts.extend(f"<tr><td><code>{_e(k)}</code></td><td class=n>{v}</td></tr>" for k, v in report.workers.items())
+        parts.append("</table>")
     parts.append("<h2>End reasons</h2><table><tr><th>end_reason</th><th>calls</th></tr>")
     parts.extend(f"<tr><td>{_e(k)}</td><td class=n>{v}</td></tr>" for k, v in report.end_reasons.items())
     parts.append("</table>")
@@ -184,11 +188,15 @@ def _call_html(c: CallRow) -> str:
         for t in c.tool_calls
     )
     error = f"<p class=bad>{_e(c.error)}</p>" if c.error else ""
+    where = (
+        f" &middot; worker <code>{_e(c.worker)}</code>" + (f" (attempt {c.attempt})" if c.attempt > 1 else "")
+        if c.worker else ""
+    )
     audio = _player(c.links)
     return (
         f"<details><summary>{mark} <code>{_e(c.call_id)}</code> {_e(c.end_reason)} "
         f"&middot; {_num(c.duration_s, '{:.1f}')} s &middot; {len(c.turns)} turns "
-        f"&middot; {len(c.tool_calls)} tool calls</summary>{error}"
+        f"&middot; {len(c.tool_calls)} tool calls{where}</summary>{error}"
         f"<p>{links}</p>{audio}<pre>{_e(turns) or '(no turns)'}</pre>"
         + (f"<ul>{tools}</ul>" if tools else "")
         + "</details>"

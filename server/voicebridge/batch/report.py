@@ -18,6 +18,7 @@ from pathlib import Path
 
 from voicebridge.observability.metrics import turn_latencies
 from voicebridge.results import (
+    BatchCall,
     BatchReport,
     CallError,
     CallRow,
@@ -74,9 +75,10 @@ def _links(summary: CallSummary, report_dir: Path) -> dict[str, str]:
     return {name: os.path.relpath(p, report_dir) for name, p in found.items()}
 
 
-def _call_row(summary: CallSummary, setup_s: float | None, report_dir: Path, refusals: int = 0) -> CallRow:
+def _call_row(call: BatchCall, report_dir: Path) -> CallRow:
+    summary, setup_s = call.summary, call.setup_s
     return CallRow(
-        refusals=refusals,
+        refusals=call.refusals,
         call_id=summary.call_id,
         ok=summary.succeeded,
         end_reason=summary.end_reason,
@@ -95,6 +97,8 @@ def _call_row(summary: CallSummary, setup_s: float | None, report_dir: Path, ref
             for c in summary.tool_calls
         ],
         links=_links(summary, report_dir),
+        worker=call.worker,
+        attempt=call.attempt,
     )
 
 
@@ -176,10 +180,11 @@ def build_report(result: BatchResult, report_dir: Path | None = None) -> BatchRe
         setup_s=percentiles(c.setup_s for c in result.calls),
         tool_calls=_tools(sums),
         turn_latency_s=_turn_latency(sums),
-        calls=[_call_row(c.summary, c.setup_s, report_dir, c.refusals) for c in result.calls],
         refusals=sum(c.refusals for c in result.calls),
         retried=sum(1 for c in result.calls if c.refusals),
         gave_up=sum(1 for c in result.calls if c.gave_up),
+        workers=dict(sorted(Counter(c.worker for c in result.calls if c.worker is not None).items())),
+        calls=[_call_row(c, report_dir) for c in result.calls],
     )
 
 

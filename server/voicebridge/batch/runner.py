@@ -194,6 +194,11 @@ class BatchRunner:
         result.wall_s = round(time.monotonic() - t0, 3)
         return result
 
+    async def run_call(self, i: int) -> BatchCall:
+        """Call number i (from 0) of the batch alone: a bridge worker runs the batch's calls one job at a time
+        (cluster/job_loop.py), each with the id, folder and outcome it would have had in `run`."""
+        return await self._one_call(i)
+
     def stop(self) -> None:
         self._stopping = True
         self._stopped.set()

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import ResponseError
 
-from voicebridge.results import BatchCall, CallSummary, TurnLatencySummary
+from voicebridge.results import BatchCall, CallSummary, EndReason, TurnLatencySummary
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,11 @@ def cancelled_key(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}:cancelled"
 
 
-def lost_call(job: Job, reason: str) -> BatchCall:
-    """The result of a job that ran out of attempts: its call ended `worker_lost`, and why."""
+def failed_call(job: Job, reason: str, end_reason: EndReason = "worker_lost") -> BatchCall:
+    """The result of a job whose call could not run: it ran out of attempts (`worker_lost`), or could not even
+    start on its worker (`error`: a scenario the worker cannot load, a crash); `reason` says why."""
     summary = CallSummary(
-        call_id=job.call_id, scenario=job.scenario, title=job.scenario, state="ended", end_reason="worker_lost",
+        call_id=job.call_id, scenario=job.scenario, title=job.scenario, state="ended", end_reason=end_reason,
         ended_by="batch", error=reason, started_at=time.time(), duration_s=0.0, turns=[], heard={}, tool_calls=[],
         legs=[], relay=None, turn_latency=TurnLatencySummary(turns=[], count=0, total_ms=None, bridge_ms=None,
                                                              relay_ms=None),
@@ -249,7 +250,7 @@ class JobQueue:
             log.warning("job %s: %s", job.call_id, reason)
             result = JobResult(
                 batch_id=job.batch_id, call_id=job.call_id, index=job.index, worker=consumer,
-                attempt=attempt - 1, call=lost_call(job, reason),
+                attempt=attempt - 1, call=failed_call(job, reason),
             )
             await self.finish(delivery, result)
             return None
@@ -277,8 +278,8 @@ def _streams(reply: Any) -> list[tuple[str, Entries]]:
 def _unreadable(batch_id: str, fields: dict[str, Any], why: str) -> JobResult:
     """A result the batch could not read, as a failed call (end_reason `error`) under the call id it came with."""
     call_id = str(fields.get("call_id", "unknown"))
-    call = lost_call(Job(batch_id=batch_id, index=0, scenario="unknown"), f"unreadable result: {why}")
-    summary = call.summary.model_copy(update={"call_id": call_id, "end_reason": "error"})
+    call = failed_call(Job(batch_id=batch_id, index=0, scenario="unknown"), f"unreadable result: {why}", "error")
+    summary = call.summary.model_copy(update={"call_id": call_id})
     return JobResult(
         batch_id=batch_id, call_id=call_id, index=-1, worker=str(fields.get("worker", "unknown")), attempt=1,
         call=BatchCall(summary=summary, setup_s=None),

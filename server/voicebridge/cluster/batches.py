@@ -1,0 +1,160 @@
+"""`voicebridge batch --redis URL`: a batch whose calls run on the cluster's workers, not in this process.
+
+The batch puts its calls on the jobs stream (cluster/jobs.py), `concurrency` at a time: a new job goes on each time
+a result comes back, so at most that many of its calls are queued or running across all workers, and Ctrl-C leaves
+little behind. It reads its results stream until every call has one, and meanwhile reports (as `worker_lost`) the
+jobs lost twice that no worker is left to report. The result is the same BatchResult a local batch produces, each
+call with the worker that ran it, so the report (report.json / report.html) is built the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+from voicebridge.batch.runner import BatchResult, Progress
+from voicebridge.config import Settings
+from voicebridge.results import BatchCall
+from voicebridge.scenarios.model import BUILTIN_DIR, Scenario
+
+from .jobs import Job, JobQueue
+
+log = logging.getLogger(__name__)
+
+QUIET_WARNING_S = 60.0  # no result for this long: say that workers may be missing (once)
+
+
+class ClusterUnavailable(RuntimeError):
+    """Redis cannot be reached or refuses us: the batch cannot run (the message says why)."""
+
+
+def scenario_job(scenario: Scenario, batch_id: str, index: int) -> Job:
+    """A built-in scenario travels by name; any other as its file's text (a worker on another machine has no
+    copy of it)."""
+    path = scenario.path
+    if path is None or path.resolve().parent == BUILTIN_DIR.resolve():
+        return Job(batch_id=batch_id, index=index, scenario=scenario.name)
+    return Job(batch_id=batch_id, index=index, scenario=scenario.name, scenario_toml=path.read_text("utf-8"))
+
+
+def where(url: str) -> str:
+    """The Redis URL without its password (for messages and the report)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = 6379
+    return f"{parts.scheme}://{parts.hostname or '?'}:{port}{parts.path}"
+
+
+async def connect(url: str) -> aioredis.Redis:
+    if not url:
+        raise ClusterUnavailable("no Redis URL: give --redis redis://[:PASSWORD@]HOST:PORT/DB")
+    try:
+        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5.0)
+    except ValueError as e:
+        raise ClusterUnavailable(f"the Redis URL is not valid ({e}): give redis://[:PASSWORD@]HOST:PORT/DB") from None
+    try:
+        await client.ping()
+    except AuthenticationError as e:
+        await client.aclose()
+        raise ClusterUnavailable(f"Redis at {where(url)} refused our credentials ({e})") from None
+    except ResponseError as e:
+        await client.aclose()
+        raise ClusterUnavailable(f"Redis at {where(url)} needs a password in the URL ({e})") from None
+    except (RedisError, OSError) as e:
+        await client.aclose()
+        raise ClusterUnavailable(f"Redis at {where(url)} is unavailable ({e})") from None
+    return client
+
+
+class ClusterBatch:
+    """`await ClusterBatch(...).run(n)`; `stop()` (Ctrl-C) queues no more calls and takes the queued ones back."""
+
+    def __init__(
+        self, queue: JobQueue, scenario: Scenario, settings: Settings, out_dir: Path, *, concurrency: int,
+        batch_id: str, progress: Progress | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.queue = queue
+        self.scenario = scenario
+        self.settings = settings
+        self.out_dir = Path(out_dir)
+        self.concurrency = concurrency
+        self.batch_id = batch_id
+        self.progress = progress
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, calls: int) -> BatchResult:
+        if calls < 1:
+            raise ValueError(f"calls must be >= 1, got {calls}")
+        result = BatchResult(self.batch_id, self.scenario, self.settings, self.out_dir, self.concurrency)
+        result.started_at = time.time()
+        t0 = time.monotonic()
+        await self.queue.ensure_group()
+        index_of: dict[str, int] = {}
+        got: dict[str, BatchCall] = {}
+        next_index = 0
+
+        async def submit() -> None:
+            nonlocal next_index
+            job = scenario_job(self.scenario, self.batch_id, next_index)
+            index_of[job.call_id] = next_index
+            next_index += 1
+            await self.queue.submit(job)
+
+        while next_index < min(calls, self.concurrency):
+            await submit()
+        after = "0"
+        last_news = time.monotonic()
+        warned = False
+        while len(got) < calls and not self._stopping.is_set():
+            for entry_id, r in await self.queue.read_results(self.batch_id, after, block_s=1.0):
+                after = entry_id
+                last_news = time.monotonic()
+                if r.call_id in got or r.call_id not in index_of:
+                    log.info("batch %s: result for %s again (from %s): the first one stands", self.batch_id,
+                             r.call_id, r.worker)
+                    continue
+                got[r.call_id] = r.call.model_copy(update={"worker": r.worker, "attempt": r.attempt})
+                if self.progress is not None:
+                    try:
+                        self.progress(len(got), calls, r.call.summary)
+                    except Exception:
+                        log.exception("batch progress callback failed")
+                if next_index < calls and not self._stopping.is_set():
+                    await submit()
+            # A job lost twice, with no worker left to notice: reported here (it ends the wait for it).
+            await self.queue.reclaim(f"batch:{self.batch_id}", run=False)
+            if not warned and time.monotonic() - last_news > QUIET_WARNING_S:
+                warned = True
+                log.warning(
+                    "batch %s: no result for %.0f s; is any worker running (`voicebridge worker --redis ...` or "
+                    "`voicebridge serve --workers N --redis ...`)?", self.batch_id, QUIET_WARNING_S,
+                )
+        if self._stopping.is_set():
+            await self.queue.cancel(self.batch_id)  # queued jobs are taken off unrun; running ones finish
+        else:
+            await self.queue.forget_batch(self.batch_id)
+        result.calls = sorted(got.values(), key=lambda c: index_of[c.summary.call_id])
+        result.interrupted = self._stopping.is_set()
+        result.wall_s = round(time.monotonic() - t0, 3)
+        return result
+
+
+def cluster_settings(redis_url: str) -> Settings:
+    """The batch's settings for its report: the calls' backend is the workers', so the report names the cluster."""
+    return dataclasses.replace(Settings.from_env(), base_url=f"workers via {where(redis_url)}",
+                               base_url_source="--redis")
