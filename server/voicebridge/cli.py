@@ -71,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--allowed-host", action="append", default=[], metavar="NAME",
         help="another host name this server answers to (the Host header; others get 421: DNS rebinding); repeatable",
     )
+    s.add_argument(
+        "--calls-per-core", type=_non_negative_number, default=None, metavar="N",
+        help="capacity: live calls per core; beyond, POST /api/calls gets 503 with Retry-After (default 25, "
+        "VOICEBRIDGE_CALLS_PER_CORE; 0: no budget)",
+    )
+    s.add_argument(
+        "--max-lag-ms", type=_non_negative_number, default=None, metavar="MS",
+        help="capacity: the smoothed event-loop lag beyond which POST /api/calls gets 503 (default 150, "
+        "VOICEBRIDGE_MAX_LAG_MS; 0: off)",
+    )
 
     c = sub.add_parser("call", help="run one whole call, start to hang-up, then print a summary")
     c.add_argument("--scenario", default="late_order", help="a built-in scenario name or a scenario file path")

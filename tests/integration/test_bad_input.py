@@ -30,6 +30,7 @@ from voicebridge.emulator.handlers import MAX_EVENT_BYTES, handle
 from voicebridge.emulator.server import MAX_BODY_BYTES, Emulator
 from voicebridge.emulator.session import Session
 from voicebridge.emulator.session_config import default_session
+from voicebridge.observability.capacity import CapacityLimits
 from voicebridge.signaling.app import create_app
 from voicebridge.signaling.security import RateLimit, SecurityPolicy
 
@@ -68,7 +69,11 @@ async def api(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     FakeCall.made = []
     settings_ = Settings(base_url="http://127.0.0.1:1/v1", api_key="sk-test", artifacts_dir=tmp_path)
     roomy = SecurityPolicy(call_rate=RateLimit(10_000, 1000), join_rate=RateLimit(10_000, 1000))
-    app = await create_app(settings_, call_factory=FakeCall, max_live_calls=5, max_body_bytes=2048, security=roomy)
+    # No capacity refusals: hypothesis stops the loop between examples, which its lag meter would read as lag.
+    off = CapacityLimits(per_core=0, max_lag_ms=0)
+    app = await create_app(
+        settings_, call_factory=FakeCall, max_live_calls=5, max_body_bytes=2048, security=roomy, capacity=off
+    )
     async with TestClient(TestServer(app)) as client:
         resp = await client.post("/api/calls", json={"scenario": "late_order"})
         assert resp.status == 201
@@ -193,9 +198,13 @@ async def servers(tmp_path: Path) -> AsyncIterator[dict[str, tuple[int, list[tup
     emu_port = int(emu.base_url.rsplit(":", 1)[1].split("/")[0])
     settings_ = Settings(base_url=emu.base_url, api_key="sk-test", artifacts_dir=tmp_path)  # /readyz: 200
     roomy = dict(call_rate=RateLimit(10_000, 1000), join_rate=RateLimit(10_000, 1000))
-    open_app = await create_app(settings_, call_factory=FakeCall, max_live_calls=5, security=SecurityPolicy(**roomy))
+    off = CapacityLimits(per_core=0, max_lag_ms=0)  # hypothesis stops the loop between examples: no lag refusals
+    open_app = await create_app(
+        settings_, call_factory=FakeCall, max_live_calls=5, security=SecurityPolicy(**roomy), capacity=off
+    )
     admin_app = await create_app(
-        settings_, call_factory=FakeCall, max_live_calls=5, security=SecurityPolicy(admin_token=ADMIN, **roomy)
+        settings_, call_factory=FakeCall, max_live_calls=5, security=SecurityPolicy(admin_token=ADMIN, **roomy),
+        capacity=off,
     )
     async with TestClient(TestServer(open_app)) as open_c, TestClient(TestServer(admin_app)) as admin_c:
         try:

@@ -1,7 +1,8 @@
 """Degrade, never collapse (observability/capacity.py): the emulator refuses sessions beyond its capacity with the
 real API's 429 (the SDK's RateLimitError, `Retry-After`), the sessions it accepted keep working, and /readyz says
 it is full; the lag's refusal is driven by an injected meter, never by loading the machine. A batch against a
-full emulator backs off and retries the calls it refused, and every call finally succeeds."""
+full emulator backs off and retries the calls it refused, and every call finally succeeds. A full bridge answers
+POST /api/calls with 503 and Retry-After, says so on /readyz, and keeps the call it took."""
 
 from __future__ import annotations
 
@@ -14,14 +15,19 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from openai import AsyncOpenAI
 
 from tests.integration.conftest import Client, cs_session
 from voicebridge.batch.cli import run_batch
 from voicebridge.batch.runner import RetryPolicy
+from voicebridge.config import EMULATOR_KEY, Settings
 from voicebridge.emulator.limits import Limits
 from voicebridge.emulator.server import Emulator
+from voicebridge.observability.capacity import CapacityLimits
 from voicebridge.scenarios.model import load_scenario
+from voicebridge.signaling.app import create_app
+from voicebridge.signaling.http import CAPACITY, MANAGER
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +143,37 @@ async def test_a_batch_retries_the_calls_a_full_emulator_refused_until_each_succ
     for row in saved["calls"]:  # a retried call starts afresh: its folder holds the try that succeeded
         assert row["ok"] and row["setup_s"] is not None
         assert json.loads((tmp_path / "batch" / row["links"]["summary.json"]).read_text())["error"] is None
+
+
+async def test_a_full_bridge_answers_503_with_retry_after_and_keeps_its_call(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    settings = Settings(base_url=emulator.base_url, api_key=EMULATOR_KEY, artifacts_dir=tmp_path)
+    app = await create_app(settings, capacity=CapacityLimits(per_core=1, max_lag_ms=100, cores=1), lag_meter=SetLag())
+    async with TestClient(TestServer(app)) as c:
+        assert (await c.get("/readyz")).status == 200
+        first = await c.post("/api/calls", json={"scenario": "late_order"})
+        assert first.status == 201
+        call_id = (await first.json())["id"]
+        refused = await c.post("/api/calls", json={"scenario": "late_order"})
+        assert refused.status == 503 and int(refused.headers["Retry-After"]) > 0
+        err = (await refused.json())["error"]
+        assert err["type"] == "overloaded" and "the server is full: 1 calls live" in err["message"], err
+        ready = await c.get("/readyz")
+        body = await ready.json()
+        assert ready.status == 503 and "capacity" in body["failing"] and body["capacity"]["budget"] == 1, body
+        # The call it took goes on: it goes live, untouched by the refusal.
+        rec = app[MANAGER].get(call_id)
+        assert rec is not None
+        while rec.call.state == "connecting":
+            await asyncio.wait_for(next_state(rec.call), 30)
+        assert rec.call.state == "live", rec.call.summary().error
+        await app[MANAGER].shutdown(30)
+        assert app[CAPACITY].refused == {"budget": 1, "lag": 0}
+
+
+def next_state(call: Any) -> asyncio.Future[str]:
+    """The call's next state (listened for at once, so none is missed)."""
+    fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    call.once("state", lambda s: fut.done() or fut.set_result(s))
+    return fut

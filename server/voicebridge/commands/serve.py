@@ -15,7 +15,7 @@ from aiohttp import web
 
 from voicebridge.backend import Backend, realtime_backend
 from voicebridge.observability.logs import setup_logging_from_env
-from voicebridge.signaling.app import create_app
+from voicebridge.signaling.app import capacity_limits, create_app
 from voicebridge.signaling.lifecycle import graceful_shutdown
 from voicebridge.signaling.security import SecurityConfigError, SecurityPolicy, is_loopback_host, policy_for_serve
 from voicebridge.signaling.tls import TlsError, server_ssl_context
@@ -30,6 +30,11 @@ async def _serve(args: argparse.Namespace) -> int:
             getattr(args, "allowed_host", None) or (),
         )
     except SecurityConfigError as e:
+        print(f"voicebridge serve: {e}", file=sys.stderr)
+        return 2
+    try:  # the capacity's environment variables, checked before anything starts
+        capacity_limits(getattr(args, "calls_per_core", None), getattr(args, "max_lag_ms", None))
+    except ValueError as e:
         print(f"voicebridge serve: {e}", file=sys.stderr)
         return 2
     try:  # before anything starts: off loopback, no certificate means no server (tls.py says why)
@@ -49,7 +54,10 @@ async def _run_server(
     args: argparse.Namespace, backend: Backend, policy: SecurityPolicy, ssl_context: ssl.SSLContext | None
 ) -> int:
     settings = backend.settings
-    app = await create_app(settings, security=policy)
+    app = await create_app(
+        settings, security=policy,
+        capacity=capacity_limits(getattr(args, "calls_per_core", None), getattr(args, "max_lag_ms", None)),
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

@@ -18,7 +18,7 @@ from voicebridge.scenarios.model import ScenarioError, builtin_names, load_scena
 from .bodies import NoFields, StartCall, schemas
 from .calls import CallRecord, TooManyCalls
 from .ended import EndedCall
-from .http import MANAGER, SETTINGS, ApiError, find_record, json_response, read_body, verify_grant
+from .http import CAPACITY, MANAGER, SETTINGS, ApiError, find_record, json_response, read_body, verify_grant
 
 
 async def create_call(request: web.Request) -> web.Response:
@@ -31,6 +31,14 @@ async def create_call(request: web.Request) -> web.Response:
     except ScenarioError as e:
         raise ApiError(422, f"scenario {name!r} is invalid: {e}") from None
     manager = request.app[MANAGER]
+    # Full (calls per core, event-loop lag): refuse now, clearly, rather than start a call that would starve the
+    # ones already running. A call accepted is never dropped for load.
+    full = request.app[CAPACITY].refusal(len(manager.live()))
+    if full is not None:
+        raise ApiError(
+            503, f"the server is full: {full.message}; try again in {full.retry_after_s} s", "overloaded",
+            headers={"Retry-After": str(full.retry_after_s)},
+        )
     try:
         rec = manager.start(scenario)
     except TooManyCalls as e:

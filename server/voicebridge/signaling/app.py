@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from voicebridge.config import Settings
+from voicebridge.observability.capacity import Capacity, CapacityLimits, LagSource
 from voicebridge.observability.http import add_metrics_route, observed
 from voicebridge.observability.metrics import Metrics
 from voicebridge.scenarios.model import Scenario
@@ -23,7 +25,7 @@ from .api import add_routes
 from .calls import CallFactory, CallLike, CallManager
 from .debug import add_debug_routes
 from .events_ws import call_events
-from .http import MANAGER, MAX_BODY_BYTES, SETTINGS, SETTINGS_BODY, errors_as_json
+from .http import CAPACITY, MANAGER, MAX_BODY_BYTES, SETTINGS, SETTINGS_BODY, errors_as_json
 from .join import add_join_routes
 from .lifecycle import install_lifecycle
 from .security import SecurityPolicy, install_security
@@ -71,6 +73,23 @@ async def _static(request: web.Request) -> web.StreamResponse:
 
 
 WEB_DIR_KEY: web.AppKey[Path] = web.AppKey("web_dir", Path)
+# The bridge's capacity (observability/capacity.py). Alone in its process it carries 50 calls without loss on this
+# project's 2-vCPU machine (`make bench`), so 25 calls per core; the smoothed loop lag limit as the emulator's.
+CALLS_PER_CORE = 25.0
+MAX_LAG_MS = 150.0
+LAG_FLOOR = 4  # the lag refuses only while this many calls are live (below, it is not the calls' doing)
+ENV_CALLS_PER_CORE = "VOICEBRIDGE_CALLS_PER_CORE"
+ENV_MAX_LAG_MS = "VOICEBRIDGE_MAX_LAG_MS"
+
+
+def capacity_limits(calls_per_core: float | None = None, max_lag_ms: float | None = None) -> CapacityLimits:
+    """The defaults, then VOICEBRIDGE_CALLS_PER_CORE / VOICEBRIDGE_MAX_LAG_MS, then the flags given (not None);
+    ValueError names a bad variable."""
+    env = CapacityLimits.from_env(os.environ, ENV_CALLS_PER_CORE, ENV_MAX_LAG_MS, CALLS_PER_CORE, MAX_LAG_MS)
+    return CapacityLimits(
+        per_core=env.per_core if calls_per_core is None else calls_per_core,
+        max_lag_ms=env.max_lag_ms if max_lag_ms is None else max_lag_ms,
+    )
 
 
 async def create_app(
@@ -81,8 +100,12 @@ async def create_app(
     max_live_calls: int = 20,
     max_body_bytes: int = MAX_BODY_BYTES,
     security: SecurityPolicy | None = None,
+    capacity: CapacityLimits | None = None,
+    lag_meter: LagSource | None = None,
 ) -> web.Application:
-    """The server as an aiohttp Application; on cleanup it hangs up every live call (reason `shutdown`)."""
+    """The server as an aiohttp Application; on cleanup it hangs up every live call (reason `shutdown`).
+    `capacity`: calls per core and the loop lag beyond which POST /api/calls gets 503 (`capacity_limits()` when
+    None); `lag_meter`: what measures the loop's lag (tests inject one)."""
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_security_headers, errors_as_json])
     metrics = Metrics()  # this server's own registry: two apps in one process never share counters
     factory = observed(call_factory or default_call_factory(settings), metrics)
@@ -90,6 +113,16 @@ async def create_app(
     app[SETTINGS] = settings
     app[SETTINGS_BODY] = max_body_bytes
     app[MANAGER] = manager
+    app[CAPACITY] = cap = Capacity("calls", capacity or capacity_limits(), lag_meter, lag_floor=LAG_FLOOR)
+
+    async def _measure(_: web.Application) -> None:
+        cap.start()
+
+    async def _stop_measuring(_: web.Application) -> None:
+        cap.stop()
+
+    app.on_startup.append(_measure)
+    app.on_cleanup.append(_stop_measuring)
     if web_dir is None:
         # A directory on disk for the file responses: the installed package's own (as_file copies only from a zip).
         files = contextlib.ExitStack()

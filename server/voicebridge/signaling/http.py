@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from voicebridge.config import Settings
+from voicebridge.observability.capacity import Capacity
 
 from .bodies import B, BodyError, parse_body
 from .calls import CallManager, CallRecord
@@ -29,16 +30,20 @@ MANAGER: web.AppKey[CallManager] = web.AppKey("manager", CallManager)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 SETTINGS_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 TOKENS: web.AppKey[TokenSigner] = web.AppKey("tokens", TokenSigner)
+CAPACITY: web.AppKey[Capacity] = web.AppKey("capacity", Capacity)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REDACTED = "[redacted]"
 
 
 class ApiError(Exception):
-    """An error the client can fix, with the status it deserves."""
+    """An error the client can fix (or, 5xx, retry), with the status it deserves and any headers it needs."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code, self.message, self.kind = status, message, kind
+        self.headers = headers or {}
 
 
 def safe_dumps(app: web.Application, data: Any) -> str:
@@ -67,7 +72,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except ApiError as e:
-        return json_response(request, error_body(e.message, e.kind), e.status_code)
+        return json_response(request, error_body(e.message, e.kind), e.status_code, headers=e.headers)
     except web.HTTPRequestEntityTooLarge:
         msg = f"request body is over the {request.app[SETTINGS_BODY]}-byte limit"
         return json_response(request, error_body(msg, "request_too_large"), 413)

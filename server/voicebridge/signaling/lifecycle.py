@@ -1,8 +1,9 @@
 """Readiness and graceful shutdown of the signaling server.
 
-GET /readyz is 200 only when the server is not shutting down and the Realtime endpoint (the emulator or
-OpenAI) accepts a TCP connection; otherwise 503 with the failing check named. GET /healthz (api.py) only
-says the process is alive.
+GET /readyz is 200 only when the server is not shutting down, is not full (observability/capacity.py: calls per
+core and event-loop lag; POST /api/calls then gets 503 with Retry-After) and the Realtime endpoint (the emulator
+or OpenAI) accepts a TCP connection; otherwise 503 with the failing check named. GET /healthz (api.py) only says
+the process is alive.
 
 Shutdown (SIGTERM/SIGINT in `serve`): first refuse new work (503 with Retry-After on call creation, tokens
 and joins; /readyz turns 503 so a load balancer stops sending), then end every live call with end_reason
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .http import MANAGER, SETTINGS, error_body, json_response
+from .http import CAPACITY, MANAGER, SETTINGS, error_body, json_response
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -69,10 +70,15 @@ async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     if life.shutting_down:
         checks["shutdown"] = "the server is shutting down"
+    live = len(request.app[MANAGER].live())
+    capacity = request.app[CAPACITY]
+    full = capacity.full(live)
+    if full is not None:
+        checks["capacity"] = f"the server is full: {full.message}"
     problem = await backend_reachable(request.app[SETTINGS].base_url)
     if problem is not None:
         checks["realtime_backend"] = problem
-    body = {"ready": not checks, "failing": checks, "live_calls": len(request.app[MANAGER].live())}
+    body = {"ready": not checks, "failing": checks, "live_calls": live, "capacity": capacity.status(live)}
     return json_response(request, body, 200 if not checks else 503)
 
 
