@@ -1,4 +1,4 @@
-"""`voicebridge serve | call | emulator | bench | sdp explain | batch | soak`.
+"""`voicebridge serve | call | emulator | bench | sdp explain | batch | test | compare | soak`.
 
 This module only parses flags; each command lives in the package that owns it and is imported on use,
 so `voicebridge emulator` never loads the bridge and vice versa.
@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     from voicebridge.batch.args import add_arguments as add_batch_arguments
 
     add_batch_arguments(sub.add_parser("batch", help="run many agent-to-agent calls and write a report"))
+    from voicebridge.commands.lab_args import add_compare_arguments, add_test_arguments
+
+    add_test_arguments(sub.add_parser("test", help="run scenarios x impairments, judge each call, write reports"))
+    add_compare_arguments(sub.add_parser("compare", help="compare two `test` output folders; flags regressions"))
     k = sub.add_parser("soak", help="many short calls against the emulator; fails on failed calls or leaks")
     k.add_argument("--sequential", type=_positive_int, default=200, help="calls one after another (default 200)")
     k.add_argument(
@@ -224,6 +228,14 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         from voicebridge.batch.cli import main as batch_main
 
         return batch_main(args)
+    if cmd == "test":
+        from voicebridge.commands.test import main as test_main
+
+        return test_main(args)
+    if cmd == "compare":
+        from voicebridge.commands.compare import main as compare_main
+
+        return compare_main(args)
     if cmd == "soak":
         from voicebridge.batch.soak import main as soak_main
 

@@ -17,9 +17,11 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
+
+from typing_extensions import TypedDict, Unpack
 
 from voicebridge.backend import realtime_backend
 from voicebridge.extras import require
@@ -53,31 +55,45 @@ def write_report(result: BatchResult) -> BatchReport:
     return report
 
 
+class RunOptions(TypedDict, total=False):
+    """How `run_calls` runs its calls (`run_batch` passes them on)."""
+
+    emulator_url: str  # an emulator already running; "" for the usual choice (backend.py)
+    batch_id: str | None
+    progress: Progress | None
+    metrics: Metrics | None
+    call_factory: CallFactory
+    retry: RetryPolicy | None
+
+
 async def run_batch(
-    scenario: Scenario,
-    calls: int,
-    concurrency: int,
-    out_dir: Path,
-    *,
-    emulator_url: str = "",
-    batch_id: str | None = None,
-    progress: Progress | None = None,
-    metrics: Metrics | None = None,
-    call_factory: CallFactory = default_call_factory,
-    retry: RetryPolicy | None = None,
+    scenario: Scenario, calls: int, concurrency: int, out_dir: Path, **options: Unpack[RunOptions]
 ) -> tuple[BatchResult, BatchReport]:
     """The whole batch: backend up, calls run, report written, backend down. Ctrl-C (SIGINT) stops starting
     calls and hangs up the live ones; the report covers what ran."""
+    if calls < 1:
+        raise ValueError(f"calls must be >= 1, got {calls}")
+    result = await run_calls([scenario] * calls, concurrency, out_dir, **options)
+    return result, write_report(result)
+
+
+async def run_calls(
+    scenarios: Sequence[Scenario], concurrency: int, out_dir: Path, **options: Unpack[RunOptions]
+) -> BatchResult:
+    """One call of each scenario (`batch`: N times the same one; `test`: its matrix), `concurrency` at a time,
+    with the backend up for them, structured logs in `out_dir/batch.log.jsonl` and Ctrl-C (SIGINT) hanging up
+    the live calls; the result covers what ran (call i is `runner.call_id(i)`)."""
     out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before any call: nothing to block)
-    async with realtime_backend([scenario], emulator_url) as backend:
+    distinct = list({s.path or s.name: s for s in scenarios}.values())
+    async with realtime_backend(distinct, options.get("emulator_url", "")) as backend:
         settings = backend.settings
         runner = BatchRunner(
-            scenario, settings, out_dir, concurrency=concurrency, batch_id=batch_id, metrics=metrics,
-            progress=progress, call_factory=call_factory, retry=retry,
+            scenarios[0], settings, out_dir, concurrency=concurrency, batch_id=options.get("batch_id"),
+            metrics=options.get("metrics"), progress=options.get("progress"),
+            call_factory=options.get("call_factory", default_call_factory), retry=options.get("retry"),
         )
         with batch_log(out_dir, [settings.api_key]), stopped_by_ctrl_c(runner.stop):
-            result = await runner.run(calls)
-    return result, write_report(result)
+            return await runner.run_each(scenarios)
 
 
 async def run_cluster_batch(

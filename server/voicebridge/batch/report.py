@@ -57,7 +57,7 @@ def percentiles(values: Iterable[float | None], digits: int = 4) -> Percentiles:
     )
 
 
-def _links(summary: CallSummary, report_dir: Path) -> dict[str, str]:
+def artifact_links(summary: CallSummary, report_dir: Path) -> dict[str, str]:
     """File name -> path relative to the report, for each artifact of the call that exists."""
     folder = Path(summary.out_dir)
     found: dict[str, Path] = {}
@@ -96,7 +96,7 @@ def _call_row(call: BatchCall, report_dir: Path) -> CallRow:
             )
             for c in summary.tool_calls
         ],
-        links=_links(summary, report_dir),
+        links=artifact_links(summary, report_dir),
         worker=call.worker,
         attempt=call.attempt,
     )

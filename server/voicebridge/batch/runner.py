@@ -22,7 +22,7 @@ import random
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -123,6 +123,11 @@ def new_batch_id() -> str:
     return f"batch_{time.strftime('%Y%m%d_%H%M%S')}_{secrets.token_hex(2)}"
 
 
+def call_id(batch_id: str, i: int) -> str:
+    """The id of a batch's i-th call (from 0), whatever its scenario."""
+    return f"{batch_id}_{i + 1:04d}"
+
+
 class BatchRunner:
     """`await BatchRunner(...).run(n)`: n calls, `concurrency` at a time. `stop()` starts no new calls and hangs
     the live ones up (end_reason `shutdown`)."""
@@ -166,6 +171,17 @@ class BatchRunner:
     async def run(self, calls: int) -> BatchResult:
         if calls < 1:
             raise ValueError(f"calls must be >= 1, got {calls}")
+        return await self.run_each([self.scenario] * calls)
+
+    def call_id(self, i: int) -> str:
+        return call_id(self.batch_id, i)
+
+    async def run_each(self, scenarios: Sequence[Scenario]) -> BatchResult:
+        """One call of each scenario in the list, `concurrency` at a time (`voicebridge test`'s matrix: several
+        scenarios and impairments, one runner); call i gets `call_id(i)`."""
+        calls = len(scenarios)
+        if calls < 1:
+            raise ValueError("no calls to run")
         result = BatchResult(self.batch_id, self.scenario, self.settings, self.out_dir, self.concurrency)
         result.started_at = time.time()
         t0 = time.monotonic()
@@ -178,7 +194,7 @@ class BatchRunner:
             async with slots:
                 if self._stopping:
                     return
-                outcome = await self._one_call(i)
+                outcome = await self._one_call(i, scenarios[i])
             done += 1
             if self.progress is not None:
                 try:
@@ -207,14 +223,16 @@ class BatchRunner:
             self._hangups.add(task)
             task.add_done_callback(self._hangups.discard)
 
-    async def _one_call(self, i: int) -> BatchCall:
-        """The call, tried again (afresh, in the same folder) while its creation is refused."""
-        call_id = f"{self.batch_id}_{i + 1:04d}"
+    async def _one_call(self, i: int, scenario: Scenario | None = None) -> BatchCall:
+        """The call (of the batch's scenario, unless given another), tried again (afresh, in the same folder)
+        while its creation is refused."""
+        scenario = scenario or self.scenario
+        call_id = self.call_id(i)
         folder = self.out_dir / "calls" / call_id
         CALL_ID.set(call_id)  # this task's context (and the call's tasks): its log lines carry the id
         refusals, waited, gave_up = 0, 0.0, False
         while True:
-            outcome, refused = await self._attempt(call_id, folder)
+            outcome, refused = await self._attempt(call_id, folder, scenario)
             if refused is None or self._stopping:
                 break
             refusals += 1
@@ -235,14 +253,16 @@ class BatchRunner:
             await asyncio.to_thread(shutil.rmtree, folder, True)  # the refused try's artifacts: nothing happened
         return outcome.model_copy(update={"refusals": refusals, "retry_wait_s": round(waited, 3), "gave_up": gave_up})
 
-    async def _attempt(self, call_id: str, folder: Path) -> tuple[BatchCall, LegError | None]:
+    async def _attempt(
+        self, call_id: str, folder: Path, scenario: Scenario
+    ) -> tuple[BatchCall, LegError | None]:
         """One try of the call; with the refusal when its creation was refused (it never went live)."""
         refused: LegError | None = None
         started_at, t0 = time.time(), time.monotonic()
         live_at: list[float] = []
         call: BatchedCall | None = None
         try:
-            call = self.call_factory(self.scenario, self.settings, folder, call_id)
+            call = self.call_factory(scenario, self.settings, folder, call_id)
 
             def on_state(state: str) -> None:
                 if state == "live" and not live_at:
@@ -259,7 +279,7 @@ class BatchRunner:
                 refused = refusal(e) if not live_at else None
                 if refused is None:
                     log.info("call %s did not start: %s", call_id, e)
-            limit = self.scenario.max_duration_s + self.settings.hangup_drain_timeout_s + END_GRACE_S
+            limit = scenario.max_duration_s + self.settings.hangup_drain_timeout_s + END_GRACE_S
             try:
                 await call.wait_ended(limit)
             except TimeoutError:
@@ -270,7 +290,7 @@ class BatchRunner:
         except Exception as e:  # one broken call is a row in the report, never the end of the batch
             log.exception("call %s failed", call_id)
             summary = CallSummary(
-                call_id=call_id, scenario=self.scenario.name, title=self.scenario.title, state="ended",
+                call_id=call_id, scenario=scenario.name, title=scenario.title, state="ended",
                 end_reason="error", ended_by="batch", error=f"{type(e).__name__}: {e}", started_at=started_at,
                 duration_s=round(time.monotonic() - t0, 3), turns=[], heard={}, tool_calls=[], legs=[], relay=None,
                 turn_latency=_NO_TURNS, artifacts={}, events=0, out_dir=str(folder),
