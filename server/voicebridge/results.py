@@ -16,7 +16,7 @@ At the bottom of the import graph: it imports nothing from voicebridge, so any m
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 
 from pydantic import (
     AliasChoices,
@@ -313,6 +313,13 @@ class DelaySummary(TypedDict):
     max: float
 
 
+class BlackoutWindow(TypedDict):
+    """When a direction's blackout dropped every packet, seconds since the call started."""
+
+    start: float
+    end: float
+
+
 class ImpairStats(TypedDict):
     """What one direction's network impairment stage applied (media/impair.py), delays in milliseconds."""
 
@@ -328,6 +335,7 @@ class ImpairStats(TypedDict):
     forwarded: int  # handed to the relay, duplicates included
     applied_loss: float  # dropped / packets_in
     delay_ms: DelaySummary
+    blackout: NotRequired[BlackoutWindow | None]  # the spec's blackout on the call's clock (absent in older files)
 
 
 class RelayStatsError(TypedDict):

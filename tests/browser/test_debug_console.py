@@ -91,4 +91,15 @@ async def test_debug_panel_shows_both_legs_during_a_live_call(page: Any, tmp_pat
     await page.wait_for_selector('.pc-card[data-pc="cs"].closed', timeout=CALL_MS)
     assert "conn closed" in str(await page.inner_text('.pc-card[data-pc="cs"] .chips'))
     assert await stat_packets(page, "cs") > 0
+    # The timeline figure of the ended call, drawn from its summary: its lanes hold speech, its tool row the tools.
+    await page.wait_for_function(
+        """() => { const i = document.querySelector('#call-timeline img');
+                   return i && i.complete && i.naturalWidth === 900; }""", timeout=CALL_MS,
+    )
+    svg = await page.evaluate(
+        "id => fetch(`/api/calls/${id}/timeline.svg`).then(r => r.headers.get('content-type') + '\\n' + r.text())",
+        call_id,
+    )
+    assert svg.startswith("image/svg+xml")
+    assert 'class="speech caller"' in svg and 'class="speech cs"' in svg and 'data-name="issue_refund"' in svg
     await page.screenshot(path=str(ARTIFACTS / "console-debug-ended.png"), full_page=True)

@@ -74,6 +74,9 @@ async def test_management_api_needs_the_admin_token(guarded: TestClient[Any, Any
     assert resp.status == 201, await resp.text()
     call_id = (await resp.json())["id"]
     assert (await guarded.get("/api/calls", headers=AUTH)).status == 200
+    await error_of(await guarded.get(f"/api/calls/{call_id}/timeline.svg"), 401)  # a read of the call like the rest
+    resp = await guarded.get(f"/api/calls/{call_id}/timeline.svg", headers=AUTH)
+    assert resp.status == 200 and (await resp.text()).startswith("<svg ")
     await error_of(await guarded.post(f"/api/calls/{call_id}/tokens", json={"role": "listen"}), 401)
 
     # The events WebSocket takes the token as ?access_token= (browsers cannot set WebSocket headers).

@@ -7,11 +7,13 @@ inspected; and an operator hang-up mid-call.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.integration.test_signaling_api import error_of
 from voicebridge.config import EMULATOR_KEY
 
 pytestmark = pytest.mark.integration
@@ -64,6 +66,16 @@ async def test_demo_call_from_greeting_to_caller_hangup(console_client: TestClie
     speakers = [t["speaker"] for t in detail["turns"]]
     assert "caller" in speakers and "cs" in speakers
     assert EMULATOR_KEY not in await (await console_client.get(f"/api/calls/{call_id}")).text()
+
+    # Its timeline figure, drawn from the same summary: both parties spoke, both tools ran; the same figure as the
+    # call's own timeline.svg next to its summary.json.
+    resp = await console_client.get(f"/api/calls/{call_id}/timeline.svg")
+    assert resp.status == 200 and resp.content_type == "image/svg+xml"
+    svg = await resp.text()
+    assert 'class="speech caller"' in svg and 'class="speech cs"' in svg
+    assert 'data-name="lookup_order"' in svg and 'data-name="issue_refund"' in svg
+    assert svg == (Path(detail["out_dir"]) / "timeline.svg").read_text()
+    assert "no call" in await error_of(await console_client.get("/api/calls/call_nope/timeline.svg"), 404)
 
     # Both legs' SDP, explained: Opus, the data channel, loopback candidates, no classic mistakes.
     sdp = await (await console_client.get(f"/api/calls/{call_id}/sdp")).json()

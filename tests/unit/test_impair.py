@@ -155,6 +155,9 @@ def test_blackout_window() -> None:
     lost = [s for s in range(2000) if s not in got]
     assert lost == list(range(1500, 1600))  # 30.00 s .. 31.98 s
     assert stage.lost_blackout == 100 and stage.stats()["dropped"] == 100
+    # On the caller's clock: the stage started 5 s into the call.
+    assert stage.stats(origin_s=5.0)["blackout"] == {"start": 35.0, "end": 37.0}
+    assert run("loss=1%", n=10)[0].stats()["blackout"] is None
 
 
 def test_stats_shape() -> None:

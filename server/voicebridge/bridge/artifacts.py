@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from voicebridge.lab.timeline_figure import render_timeline
 from voicebridge.results import CallSummary, EventRecord, TranscriptLine
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,10 @@ class Artifacts:
 
     def write_debug(self, debug: dict[str, Any]) -> None:
         _write_json(self.folder / "debug.json", debug)
+
+    def write_timeline(self, summary: CallSummary) -> None:
+        """timeline.svg: the call's timeline figure (voicebridge/lab/timeline_figure.py), before summary.json."""
+        _write_text(self.folder / "timeline.svg", render_timeline(summary))
 
     def write_summary(self, summary: CallSummary) -> None:
         _write_json(self.folder / "summary.json", summary.model_dump(mode="json"))

@@ -270,8 +270,12 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
             "impairment": self.impairment_stats(),
         }
 
-    def impairment_stats(self) -> dict[str, ImpairStats] | None:
-        """What the impairment stages applied per direction; None when this relay does not impair."""
+    def impairment_stats(self, origin_s: float = 0.0) -> dict[str, ImpairStats] | None:
+        """What the impairment stages applied per direction; None when this relay does not impair. `origin_s`:
+        when start() ran on the caller's clock (blackout windows are given on it)."""
         if self._impair_to_cs is None or self._impair_to_caller is None:
             return None
-        return {"caller_to_cs": self._impair_to_cs.stats(), "cs_to_caller": self._impair_to_caller.stats()}
+        return {
+            "caller_to_cs": self._impair_to_cs.stats(origin_s),
+            "cs_to_caller": self._impair_to_caller.stats(origin_s),
+        }

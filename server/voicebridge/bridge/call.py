@@ -126,6 +126,7 @@ class Call(AsyncIOEventEmitter):
         self.transcript = Transcript()
         # AudioRelay (any WebRTC leg) or PcmRelay (two WebSocket legs); what else it can do: media/relay.py.
         self.relay: Relay | None = None
+        self._relay_started_s = 0.0  # on the call's clock
         self.artifacts: Artifacts | None = None
         self.started_at = time.time()
         self._t0 = time.monotonic()
@@ -273,7 +274,9 @@ class Call(AsyncIOEventEmitter):
     def _impairment(self) -> dict[str, ImpairStats] | None:
         from .audio import AudioRelay  # lazily, like _make_relay: aiortc is loaded only by a call that relays
 
-        return self.relay.impairment_stats() if isinstance(self.relay, AudioRelay) else None
+        if not isinstance(self.relay, AudioRelay):
+            return None
+        return self.relay.impairment_stats(round(self._relay_started_s, 3))
 
     def saved_debug(self) -> dict[str, Any]:
         """What debug.json keeps: each agent leg's offer and answer (ICE passwords masked) and every peer
@@ -303,6 +306,7 @@ class Call(AsyncIOEventEmitter):
 
     def _start_relay(self) -> None:
         self.relay = self._make_relay()
+        self._relay_started_s = self.now()  # the impairment's blackout clock starts here
         self.relay.start()
 
     def _make_relay(self) -> Relay:
@@ -503,6 +507,10 @@ class Call(AsyncIOEventEmitter):
         if self.artifacts is not None:
             self.artifacts.write_transcript(self.transcript.entries)
             self.artifacts.write_debug(self.saved_debug())
+            try:
+                self.artifacts.write_timeline(summary)
+            except Exception:  # a figure that cannot be drawn must not cost the call its summary
+                log.exception("call %s: cannot write timeline.svg", self.id)
             self.artifacts.write_summary(summary)
             self.artifacts.close()
         self._ended.set()

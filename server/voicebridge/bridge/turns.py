@@ -217,6 +217,7 @@ BASE_FILES = {
     "transcript": "transcript.json",
     "transcript_txt": "transcript.txt",
     "debug": "debug.json",
+    "timeline": "timeline.svg",
     "summary": "summary.json",
 }
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from voicebridge.results import DelaySummary, ImpairStats
+from voicebridge.results import BlackoutWindow, DelaySummary, ImpairStats
 from voicebridge.scenarios.impairment import PROFILES, ImpairSpec, ImpairSpecError, parse_impairment
 
 from .passthrough import RtpAudio
@@ -148,8 +148,15 @@ class ImpairStage:
         self.forwarded += 1
         self._forward(pkt)
 
-    def stats(self) -> ImpairStats:
+    def stats(self, origin_s: float = 0.0) -> ImpairStats:
+        """What was applied; `origin_s`: when the stage started on the caller's clock (the call's), so the
+        blackout window is given on that clock."""
         dropped = self.lost_random + self.lost_burst + self.lost_blackout
+        spec = self.spec
+        blackout: BlackoutWindow | None = None
+        if spec.blackout_len:
+            start = origin_s + spec.blackout_at
+            blackout = {"start": round(start, 3), "end": round(start + spec.blackout_len, 3)}
         return {
             "spec": self.spec.describe(),
             "seed": self.seed,
@@ -163,6 +170,7 @@ class ImpairStage:
             "forwarded": self.forwarded,
             "applied_loss": round(dropped / self.packets_in, 4) if self.packets_in else 0.0,
             "delay_ms": delay_summary(self.delays),
+            "blackout": blackout,
         }
 
 

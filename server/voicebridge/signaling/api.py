@@ -1,4 +1,5 @@
-"""The REST API: start, list, inspect and hang up calls; list scenarios and the bodies' schemas; health.
+"""The REST API: start, list, inspect and hang up calls (a call's timeline figure too); list scenarios and the
+bodies' schemas; health.
 
 Errors are JSON with a 4xx status and no response carries the API key (http.py, shared with the other routes).
 """
@@ -12,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from voicebridge.diagnostics.sdp_explain import SdpError, explain
+from voicebridge.lab.timeline_figure import render_timeline
 from voicebridge.media.loopback import is_local_url
 from voicebridge.scenarios.model import ScenarioError, builtin_names, load_scenario
 
@@ -55,6 +57,19 @@ async def list_calls(request: web.Request) -> web.Response:
 
 async def get_call(request: web.Request) -> web.Response:
     return json_response(request, await request.app[MANAGER].detail(find_record(request)))
+
+
+async def call_timeline(request: web.Request) -> web.Response:
+    """The call's timeline figure (SVG, voicebridge/lab/timeline_figure.py), drawn from its summary now: so far
+    for a live call, from summary.json once it has ended."""
+    rec = find_record(request)
+    if isinstance(rec.call, EndedCall):
+        svg = await asyncio.to_thread(lambda: render_timeline(rec.call.summary()))
+    else:
+        svg = render_timeline(rec.call.summary())
+    # An SVG opened on its own is a document: it must not run anything or pull anything in.
+    headers = {"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"}
+    return web.Response(text=svg, content_type="image/svg+xml", headers=headers)
 
 
 async def hangup_call(request: web.Request) -> web.Response:
@@ -149,6 +164,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/calls/{call_id}", get_call)
     app.router.add_post("/api/calls/{call_id}/hangup", hangup_call)
     app.router.add_get("/api/calls/{call_id}/sdp", call_sdp)
+    app.router.add_get("/api/calls/{call_id}/timeline.svg", call_timeline)
     app.router.add_get("/api/scenarios", list_scenarios)
     app.router.add_get("/api/schema", body_schemas)
     app.router.add_get("/healthz", healthz)

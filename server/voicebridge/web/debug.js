@@ -1,7 +1,8 @@
 // voicebridge console, Debug panel: every peer connection of the selected call (the agent legs and any
 // browser that joined) with its SDP raw and explained, the ICE/DTLS/connection timeline, live RTP stats
-// (refreshed every second while the call is on) and the call's per-turn latency.
-// Data: GET /api/calls/{id}/debug (everything) and /api/calls/{id}/stats (stats only, cheap).
+// (refreshed every second while the call is on), the call's per-turn latency and its timeline figure.
+// Data: GET /api/calls/{id}/debug (everything), /api/calls/{id}/stats (stats only, cheap) and
+// /api/calls/{id}/timeline.svg (shown as an image: an <img> runs nothing in the SVG and parses none of it here).
 // It follows the call the console selects (ui.js), and its state. Everything from the server is rendered with
 // textContent, never as HTML.
 
@@ -32,6 +33,7 @@ function showDebug(callId) {
   Object.assign(dbg, { callId, ended: false, pcs: new Map(), lastDebug: 0, busy: false });
   $("debug").replaceChildren();
   $("turn-latency").replaceChildren();
+  $("call-timeline").replaceChildren();
   $("no-debug").hidden = false;
   $("debug-download").href = `/api/calls/${encodeURIComponent(callId)}/debug?download=1`;
   if (dbg.timer) clearInterval(dbg.timer);
@@ -99,11 +101,25 @@ async function refreshDebug() {
     if (gen !== dbg.gen) return;
     dbg.lastDebug = Date.now();
     render(data);
+    await refreshTimeline(gen);
   } catch (e) {
     console.warn("debug report:", e.message);
   } finally {
     if (gen === dbg.gen) dbg.busy = false;
   }
+}
+
+// The timeline figure, redrawn with the full report (every 5 s while the call is on, and once at the end).
+async function refreshTimeline(gen) {
+  const resp = await request(`/api/calls/${encodeURIComponent(dbg.callId)}/timeline.svg`);
+  const blob = await resp.blob();
+  if (gen !== dbg.gen) return;
+  const box = $("call-timeline");
+  const old = box.querySelector("img");
+  const img = h("img", { src: URL.createObjectURL(blob), alt: "timeline: speech of each party, overlaps, "
+    + "interruptions, tool calls, blackouts", class: "timeline-figure" });
+  img.addEventListener("load", () => { if (old) URL.revokeObjectURL(old.src); }, { once: true });
+  box.replaceChildren(h("h4", {}, "Timeline"), img);
 }
 
 // ---- rendering ------------------------------------------------------------------------------------------
