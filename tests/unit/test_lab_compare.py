@@ -148,5 +148,5 @@ def test_bad_input_is_named(real: LabReport, tmp_path: Path, capsys: pytest.Capt
     for folder, message in cases:
         assert voicebridge(["compare", str(good), str(folder)]) == 2
         assert message in capsys.readouterr().err
-        with pytest.raises(CompareInputError, match="report|folder"):
+        with pytest.raises(CompareInputError, match=r"report|folder"):
             load_report(folder)
