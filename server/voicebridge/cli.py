@@ -1,4 +1,4 @@
-"""`voicebridge serve | call | emulator | bench | sdp explain | batch | test | compare | soak`.
+"""`voicebridge serve | worker | call | emulator | bench | sdp explain | batch | test | compare | soak`.
 
 This module only parses flags; each command lives in the package that owns it and is imported on use,
 so `voicebridge emulator` never loads the bridge and vice versa.
@@ -81,6 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="capacity: the smoothed event-loop lag beyond which POST /api/calls gets 503 (default 150, "
         "VOICEBRIDGE_MAX_LAG_MS; 0: off)",
     )
+
+    s.add_argument(
+        "--workers", default="1", metavar="N",
+        help="bridge worker processes: 1 (default) is one process with no Redis; N>1 or `auto` (one per core) "
+        "runs a front door and N workers sharing calls through Redis; 0 only the front door",
+    )
+    s.add_argument("--redis", default="", metavar="URL", help="the cluster's Redis, redis://[:PASSWORD@]HOST:PORT/DB "
+                   "(default: VOICEBRIDGE_REDIS_URL); needed unless --workers 1")
+    s.add_argument("--advertise", default="", metavar="HOST",
+                   help="the address browsers and the front door reach local workers at (default: --host)")
+
+    w = sub.add_parser("worker", help="one bridge worker of a cluster (its front door is `serve --workers`)")
+    w.add_argument("--redis", default="", metavar="URL", help="the cluster's Redis (default: VOICEBRIDGE_REDIS_URL)")
+    w.add_argument("--advertise", required=True, metavar="HOST",
+                   help="this machine's address the front door and browsers reach (127.0.0.1 on one machine)")
+    w.add_argument("--host", default="", help="the address to listen on (default: --advertise)")
+    w.add_argument("--port", type=_port, default=0, help="the port to listen on (default 0: any free one)")
+    w.add_argument("--artifacts", type=Path, default=Path("calls"), help="where each call's folder is written")
+    w.add_argument("--emulator-url", default="", help="use an emulator already running at this /v1 URL")
 
     c = sub.add_parser("call", help="run one whole call, start to hang-up, then print a summary")
     c.add_argument("--scenario", default="late_order", help="a built-in scenario name or a scenario file path")
@@ -212,6 +231,13 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
         from voicebridge.commands.serve import main as serve_main
 
         return serve_main(args)
+    if cmd == "worker":
+        from .extras import require
+
+        require("cluster", "voicebridge worker")  # before the cluster's modules import redis
+        from voicebridge.cluster.worker import main as worker_main
+
+        return worker_main(args)
     if cmd == "bench" and args.emulator:
         from voicebridge.bench.emulator import main as emulator_bench_main
 

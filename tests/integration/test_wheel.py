@@ -175,6 +175,8 @@ except ImportError as e:
         (["soak", "--sequential", "1", "--concurrent", "1"], "emulator"),
         (["batch", "--calls", "1"], "reports"),
         (["bench", "--quick"], "bench"),
+        (["worker", "--advertise", "127.0.0.1"], "cluster"),
+        (["serve", "--workers", "2", "--redis", "redis://127.0.0.1:1/0"], "cluster"),
     ],
 )
 def test_a_command_that_needs_a_missing_extra_names_it(

@@ -80,8 +80,15 @@ class ClusterBatch:
     """`await ClusterBatch(...).run(n)`; `stop()` (Ctrl-C) queues no more calls and takes the queued ones back."""
 
     def __init__(
-        self, queue: JobQueue, scenario: Scenario, settings: Settings, out_dir: Path, *, concurrency: int,
-        batch_id: str, progress: Progress | None = None,
+        self,
+        queue: JobQueue,
+        scenario: Scenario,
+        settings: Settings,
+        out_dir: Path,
+        *,
+        concurrency: int,
+        batch_id: str,
+        progress: Progress | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -125,8 +132,12 @@ class ClusterBatch:
                 after = entry_id
                 last_news = time.monotonic()
                 if r.call_id in got or r.call_id not in index_of:
-                    log.info("batch %s: result for %s again (from %s): the first one stands", self.batch_id,
-                             r.call_id, r.worker)
+                    log.info(
+                        "batch %s: result for %s again (from %s): the first one stands",
+                        self.batch_id,
+                        r.call_id,
+                        r.worker,
+                    )
                     continue
                 got[r.call_id] = r.call.model_copy(update={"worker": r.worker, "attempt": r.attempt})
                 if self.progress is not None:
@@ -142,7 +153,9 @@ class ClusterBatch:
                 warned = True
                 log.warning(
                     "batch %s: no result for %.0f s; is any worker running (`voicebridge worker --redis ...` or "
-                    "`voicebridge serve --workers N --redis ...`)?", self.batch_id, QUIET_WARNING_S,
+                    "`voicebridge serve --workers N --redis ...`)?",
+                    self.batch_id,
+                    QUIET_WARNING_S,
                 )
         if self._stopping.is_set():
             await self.queue.cancel(self.batch_id)  # queued jobs are taken off unrun; running ones finish
@@ -156,5 +169,6 @@ class ClusterBatch:
 
 def cluster_settings(redis_url: str) -> Settings:
     """The batch's settings for its report: the calls' backend is the workers', so the report names the cluster."""
-    return dataclasses.replace(Settings.from_env(), base_url=f"workers via {where(redis_url)}",
-                               base_url_source="--redis")
+    return dataclasses.replace(
+        Settings.from_env(), base_url=f"workers via {where(redis_url)}", base_url_source="--redis"
+    )

@@ -99,8 +99,12 @@ class JobLoop:
         finally:
             renewing.cancel()
         result = JobResult(
-            batch_id=job.batch_id, call_id=job.call_id, index=job.index, worker=self.worker,
-            attempt=delivery.attempt, call=call.model_copy(update={"worker": self.worker, "attempt": delivery.attempt}),
+            batch_id=job.batch_id,
+            call_id=job.call_id,
+            index=job.index,
+            worker=self.worker,
+            attempt=delivery.attempt,
+            call=call.model_copy(update={"worker": self.worker, "attempt": delivery.attempt}),
         )
         deadline = time.monotonic() + self.queue.lease_s
         while True:

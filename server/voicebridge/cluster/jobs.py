@@ -101,11 +101,24 @@ def failed_call(job: Job, reason: str, end_reason: EndReason = "worker_lost") ->
     """The result of a job whose call could not run: it ran out of attempts (`worker_lost`), or could not even
     start on its worker (`error`: a scenario the worker cannot load, a crash); `reason` says why."""
     summary = CallSummary(
-        call_id=job.call_id, scenario=job.scenario, title=job.scenario, state="ended", end_reason=end_reason,
-        ended_by="batch", error=reason, started_at=time.time(), duration_s=0.0, turns=[], heard={}, tool_calls=[],
-        legs=[], relay=None, turn_latency=TurnLatencySummary(turns=[], count=0, total_ms=None, bridge_ms=None,
-                                                             relay_ms=None),
-        artifacts={}, events=0, out_dir="",
+        call_id=job.call_id,
+        scenario=job.scenario,
+        title=job.scenario,
+        state="ended",
+        end_reason=end_reason,
+        ended_by="batch",
+        error=reason,
+        started_at=time.time(),
+        duration_s=0.0,
+        turns=[],
+        heard={},
+        tool_calls=[],
+        legs=[],
+        relay=None,
+        turn_latency=TurnLatencySummary(turns=[], count=0, total_ms=None, bridge_ms=None, relay_ms=None),
+        artifacts={},
+        events=0,
+        out_dir="",
     )
     return BatchCall(summary=summary, setup_s=None)
 
@@ -114,7 +127,11 @@ class JobQueue:
     """The jobs stream and the results streams, on one Redis connection pool (decode_responses=True)."""
 
     def __init__(
-        self, client: aioredis.Redis, *, stream: str = JOBS_STREAM, group: str = GROUP,
+        self,
+        client: aioredis.Redis,
+        *,
+        stream: str = JOBS_STREAM,
+        group: str = GROUP,
         lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         if lease_s <= 0:
@@ -244,19 +261,22 @@ class JobQueue:
             await self._drop(entry_id)
             return None
         if attempt > MAX_DELIVERIES:
-            reason = (
-                f"its worker was lost {MAX_DELIVERIES} times (last {lost_from}): not run again"
-            )
+            reason = f"its worker was lost {MAX_DELIVERIES} times (last {lost_from}): not run again"
             log.warning("job %s: %s", job.call_id, reason)
             result = JobResult(
-                batch_id=job.batch_id, call_id=job.call_id, index=job.index, worker=consumer,
-                attempt=attempt - 1, call=failed_call(job, reason),
+                batch_id=job.batch_id,
+                call_id=job.call_id,
+                index=job.index,
+                worker=consumer,
+                attempt=attempt - 1,
+                call=failed_call(job, reason),
             )
             await self.finish(delivery, result)
             return None
         if lost_from:
-            log.warning("job %s: its worker %s was lost; running it again (attempt %d)", job.call_id, lost_from,
-                        attempt)
+            log.warning(
+                "job %s: its worker %s was lost; running it again (attempt %d)", job.call_id, lost_from, attempt
+            )
         return delivery
 
     async def _drop(self, entry_id: str) -> None:
@@ -281,6 +301,10 @@ def _unreadable(batch_id: str, fields: dict[str, Any], why: str) -> JobResult:
     call = failed_call(Job(batch_id=batch_id, index=0, scenario="unknown"), f"unreadable result: {why}", "error")
     summary = call.summary.model_copy(update={"call_id": call_id})
     return JobResult(
-        batch_id=batch_id, call_id=call_id, index=-1, worker=str(fields.get("worker", "unknown")), attempt=1,
+        batch_id=batch_id,
+        call_id=call_id,
+        index=-1,
+        worker=str(fields.get("worker", "unknown")),
+        attempt=1,
         call=BatchCall(summary=summary, setup_s=None),
     )

@@ -22,6 +22,11 @@ from voicebridge.signaling.tls import TlsError, server_ssl_context
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    try:
+        workers, redis_url = _cluster_args(args)
+    except ValueError as e:
+        print(f"voicebridge serve: {e}", file=sys.stderr)
+        return 2
     try:  # off loopback, no management token means no server; a bad --allowed-host neither (security.py)
         policy = policy_for_serve(
             args.host,
@@ -42,6 +47,10 @@ async def _serve(args: argparse.Namespace) -> int:
     except TlsError as e:
         print(f"voicebridge serve: {e}", file=sys.stderr)
         return 2
+    if workers != 1:  # a cluster: this process is its front door (cluster/local.py)
+        from voicebridge.cluster.local import serve_cluster
+
+        return await serve_cluster(args, workers, redis_url, policy, ssl_context)
     async with realtime_backend(
         emulator_url=args.emulator_url,
         browsers_off_loopback=not is_loopback_host(args.host),
@@ -82,6 +91,26 @@ async def _run_server(
     print("voicebridge serve: shutting down (refusing new calls, ending live ones)", flush=True)
     await graceful_shutdown(app, runner)
     return 0
+
+
+def _cluster_args(args: argparse.Namespace) -> tuple[int, str]:
+    """(workers, Redis URL): 1 is today's single process, with no Redis; any other number needs Redis."""
+    text = str(getattr(args, "workers", "1") or "1")
+    if text == "1":
+        return 1, ""
+    from voicebridge.extras import require
+
+    require("cluster", "voicebridge serve --workers")  # before the cluster's modules import redis
+    from voicebridge.cluster.local import worker_count
+
+    workers = worker_count(text)
+    redis_url = getattr(args, "redis", "") or os.environ.get("VOICEBRIDGE_REDIS_URL", "")
+    if workers != 1 and not redis_url:
+        raise ValueError(
+            f"--workers {text} shares calls through Redis: give --redis redis://[:PASSWORD@]HOST:PORT/DB or set "
+            "VOICEBRIDGE_REDIS_URL (without them, --workers 1 runs one process)"
+        )
+    return workers, redis_url
 
 
 def main(args: argparse.Namespace) -> int:

@@ -13,12 +13,23 @@ import aioice.ice
 
 _original: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
 _loopback_only = False
+_only_addresses: tuple[str, ...] = ()
 
 
 def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     if _loopback_only:
         return ["127.0.0.1"] if use_ipv4 else []
+    if _only_addresses:
+        return [a for a in _only_addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
     return _original(use_ipv4, use_ipv6)
+
+
+def set_host_addresses(addresses: list[str]) -> None:
+    """Gather host candidates on these addresses only (a cluster worker's advertised one: browsers send it media
+    there, and never to another interface of its machine); [] for every address again."""
+    global _only_addresses
+    _only_addresses = tuple(addresses)
+    aioice.ice.get_host_addresses = _host_addresses
 
 
 def set_loopback_only(enabled: bool) -> None:

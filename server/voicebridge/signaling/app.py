@@ -46,7 +46,7 @@ def default_call_factory(settings: Settings) -> CallFactory:
 
 
 @web.middleware
-async def _security_headers(
+async def security_headers(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     response = await handler(request)
@@ -92,6 +92,23 @@ def capacity_limits(calls_per_core: float | None = None, max_lag_ms: float | Non
     )
 
 
+def add_console(app: web.Application, web_dir: Path | None = None) -> None:
+    """The web console's files: `/` and everything outside /api/ (the front door of a cluster serves them too)."""
+    if web_dir is None:
+        # A directory on disk for the file responses: the installed package's own (as_file copies only from a zip).
+        files = contextlib.ExitStack()
+        web_dir = files.enter_context(resources.as_file(CONSOLE))
+
+        async def _release(_: web.Application) -> None:
+            files.close()
+
+        app.on_cleanup.append(_release)
+    app[WEB_DIR_KEY] = web_dir.resolve()
+    app.router.add_get("/", _index)
+    # Everything else outside /api/ is a file of the console (so an unknown /api/ path stays a JSON 404 or 405).
+    app.router.add_get(r"/{path:(?!api/).+}", _static)
+
+
 async def create_app(
     settings: Settings,
     *,
@@ -106,7 +123,7 @@ async def create_app(
     """The server as an aiohttp Application; on cleanup it hangs up every live call (reason `shutdown`).
     `capacity`: calls per core and the loop lag beyond which POST /api/calls gets 503 (`capacity_limits()` when
     None); `lag_meter`: what measures the loop's lag (tests inject one)."""
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[_security_headers, errors_as_json])
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[security_headers, errors_as_json])
     metrics = Metrics()  # this server's own registry: two apps in one process never share counters
     factory = observed(call_factory or default_call_factory(settings), metrics)
     manager = CallManager(factory, max_live=max_live_calls, artifacts_dir=settings.artifacts_dir)
@@ -123,16 +140,6 @@ async def create_app(
 
     app.on_startup.append(_measure)
     app.on_cleanup.append(_stop_measuring)
-    if web_dir is None:
-        # A directory on disk for the file responses: the installed package's own (as_file copies only from a zip).
-        files = contextlib.ExitStack()
-        web_dir = files.enter_context(resources.as_file(CONSOLE))
-
-        async def _release(_: web.Application) -> None:
-            files.close()
-
-        app.on_cleanup.append(_release)
-    app[WEB_DIR_KEY] = web_dir.resolve()
     add_routes(app)
     add_join_routes(app)
     add_debug_routes(app)
@@ -140,9 +147,7 @@ async def create_app(
     app.router.add_get("/api/calls/{call_id}/events", call_events)
     install_security(app, security or SecurityPolicy())  # Host names, management token, rate limits, CORS
     install_lifecycle(app)  # /readyz, 503 for new work while shutting down
-    app.router.add_get("/", _index)
-    # Everything else outside /api/ is a file of the console (so an unknown /api/ path stays a JSON 404 or 405).
-    app.router.add_get(r"/{path:(?!api/).+}", _static)
+    add_console(app, web_dir)
 
     async def _shutdown(_: web.Application) -> None:
         await manager.shutdown()

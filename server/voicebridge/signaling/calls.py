@@ -172,6 +172,8 @@ class CallManager:
         self.max_live = max_live
         self.max_ended = MAX_ENDED if max_ended is None else max_ended
         self.artifacts_dir = artifacts_dir  # where ended calls no longer listed are still found by id
+        # Fields every row of the API gains (a cluster worker adds its id: "worker").
+        self.row_fields: dict[str, Any] = {}
         self._records: dict[str, CallRecord] = {}
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -329,6 +331,7 @@ class CallManager:
                 "duration_s": ended.duration_s,
                 "turns": ended.turns,
                 "tool_calls": ended.tool_calls,
+                **self.row_fields,
             }
         problem = None  # why a retired call's summary.json could not be read back
         if ended is not None:
@@ -347,6 +350,7 @@ class CallManager:
             "duration_s": summary.duration_s,
             "turns": len(summary.turns),
             "tool_calls": len(summary.tool_calls),
+            **self.row_fields,
         }
         if detail:
             whole = summary.model_dump(mode="json")

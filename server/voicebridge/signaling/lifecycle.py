@@ -39,6 +39,9 @@ class Lifecycle:
 
 
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
+ReadyCheck = Callable[[], Awaitable[str | None]]  # None when fine, else what is wrong
+# More readiness checks by name (a cluster worker adds "redis"), each failing one named in /readyz's `failing`.
+READY_CHECKS: web.AppKey[dict[str, ReadyCheck]] = web.AppKey("ready_checks", dict)
 
 
 async def backend_reachable(base_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
@@ -78,6 +81,9 @@ async def readyz(request: web.Request) -> web.Response:
     problem = await backend_reachable(request.app[SETTINGS].base_url)
     if problem is not None:
         checks["realtime_backend"] = problem
+    for name, check in request.app[READY_CHECKS].items():
+        if (failing := await check()) is not None:
+            checks[name] = failing
     body = {"ready": not checks, "failing": checks, "live_calls": live, "capacity": capacity.status(live)}
     return json_response(request, body, 200 if not checks else 503)
 
@@ -96,6 +102,7 @@ async def refuse_when_shutting_down(request: web.Request, handler: Handler) -> w
 
 def install_lifecycle(app: web.Application) -> None:
     app[LIFECYCLE] = Lifecycle(started_at=time.time())
+    app[READY_CHECKS] = {}
     app.middlewares.append(refuse_when_shutting_down)
     app.router.add_get("/readyz", readyz)
 

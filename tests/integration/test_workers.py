@@ -1,0 +1,168 @@
+"""`voicebridge serve --workers 2 --redis URL` as real processes on a real redis-server, with real calls:
+
+placement on both workers, every call-scoped request (REST, the events WebSocket) answered by the owner, a worker
+answering nobody but a front door, kill -9 of one worker recording its call `worker_lost` while the other's go on
+and new calls go there, a browser's join of the lost call refused with 410, then Redis stopped: /readyz fails and new
+calls get 503 while the live call goes on, and SIGTERM drains it (`shutdown`).
+
+One cluster proves all of it (each worker loads an emulator, so starting clusters is the expensive part). Waits are
+on state changes; their bounds only catch a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from voicebridge.signaling.security import ADMIN_TOKEN_ENV
+
+HANG_S = 90.0  # a bound that only catches a hang: a loaded machine just waits longer within it
+CALL = {"scenario": "late_order"}  # a long call: still live while the test does its work
+
+
+async def _until(check: Callable[[], Awaitable[Any]], what: str) -> Any:
+    async def poll() -> Any:
+        while True:
+            if found := await check():
+                return found
+            await asyncio.sleep(0.1)  # polling the API for a state change; bounded by HANG_S
+
+    try:
+        return await asyncio.wait_for(poll(), HANG_S)
+    except TimeoutError:
+        raise AssertionError(f"waited {HANG_S:g} s for {what}") from None
+
+
+async def test_two_workers_place_route_lose_and_drain_calls(redis_server: Any, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in (ADMIN_TOKEN_ENV, "OPENAI_API_KEY")}
+    env["VOICEBRIDGE_REDIS_URL"] = redis_server.url  # in the environment: a password on argv shows in `ps`
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicebridge.cli", "serve", "--port", "0", "--workers", "2",
+        "--artifacts", str(tmp_path / "calls"),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    out: list[str] = []
+    drain: asyncio.Task[None] | None = None
+    try:
+        assert proc.stdout is not None
+        stdout = proc.stdout
+
+        async def console() -> str:
+            while True:
+                line = (await stdout.readline()).decode()
+                assert line, f"serve exited: {out}"
+                out.append(line)
+                if match := re.search(r"console at (http://127\.0\.0\.1:\d+)/", line):
+                    return match.group(1)
+
+        base = await asyncio.wait_for(console(), HANG_S)
+
+        async def keep_reading() -> None:  # the workers print to the same pipe: never let it fill
+            while line := await stdout.readline():
+                out.append(line.decode())
+
+        drain = asyncio.ensure_future(keep_reading())
+        async with aiohttp.ClientSession(base) as http:
+
+            async def get(path: str) -> tuple[int, Any]:
+                async with http.get(path) as r:
+                    return r.status, await r.json()
+
+            status, body = await get("/api/workers")
+            assert status == 200 and len(body["workers"]) == 2, body
+            workers = {w["id"]: w for w in body["workers"]}
+            assert all(set(w) >= {"id", "host", "pid", "calls", "heartbeat_age_s"} for w in workers.values())
+
+            calls = []
+            for _ in range(2):
+                async with http.post("/api/calls", json=CALL) as r:
+                    assert r.status == 201, await r.text()
+                    calls.append(await r.json())
+            assert {c["worker"] for c in calls} == set(workers)  # one on each: the least loaded gets the next
+            lost, kept = calls
+            status, listed = await get("/api/calls")
+            assert {(c["id"], c["worker"]) for c in listed["calls"]} == {(c["id"], c["worker"]) for c in calls}
+
+            # Routed to the owner: only the owning worker knows the call's legs (another would say 404).
+            for c in calls:
+                status, detail = await get(f"/api/calls/{c['id']}")
+                assert status == 200 and detail["worker"] == c["worker"] and "legs" in detail, detail
+            # A worker answers only a front door (no cluster secret: 403), and its health probes anyone.
+            owner = workers[lost["worker"]]
+            async with http.get(f"http://{owner['host']}:{owner['port']}/api/calls") as r:
+                assert r.status == 403 and (await r.json())["error"]["type"] == "forbidden"
+
+            async with http.ws_connect(f"/api/calls/{lost['id']}/events") as ws:
+                hello = await ws.receive_json(timeout=HANG_S)
+                assert hello["kind"] == "hello" and hello["data"]["call_id"] == lost["id"]
+
+                async def talking() -> None:
+                    while (await ws.receive_json())["kind"] != "turn":
+                        pass
+
+                await asyncio.wait_for(talking(), HANG_S)  # a live call, relayed message for message
+
+                os.kill(owner["pid"], signal.SIGKILL)
+
+                async def worker_lost() -> dict[str, Any] | None:
+                    status, record = await get(f"/api/calls/{lost['id']}")
+                    return record if status == 200 and record["state"] == "ended" else None
+
+                record = await _until(worker_lost, "the killed worker's call to be recorded ended")
+                # The relayed stream ends too (the worker's side closed with it).
+                async for _ in ws:
+                    pass
+            assert record["end_reason"] == "worker_lost" and record["worker"] == owner["id"], record
+            async with http.post(f"/api/calls/{lost['id']}/tokens", json={"role": "listen"}) as r:
+                assert r.status == 410 and (await r.json())["error"]["type"] == "worker_lost"
+            async with http.post(
+                f"/api/calls/{lost['id']}/join", data="v=0", headers={"Content-Type": "application/sdp"}
+            ) as r:
+                assert r.status == 410 and "worker_lost" in (await r.json())["error"]["message"]
+            status, body = await get("/api/workers")
+            assert [w["id"] for w in body["workers"]] == [kept["worker"]]
+
+            status, other = await get(f"/api/calls/{kept['id']}")  # the other worker's call goes on
+            assert other["end_reason"] != "worker_lost", other
+            async with http.post("/api/calls", json=CALL) as r:
+                assert r.status == 201, await r.text()
+                fresh = await r.json()
+            assert fresh["worker"] == kept["worker"]  # new calls go to the live worker
+
+            # Redis gone: not ready, no new calls, and the live calls go on (seen on the worker itself).
+            secret = redis_server.client().get("voicebridge:secret")
+            redis_server.stop()
+            status, ready = await get("/readyz")
+            assert status == 503 and "redis" in ready["failing"], ready
+            async with http.post("/api/calls", json=CALL) as r:
+                assert r.status == 503 and (await r.json())["error"]["type"] == "redis_unavailable"
+            alive = workers[kept["worker"]]
+            async with http.get(
+                f"http://{alive['host']}:{alive['port']}/api/calls/{fresh['id']}",
+                headers={"X-Voicebridge-Cluster": secret},
+            ) as r:
+                going = await r.json()
+            assert r.status == 200 and going["end_reason"] in (None, "caller_hangup"), going
+
+        proc.send_signal(signal.SIGTERM)  # the workers drain: their calls end `shutdown`, as in one process
+        assert await asyncio.wait_for(proc.wait(), HANG_S) == 0, out
+        summary = json.loads((tmp_path / "calls" / fresh["id"] / "summary.json").read_text())
+        assert summary["end_reason"] in ("shutdown", "caller_hangup"), summary
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if drain is not None:
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
