@@ -84,8 +84,9 @@ def test_a_matrix_run_passes_one_scenario_and_fails_the_other_naming_its_criteri
     page = (moved / "report.html").read_text()
     assert "unknown_order" in page and "the agent offers a refund" in page
     sources = re.findall(r"<audio [^>]*src='([^']*)'", page)
-    assert len(sources) == 2
-    for href in [*sources, *re.findall(r"href='([^'#]+)'", page)]:
+    figures = re.findall(r"<img [^>]*src='([^']*timeline.svg)'", page)
+    assert len(sources) == 2 and len(figures) == 2
+    for href in [*sources, *figures, *re.findall(r"href='([^'#]+)'", page)]:
         assert not Path(href).is_absolute() and (moved / href).is_file(), href
 
 

@@ -1,13 +1,12 @@
 """report.html of `voicebridge test`: the pass/fail matrix (scenario x impairment), then each run with its failing
-criteria and their evidence, its timing figures, its timeline figure when the lab draws one, and a player for its
-recording. One page, no scripts; every link is relative to the page, so the folder can be moved or served whole.
+criteria and their evidence, its timing figures, its timeline figure (the call folder's timeline.svg, drawn by
+lab/timeline_figure.py) and a player for its recording; and compare.html of `voicebridge compare`. One page each,
+no scripts; every link is relative to the page, so the folder can be moved or served whole.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from pathlib import Path
 
 from voicebridge.lab.compare import Comparison
 from voicebridge.lab.report import LabReport, LabRun, tally
@@ -16,10 +15,10 @@ from .html import CSS, _e, _num, _player
 
 LAB_CSS = CSS + """
 td.cell{text-align:center;font-weight:600}td.cell.ok{background:#ecf8f0}td.cell.bad{background:#fdeceb}
-.crit{margin:.2em 0 .2em 1em}.figure svg{max-width:100%;height:auto}
+.crit{margin:.2em 0 .2em 1em}.figure img{max-width:100%;height:auto}
 """
-# (the call's folder) -> an inline SVG of its timeline, or None (lab/timeline_figure.py, when present)
-TimelineFigure = Callable[[Path], str | None]
+# The call's timeline figure (lab/timeline_figure.py), written beside its summary.json.
+TIMELINE = "timeline.svg"
 
 
 def _cells(report: LabReport) -> dict[tuple[str, str], list[LabRun]]:
@@ -89,12 +88,13 @@ def _criteria(r: LabRun) -> str:
     return "".join(out)
 
 
-def _run(r: LabRun, figure: str | None) -> str:
+def _run(r: LabRun) -> str:
     mark = {"passed": "<span class=ok>passed</span>", "failed": "<b class=bad>FAILED</b>",
             "error": "<b class=bad>ERROR</b>"}[r.outcome]
     why = f"<p class=bad>{_e(r.why)}</p>" if r.why else ""
     links = " ".join(f"<a href='{_e(href)}'>{_e(name)}</a>" for name, href in r.links.items())
-    fig = f"<div class=figure>{figure}</div>" if figure else ""
+    svg = r.links.get(TIMELINE)
+    fig = f"<div class=figure><img alt='timeline of {_e(r.call_id)}' src='{_e(svg)}'></div>" if svg else ""
     return (
         f"<details{' open' if r.outcome != 'passed' else ''}><summary>{mark} <code>{_e(r.name)}</code> "
         f"{_e(r.call_id)} &middot; {_e(r.end_reason)} &middot; {_num(r.duration_s, '{:.1f}')} s &middot; "
@@ -103,8 +103,7 @@ def _run(r: LabRun, figure: str | None) -> str:
     )
 
 
-def render_lab(report: LabReport, out_dir: Path | None = None, figure: TimelineFigure | None = None) -> str:
-    """The page; `figure` draws a run's timeline from its folder (`out_dir / run.folder`)."""
+def render_lab(report: LabReport) -> str:
     cls = "ok" if report.ok else "bad"
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -126,9 +125,7 @@ def render_lab(report: LabReport, out_dir: Path | None = None, figure: TimelineF
     parts += _matrix(report)
     for (scenario, impairment), runs in _cells(report).items():
         parts.append(f"<h2 id='{_e(f'{scenario}[{impairment}]')}'>{_e(scenario)} [{_e(impairment)}]</h2>")
-        for r in runs:
-            drawn = figure(out_dir / r.folder) if figure is not None and out_dir is not None else None
-            parts.append(_run(r, drawn))
+        parts.extend(_run(r) for r in runs)
     parts.append("</body></html>\n")
     return "\n".join(parts)
 

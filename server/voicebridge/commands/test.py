@@ -152,7 +152,7 @@ async def _main(args: argparse.Namespace) -> int:
         bar.close()
     report = build_report(result, jobs, test_id, args, [s.name for s in scenarios], impairments)
     write_text(out_dir / "report.json", json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
-    write_text(out_dir / "report.html", render_lab(report, out_dir))
+    write_text(out_dir / "report.html", render_lab(report))
     if args.junit is not None:
         write_text(args.junit, junit_xml(report))
     print_table(report, out_dir, sys.stderr)
