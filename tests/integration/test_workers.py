@@ -1,6 +1,7 @@
 """`voicebridge serve --workers 2 --redis URL` as real processes on a real redis-server, with real calls:
 
-placement on both workers, every call-scoped request (REST, the events WebSocket) answered by the owner, a worker
+placement on both workers, every call-scoped request (REST, the events WebSocket, a browser's join whose media goes
+to the owner's own sockets) answered by the owner, a worker
 answering nobody but a front door, kill -9 of one worker recording its call `worker_lost` while the other's go on
 and new calls go there, a browser's join of the lost call refused with 410, then Redis stopped: /readyz fails and new
 calls get 503 while the live call goes on, and SIGTERM drains it (`shutdown`).
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
 
 from voicebridge.signaling.security import ADMIN_TOKEN_ENV
 
@@ -41,6 +44,54 @@ async def _until(check: Callable[[], Awaitable[Any]], what: str) -> Any:
         return await asyncio.wait_for(poll(), HANG_S)
     except TimeoutError:
         raise AssertionError(f"waited {HANG_S:g} s for {what}") from None
+
+
+class Listener:
+    """A browser listening to a call (web/join.js's offer: two receive-only audio m-lines), counting frames."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        for _ in range(2):
+            self.pc.addTransceiver("audio", direction="recvonly")
+        self.frames = 0
+        self._more = asyncio.Event()
+        self._readers: list[asyncio.Task[None]] = []
+        self.pc.on("track", lambda track: self._readers.append(asyncio.ensure_future(self._read(track))))
+
+    async def _read(self, track: Any) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                self.frames += 1
+                self._more.set()
+
+    async def frames_beyond(self, n: int) -> None:
+        while self.frames <= n:
+            self._more.clear()
+            await self._more.wait()
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for r in self._readers:
+            r.cancel()
+
+
+def _udp_ports(pid: int) -> set[int]:
+    """The local ports of the UDP sockets process `pid` holds (its fds' socket inodes, looked up in /proc/net)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("udp", "udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 async def test_two_workers_place_route_lose_and_drain_calls(redis_server: Any, tmp_path: Path) -> None:
@@ -102,6 +153,26 @@ async def test_two_workers_place_route_lose_and_drain_calls(redis_server: Any, t
             async with http.get(f"http://{owner['host']}:{owner['port']}/api/calls") as r:
                 assert r.status == 403 and (await r.json())["error"]["type"] == "forbidden"
 
+            # A browser joins the other call through the front door: the SDP answer is its worker's, and so are
+            # the ICE candidates (UDP sockets of that worker process): media goes there directly.
+            async with http.post(f"/api/calls/{kept['id']}/tokens", json={"role": "listen"}) as r:
+                assert r.status == 201, await r.text()
+                token = (await r.json())["token"]
+            listener = Listener()
+            await listener.pc.setLocalDescription(await listener.pc.createOffer())
+            async with http.post(
+                f"/api/calls/{kept['id']}/join",
+                data=listener.pc.localDescription.sdp,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"},
+            ) as r:
+                assert r.status == 201, await r.text()
+                answer = await r.text()
+            await listener.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            candidates = re.findall(r"a=candidate:\S+ \d+ udp \d+ (\S+) (\d+) typ host", answer)
+            assert candidates and {host for host, _ in candidates} == {"127.0.0.1"}, answer
+            assert {int(port) for _, port in candidates} <= _udp_ports(workers[kept["worker"]]["pid"])
+            await asyncio.wait_for(listener.frames_beyond(0), HANG_S)
+
             async with http.ws_connect(f"/api/calls/{lost['id']}/events") as ws:
                 hello = await ws.receive_json(timeout=HANG_S)
                 assert hello["kind"] == "hello" and hello["data"]["call_id"] == lost["id"]
@@ -134,6 +205,9 @@ async def test_two_workers_place_route_lose_and_drain_calls(redis_server: Any, t
 
             status, other = await get(f"/api/calls/{kept['id']}")  # the other worker's call goes on
             assert other["end_reason"] != "worker_lost", other
+            heard = listener.frames
+            await asyncio.wait_for(listener.frames_beyond(heard), HANG_S)  # and its media still flows
+            await listener.close()
             async with http.post("/api/calls", json=CALL) as r:
                 assert r.status == 201, await r.text()
                 fresh = await r.json()
