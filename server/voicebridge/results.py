@@ -530,6 +530,45 @@ class ToolCallBrief(Record):
     duration_ms: float
 
 
+class TurnGapFigures(Record):
+    """Nearest-rank p50 / p95 of turn gaps, milliseconds; null without turns."""
+
+    p50: float | None
+    p95: float | None
+
+
+class RunTiming(Record):
+    """The headline figures of a call's timing analysis (CallTiming, docs/lab.md), as reports show them
+    (`voicebridge test`'s runs, a batch report's `calls[].timing`; lab/report.py run_timing)."""
+
+    overlap_s: float
+    overlap_ratio: float | None
+    interruptions: int
+    time_to_yield_ms: float | None
+    turn_gap_ms: TurnGapFigures
+    max_silence_s: float
+
+
+class BatchTiming(Record):
+    """Timing and talk-over over a batch's calls (report.json `timing`), from the calls that have a timeline."""
+
+    calls: int
+    """Calls with a timing analysis (a call between two WebSocket legs has none)."""
+    overlap_s: Percentiles
+    """Per call, seconds."""
+    overlap_ratio: Percentiles
+    """Per call (those where somebody spoke)."""
+    interruptions: int
+    """All calls' interruptions."""
+    calls_with_interruptions: int
+    time_to_yield_ms: Percentiles
+    """Over every interruption of every call, milliseconds."""
+    turn_gap_ms: TurnGapFigures
+    """Nearest-rank p50 / p95 over every turn of every call (the rule of `max_turn_gap_ms`)."""
+    max_silence_s: Percentiles
+    """Per call, its longest silence."""
+
+
 class CallRow(Record):
     """One call of a batch report (report.json `calls`)."""
 
@@ -553,6 +592,8 @@ class CallRow(Record):
     """The bridge worker that ran the call (`voicebridge batch --redis`); None when the batch ran it itself."""
     attempt: int = 1
     """2 when the call ran again after its first worker was lost."""
+    timing: RunTiming | None = None
+    """Its timing figures; None when the call has no timing analysis."""
 
 
 class BatchReport(Record):
@@ -585,6 +626,8 @@ class BatchReport(Record):
     setup_s: Percentiles
     tool_calls: ToolCallStats
     turn_latency_s: TurnLatencyStats
+    timing: BatchTiming | None = None
+    """Timing and talk-over over the calls (None in reports written before it existed)."""
     workers: dict[str, int] = {}
     """Worker id -> calls it ran (`voicebridge batch --redis`); empty when the batch ran its calls itself."""
     calls: list[CallRow]

@@ -97,7 +97,8 @@ async def test_debug_panel_shows_both_legs_during_a_live_call(page: Any, tmp_pat
                    return i && i.complete && i.naturalWidth === 900; }""", timeout=CALL_MS,
     )
     svg = await page.evaluate(
-        "id => fetch(`/api/calls/${id}/timeline.svg`).then(r => r.headers.get('content-type') + '\\n' + r.text())",
+        "id => fetch(`/api/calls/${id}/timeline.svg`)"
+        ".then(async r => r.headers.get('content-type') + ' ' + await r.text())",
         call_id,
     )
     assert svg.startswith("image/svg+xml")

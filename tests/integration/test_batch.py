@@ -78,6 +78,20 @@ async def test_a_batch_with_failures_reports_every_call(tmp_path: Path) -> None:
             assert not Path(href).is_absolute() and (out / href).is_file()
         assert "Goodbye now." in (out / row["links"]["transcript.txt"]).read_text()
         assert row["setup_s"] is not None and row["setup_s"] > 0
+        # Its timing figures are its summary's own.
+        summary = json.loads((out / row["links"]["summary.json"]).read_text())["timing"]
+        assert row["timing"] == {
+            "overlap_s": summary["overlap_s"], "overlap_ratio": summary["overlap_ratio"],
+            "interruptions": len(summary["interruptions"]), "time_to_yield_ms": summary["time_to_yield_ms"],
+            "turn_gap_ms": summary["turn_gap_ms"], "max_silence_s": summary["max_silence_s"],
+        }
+        assert "timeline.svg" in row["links"]
+    # Aggregated over the calls that have a speech timeline (the two that relayed audio).
+    timing = report["timing"]
+    assert timing["calls"] == 2 and timing["overlap_s"]["count"] == 2 and timing["max_silence_s"]["count"] == 2
+    assert timing["interruptions"] == sum(rows[c]["timing"]["interruptions"] for c in ("batch_t_0001", "batch_t_0004"))
+    gaps = sorted(rows[c]["timing"]["turn_gap_ms"]["p50"] for c in ("batch_t_0001", "batch_t_0004"))
+    assert timing["turn_gap_ms"]["p50"] == gaps[0]  # one turn a call: nearest rank of two is the lower
     assert report["turn_latency_s"]["count"] == 2 and report["turn_latency_s"]["p50"] > 0
     assert report["tool_calls"]["by_tool"]["caller.hangup"]["count"] == 2
     assert report["duration_s"]["count"] == 4
@@ -86,7 +100,10 @@ async def test_a_batch_with_failures_reports_every_call(tmp_path: Path) -> None:
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page
     assert "<script" not in page.lower() and "<link" not in page.lower()
-    assert all(src.startswith("data:image/png;base64,") for src in re.findall(r"<img [^>]*src='([^']*)'", page))
+    sources = re.findall(r"<img [^>]*src='([^']*)'", page)
+    assert all(src.startswith(("data:image/png;base64,", "data:image/svg+xml;base64,")) for src in sources)
+    assert sum(src.startswith("data:image/svg+xml;base64,") for src in sources) == 2  # the calls that relayed
+    assert "Timing and talk-over" in page and "longest silence" in page
     for src in re.findall(r"<audio [^>]*src='([^']*)'", page):  # recordings, when the calls have them
         assert (out / src).is_file(), src
     for href in re.findall(r"href='([^']*)'", page):

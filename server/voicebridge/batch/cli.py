@@ -26,6 +26,7 @@ from typing_extensions import TypedDict, Unpack
 from voicebridge.backend import realtime_backend
 from voicebridge.extras import require
 from voicebridge.lab.criteria import check_scenario
+from voicebridge.lab.timeline_figure import render_timeline
 from voicebridge.observability.logs import json_handler
 from voicebridge.observability.metrics import Metrics
 from voicebridge.results import BatchReport
@@ -50,7 +51,9 @@ def write_report(result: BatchResult) -> BatchReport:
     report = build_report(result, result.out_dir)
     write_json(report, result.out_dir / "report.json")
     tmp = result.out_dir / "report.html.tmp"
-    tmp.write_text(render(report), encoding="utf-8")
+    # A figure for each call that relayed audio (one that never started has nothing to draw).
+    figures = {c.summary.call_id: render_timeline(c.summary) for c in result.calls if c.summary.timing is not None}
+    tmp.write_text(render(report, figures), encoding="utf-8")
     tmp.replace(result.out_dir / "report.html")
     return report
 

@@ -1,5 +1,6 @@
-"""report.html: one self-contained page (inline CSS, plots as inline PNG data URIs, no scripts, no external
-assets) from report.json's data. Links to each call's transcript and recordings are relative to the page.
+"""report.html: one self-contained page (inline CSS, plots as inline PNG data URIs, each call's timeline figure as
+an SVG data URI, no scripts, no external assets) from report.json's data. Links to each call's transcript and
+recordings are relative to the page.
 
 Plots use matplotlib's object API (`Figure` on the Agg canvas), never pyplot: no global figure state, safe to
 call from any thread or many times in one process.
@@ -12,7 +13,8 @@ import html
 import io
 from typing import Any
 
-from voicebridge.results import BatchReport, CallRow, Percentiles, succeeded
+from voicebridge.lab.timeline_figure import data_uri
+from voicebridge.results import BatchReport, BatchTiming, CallRow, Percentiles, RunTiming, succeeded
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222;
@@ -24,6 +26,7 @@ h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.8em;borde
 table{border-collapse:collapse;width:100%;margin:.5em 0}th,td{border-bottom:1px solid #eee;padding:.3em .5em;
 text-align:left;vertical-align:top}th{background:#fafafa}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .plots{display:flex;flex-wrap:wrap;gap:1em}.plots img{max-width:520px;width:100%;border:1px solid #eee}
+img.timeline{display:block;max-width:100%;height:auto;margin:.4em 0}
 details{margin:.2em 0}summary{cursor:pointer}code,pre{font-family:ui-monospace,Menlo,monospace;font-size:12px}
 pre{white-space:pre-wrap;background:#f7f7f7;padding:.5em;border-radius:4px}
 """
@@ -102,7 +105,8 @@ def _stats_row(name: str, p: Percentiles, unit: str = "s") -> str:
     return f"<tr><td>{_e(name)}</td><td class=n>{p.count}</td>{cells}<td>{_e(unit)}</td></tr>"
 
 
-def render(report: BatchReport) -> str:
+def render(report: BatchReport, figures: dict[str, str] | None = None) -> str:
+    """The page; `figures`: call id -> its timeline SVG (lab/timeline_figure.py), shown in each call's row."""
     rate = report.success_rate
     failed = report.failed
     parts: list[str] = [
@@ -156,6 +160,8 @@ def render(report: BatchReport) -> str:
     if tl.bridge_share_ms.count:
         parts.append(_stats_row("bridge's share of a turn (relay, tools, gating)", tl.bridge_share_ms, "ms"))
     parts.append("</table>")
+    if report.timing is not None and report.timing.calls:
+        parts.append(_timing_html(report.timing))
     tools = report.tool_calls.by_tool
     if tools:
         parts.append("<h2>Tool calls</h2><table><tr><th>tool</th><th>calls</th><th>errors</th><th>p50 ms</th>"
@@ -170,12 +176,42 @@ def render(report: BatchReport) -> str:
             )
         parts.append("</table>")
     parts.append("<h2>Calls</h2>")
-    parts.extend(_call_html(c) for c in report.calls)
+    parts.extend(_call_html(c, (figures or {}).get(c.call_id)) for c in report.calls)
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
 
-def _call_html(c: CallRow) -> str:
+def _timing_html(t: BatchTiming) -> str:
+    gaps = t.turn_gap_ms
+    rows = [
+        "<h2>Timing and talk-over</h2>",
+        f"<p>{t.calls} calls with a speech timeline &middot; {t.interruptions} interruptions in "
+        f"{t.calls_with_interruptions} calls &middot; turn gap p50 {_num(gaps.p50, '{:.0f}')} ms, p95 "
+        f"{_num(gaps.p95, '{:.0f}')} ms (every turn of every call; definitions in docs/lab.md)</p>",
+        "<table><tr><th></th><th>n</th><th>p50</th><th>p90</th><th>p99</th><th>max</th><th>mean</th>"
+        "<th>unit</th></tr>",
+        _stats_row("overlap per call", t.overlap_s),
+        _stats_row("overlap ratio per call", t.overlap_ratio, ""),
+        _stats_row("time to yield per interruption", t.time_to_yield_ms, "ms"),
+        _stats_row("longest silence per call", t.max_silence_s),
+        "</table>",
+    ]
+    return "\n".join(rows)
+
+
+def _timing_line(t: RunTiming | None) -> str:
+    if t is None:
+        return ""
+    ratio = "" if t.overlap_ratio is None else f" ({t.overlap_ratio * 100:.1f}%)"
+    yield_ = "" if t.time_to_yield_ms is None else f", time to yield {t.time_to_yield_ms:.0f} ms"
+    return (
+        f"<p class=timing>overlap {t.overlap_s:.2f} s{ratio} &middot; {t.interruptions} interruptions{yield_} "
+        f"&middot; turn gap p50 {_num(t.turn_gap_ms.p50, '{:.0f}')} ms, p95 {_num(t.turn_gap_ms.p95, '{:.0f}')} ms "
+        f"&middot; longest silence {t.max_silence_s:.2f} s</p>"
+    )
+
+
+def _call_html(c: CallRow, figure: str | None = None) -> str:
     mark = "<span class=ok>ok</span>" if c.ok else "<span class=bad>FAILED</span>"
     links = " ".join(f"<a href='{_e(href)}'>{_e(name)}</a>" for name, href in c.links.items())
     turns = "\n".join(
@@ -197,7 +233,9 @@ def _call_html(c: CallRow) -> str:
         f"<details><summary>{mark} <code>{_e(c.call_id)}</code> {_e(c.end_reason)} "
         f"&middot; {_num(c.duration_s, '{:.1f}')} s &middot; {len(c.turns)} turns "
         f"&middot; {len(c.tool_calls)} tool calls{where}</summary>{error}"
-        f"<p>{links}</p>{audio}<pre>{_e(turns) or '(no turns)'}</pre>"
+        f"<p>{links}</p>{_timing_line(c.timing)}"
+        + (f"<img class=timeline alt='timeline of {_e(c.call_id)}' src='{data_uri(figure)}'>" if figure else "")
+        + f"{audio}<pre>{_e(turns) or '(no turns)'}</pre>"
         + (f"<ul>{tools}</ul>" if tools else "")
         + "</details>"
     )

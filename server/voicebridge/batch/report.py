@@ -16,10 +16,13 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from voicebridge.lab.report import run_timing
+from voicebridge.lab.timing import percentile
 from voicebridge.observability.metrics import turn_latencies
 from voicebridge.results import (
     BatchCall,
     BatchReport,
+    BatchTiming,
     CallError,
     CallRow,
     CallSummary,
@@ -28,6 +31,7 @@ from voicebridge.results import (
     ToolCallBrief,
     ToolCallStats,
     ToolStats,
+    TurnGapFigures,
     TurnLatencyStats,
 )
 
@@ -99,6 +103,7 @@ def _call_row(call: BatchCall, report_dir: Path) -> CallRow:
         links=artifact_links(summary, report_dir),
         worker=call.worker,
         attempt=call.attempt,
+        timing=run_timing(summary),
     )
 
 
@@ -141,6 +146,23 @@ def _turn_latency(summaries: list[CallSummary]) -> TurnLatencyStats:
     )
 
 
+def _timing(summaries: list[CallSummary]) -> BatchTiming:
+    timings = [s.timing for s in summaries if s.timing is not None]
+    gaps = [t.gap_ms for tm in timings for t in tm.turns]
+    return BatchTiming(
+        calls=len(timings),
+        overlap_s=percentiles((t.overlap_s for t in timings), 3),
+        overlap_ratio=percentiles(t.overlap_ratio for t in timings),
+        interruptions=sum(len(t.interruptions) for t in timings),
+        calls_with_interruptions=sum(1 for t in timings if t.interruptions),
+        time_to_yield_ms=percentiles((c.time_to_yield_ms for t in timings for c in t.interruptions), 1),
+        turn_gap_ms=TurnGapFigures(
+            p50=percentile(gaps, 50) if gaps else None, p95=percentile(gaps, 95) if gaps else None
+        ),
+        max_silence_s=percentiles((t.max_silence_s for t in timings), 3),
+    )
+
+
 def _failed_criteria(summary: CallSummary) -> str | None:
     """Why a call that ended well still failed: its criteria that did not pass."""
     failed = [v.name for v in summary.criteria if not v.passed and not v.skipped]
@@ -180,6 +202,7 @@ def build_report(result: BatchResult, report_dir: Path | None = None) -> BatchRe
         setup_s=percentiles(c.setup_s for c in result.calls),
         tool_calls=_tools(sums),
         turn_latency_s=_turn_latency(sums),
+        timing=_timing(sums),
         refusals=sum(c.refusals for c in result.calls),
         retried=sum(1 for c in result.calls if c.refusals),
         gave_up=sum(1 for c in result.calls if c.gave_up),

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import JsonValue
 
-from voicebridge.results import CallSummary, ImpairStats, Record
+from voicebridge.results import CallSummary, ImpairStats, Record, RunTiming, TurnGapFigures
 
 REPORT_VERSION = 1
 # The call could not be judged: nothing about the agent is known.
@@ -38,24 +38,6 @@ class CriterionResult(Record):
     """Did not run (a judge offline): neither passed nor failed; never a failure in JUnit."""
     detail: str
     evidence: JsonValue
-
-
-class TurnGapFigures(Record):
-    """Nearest-rank p50 / p95 of the call's turn gaps, milliseconds; null without turns."""
-
-    p50: float | None
-    p95: float | None
-
-
-class RunTiming(Record):
-    """The headline figures of a call's timing analysis (CallTiming, docs/lab.md)."""
-
-    overlap_s: float
-    overlap_ratio: float | None
-    interruptions: int
-    time_to_yield_ms: float | None
-    turn_gap_ms: TurnGapFigures
-    max_silence_s: float
 
 
 class LabRun(Record):

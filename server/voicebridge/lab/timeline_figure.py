@@ -15,6 +15,7 @@ packets dropped) is hatched over that party's lane.
 
 from __future__ import annotations
 
+import base64
 import math
 from html import escape
 
@@ -218,3 +219,8 @@ def _legend(summary: CallSummary, width: int) -> str:
         )
     out.append("</g>")
     return "".join(out)
+
+
+def data_uri(svg: str) -> str:
+    """The figure as a data: URI, for an <img> in a self-contained page (no id of it can clash with the page's)."""
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
