@@ -62,7 +62,7 @@ def test_a_matrix_run_passes_one_scenario_and_fails_the_other_naming_its_criteri
     assert (good.name, good.passed, good.end_reason) == ("unknown_order[good]#1", True, "caller_hangup")
     # unknown_order: the lookup failed, the agent apologised, nothing was refunded.
     assert [(c.name, c.passed) for c in good.criteria] == [
-        ("the agent apologises", True), ("the lookup failed", True), ("no refund", True),
+        ("the agent apologises for the order", True), ("the lookup failed", True), ("no refund", True),
         ("the caller hung up", True),
     ]
     assert good.tool_errors == 1 and good.timing is not None and good.timing.turn_gap_ms.p50 is not None

@@ -111,7 +111,8 @@ def render_lab(report: LabReport) -> str:
         f"<title>voicebridge test {_e(report.test_id)}</title><style>{LAB_CSS}</style></head><body>",
         f"<h1>Test {_e(report.test_id)}</h1>",
         f"<p class=sub>{_e(', '.join(report.scenarios))} under {_e(', '.join(report.impairments) or 'their own')}"
-        f" impairment, {report.repeat} repeats &middot; backend {_e(report.backend)} ({_e(report.model)}) "
+        f" impairment, {report.repeat} repeat{'s' if report.repeat != 1 else ''} &middot; "
+        f"backend {_e(report.backend)} ({_e(report.model)}) "
         f"&middot; concurrency {report.concurrency} &middot; {_num(report.wall_s, '{:.1f}')} s wall"
         + (" &middot; <b class=bad>interrupted</b>" if report.interrupted else "") + "</p>",
         "<div class=cards>",
