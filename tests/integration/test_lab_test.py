@@ -98,3 +98,6 @@ def test_bad_criteria_are_reported_before_any_call(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert "bad scenario" in p.stderr and "expect[6] ('x'): `tool` = 'teleport' is not one of" in p.stderr
     assert not (tmp_path / "out").exists()  # no call was placed
+    p = voicebridge("test", "quick_bye", "--impair", "good", "--impair", "loss=5", "--out", str(tmp_path / "out"))
+    assert p.returncode == 2 and "--impair: impairment field 'loss': '5' is a fraction above 1" in p.stderr
+    assert not (tmp_path / "out").exists()

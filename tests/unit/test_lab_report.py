@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 
 from tests.summaries import make_summary
+from voicebridge.commands.test import matrix
 from voicebridge.lab.junit import junit_xml
 from voicebridge.lab.report import LabReport, LabRun, lab_run, tally, verdict
 from voicebridge.results import CallSummary
+from voicebridge.scenarios.model import load_scenario
 
 pytestmark = pytest.mark.unit
 REAL_SUMMARY = Path(__file__).resolve().parents[1] / "fixtures" / "results" / "summary.json"
@@ -105,3 +107,17 @@ def test_junit_parses_and_its_counts_match(runs: list[LabRun]) -> None:
     assert [f.get("message") for f in by_name["quick_bye[good]#2"].findall("failure")] == ["call ended idle_timeout"]
     error = by_name["quick_bye[good]#3"].find("error")
     assert error is not None and error.get("type") == "leg_failed" and error.text == "cs leg: ICE failed"
+
+
+def test_the_matrix_goes_repeat_by_repeat_with_a_seed_per_repeat() -> None:
+    late, bye = load_scenario("late_order"), load_scenario("quick_bye")
+    jobs = matrix([late, bye], ["good", "loss=5%"], 2, 7)
+    assert [(j.scenario.name, j.impairment, j.repeat) for j in jobs] == [
+        (s, i, r) for r in (1, 2) for s in ("late_order", "quick_bye") for i in ("good", "loss=5%")
+    ]
+    assert [j.scenario.impair_seed for j in jobs] == [7] * 4 + [8] * 4
+    assert {j.scenario.impair for j in jobs} == {"good", "loss=5%"}
+    assert all(j.scenario.path == (late if j.scenario.name == "late_order" else bye).path for j in jobs)
+    # No --impair: each scenario as its file says, labelled `good` when it has no impairment of its own.
+    own = matrix([late.model_copy(update={"impair": "3g"}), bye], [], 1, None)
+    assert [(j.impairment, j.scenario.impair) for j in own] == [("3g", "3g"), ("good", "")]

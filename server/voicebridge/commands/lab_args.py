@@ -35,7 +35,7 @@ def add_test_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--repeat", type=count, default=1, help="calls per scenario and impairment (default 1)")
     p.add_argument("--concurrency", type=count, default=2, help="calls at once (default 2)")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default tests-out/<test_id>)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default lab-runs/<test_id>)")
     p.add_argument("--junit", type=Path, default=None, metavar="FILE", help="also write JUnit XML there")
     p.add_argument(
         "--min-pass-rate", type=rate, default=1.0, metavar="R",

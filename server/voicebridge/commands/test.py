@@ -141,7 +141,7 @@ async def _main(args: argparse.Namespace) -> int:
     impairments = [i.strip() for i in args.impair]
     jobs = matrix(scenarios, impairments, args.repeat, args.impair_seed)  # a bad --impair: ScenarioError
     test_id = new_batch_id().replace("batch_", "test_", 1)
-    out_dir = Path(args.out) if args.out is not None else Path("tests-out") / test_id
+    out_dir = Path(args.out) if args.out is not None else Path("lab-runs") / test_id
     bar = ProgressBar(sys.stderr, len(jobs))
     try:
         result = await run_calls(
