@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="capacity: the smoothed event-loop lag beyond which new sessions get 429 (default 150, "
         "VOICEBRIDGE_EMULATOR_MAX_LAG_MS; 0: off)",
     )
+    e.add_argument(
+        "--response-delay-ms", type=_non_negative_number, default=None, metavar="MS",
+        help="the model's think time: a response's output starts this long after its turn ended, at any load "
+        "(default 200, VOICEBRIDGE_EMULATOR_RESPONSE_DELAY_MS; a scenario persona's response_delay_ms wins)",
+    )
 
     b = sub.add_parser("bench", help="measure the media path against a transcoding baseline")
     b.add_argument("--quick", action="store_true", help="a small run in under a minute")

@@ -73,7 +73,8 @@ def test_a_good_file_and_its_defaults(tmp_path: Path) -> None:
     [
         # an unknown field: which one, in which table, and the known ones
         ('instructions = "You are a caller."', 'instructions = "You are a caller."\nvoise = "cedar"',
-         "caller.voise: unknown field (known: context, espeak_speed, espeak_voice, instructions, script, voice)"),
+         "caller.voise: unknown field (known: context, espeak_speed, espeak_voice, instructions, "
+         "response_delay_ms, script, voice)"),
         ('first_speaker = "cs"', 'first_speaker = "cs"\nmax_duraton_s = 5',
          "max_duraton_s: unknown field (known: caller, cs, expect, first_speaker, idle_timeout_s, impair, "
          "impair_seed, max_duration_s, name, title, tools)"),

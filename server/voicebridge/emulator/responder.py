@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,8 @@ class Response:
     audio_tokens: int = 0
     reserved_tokens: int = 0  # counted against the session's rate limit at the start
     task: asyncio.Task[None] | None = None
+    start_at: float | None = None  # perf_counter() when its output starts: the think time's end (timing.py)
+    late_ms: float = 0.0  # how late the output started, when the work before it took longer than the think time
 
     @property
     def tokens_left(self) -> int | None:
@@ -101,6 +104,7 @@ async def run(s: SessionState, r: Response, action: Action | None) -> None:
     r.reserved_tokens = _usage(s, r)["input_tokens"] + rate_limits.output_reserve(r.settings.max_output_tokens)
     s.send(ev.event("rate_limits.updated", rate_limits=[s.rate_limits.reserve(r.reserved_tokens)]))
     try:
+        await _think(s, r)
         if action is not None and action.say:
             await _say(s, r, action.say)
         if action is not None and action.call is not None:
@@ -118,6 +122,18 @@ async def run(s: SessionState, r: Response, action: Action | None) -> None:
         _done(s, r, "failed", {"type": "failed", "error": {"type": "server_error", "code": "voice_error"}})
         return
     _done(s, r, "completed", None)
+
+
+async def _think(s: SessionState, r: Response) -> None:
+    """Until the think time is over (a deadline from the turn's end, not a pause: timing.py)."""
+    if r.start_at is None:
+        return
+    wait = r.start_at - time.perf_counter()
+    if wait > 0:
+        await asyncio.sleep(wait)
+    else:
+        r.late_ms = -wait * 1000.0
+        s.late_starts += 1
 
 
 def _added(s: SessionState, r: Response, index: int, item: dict[str, Any]) -> None:

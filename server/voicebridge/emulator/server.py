@@ -40,6 +40,8 @@ from .persona import PersonaBook
 from .schema import NO_SUCH_CALL, ApiError, check_client_secret_request, check_session, parse_body_json
 from .session import Session
 from .session_config import default_session, merge_session
+from .timing import check_delay
+from .timing import response_delay_ms as default_response_delay
 from .voice import Voice
 
 log = logging.getLogger(__name__)
@@ -122,9 +124,14 @@ class Emulator:
         allowed_hosts: Sequence[str] = (),
         limits: Limits | None = None,
         lag_meter: LagSource | None = None,
+        response_delay_ms: float | None = None,
     ) -> None:
         """`limits`: Limits.from_env() when None (the capacity's environment variables apply to an embedded
-        emulator too); `lag_meter`: what measures the loop's lag (tests inject one)."""
+        emulator too); `lag_meter`: what measures the loop's lag (tests inject one); `response_delay_ms`: the
+        think time (timing.py; VOICEBRIDGE_EMULATOR_RESPONSE_DELAY_MS or its default when None)."""
+        if response_delay_ms is not None:
+            check_delay(response_delay_ms, "response_delay_ms")
+        self.response_delay_ms = response_delay_ms if response_delay_ms is not None else default_response_delay()
         self.limits = limits or Limits.from_env()
         self.capacity = Capacity("sessions", self.limits.capacity, lag_meter, lag_floor=self.limits.lag_floor)
         self.counter = SessionCounter(self.limits, self.capacity)  # live sessions per key and in all (limits.py)
@@ -275,7 +282,10 @@ class Emulator:
         owner = secret.owner if secret is not None else key
         self.counter.add(call_id, owner, str(config.get("model") or DEFAULT_MODEL), needs_sockets=True)
         try:
-            sess = Session(call_id, config, self.personas, self.voice, self.session_closed)
+            sess = Session(
+                call_id, config, self.personas, self.voice, self.session_closed,
+                response_delay_ms=self.response_delay_ms,
+            )
         except BaseException:
             self.counter.release(call_id)
             raise
@@ -440,7 +450,10 @@ async def _serve(args: argparse.Namespace) -> int:
             max_lag_ms=getattr(args, "max_lag_ms", None),
         )
         allowed = getattr(args, "allowed_host", None) or ()
-        emulator = Emulator(scenarios=args.scenario, allowed_hosts=allowed, limits=limits)
+        emulator = Emulator(
+            scenarios=args.scenario, allowed_hosts=allowed, limits=limits,
+            response_delay_ms=getattr(args, "response_delay_ms", None),
+        )
     except (ScenarioError, HostConfigError, ValueError) as e:
         print(f"voicebridge emulator: {e}", flush=True)
         return 2
@@ -450,6 +463,11 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"voicebridge emulator: cannot listen on {args.host}:{args.port}: {e.strerror}", flush=True)
         return 1
     print(f"voicebridge emulator: serving the Realtime GA API at {url}", flush=True)
+    print(
+        f"voicebridge emulator: think time {emulator.response_delay_ms:g} ms; capacity "
+        f"{emulator.capacity.limits.budget or 'unbounded'} sessions, loop lag limit {limits.max_lag_ms:g} ms",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

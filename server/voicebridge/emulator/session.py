@@ -38,6 +38,7 @@ from .persona import Action, PersonaBook, Script
 from .rate_limits import TokenBucket
 from .schema import ApiError
 from .state import EventSink, Mouth, Transport
+from .timing import RESPONSE_DELAY_MS
 from .track import Playback, SpeechTrack
 from .voice import Voice
 
@@ -57,6 +58,7 @@ class Session:
         on_closed: Callable[[Session], None],
         transport: Transport = "webrtc",
         mouth: Callable[[Session], Mouth] | None = None,
+        response_delay_ms: float = RESPONSE_DELAY_MS,
     ) -> None:
         self.id = call_id
         self.transport: Transport = transport
@@ -64,6 +66,12 @@ class Session:
         self.personas = personas
         self.voice = voice
         self.script = Script(personas.find(config.get("instructions")))
+        # The think time (timing.py): the persona's own when its scenario sets one, else the emulator's.
+        persona = self.script.persona
+        own = persona.response_delay_ms if persona is not None else None
+        self.response_delay_s = (response_delay_ms if own is None else own) / 1000.0
+        self.late_starts = 0  # responses whose output started after their think time was over (a busy process)
+        self._arrived: float | None = None  # perf_counter() at the arrival of the packet being heard (WebRTC)
         self._on_closed = on_closed
         # Only a WebRTC session has a peer connection and a track (its `mouth`); a WebSocket one has neither.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[])) if transport == "webrtc" else None
@@ -211,6 +219,7 @@ class Session:
 
     def _hear(self, audio: RtpAudio) -> None:
         assert self.listener is not None
+        self._arrived = audio.received_at  # a turn that ends while this packet is heard ended when it arrived
         try:
             self.listener.push(audio.payload, audio.sequence)
         except HearingError as e:  # a packet we cannot hear is skipped, not fatal
@@ -309,11 +318,15 @@ class Session:
         return self.script.respond(outputs, heard, typed)
 
     def start_response(
-        self, params: dict[str, Any] | None = None, cut_in: Action | None = None
+        self,
+        params: dict[str, Any] | None = None,
+        cut_in: Action | None = None,
+        turn_ended_at: float | None = None,
     ) -> responder.Response:
         """Start a response with response.create's `response` parameters (checked by the caller: a refused
         one must change nothing); auto responses (server VAD) pass none. `cut_in`: a barge-in rule's action,
-        played instead of answering what is new (that stays for the next response)."""
+        played instead of answering what is new (that stays for the next response). The output starts the think
+        time after `turn_ended_at` (perf_counter; default now), a cut-in's at once (timing.py)."""
         params = params or {}
         settings = response_plan.settings(self, params)
         items = response_plan.resolve_input(self, params)
@@ -323,6 +336,9 @@ class Session:
             metadata=params.get("metadata"),
             context_texts=None if items is None else response_plan.input_texts(items),
         )
+        if cut_in is None:
+            ended = time.perf_counter() if turn_ended_at is None else turn_ended_at
+            r.start_at = ended + self.response_delay_s
         action = cut_in if cut_in is not None else response_plan.action(self, settings, items)
         self.idle.disarm()  # the idle timeout counts from the end of the newest response's audio
         self.responses[r.id] = r
@@ -476,14 +492,23 @@ class Session:
         self._speech_item = None
         self.send(ev.event("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id))
         answered = self._cut_into == item_id
-        self.spawn(self.commit_turn(item_id, pcm, auto=True, answered=answered))
+        # The turn ended when the packet that ended it arrived (on a WebSocket: now, as the append is heard).
+        ended_at = self._arrived if self._arrived is not None else time.perf_counter()
+        self.spawn(self.commit_turn(item_id, pcm, auto=True, answered=answered, ended_at=ended_at))
 
     async def commit_turn(
-        self, item_id: str, pcm: npt.NDArray[np.int16], auto: bool, idle: bool = False, answered: bool = False
+        self,
+        item_id: str,
+        pcm: npt.NDArray[np.int16],
+        auto: bool,
+        idle: bool = False,
+        answered: bool = False,
+        ended_at: float | None = None,
     ) -> None:
         """Commit heard audio as a user item (transcribed when transcription is on) and, for a VAD turn with
         create_response (or an idle timeout: it exists to prompt a response), answer it. `answered`: the
-        persona already barged in on this turn, so that cut-in was its answer (committed, not answered again)."""
+        persona already barged in on this turn, so that cut-in was its answer (committed, not answered again).
+        `ended_at`: when the turn ended (perf_counter), which the answer's think time counts from."""
         prev = next(reversed(self.items), None) if self.items else None
         self.send(ev.event("input_audio_buffer.committed", previous_item_id=prev, item_id=item_id))
         item = ev.user_audio_item(item_id, None)
@@ -521,7 +546,7 @@ class Session:
         td = self.turn_detection
         wanted = idle or (auto and td is not None and td.get("create_response", True))
         if wanted and self.response is None:
-            self.start_response()
+            self.start_response(turn_ended_at=ended_at)
 
     async def _transcribe(self, pcm: npt.NDArray[np.int16]) -> str | None:
         phrases = self.script.phrases

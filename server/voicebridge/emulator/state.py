@@ -64,6 +64,7 @@ class SessionState(Protocol):
     heard_ms: int
     manual_turns: list[npt.NDArray[np.int16]]  # heard with turn_detection off, until a commit
     appended_bytes: int
+    late_starts: int  # responses whose output started after their think time was over (timing.py)
 
     @property
     def turn_detection(self) -> dict[str, Any] | None: ...

@@ -148,6 +148,7 @@ class Host(Protocol):
     counter: SessionCounter
     personas: PersonaBook
     voice: Voice
+    response_delay_ms: float  # the think time (timing.py)
 
     def session_closed(self, session: Session) -> None: ...
 
@@ -196,6 +197,7 @@ async def realtime_socket(emulator: Host, request: web.Request) -> web.StreamRes
             emulator.session_closed,
             transport="websocket",
             mouth=DeltaMouth,
+            response_delay_ms=emulator.response_delay_ms,
         )
     except BaseException:
         emulator.counter.release(session_id)

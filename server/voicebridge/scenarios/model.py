@@ -129,6 +129,9 @@ class Persona(_FileTable):
     # espeak-ng voice and speed used by the emulator to speak this persona's lines.
     espeak_voice: str = "en-us"
     espeak_speed: int = 165
+    # The emulator's think time for this persona: ms from the end of a turn to its response's output (None: the
+    # emulator's own setting, --response-delay-ms; emulator/timing.py).
+    response_delay_ms: int | None = Field(None, ge=0, le=10_000)
 
     @field_validator("instructions")
     @classmethod
