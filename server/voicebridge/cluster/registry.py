@@ -151,15 +151,18 @@ class Registry:
         return str(value)
 
     # -- workers --------------------------------------------------------------------------------------------
-    async def heartbeat(self, info: WorkerInfo, ttl_s: float = TTL_S) -> bool:
+    async def heartbeat(self, info: WorkerInfo, ttl_s: float = TTL_S, secret: str | None = None) -> bool:
         """Write the worker's key (expiring after ttl_s) and register it; True when it had been reaped meanwhile
-        (its calls are already recorded `worker_lost`: the caller must end them). The tombstone is consumed."""
+        (its calls are already recorded `worker_lost`: the caller must end them). The tombstone is consumed.
+        `secret`: the cluster's, put back should Redis have restarted empty (front doors then still match)."""
         pipe = self._r.pipeline(transaction=True)
+        if secret is not None:
+            pipe.set(_k("secret"), secret, nx=True)
         pipe.set(_k("worker", info.id), info.to_json(), px=int(ttl_s * 1000))
         pipe.sadd(_k("workers"), info.id)
         pipe.delete(_k("reaped", info.id))
         result = await self._do("heartbeat", pipe.execute())
-        return bool(result[2])
+        return bool(result[-1])
 
     async def deregister(self, worker_id: str) -> None:
         """A worker leaving on purpose (its calls are ended and recorded already)."""

@@ -62,8 +62,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Member:
     """This worker in the registry: its heartbeat and its calls' records."""
 
-    def __init__(self, registry: Registry, info: WorkerInfo) -> None:
+    def __init__(self, registry: Registry, info: WorkerInfo, secret: str | None = None) -> None:
         self.registry = registry
+        self.secret = secret
         self._manager: CallManager | None = None  # attach() gives it once the app exists
         self.info = info
         self.draining = False
@@ -115,7 +116,7 @@ class Member:
         live = self.manager.live()
         now = time.time()
         self.info = dataclasses.replace(self.info, heartbeat_at=now, calls=len(live), draining=self.draining)
-        if await self.registry.heartbeat(self.info, TTL_S):
+        if await self.registry.heartbeat(self.info, TTL_S, self.secret):
             # We were declared lost (stalled past the TTL, or cut off from Redis): our calls are recorded
             # `worker_lost` already, so end them for real rather than let the records lie.
             log.error("worker %s was declared lost; ending its %d call(s) with worker_lost", self.info.id, len(live))
@@ -192,7 +193,7 @@ async def run_worker(
     secret = await registry.cluster_secret()
     policy = SecurityPolicy(hosts=host_policy(bind, [advertise]), call_rate=_NO_LIMIT, join_rate=_NO_LIMIT)
     info = WorkerInfo(id=worker_id(), host=advertise, port=0, pid=os.getpid(), started_at=time.time())
-    member = Member(registry, info)
+    member = Member(registry, info, secret)
     factory = member.observe(default_call_factory(backend.settings))
     app = await create_app(backend.settings, call_factory=factory, security=policy)
     member.attach(app[MANAGER])
