@@ -1,10 +1,11 @@
 """`voicebridge test`: real calls against the embedded emulator, judged by their criteria, with the verdict in the
 exit status, report.json, JUnit XML and report.html. One run of two scenarios at once: the built-in
-`unknown_order` (its tool fails; it must pass offline) and a copy of `quick_bye` whose expectations are
-deliberately wrong (it must fail, naming the criterion)."""
+`unknown_order` (its tool fails; it must pass offline) and the short call of test_call_criteria whose
+expectations are deliberately wrong (it must fail, naming the criteria)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,26 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_call_criteria import WRONG
 from voicebridge.lab.report import LabReport
 from voicebridge.scenarios.model import BUILTIN_DIR
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 _BACKEND_ENV = ("OPENAI_API_KEY", "VOICEBRIDGE_BASE_URL")
-WRONG = """
-[[expect]]
-name = "the caller hung up"
-end_reason = "caller_hangup"
-
-[[expect]]
-name = "the agent offers a refund"
-said = "cs"
-contains = "refund"
-
-[[expect]]
-name = "a judge"
-judge = "Was the agent polite?"
-"""
 
 
 def voicebridge(*args: str) -> subprocess.CompletedProcess[str]:
@@ -46,9 +34,8 @@ def voicebridge(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_matrix_run_passes_one_scenario_and_fails_the_other_naming_its_criterion(tmp_path: Path) -> None:
-    quick_bye = (BUILTIN_DIR / "quick_bye.toml").read_text()
-    wrong = tmp_path / "quick_bye_wrong.toml"
-    wrong.write_text(quick_bye.replace('name = "quick_bye"', 'name = "quick_bye_wrong"') + WRONG)
+    wrong = tmp_path / "short_call.toml"
+    wrong.write_text(WRONG)
     out, junit = tmp_path / "out", tmp_path / "ci" / "junit.xml"
     p = voicebridge("test", "unknown_order", str(wrong), "--out", str(out), "--junit", str(junit), "--json")
     assert p.returncode == 1, p.stderr[-3000:]  # 1 of 2 passed, below the default --min-pass-rate 1.0
@@ -58,7 +45,7 @@ def test_a_matrix_run_passes_one_scenario_and_fails_the_other_naming_its_criteri
     assert (report.total, report.passed, report.failed, report.errors, report.pass_rate) == (2, 1, 1, 0, 0.5)
     assert report.ok is False and report.backend == "emulator"
     runs = {r.scenario: r for r in report.runs}
-    good, bad = runs["unknown_order"], runs["quick_bye_wrong"]
+    good, bad = runs["unknown_order"], runs["short_call"]
     assert (good.name, good.passed, good.end_reason) == ("unknown_order[good]#1", True, "caller_hangup")
     # unknown_order: the lookup failed, the agent apologised, nothing was refunded.
     assert [(c.name, c.passed) for c in good.criteria] == [
@@ -66,17 +53,18 @@ def test_a_matrix_run_passes_one_scenario_and_fails_the_other_naming_its_criteri
         ("the caller hung up", True),
     ]
     assert good.tool_errors == 1 and good.timing is not None and good.timing.turn_gap_ms.p50 is not None
-    assert [c.name for c in bad.failed_criteria] == ["the agent offers a refund"]
-    assert [(c.name, c.skipped) for c in bad.criteria if c.skipped] == [("a judge", True)]
+    assert [c.name for c in bad.failed_criteria] == ["the agent offers a refund", "nobody hangs up"]
+    assert [(c.name, c.skipped) for c in bad.criteria if c.skipped] == [("judged politeness", True)]
     assert "FAIL the agent offers a refund [said]: no line cs said contains 'refund'" in p.stderr
 
     root = ET.parse(junit).getroot()
     assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("2", "1", "0")
     cases = {c.get("name"): c for c in root.iter("testcase")}
-    assert set(cases) == {"unknown_order[good]#1", "quick_bye_wrong[good]#1"}
+    assert set(cases) == {"unknown_order[good]#1", "short_call[good]#1"}
     assert cases["unknown_order[good]#1"].find("failure") is None
-    failures = cases["quick_bye_wrong[good]#1"].findall("failure")
-    assert [f.get("message", "").split(":")[0] for f in failures] == ["the agent offers a refund"]
+    failures = cases["short_call[good]#1"].findall("failure")
+    assert [f.get("message", "").split(":")[0] for f in failures] == ["the agent offers a refund", "nobody hangs up"]
+    assert json.loads(failures[1].text or "")["name"] == "hangup"  # the evidence: the offending tool call
 
     # report.html: both scenarios, the failing criterion, a player per recording; links still work once moved.
     moved = tmp_path / "moved"
