@@ -263,11 +263,11 @@ def test_turn_gaps_at_p50_and_p95_from_the_turn_records() -> None:
 # -- judge, and the call's verdict ----------------------------------------------------------------------------
 
 
-def test_a_judge_is_skipped_never_passed() -> None:
+def test_a_judge_is_skipped_never_passed_without_a_model() -> None:
     v = judge({"judge": "Did the agent apologise?"})
     assert (v.kind, v.passed, v.skipped, v.detail) == ("judge", False, True, "skipped (offline: no OPENAI_API_KEY)")
-    v = judge({"judge": "Did the agent apologise?"}, judge_key=True)
-    assert (v.passed, v.skipped, v.detail) == (False, True, "skipped (no judge model is implemented yet)")
+    v = judge({"judge": "Did the agent apologise?"}, judge="the Realtime endpoint (x) is not OpenAI's")
+    assert (v.passed, v.skipped, v.detail) == (False, True, "skipped (the Realtime endpoint (x) is not OpenAI's)")
 
 
 def test_a_call_passes_when_every_criterion_that_ran_passed() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -25,6 +24,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 from voicebridge.config import Settings
 from voicebridge.diagnostics.pc_debug import PcDebug, mask_sdp
 from voicebridge.lab.criteria import evaluate
+from voicebridge.lab.judge import judge_endpoint
 from voicebridge.media.relay import PacketHooks, Relay
 from voicebridge.realtime.leg import Leg
 from voicebridge.results import (
@@ -501,7 +501,7 @@ class Call(AsyncIOEventEmitter):
             # In a thread: a criterion reads the tool database and may run the scenario's own Python hook.
             self.verdicts = await asyncio.to_thread(
                 evaluate, self.scenario.expect, self.summary(), self.out_dir,
-                judge_key=bool(os.environ.get("OPENAI_API_KEY")),
+                judge=judge_endpoint(self.settings),
             )
         summary = self.summary()
         if self.artifacts is not None:

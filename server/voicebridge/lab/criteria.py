@@ -25,6 +25,7 @@ from voicebridge.results import CallSummary, CriterionVerdict, ToolCallRecord, T
 from voicebridge.scenarios.expect import Expectation
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_tools
 
+from .judge import Judge, JudgeEndpoint, JudgeError
 from .timing import percentile, silences
 
 # The caller's own tool: always there, though no scenario registers it.
@@ -136,16 +137,29 @@ def _hook(spec: str) -> Callable[[CallSummary], Any]:
 
 
 def evaluate(
-    expectations: Iterable[Expectation], summary: CallSummary, call_dir: Path, *, judge_key: bool = False
+    expectations: Iterable[Expectation],
+    summary: CallSummary,
+    call_dir: Path,
+    *,
+    judge: JudgeEndpoint | str | None = None,
 ) -> list[CriterionVerdict]:
-    """Each criterion's verdict on an ended call (its summary, its folder); `judge_key`: an OpenAI key is set."""
-    verdicts = []
-    for exp in expectations:
-        try:
-            verdicts.append(_evaluate(exp, summary, call_dir, judge_key))
-        except Exception as e:  # a criterion that cannot be evaluated fails; the others still run
-            verdicts.append(_verdict(exp, False, f"could not be evaluated: {type(e).__name__}: {e}", None))
-    return verdicts
+    """Each criterion's verdict on an ended call (its summary, its folder). `judge`: where `judge` criteria are
+    asked (judge.judge_endpoint), or why they are skipped (None: offline)."""
+    expectations = list(expectations)
+    asker: Judge | str = judge if isinstance(judge, str) else "offline: no OPENAI_API_KEY"
+    if isinstance(judge, JudgeEndpoint) and any(e.kind == "judge" for e in expectations):
+        asker = Judge(judge)
+    try:
+        verdicts = []
+        for exp in expectations:
+            try:
+                verdicts.append(_evaluate(exp, summary, call_dir, asker))
+            except Exception as e:  # a criterion that cannot be evaluated fails; the others still run
+                verdicts.append(_verdict(exp, False, f"could not be evaluated: {type(e).__name__}: {e}", None))
+        return verdicts
+    finally:
+        if isinstance(asker, Judge):
+            asker.close()
 
 
 def _verdict(
@@ -156,7 +170,7 @@ def _verdict(
     )
 
 
-def _evaluate(exp: Expectation, summary: CallSummary, call_dir: Path, judge_key: bool) -> CriterionVerdict:
+def _evaluate(exp: Expectation, summary: CallSummary, call_dir: Path, judge: Judge | str) -> CriterionVerdict:
     kind = exp.kind
     if kind == "tool":
         return _tool(exp, summary.tool_calls)
@@ -185,8 +199,22 @@ def _evaluate(exp: Expectation, summary: CallSummary, call_dir: Path, judge_key:
         return _turn_gap(exp, summary)
     if kind in ("max_overlap_s", "max_silence_s", "max_interruptions", "min_interruptions"):
         return _talk_over(exp, summary)
-    reason = "no judge model is implemented yet" if judge_key else "offline: no OPENAI_API_KEY"
-    return _verdict(exp, False, f"skipped ({reason})", None, skipped=True)
+    return _judge(exp, summary, judge)
+
+
+def _judge(exp: Expectation, summary: CallSummary, judge: Judge | str) -> CriterionVerdict:
+    """A yes/no rubric question for the model (lab/judge.py): yes passes, no fails with the model's reason as
+    evidence; offline it is skipped, never passed; a judge that cannot answer fails, saying why."""
+    assert exp.judge is not None
+    if isinstance(judge, str):
+        return _verdict(exp, False, f"skipped ({judge})", None, skipped=True)
+    try:
+        answer = judge.ask(exp.judge, summary)
+    except JudgeError as e:
+        return _verdict(exp, False, f"the judge could not answer: {e}", None)
+    said = "yes" if answer.answer else "no"
+    evidence: JsonValue = {"answer": said, "reason": answer.reason, "model": answer.model}
+    return _verdict(exp, answer.answer, f"{answer.model} answered {said}: {_short(answer.reason)}", evidence)
 
 
 def _record(call: ToolCallRecord) -> JsonValue:
