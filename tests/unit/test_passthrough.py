@@ -10,6 +10,7 @@ from typing import Any
 import av
 import numpy as np
 import pytest
+from aioice.ice import StunProtocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
@@ -167,3 +168,40 @@ async def test_a_send_that_really_suspends_is_finished_by_the_loop() -> None:
         return None
 
     assert passthrough._run_now(instant()) is True
+
+
+async def test_a_changed_ice_datagram_callback_is_reported_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    def received(self: Any, data: bytes, addr: Any) -> None:  # an aioice that no longer hands data on this way
+        return None
+
+    monkeypatch.setattr(StunProtocol, "datagram_received", received)
+    with pytest.raises(AiortcIncompatible, match=r"StunProtocol.datagram_received"):
+        check_aiortc_compatibility()
+
+
+async def test_a_dtls_receive_loop_that_no_longer_unprotects_there_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def recv_next(self: Any) -> None:  # an aiortc whose SRTP moved elsewhere
+        return None
+
+    monkeypatch.setattr(RTCDtlsTransport, "_recv_next", recv_next)
+    with pytest.raises(AiortcIncompatible, match=r"RTCDtlsTransport._recv_next"):
+        check_aiortc_compatibility()
+
+
+async def test_a_dtls_transport_without_srtp_or_ice_pair_is_not_taken_short(pc: RTCPeerConnection) -> None:
+    # Before DTLS is connected there is no SRTP session nor nominated pair: the check names them.
+    dtls = pc.addTransceiver("audio").receiver.transport
+    with pytest.raises(AiortcIncompatible, match=r"_rx_srtp/_tx_srtp.*_nominated\[1\]"):
+        check_aiortc_compatibility(dtls=dtls)
+
+
+async def test_a_tap_whose_leg_cannot_go_short_stays_on_aiortcs_path(
+    pc: RTCPeerConnection, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = pc.addTransceiver("audio").receiver
+    tap = InboundTap(receiver)
+    tap._go_short(1234)  # not connected: the check fails, the error is logged, nothing raises into aiortc
+    assert tap._fast is None and receiver._handle_rtp_packet == tap._handle_long_only
+    assert "no short receive path" in caplog.text
+    tap.close()
+    assert "_handle_rtp_packet" not in vars(receiver)

@@ -134,13 +134,13 @@ def instrument_presend() -> Callable[[], None]:
     """
     import voicebridge.media.passthrough as pt
 
-    real_run_now = pt._run_now
+    real_transmit = pt.OutboundAudio._transmit
     real_send = pt.OutboundAudio.send
     current: list[float] = [0.0]
 
-    def run_now(coro: Any) -> bool:
+    def transmit(self: Any, dtls: Any, data: bytes) -> bool:
         current[0] = time.perf_counter()
-        return real_run_now(coro)
+        return real_transmit(self, dtls, data)
 
     def send(self: Any, pkt: Any, source: str = "") -> None:
         real_send(self, pkt, source)
@@ -148,11 +148,11 @@ def instrument_presend() -> Callable[[], None]:
             presend.append(current[0] - pkt.received_at)
             current[0] = 0.0
 
-    pt._run_now = run_now
+    pt.OutboundAudio._transmit = transmit  # type: ignore[method-assign]
     pt.OutboundAudio.send = send  # type: ignore[method-assign]
 
     def undo() -> None:
-        pt._run_now = real_run_now
+        pt.OutboundAudio._transmit = real_transmit  # type: ignore[method-assign]
         pt.OutboundAudio.send = real_send  # type: ignore[method-assign]
 
     return undo
