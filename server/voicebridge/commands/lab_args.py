@@ -26,11 +26,11 @@ def add_test_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--impair", action="append", default=[], metavar="PROFILE_OR_SPEC",
-        help="run every scenario under this impairment too (good, wifi, 3g, satellite, lossy, or a spec such as "
+        help="run every scenario under this impairment (good, wifi, 3g, satellite, lossy, or a spec such as "
         "loss=5%%,delay=80ms); repeatable (default: each scenario's own, `good` when it has none)",
     )
     p.add_argument(
-        "--impair-seed", type=int, default=None,
+        "--impair-seed", type=int, default=None, metavar="S",
         help="repeat r is impaired with seed S + r - 1 (default S: the scenario's impair_seed)",
     )
     p.add_argument("--repeat", type=count, default=1, help="calls per scenario and impairment (default 1)")
