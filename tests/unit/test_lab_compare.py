@@ -63,13 +63,14 @@ def _with_gap(run: LabRun, p50: float) -> LabRun:
 def test_figure_rule_floor_and_spread(real: LabReport) -> None:
     assert mad([1.0, 2.0, 10.0]) == 1.0 and mad([5.0]) == 0.0
     run = real.runs[0]
-    old = [_with_gap(run, v) for v in (500.0, 520.0, 540.0)]  # median 520, MAD 20: 3 x 20 < the 100 ms floor
+    old = [_with_gap(run, v) for v in (500.0, 520.0, 540.0)]  # median 520, MAD 20: 3 x 1.4826 x 20 < 100 ms
     assert not figure_change(GAP_P50, old, [_with_gap(run, 615.0)]).regression
     change = figure_change(GAP_P50, old, [_with_gap(run, 625.0)])
     assert change.regression and (change.threshold, change.delta) == (100.0, 105.0)
-    noisy = [_with_gap(run, v) for v in (300.0, 520.0, 900.0)]  # MAD 220: the spread decides, 660 ms
-    assert not figure_change(GAP_P50, noisy, [_with_gap(run, 1100.0)]).regression
-    assert figure_change(GAP_P50, noisy, [_with_gap(run, 1200.0)]).regression
+    noisy = [_with_gap(run, v) for v in (300.0, 520.0, 900.0)]  # MAD 220: the spread decides, 978.5 ms
+    assert not figure_change(GAP_P50, noisy, [_with_gap(run, 1450.0)]).regression
+    change = figure_change(GAP_P50, noisy, [_with_gap(run, 1550.0)])
+    assert change.regression and change.threshold == round(3 * 1.4826 * 220, 4)
     errored = run.model_copy(update={"outcome": "error"})  # an error measures no agent
     assert figure_change(GAP_P50, old, [errored]).new_median is None
 

@@ -5,8 +5,9 @@ regressions beyond run-to-run noise flagged by two stated rules (docs/lab.md "Co
   hypothesis that NEW passes less often than OLD) or one side has fewer than `FEW_RUNS` runs, where no drop can be
   significant and any drop is flagged rather than let through;
 - a figure (turn gap p50 / p95, overlap, interruptions, duration, tool errors, longest silence): NEW's median over
-  its runs exceeds OLD's by more than max(the figure's floor, K_SPREAD x OLD's spread), the spread being the median
-  absolute deviation of OLD's runs. With one run a side the spread is 0 and the floor decides.
+  its runs exceeds OLD's by more than max(the figure's floor, K_SPREAD x OLD's spread), the spread being the robust
+  standard deviation of OLD's runs (MAD_TO_SIGMA x their median absolute deviation). With one run a side the
+  spread is 0 and the floor decides.
 
 Runs that ended in error (lab/report.py) count in the pass rate but not in the figures (they measure no agent).
 """
@@ -28,6 +29,8 @@ COMPARE_VERSION = 1
 ALPHA = 0.05
 FEW_RUNS = 5
 K_SPREAD = 3.0
+# The median absolute deviation times this estimates the standard deviation of normal noise (1 / Phi^-1(3/4)).
+MAD_TO_SIGMA = 1.4826
 
 
 class CompareInputError(ValueError):
@@ -63,7 +66,7 @@ class FigureChange(Record):
     old_median: float | None
     new_median: float | None
     old_spread: float | None
-    """Median absolute deviation of OLD's runs."""
+    """Robust standard deviation of OLD's runs: MAD_TO_SIGMA x their median absolute deviation."""
     threshold: float | None
     """max(floor, K_SPREAD x old_spread): how far above OLD's median NEW's may be."""
     delta: float | None
@@ -116,8 +119,9 @@ class Comparison(Record):
 RULES = [
     f"pass rate: a regression when NEW's is lower and the one-sided Fisher exact test gives p < {ALPHA}, or when "
     f"either side has fewer than {FEW_RUNS} runs (any drop)",
-    f"figures: a regression when NEW's median exceeds OLD's by more than max(floor, {K_SPREAD:g} x OLD's median "
-    "absolute deviation); floors: " + ", ".join(f"{f.name} {f.floor:g}{f.unit and ' ' + f.unit}" for f in FIGURES),
+    f"figures: a regression when NEW's median exceeds OLD's by more than max(floor, {K_SPREAD:g} x OLD's robust "
+    f"standard deviation, {MAD_TO_SIGMA} x its median absolute deviation); floors: "
+    + ", ".join(f"{f.name} {f.floor:g}{f.unit and ' ' + f.unit}" for f in FIGURES),
 ]
 
 
@@ -154,7 +158,7 @@ def figure_change(figure: Figure, old: Sequence[LabRun], new: Sequence[LabRun]) 
         return FigureChange(name=figure.name, unit=figure.unit, old_median=statistics.median(a) if a else None,
                             new_median=statistics.median(b) if b else None, old_spread=None, threshold=None,
                             delta=None, regression=False)
-    old_median, new_median, spread = statistics.median(a), statistics.median(b), mad(a)
+    old_median, new_median, spread = statistics.median(a), statistics.median(b), MAD_TO_SIGMA * mad(a)
     threshold = max(figure.floor, K_SPREAD * spread)
     delta = new_median - old_median
     return FigureChange(
@@ -210,7 +214,7 @@ def _cell(scenario: str, impairment: str, old: list[LabRun], new: list[LabRun]) 
         scenario=scenario, impairment=impairment, old_runs=len(old), new_runs=len(new),
         old_pass_rate=old_rate if old else None, new_pass_rate=new_rate if new else None,
         p_value=round(p, 4) if p is not None else None, pass_rate_regression=dropped,
-        criteria_changed=_criteria_changed(old, new), figures=figures,
+        criteria_changed=_criteria_changed(old, new) if old and new else [], figures=figures,
         regression=dropped or any(f.regression for f in figures), reasons=reasons,
     )
 
