@@ -148,6 +148,11 @@ async def test_two_workers_place_route_lose_and_drain_calls(redis_server: Any, t
             for c in calls:
                 status, detail = await get(f"/api/calls/{c['id']}")
                 assert status == 200 and detail["worker"] == c["worker"] and "legs" in detail, detail
+            async with http.get(f"/api/calls/{kept['id']}/timeline.svg") as r:  # the owner's headers come along
+                assert r.status == 200 and r.content_type == "image/svg+xml"
+                assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+            status, health = await get("/healthz")
+            assert health["backend"] == "emulator" and health["workers"] == 2, health
             # A worker answers only a front door (no cluster secret: 403), and its health probes anyone.
             owner = workers[lost["worker"]]
             async with http.get(f"http://{owner['host']}:{owner['port']}/api/calls") as r:

@@ -52,7 +52,16 @@ SECRET: web.AppKey[list[str]] = web.AppKey("cluster_secret", list)  # [secret], 
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 # Proxied request headers: what the worker's routes read. Never Host, Origin or cookies (the guards ran here).
 _REQUEST_HEADERS = ("Content-Type", "Accept", "Authorization")
-_RESPONSE_HEADERS = ("Content-Type", "Location", "Retry-After", "X-Participant-Id", "WWW-Authenticate")
+_RESPONSE_HEADERS = (
+    "Content-Type",
+    "Location",
+    "Retry-After",
+    "X-Participant-Id",
+    "WWW-Authenticate",
+    "Content-Disposition",
+    "Cache-Control",
+    "Content-Security-Policy",  # the timeline SVG's: opened alone, it must run nothing
+)
 # A join waits for the worker's answer SDP (ICE gathering, the call's session): generous, but bounded.
 _PROXY_TIMEOUT = aiohttp.ClientTimeout(total=60.0, sock_connect=3.0)
 _WORKER_EVENTS_MAX_BYTES = 16 * 1024 * 1024  # a raw Realtime event can be large; the browser gets what it would
@@ -273,7 +282,17 @@ async def call_events(request: web.Request) -> web.StreamResponse:
 
 # -- health --------------------------------------------------------------------------------------------------------
 async def healthz(request: web.Request) -> web.Response:
-    return json_response(request, {"ok": True, "role": "front_door"})
+    """Alive; with the workers' Realtime backend and live calls when Redis answers (the console shows them)."""
+    body: dict[str, Any] = {"ok": True, "role": "front_door"}
+    with contextlib.suppress(RegistryUnavailable):
+        workers = await request.app[REGISTRY].workers()
+        backends = sorted({w.backend for w in workers if w.backend})
+        body.update(
+            backend=backends[0] if len(backends) == 1 else "+".join(backends) or None,
+            live_calls=sum(w.calls for w in workers),
+            workers=len(workers),
+        )
+    return json_response(request, body)
 
 
 async def readyz(request: web.Request) -> web.Response:

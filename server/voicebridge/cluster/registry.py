@@ -53,6 +53,7 @@ class WorkerInfo:
     heartbeat_at: float = 0.0
     calls: int = 0  # its live calls when it last wrote its key
     draining: bool = False  # shutting down: no new calls
+    backend: str = ""  # "openai" or "emulator": where its calls go (the console shows it)
 
     @property
     def url(self) -> str:

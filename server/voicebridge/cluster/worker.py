@@ -192,7 +192,10 @@ async def run_worker(
     """Serve calls until SIGTERM/SIGINT, then drain; the exit status."""
     secret = await registry.cluster_secret()
     policy = SecurityPolicy(hosts=host_policy(bind, [advertise]), call_rate=_NO_LIMIT, join_rate=_NO_LIMIT)
-    info = WorkerInfo(id=worker_id(), host=advertise, port=0, pid=os.getpid(), started_at=time.time())
+    backend_kind = "openai" if backend.settings.uses_openai else "emulator"
+    info = WorkerInfo(
+        id=worker_id(), host=advertise, port=0, pid=os.getpid(), started_at=time.time(), backend=backend_kind
+    )
     member = Member(registry, info, secret)
     factory = member.observe(default_call_factory(backend.settings))
     app = await create_app(backend.settings, call_factory=factory, security=policy)
