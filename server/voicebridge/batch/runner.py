@@ -7,7 +7,10 @@ Refused is not failed. A Realtime server at capacity refuses to create a session
 overloaded, with `Retry-After`: emulator/limits.py); nothing was set up, so the call is tried again, afresh in
 the same folder, after a back-off (`RetryPolicy`: at least the `Retry-After`, exponential and jittered, a
 bounded number of attempts). A call that went live and then failed is never retried: it counts as failed.
-Each `BatchCall` says how often it was refused and how long it waited.
+Each `BatchCall` says how often it was refused and how long it waited. A refusal also holds back every other
+call's next try until its `Retry-After` has passed, and at most SETUPS_PER_CORE calls per core set up at once
+(offers, ICE, DTLS: the CPU-heavy part of a call), so a batch larger than the server's capacity neither bursts
+past it nor hammers it with tries that each cost a set-up.
 
 What a call could not say for itself (it crashed before it had a summary, or never ended) becomes a summary with
 end_reason `error` and the reason in `error`.
@@ -22,12 +25,13 @@ import random
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from voicebridge.config import Settings
+from voicebridge.observability.capacity import usable_cores
 from voicebridge.observability.logs import CALL_ID
 from voicebridge.observability.metrics import Metrics, ObservedCall
 from voicebridge.realtime.api import LegError
@@ -36,6 +40,7 @@ from voicebridge.scenarios.model import Scenario
 
 log = logging.getLogger(__name__)
 
+SETUPS_PER_CORE = 2  # calls setting up at once, per core (offers, ICE and DTLS: the CPU-heavy part of a call)
 # Beyond the scenario's own max_duration_s (the call ends itself then): hang-up drain, artifacts, slack.
 END_GRACE_S = 30.0
 
@@ -146,10 +151,12 @@ class BatchRunner:
         keep: Callable[[BatchCall], bool] | None = None,
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
+        max_setups: int | None = None,
     ) -> None:
         """`keep`: whether the result keeps a call (all of them when None; the soak keeps a line of its own
         instead, so that its memory measures the calls and not its notes about them). `retry`: how calls
-        refused at creation are tried again (RetryPolicy(); NO_RETRY: never)."""
+        refused at creation are tried again (RetryPolicy(); NO_RETRY: never). `max_setups`: calls setting up at
+        once (SETUPS_PER_CORE per core by default)."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.scenario = scenario
@@ -163,6 +170,8 @@ class BatchRunner:
         self.keep = keep
         self.retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
+        self._setups = asyncio.Semaphore(max_setups or SETUPS_PER_CORE * usable_cores())
+        self._hold_until = 0.0  # monotonic: no call tries before this (the last refusal's Retry-After)
         self._live: dict[str, BatchedCall] = {}
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -215,6 +224,28 @@ class BatchRunner:
         (cluster/job_loop.py), each with the id, folder and outcome it would have had in `run`."""
         return await self._one_call(i)
 
+    @contextlib.asynccontextmanager
+    async def _setting_up(self) -> AsyncIterator[None]:
+        """A call's turn to set up: after any hold a refusal put on every call, one of `max_setups` at once."""
+        while True:
+            while (wait := self._hold_until - time.monotonic()) > 0 and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), wait)
+            await self._setups.acquire()
+            if self._hold_until <= time.monotonic() or self._stopping:
+                break
+            self._setups.release()  # refused meanwhile: wait for the hold again
+        try:
+            yield
+        finally:
+            self._setups.release()
+
+    def _hold(self, refused: LegError) -> None:
+        """Nobody tries before the refusal's Retry-After (or the policy's first back-off) has passed, jittered."""
+        wait = refused.retry_after_s if refused.retry_after_s is not None else self.retry.base_s
+        until = time.monotonic() + wait * (1.0 + self._rng.uniform(0.0, self.retry.jitter))
+        self._hold_until = max(self._hold_until, until)
+
     def stop(self) -> None:
         self._stopping = True
         self._stopped.set()
@@ -262,23 +293,31 @@ class BatchRunner:
         live_at: list[float] = []
         call: BatchedCall | None = None
         try:
-            call = self.call_factory(scenario, self.settings, folder, call_id)
+            async with self._setting_up():
+                started_at, t0 = time.time(), time.monotonic()
+                call = self.call_factory(scenario, self.settings, folder, call_id)
 
-            def on_state(state: str) -> None:
-                if state == "live" and not live_at:
-                    live_at.append(time.monotonic() - t0)
+                def on_state(state: str) -> None:
+                    if state == "live" and not live_at:
+                        live_at.append(time.monotonic() - t0)
 
-            call.on("state", on_state)
-            if self.metrics is not None:
-                self.metrics.observe(call)
-            self._live[call_id] = call
-            try:
-                await call.start()
-            except Exception as e:
-                # The Call has ended itself with `error` (its summary says why); anything else is logged.
-                refused = refusal(e) if not live_at else None
-                if refused is None:
-                    log.info("call %s did not start: %s", call_id, e)
+                call.on("state", on_state)
+                if self.metrics is not None:
+                    self.metrics.observe(call)
+                self._live[call_id] = call
+                if self._stopping:  # stopped while it waited its turn: it ends before it begins
+                    task = asyncio.ensure_future(call.hangup("shutdown", "operator"))
+                    self._hangups.add(task)
+                    task.add_done_callback(self._hangups.discard)
+                try:
+                    await call.start()
+                except Exception as e:
+                    # The Call has ended itself with `error` (its summary says why); anything else is logged.
+                    refused = refusal(e) if not live_at else None
+                    if refused is None:
+                        log.info("call %s did not start: %s", call_id, e)
+                    else:
+                        self._hold(refused)
             limit = scenario.max_duration_s + self.settings.hangup_drain_timeout_s + END_GRACE_S
             try:
                 await call.wait_ended(limit)
