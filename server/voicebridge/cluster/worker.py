@@ -7,7 +7,7 @@ application as `voicebridge serve` (signaling/app.py), listening on HOST, with t
   (`X-Voicebridge-Cluster`, from Redis; registry.py) or gets 403. Browsers reach it only with media: their ICE
   candidates are this worker's own (its advertised address; 127.0.0.1 on loopback), never the front door's;
 * `Member` heartbeats into Redis every second (key expiring after 5 s) and writes each call's record (the API's list
-  row plus "worker") when it is created (before the 201), when its state changes, and each heartbeat while live;
+  row plus "worker") when it is created (before the 201), when its state changes, and every 5 s while live;
 * SIGTERM drains: the heartbeat says `draining` (no new calls are placed here), the calls end with `shutdown` as
   in a single process, their final records are written, then the worker leaves the registry.
 
@@ -45,6 +45,8 @@ from voicebridge.signaling.security import RateLimit, SecurityPolicy, is_loopbac
 
 from .registry import HEARTBEAT_S, TTL_S, Registry, RegistryUnavailable, WorkerInfo
 
+REFRESH_S = 5.0  # how often every live call's record is rewritten (its duration and counts in GET /api/calls)
+
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Voicebridge-Cluster"
@@ -70,6 +72,8 @@ class Member:
         self.draining = False
         self.redis_problem: str | None = None  # why the last write failed; None while Redis answers
         self._open: set[str] = set()  # calls whose record says live
+        self._touched: set[str] = set()  # calls whose state changed since their record was written
+        self._refreshed_at = 0.0  # when every live call's record was last rewritten
         self._lock = asyncio.Lock()
         self._dirty = asyncio.Event()
 
@@ -88,21 +92,22 @@ class Member:
 
         def make(scenario: Scenario) -> CallLike:
             call = factory(scenario)
-            call.on("state", self.changed)
-            call.on("ended", self.changed)
+
+            def changed(*_: object) -> None:
+                self._touched.add(call.id)
+                self._dirty.set()  # written now rather than at the next heartbeat
+
+            call.on("state", changed)
+            call.on("ended", changed)
             return call
 
         return make
-
-    def changed(self, *_: object) -> None:
-        """A call's state changed: write its record now rather than at the next heartbeat."""
-        self._dirty.set()
 
     async def sync(self) -> None:
         """Heartbeat and write the records of live calls and of calls that ended since the last sync."""
         async with self._lock:
             try:
-                await self._sync()
+                await self._sync(everything=self.redis_problem is not None)  # Redis may be back empty
             except RegistryUnavailable as e:
                 if self.redis_problem is None:
                     log.warning("worker %s: %s; live calls go on, new ones are refused", self.info.id, e)
@@ -112,7 +117,7 @@ class Member:
                 log.info("worker %s: Redis answers again", self.info.id)
                 self.redis_problem = None
 
-    async def _sync(self) -> None:
+    async def _sync(self, everything: bool = False) -> None:
         live = self.manager.live()
         now = time.time()
         self.info = dataclasses.replace(self.info, heartbeat_at=now, calls=len(live), draining=self.draining)
@@ -124,7 +129,15 @@ class Member:
                 self.manager.hangup(rec, "worker_lost", "server")
             self._open.clear()
             return
-        rows = [self.manager.view(rec) for rec in live]
+        # A row is the call's summary made now: new and changed calls at once, the rest (their duration and turn
+        # counts) every REFRESH_S rather than each heartbeat.
+        everything = everything or now - self._refreshed_at >= REFRESH_S
+        touched = set(self._touched)
+        rows = [
+            self.manager.view(rec)
+            for rec in live
+            if everything or rec.call.id in touched or rec.call.id not in self._open
+        ]
         live_ids = {rec.call.id for rec in live}
         for call_id in sorted(self._open - live_ids):
             ended = self.manager.get(call_id)
@@ -132,6 +145,9 @@ class Member:
                 rows.append(self.manager.view(ended))
         await self.registry.put_calls(self.info.id, rows)
         self._open = live_ids
+        self._touched -= touched
+        if everything:
+            self._refreshed_at = now
 
     async def run(self) -> None:
         """Sync each heartbeat, and at once when a call changes; until cancelled."""
