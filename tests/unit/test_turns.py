@@ -138,7 +138,7 @@ def test_concurrent_tool_calls_count_once_and_only_inside_the_turn() -> None:
     assert turn.tools_ms == pytest.approx(600, abs=0.5)  # 2.2-2.8 once, "a" outside the window
 
 
-def test_barge_in_is_one_turn_not_a_ping_pong_and_a_human_speaks_for_the_caller() -> None:
+def test_barge_in_is_no_turn_nor_a_ping_pong_and_a_human_speaks_for_the_caller() -> None:
     clock = Clock()
     obs = observer(clock)
     talk(obs, clock, "cs", 1.0, 1.5)
@@ -146,9 +146,29 @@ def test_barge_in_is_one_turn_not_a_ping_pong_and_a_human_speaks_for_the_caller(
         clock.t = 1.52 + i * 0.02
         obs.on_packet("human", packet(clock))
         obs.on_packet("cs", packet(clock))
-    assert [(t.from_, t.to) for t in obs.turns] == [("cs", "caller")]
+    # Talking over the agent is an overlap (the talk-over analysis reports it), not a reply 20 ms after its speech.
+    assert obs.turns == [] and obs.summary().count == 0
+    [overlap] = obs.timing().overlaps
+    assert overlap.by == "caller" and overlap.start == pytest.approx(1.52 - RELAY_S, abs=1e-4)
+    talk(obs, clock, "human", 2.04, 2.5)  # the human goes on alone after the agent yielded: still no turn
+    talk(obs, clock, "cs", 3.0, 3.5)  # the agent's reply after the human stopped is a turn
+    assert [(t.from_, t.to, t.total_ms) for t in obs.turns] == [("caller", "cs", pytest.approx(500, abs=0.01))]
+    assert obs.timing().turn_gap_ms is not None and obs.timing().turn_gap_ms.p50 == pytest.approx(500, abs=0.01)
     obs.on_packet("listener", packet(clock))  # not a party: ignored
     assert len(obs.turns) == 1
+
+
+def test_a_reply_in_the_others_short_pause_is_a_turn_only_if_the_other_stays_quiet() -> None:
+    clock = Clock()
+    obs = observer(clock)
+    talk(obs, clock, "cs", 1.0, 2.0)
+    talk(obs, clock, "caller", 2.1, 2.5)  # 100 ms after the agent's last word: a quick reply
+    assert [round(t.total_ms) for t in obs.turns] == [100]
+    talk(obs, clock, "caller", 3.0, 3.2)
+    talk(obs, clock, "cs", 3.24, 3.3)  # the agent answers 40 ms after the caller's last word...
+    assert len(obs.turns) == 2
+    talk(obs, clock, "caller", 3.4, 3.6)  # ...but the caller was only pausing (< QUIET_S): that was talk-over
+    assert [round(t.total_ms) for t in obs.turns] == [100]
 
 
 def test_covered_is_the_union_clipped_to_the_window() -> None:

@@ -15,6 +15,11 @@ separated out:
   ``response.create`` sent (ResponseGate waits for the leg to be idle).
 
 ``other_ms`` = total - bridge: the agents' and the API's part (end-of-speech detection, generation).
+
+A party that starts while the other is still talking (a barge-in: the other party's stretch of speech goes on past
+the first frame of the new speech) did not reply after a gap: that is an overlap, and an interruption when the other
+yields, which the talk-over analysis (lab/timing.py) reports. It is not a turn, or its gap of a few milliseconds would
+pull down every turn-gap figure (the p50 of `max_turn_gap_ms`, the batch report's percentiles).
 Speech vs silence is told by packet size: Opus codes silence in a few bytes (the emulator's are 3 bytes,
 DTX/comfort noise is similar), speech in tens of bytes.
 """
@@ -57,7 +62,7 @@ class TurnLatency:
         self._outputs_done: dict[str, float | None] = {"caller": None, "cs": None}
         self._tools: dict[str, list[tuple[float, float]]] = {"caller": [], "cs": []}
         self._gating: dict[str, list[tuple[float, float]]] = {"caller": [], "cs": []}
-        self.turns: list[TurnRecord] = []
+        self._turns: list[TurnRecord] = []  # every candidate turn; `turns` leaves out the talk-overs
         # Per party, its stretches of speech [first packet, last packet + FRAME_S] (a pause < QUIET_S stays
         # inside one): the timeline of the talk-over analysis (lab/timing.py).
         self._speech: dict[str, list[list[float]]] = {"caller": [], "cs": []}
@@ -115,7 +120,7 @@ class TurnLatency:
         relay = end[1] + start[1]
         total = (start[0] - end[0]) * 1000.0
         bridge = tools + gating + relay
-        self.turns.append(
+        self._turns.append(
             TurnRecord(
                 from_=frm,
                 to=to,
@@ -130,6 +135,16 @@ class TurnLatency:
             )
         )
 
+    @property
+    def turns(self) -> list[TurnRecord]:
+        """The replies: candidate turns whose first speech came after the other party had stopped.
+
+        Decided when asked, not when the reply's first packet arrives: only the packets after it tell whether the
+        other party was still talking (its stretch of speech, which absorbs pauses shorter than QUIET_S, runs on
+        past the reply's first frame)."""
+        speech = self._speech
+        return [turn for turn in self._turns if not _talked_over(turn, speech[turn.from_])]
+
     def speech(self) -> dict[str, list[tuple[float, float]]]:
         """Per party, its stretches of speech so far, seconds on the call's clock."""
         return {party: [(a, b) for a, b in stretches] for party, stretches in self._speech.items()}
@@ -139,18 +154,32 @@ class TurnLatency:
         return analyze(self.speech(), self.turns)
 
     def summary(self) -> TurnLatencySummary:
+        turns = self.turns
+
         def stats(values: list[float]) -> P50Max | None:
             if not values:
                 return None
             return P50Max(p50=round(statistics.median(values), 3), max=round(max(values), 3))
 
         return TurnLatencySummary(
-            turns=list(self.turns),
-            count=len(self.turns),
-            total_ms=stats([t.total_ms for t in self.turns]),
-            bridge_ms=stats([t.bridge_ms for t in self.turns]),
-            relay_ms=stats([t.relay_ms for t in self.turns]),
+            turns=turns,
+            count=len(turns),
+            total_ms=stats([t.total_ms for t in turns]),
+            bridge_ms=stats([t.bridge_ms for t in turns]),
+            relay_ms=stats([t.relay_ms for t in turns]),
         )
+
+
+def _talked_over(turn: TurnRecord, stretches: list[list[float]]) -> bool:
+    """Whether the party the turn came from kept talking past the reply's first frame (the reply was a barge-in).
+
+    Its speech_end (an arrival time) lies in one of its stretches; the reply talked over it when that stretch ends
+    more than a frame after the reply started. Times in a TurnRecord are rounded to 0.1 ms, hence the tolerance."""
+    tolerance = 1e-4
+    for start, end in stretches:
+        if start - tolerance <= turn.speech_end <= end + tolerance:
+            return end > turn.reply_start + FRAME_S + tolerance
+    return False
 
 
 def _covered(intervals: list[tuple[float, float]], window: tuple[float, float]) -> float:
