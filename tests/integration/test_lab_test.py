@@ -56,6 +56,7 @@ def test_a_matrix_run_passes_one_scenario_and_fails_the_other_naming_its_criteri
     assert [c.name for c in bad.failed_criteria] == ["the agent offers a refund", "nobody hangs up"]
     assert [(c.name, c.skipped) for c in bad.criteria if c.skipped] == [("judged politeness", True)]
     assert "FAIL the agent offers a refund [said]: no line cs said contains 'refund'" in p.stderr
+    assert re.search(r"\[\d/2\] short_call\[good\]#1 test_\w+ FAILED caller_hangup", p.stderr)  # progress lines
 
     root = ET.parse(junit).getroot()
     assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("2", "1", "0")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from voicebridge.results import CallSummary
@@ -12,8 +13,12 @@ WIDTH = 30
 
 
 class ProgressBar:
-    def __init__(self, stream: TextIO, total: int, label: str = "calls") -> None:
+    def __init__(
+        self, stream: TextIO, total: int, label: str = "calls", name: Callable[[CallSummary], str] | None = None
+    ) -> None:
+        """`name`: how a finished call's line names it (its call_id when None)."""
         self.stream = stream
+        self.name = name
         self.total = total
         self.label = label
         self.ok = 0
@@ -33,8 +38,9 @@ class ProgressBar:
         else:
             mark = "ok" if summary.succeeded else "FAILED"
             extra = f" ({summary.error})" if summary.error and not summary.succeeded else ""
+            who = self.name(summary) if self.name is not None else summary.call_id
             print(
-                f"[{done:>{len(str(total))}}/{total}] {summary.call_id} {mark} {summary.end_reason} "
+                f"[{done:>{len(str(total))}}/{total}] {who} {mark} {summary.end_reason} "
                 f"{summary.duration_s:.1f} s{extra}",
                 file=self.stream,
                 flush=True,

@@ -25,7 +25,16 @@ from voicebridge.batch.report import artifact_links
 from voicebridge.batch.runner import BatchResult, call_id, new_batch_id
 from voicebridge.lab.criteria import check_scenario
 from voicebridge.lab.junit import junit_xml
-from voicebridge.lab.report import NO_IMPAIRMENT, REPORT_VERSION, LabReport, LabRun, lab_run, tally, verdict
+from voicebridge.lab.report import (
+    NO_IMPAIRMENT,
+    REPORT_VERSION,
+    LabReport,
+    LabRun,
+    lab_run,
+    run_name,
+    tally,
+    verdict,
+)
 from voicebridge.scenarios.model import Scenario, ScenarioError, builtin_names, load_scenario
 
 from .call import with_impairment
@@ -142,7 +151,8 @@ async def _main(args: argparse.Namespace) -> int:
     jobs = matrix(scenarios, impairments, args.repeat, args.impair_seed)  # a bad --impair: ScenarioError
     test_id = new_batch_id().replace("batch_", "test_", 1)
     out_dir = Path(args.out) if args.out is not None else Path("lab-runs") / test_id
-    bar = ProgressBar(sys.stderr, len(jobs))
+    runs = {call_id(test_id, i): run_name(j.scenario.name, j.impairment, j.repeat) for i, j in enumerate(jobs)}
+    bar = ProgressBar(sys.stderr, len(jobs), name=lambda s: f"{runs.get(s.call_id, '?')} {s.call_id}")
     try:
         result = await run_calls(
             [j.scenario for j in jobs], args.concurrency, out_dir, emulator_url=args.emulator_url,

@@ -69,8 +69,7 @@ class LabRun(Record):
 
     @property
     def name(self) -> str:
-        """scenario[impairment]#repeat: the JUnit test case and the progress line."""
-        return f"{self.scenario}[{self.impairment}]#{self.repeat}"
+        return run_name(self.scenario, self.impairment, self.repeat)
 
     @property
     def failed_criteria(self) -> list[CriterionResult]:
@@ -115,6 +114,11 @@ class LabReport(Record):
     ok: bool
     """pass_rate >= min_pass_rate, and not interrupted: the exit status 0."""
     runs: list[LabRun]
+
+
+def run_name(scenario: str, impairment: str, repeat: int) -> str:
+    """scenario[impairment]#repeat: a run's name in the progress lines, the table and JUnit."""
+    return f"{scenario}[{impairment}]#{repeat}"
 
 
 def outcome(summary: CallSummary) -> Outcome:
