@@ -15,7 +15,16 @@ from voicebridge.bench.bridge import event_loop_runner
 from voicebridge.bench.floor import measure_floor, rtp_packets
 from voicebridge.bench.load import noise_packets
 from voicebridge.bench.probes import profile_shares
-from voicebridge.bench.report import figures, markdown, max_without_loss, summarise, table
+from voicebridge.bench.report import (
+    comparisons_table,
+    figures,
+    markdown,
+    max_without_loss,
+    summarise,
+    table,
+    targets,
+    targets_table,
+)
 from voicebridge.media.passthrough import opus_samples
 
 pytestmark = pytest.mark.unit
@@ -176,8 +185,28 @@ def test_the_table_and_report_judge_cpu_per_packet_by_the_floor() -> None:
     }
     run = {"date": "d", "machine": {"cpus": 2, "platform": "p", "python": "3"}, "quick": True, "window_s": 2.5}
     text = markdown({**out, **run, "levels": [lv], "failures": [], "floor": floor, "floor_us_per_packet": 10.0})
-    assert "| bridge CPU per forwarded packet <= 2x the floor | 20.0 | **no** |" in text
+    cpu = "| bridge CPU per forwarded packet <= 2x the floor"
+    assert f"{cpu} | 25 calls | 20.0 | **missed** (10.0x the limit) |" in text
+    assert f"{cpu} | 100 calls | - | - |" in text  # not measured in this run
     assert "10.0 us of CPU per packet" in text
+
+
+def test_issue_16_targets_say_met_or_by_how_much_they_missed() -> None:
+    fast = figures(raw_job("passthrough", 25, 25000, 25000, 5.0, [0.00003] * 100), floor_us=10.0)  # 20 us/packet
+    slow = figures(raw_job("passthrough", 100, 100000, 100000, 60.0, [0.0004] * 100), floor_us=10.0)
+    result = {**summarise([fast, slow], "passthrough", 25), "levels": [fast, slow]}
+    rows = {(r["target"], r["calls"]): r for r in targets(result)}
+    cpu = "bridge CPU per forwarded packet <= 2x the floor"
+    assert rows[(cpu, 25)]["met"] is True and rows[(cpu, 25)]["value"] == pytest.approx(2.0)
+    assert rows[(cpu, 100)]["met"] is False and rows[(cpu, 100)]["by"] == "3.0x the limit"  # 60 us = 6x floor
+    assert rows[("added latency p50 <= 0.05 ms", 25)]["met"] is True  # 0.03 ms
+    assert rows[("added latency p99 <= 0.3 ms", 100)]["met"] is False  # 0.4 ms
+    lossless = rows[("calls without loss >= 200", None)]
+    assert lossless["met"] is False and lossless["by"] == "100 of 200"
+    text = targets_table(targets(result))
+    assert "| calls without loss >= 200 | the run | 100 | **missed** (100 of 200) |" in text
+    variant = {**fast, "variant": "uvloop loop", "against": {"floor_ratio": 2.5}}
+    assert "| uvloop loop | 25 | 20.0 | 2.0 | 2.5 |" in comparisons_table([variant])
 
 
 def test_the_bridge_process_runs_on_the_event_loop_it_is_given() -> None:

@@ -24,12 +24,24 @@ from voicebridge.extras import require
 
 from .bridge import Job, bridge_main
 from .floor import Floor, measure_floor
-from .report import figures, floor_line, lossy, markdown, plot, summarise, table
+from .report import (
+    comparisons_table,
+    figures,
+    floor_line,
+    lossy,
+    markdown,
+    plot,
+    summarise,
+    table,
+    targets,
+    targets_table,
+)
 
-FULL_LEVELS = [1, 10, 25, 50]
-EXTRA_LEVELS = [75, 100, 150]  # full run: go on while there is no loss
+FULL_LEVELS = [1, 10, 25, 50, 100]
+EXTRA_LEVELS = [150, 200, 250]  # full run: go on while there is no loss
 QUICK_LEVELS = [1, 5]
 REFERENCE_CALLS = 25  # the targets are stated at 25 concurrent calls
+CPU_TARGET_CALLS = (25, 100)  # issue 16: CPU per packet <= 2x the floor at these levels (uvloop compared at both)
 BASELINE_GIVE_UP_LOSS_PCT = 5.0  # once the baseline loses this much, higher levels only measure overload
 
 
@@ -80,6 +92,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     quick = bool(args.quick)
     seconds, warmup, listeners = (2.5, 0.5, 5) if quick else (10.0, 2.0, 20)
     levels, extend = _levels(args)
+    compare = not args.calls and (args.relay or "passthrough") == "passthrough"
     relays = [args.relay] if args.relay else ["passthrough", "transcode"]
     load_before, steal_before, psi_before = os.getloadavg(), _steal_s(), _cpu_pressure()
     measured: list[dict[str, Any]] = []
@@ -118,6 +131,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 break
             if not queue and extra and not lossy(lv):
                 queue.append(extra.pop(0))
+    comparisons = run_comparisons(args, measured, floor["us_per_packet"], ref, seconds, warmup) if compare else []
     main_relay = relays[0]
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -148,9 +162,49 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     result["ws_transcoding"] = transcode_cost(500)
     result["levels"] = measured
+    result["comparisons"] = comparisons
+    result["targets"] = targets(result)
     result["failures"] = failures
     result["_samples"] = samples
     return result
+
+
+def run_comparisons(
+    args: argparse.Namespace, measured: list[dict[str, Any]], floor_us: float, ref: int, seconds: float, warmup: float
+) -> list[dict[str, Any]]:
+    """The same pass-through job again with one thing changed, right after the main levels (same run, same floor):
+    aiortc's own packet path instead of the short paths (at the headline level), and the other event loop
+    (uvloop against asyncio's, at each CPU-target level measured), so that each change is judged by its ratio."""
+    other_loop = "asyncio" if args.loop == "uvloop" else "uvloop"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        other_loop = ""
+    done = {lv["calls"] for lv in measured if lv["relay"] == "passthrough"}
+    jobs: list[tuple[str, Job]] = []
+    if ref in done:
+        old_path = Job("passthrough", ref, seconds, warmup, loop=args.loop, short_path=False)
+        jobs.append(("aiortc's packet path", old_path))
+    if other_loop:
+        for calls in sorted(done & {ref, *CPU_TARGET_CALLS}):
+            jobs.append((f"{other_loop} loop", Job("passthrough", calls, seconds, warmup, loop=other_loop)))
+    out: list[dict[str, Any]] = []
+    for variant, job in jobs:
+        _say(f"comparison: {variant}, {job.calls} concurrent call(s)")
+        try:
+            lv = figures(run_job(job), floor_us)
+        except RuntimeError as e:
+            _say(str(e))
+            continue
+        lv["variant"] = variant
+        base = next(x for x in measured if x["relay"] == "passthrough" and x["calls"] == job.calls)
+        lv["against"] = {k: base.get(k) for k in ("cpu_us_per_packet", "floor_ratio", "added_latency_ms", "loss_pct")}
+        _say(
+            f"{variant} x{job.calls}: {lv['cpu_us_per_packet']} us/packet = {lv['floor_ratio']}x floor "
+            f"(default: {base['floor_ratio']}x), loss {lv['loss_pct']} %"
+        )
+        out.append(lv)
+    return out
 
 
 def _cpu_pressure() -> float | None:
@@ -194,6 +248,9 @@ def main(args: argparse.Namespace) -> int:
         return 130
     samples = result.pop("_samples")
     text = floor_line(result["floor"]) + "\n\n" + table(result["levels"])
+    if result["comparisons"]:
+        text += "\n\n" + comparisons_table(result["comparisons"])
+    text += "\n\n" + targets_table(result["targets"])
     print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
     ws = result["ws_transcoding"]
     print(

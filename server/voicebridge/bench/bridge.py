@@ -51,6 +51,9 @@ class Job:
     warmup: float
     listeners: int = 0  # measured after the main window, on the first call (fan-out)
     loop: str = "asyncio"  # the bridge process's event loop: "asyncio" (the default loop) or "uvloop"
+    # The bridge's short receive/send paths (media/passthrough.py); None: as VOICEBRIDGE_SHORT_PATH says (on).
+    # The load processes follow VOICEBRIDGE_SHORT_PATH only: on by default, so the load stays cheap.
+    short_path: bool | None = None
 
 
 @dataclass
@@ -247,7 +250,15 @@ async def run_job(job: Job) -> dict[str, Any]:
         conns.append(parent)
         procs.append(proc)
     b = _Bridge(job.relay)
-    result: dict[str, Any] = {"relay": job.relay, "calls": job.calls, "load_processes": n_loads}
+    from voicebridge.media import passthrough
+
+    result: dict[str, Any] = {
+        "relay": job.relay,
+        "calls": job.calls,
+        "load_processes": n_loads,
+        "loop": job.loop,
+        "short_path": passthrough.SHORT_PATH,
+    }
     try:
         for c in conns:  # the load processes have imported aiortc and encoded their packets
             if not await asyncio.get_running_loop().run_in_executor(None, c.poll, 60):
@@ -322,6 +333,10 @@ def event_loop_runner(loop: str) -> asyncio.Runner:
 def bridge_main(conn: Any, job: Job) -> None:
     """Entry point of the bridge process: run one job on job.loop, send back its result (or the error)."""
     try:
+        if job.short_path is not None:
+            from voicebridge.media.passthrough import use_short_path
+
+            use_short_path(job.short_path)
         with event_loop_runner(job.loop) as runner:
             result = runner.run(run_job(job))
         conn.send(("ok", result))

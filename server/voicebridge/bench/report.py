@@ -86,6 +86,16 @@ def figures(job: dict[str, Any], floor_us: float | None = None) -> dict[str, Any
         "cpu_pct_per_call_full_rate": round(cpu_us * PACKETS_PER_CALL_S / 1e4, 3) if cpu_us else None,
         "load_processes": job["load_processes"],
         "load_cpu_pct": [round(x["cpu_pct"], 1) for x in win["loads"]],
+        # The load beside the bridge (issue 16): all load processes together, % of a core, and per packet it
+        # handled (sent + received), comparable with the bridge's CPU per forwarded packet.
+        "load_cpu_pct_total": round(sum(x["cpu_pct"] for x in win["loads"]), 1),
+        "load_cpu_us_per_packet": (
+            round(1e4 * sum(x["cpu_pct"] for x in win["loads"]) * win["wall_s"] / (sent + received), 1)
+            if sent + received
+            else None
+        ),
+        "loop": job.get("loop", "asyncio"),
+        "short_path": job.get("short_path", True),
         "bridge_loop_lag_ms": win["loop_lag_ms"],
         "load_loop_lag_ms": [x["loop_lag_ms"] for x in win["loads"]],
         "load_late_ticks": sum(x["late_ticks"] for x in win["loads"]),
@@ -186,9 +196,9 @@ def _ratio(a: float | None, b: float | None) -> str:
 def table(levels: list[dict[str, Any]]) -> str:
     head = (
         "| calls | relay | added p50 ms | p99 ms | max ms | e2e p50 ms | CPU %/call | MiB/call | loss % "
-        "| set-up p50 ms | CPU us/packet | x floor |"
+        "| set-up p50 ms | CPU us/packet | x floor | load CPU us/packet |"
     )
-    rows = [head, "|" + "---|" * 12]
+    rows = [head, "|" + "---|" * 13]
     by = {(lv["calls"], lv["relay"]): lv for lv in levels}
     for calls in sorted({lv["calls"] for lv in levels}):
         p, t = by.get((calls, "passthrough")), by.get((calls, "transcode"))
@@ -200,7 +210,7 @@ def table(levels: list[dict[str, Any]]) -> str:
                 f"| {calls} | {lv['relay']} | {lat.get('p50', '-')} | {lat.get('p99', '-')} | {lat.get('max', '-')} "
                 f"| {e2e['p50'] if e2e else '-'} | {lv['cpu_pct_per_call']} | {lv['mem_mib_per_call']} "
                 f"| {lv['loss_pct']} | {lv['setup_ms_p50']} | {lv.get('cpu_us_per_packet') or '-'} "
-                f"| {lv.get('floor_ratio') or '-'} |"
+                f"| {lv.get('floor_ratio') or '-'} | {lv.get('load_cpu_us_per_packet') or '-'} |"
             )
         if p and t:
             pl, tl = p["added_latency_ms"], t["added_latency_ms"]
@@ -210,7 +220,7 @@ def table(levels: list[dict[str, Any]]) -> str:
                 f"| {_ratio(p['cpu_pct_per_call'], t['cpu_pct_per_call'])} "
                 f"| {_ratio(p['mem_mib_per_call'], t['mem_mib_per_call'])} | - "
                 f"| {_ratio(p['setup_ms_p50'], t['setup_ms_p50'])} "
-                f"| {_ratio(p.get('cpu_us_per_packet'), t.get('cpu_us_per_packet'))} | - |"
+                f"| {_ratio(p.get('cpu_us_per_packet'), t.get('cpu_us_per_packet'))} | - | - |"
             )
     fans = [lv for lv in levels if "fanout" in lv]
     if fans:
@@ -284,9 +294,67 @@ TARGETS: tuple[tuple[str, Callable[[dict[str, Any]], Any], float], ...] = (  # i
     ("bridge CPU <= 2 % of a core per call (at the full packet rate)", lambda r: r["cpu_pct_per_call_full_rate"], 2.0),
     ("set-up p50 <= 100 ms", lambda r: r["setup_ms_p50"], 100.0),
     ("memory <= 10 MiB per call", lambda r: r["mem_mib_per_call"], 10.0),
-    # issue 16: judged against the floor measured in the same run (bench/floor.py), not in absolute time
-    ("bridge CPU per forwarded packet <= 2x the floor", lambda r: r.get("floor_ratio"), 2.0),
 )
+
+
+# Issue 16's targets on this machine: (name, level (calls) or None for the run, value getter, limit, at most?)
+TARGETS_16: tuple[tuple[str, int | None, Callable[[dict[str, Any]], Any], float, bool], ...] = (
+    ("bridge CPU per forwarded packet <= 2x the floor", 25, lambda lv: lv.get("floor_ratio"), 2.0, True),
+    ("bridge CPU per forwarded packet <= 2x the floor", 100, lambda lv: lv.get("floor_ratio"), 2.0, True),
+    ("added latency p50 <= 0.05 ms", 25, _p50, 0.05, True),
+    ("added latency p50 <= 0.05 ms", 100, _p50, 0.05, True),
+    ("added latency p99 <= 0.3 ms", 25, _p99, 0.3, True),
+    ("added latency p99 <= 0.3 ms", 100, _p99, 0.3, True),
+    ("calls without loss >= 200", None, lambda r: r.get("max_calls_without_loss"), 200, False),
+    ("set-up p50 <= 40 ms", 25, lambda lv: lv.get("setup_ms_p50"), 40.0, True),
+)
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 16's targets, each met or missed (and by how much), from a run's pass-through levels."""
+    by_calls = {lv["calls"]: lv for lv in result.get("levels", []) if lv["relay"] == "passthrough"}
+    out: list[dict[str, Any]] = []
+    for name, calls, get, limit, at_most in TARGETS_16:
+        source = result if calls is None else by_calls.get(calls)
+        value = get(source) if source is not None else None
+        row: dict[str, Any] = {"target": name, "calls": calls, "value": value, "limit": limit}
+        if value is None:
+            row["met"], row["by"] = None, "not measured in this run"
+        elif at_most:
+            row["met"] = value <= limit
+            row["by"] = "" if row["met"] else f"{value / limit:.1f}x the limit" if limit else ""
+        else:
+            row["met"] = value >= limit
+            row["by"] = "" if row["met"] else f"{value} of {limit:g}"
+        out.append(row)
+    return out
+
+
+def targets_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| target (issue 16) | at | measured | met |", "|---|---|---|---|"]
+    for r in rows:
+        met = "-" if r["met"] is None else "met" if r["met"] else f"**missed** ({r['by']})"
+        at = f"{r['calls']} calls" if r["calls"] else "the run"
+        value = "-" if r["value"] is None else r["value"]
+        lines.append(f"| {r['target']} | {at} | {value} | {met} |")
+    return "\n".join(lines)
+
+
+def comparisons_table(rows: list[dict[str, Any]]) -> str:
+    """The same job with one change, beside the default figures of the same run (x floor: lower is better)."""
+    lines = [
+        "| change (same run) | calls | CPU us/packet | x floor | default x floor | added p50 / p99 ms | loss % "
+        "| load CPU us/packet |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lat = r["added_latency_ms"]
+        lines.append(
+            f"| {r['variant']} | {r['calls']} | {r['cpu_us_per_packet']} | {r['floor_ratio']} "
+            f"| {r['against']['floor_ratio']} | {lat.get('p50', '-')} / {lat.get('p99', '-')} | {r['loss_pct']} "
+            f"| {r.get('load_cpu_us_per_packet') or '-'} |"
+        )
+    return "\n".join(lines)
 
 
 def floor_line(floor: dict[str, Any] | None) -> str:
@@ -342,7 +410,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"\nAt the headline level {result['loss_pct']} % of the packets did not arrive within 0.5 s: the "
             "machine could not run the bridge and the load at that rate, so latency there includes waiting for a CPU."
         )
+    lines += ["", targets_table(result.get("targets") or targets(result))]
     lines += ["", table(result["levels"]), ""]
+    if result.get("comparisons"):
+        lines += [comparisons_table(result["comparisons"]), ""]
     ws = result.get("ws_transcoding")
     if ws:
         lines += [
@@ -362,6 +433,7 @@ def rerender(path: Path) -> str:
     result = json.loads(Path(path).read_text(encoding="utf-8"))
     main_relay = result["levels"][0]["relay"] if result["levels"] else "passthrough"
     result.update(summarise(result["levels"], main_relay, int(result["calls"])))
+    result["targets"] = targets(result)
     Path(path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     text = markdown(result)
     Path(path).with_name("bench.md").write_text(text + "\n", encoding="utf-8")
