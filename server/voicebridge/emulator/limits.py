@@ -42,7 +42,7 @@ ACCEPT_WARN_EVERY_S = 10.0
 _ACCEPT_FAILED = "socket.accept() out of system resource"
 RETRY_AFTER_S = 5
 # Capacity defaults, measured on this project's 2-vCPU machine (README, "Overload"): see Limits.
-SESSIONS_PER_CORE = 24.0
+SESSIONS_PER_CORE = 12.0
 MAX_LAG_MS = 150.0
 LAG_FLOOR = 8  # the lag refuses only while this many sessions are live (capacity.py says why)
 ENV_SESSIONS_PER_CORE = "VOICEBRIDGE_EMULATOR_SESSIONS_PER_CORE"
