@@ -72,11 +72,25 @@ async def until_state(http: aiohttp.ClientSession, base: str, call_id: str, stat
                 return
 
 
+REFUSED: list[str] = []
+
+
+async def create(http: aiohttp.ClientSession, base: str) -> str:
+    """A new call's id; a refusal (capacity 503, rate 429) is counted and retried after its Retry-After."""
+    while True:
+        async with http.post(f"{base}/api/calls", json={"scenario": "late_order"}) as r:
+            if r.status == 201:
+                return str((await r.json())["id"])
+            body = await r.json()
+            if r.status not in (429, 503):
+                raise RuntimeError(f"POST /api/calls: {r.status} {body}")
+            REFUSED.append(body["error"]["type"])
+            await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+
+
 async def setup_ms(http: aiohttp.ClientSession, base: str) -> tuple[float, str]:
     t0 = time.perf_counter()
-    async with http.post(f"{base}/api/calls", json={"scenario": "late_order"}) as r:
-        assert r.status == 201, await r.text()
-        call_id = (await r.json())["id"]
+    call_id = await create(http, base)
     await until_state(http, base, call_id, {"live"})
     took = (time.perf_counter() - t0) * 1000
     async with http.post(f"{base}/api/calls/{call_id}/hangup") as r:
@@ -165,8 +179,7 @@ async def main() -> None:
             for name, (proc, base) in servers.items():
                 ids = []
                 for _ in range(args.concurrent):
-                    async with http.post(f"{base}/api/calls", json={"scenario": "late_order"}) as r:
-                        ids.append((await r.json())["id"])
+                    ids.append(await create(http, base))
                 await asyncio.gather(*(until_state(http, base, i, {"live"}) for i in ids))
                 pids = workers if name == "cluster" else [proc.pid]
                 before = {pid: cpu_s(pid) for pid in pids}
@@ -197,6 +210,7 @@ async def main() -> None:
                 proc.terminate()
                 await proc.wait()
         redis.stop()
+    out["refused_then_retried"] = REFUSED
     out["loadavg_after"] = os.getloadavg()
     out["cores"] = os.cpu_count()
     print(json.dumps(out, indent=1))

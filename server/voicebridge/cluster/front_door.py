@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
+from yarl import URL
 
 from voicebridge.config import Settings
 from voicebridge.edge.websocket import LimitedWebSocketResponse
@@ -92,7 +93,9 @@ def _forward_headers(request: web.Request, secret: str) -> CIMultiDict[str]:
 
 
 class WorkerUnreachable(Exception):
-    pass
+    def __init__(self, message: str, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent  # the request may have reached it (a time-out, a dropped connection): not safe to resend
 
 
 async def _proxy(request: web.Request, worker: WorkerInfo, body: bytes) -> web.Response:
@@ -102,7 +105,7 @@ async def _proxy(request: web.Request, worker: WorkerInfo, body: bytes) -> web.R
     try:
         async with session.request(
             request.method,
-            worker.url + request.path,
+            URL(worker.url + request.rel_url.raw_path, encoded=True),  # the path as the client encoded it
             params=query,
             data=body if body else None,
             headers=_forward_headers(request, await _secret(request.app)),
@@ -113,7 +116,8 @@ async def _proxy(request: web.Request, worker: WorkerInfo, body: bytes) -> web.R
             headers = {k: upstream.headers[k] for k in _RESPONSE_HEADERS if k in upstream.headers}
             return web.Response(body=payload, status=upstream.status, headers=headers)
     except (aiohttp.ClientConnectionError, TimeoutError) as e:
-        raise WorkerUnreachable(f"{worker.id} at {worker.url}: {type(e).__name__}: {e}") from None
+        sent = not isinstance(e, aiohttp.ClientConnectorError)
+        raise WorkerUnreachable(f"{worker.id} at {worker.url}: {type(e).__name__}: {e}", sent) from None
 
 
 # -- placement -------------------------------------------------------------------------------------------------
@@ -136,6 +140,12 @@ async def create_call(request: web.Request) -> web.Response:
             response = await _proxy(request, worker, body)
         except WorkerUnreachable as e:
             log.warning("placing a call: worker %s", e)
+            if e.sent:  # it may have started the call: placing it again could make two
+                raise ApiError(
+                    502,
+                    f"the worker placing the call did not answer in time ({e}); see GET /api/calls",
+                    "worker_unreachable",
+                ) from None
             continue
         if response.status in (429, 503):  # full or draining: the next one may take it
             last = response
@@ -241,7 +251,7 @@ async def call_events(request: web.Request) -> web.StreamResponse:
     headers = {SECRET_HEADER: await _secret(request.app)}
     try:
         upstream = await session.ws_connect(
-            worker.url + request.path,
+            URL(worker.url + request.rel_url.raw_path, encoded=True),
             params=query,
             headers=headers,
             max_msg_size=_WORKER_EVENTS_MAX_BYTES,
