@@ -6,6 +6,8 @@ same packets to a Listener that decodes everything (the old way): the turns must
 
 from __future__ import annotations
 
+import random
+
 import av
 import numpy as np
 import numpy.typing as npt
@@ -132,9 +134,9 @@ def test_reorder_puts_packets_back_in_order_and_gives_up_on_a_lost_one() -> None
     assert r.push(101, b"b") == [b"b", b"c"]
     assert r.reordered == 1
     assert r.push(101, b"b") == [] and r.late == 1  # a duplicate of one already heard
-    # 103 never comes: after `depth` packets wait behind it, it is lost and they go on in order.
+    # 103 never comes: after `depth` packets wait behind it, it is lost (None in its place) and they go on in order.
     assert [r.push(s, bytes([s])) for s in (104, 105, 106)] == [[], [], []]
-    assert r.push(107, b"\x6b") == [bytes([104]), bytes([105]), bytes([106]), b"\x6b"]
+    assert r.push(107, b"\x6b") == [None, bytes([104]), bytes([105]), bytes([106]), b"\x6b"]
     assert r.lost == 1
     assert r.push(103, b"late") == [] and r.late == 2
     # Sequence numbers wrap at 65536.
@@ -175,3 +177,50 @@ async def test_a_jittered_line_is_heard_exactly_as_sent() -> None:
         lossy.listener.push(stream[seq], sequence=seq)
     assert lossy.listener.reorder.lost == 2 and len(lossy.stopped) == 1
     assert recognizer_for([GREETING, BYE]).transcribe(lossy.stopped[0][1]) == normalize_phrase(GREETING)
+
+
+def lossy_path(n: int, seed: int) -> frozenset[int]:
+    """The packets lost by `--impair lossy`'s model: 10 % at random plus bursts (Gilbert-Elliott, 5 % bad share,
+    mean burst 4 packets)."""
+    rng = random.Random(seed)
+    bad, lost = False, set()
+    for i in range(n):
+        bad = rng.random() > 0.25 if bad else rng.random() < 0.013
+        if bad or rng.random() < 0.10:
+            lost.add(i)
+    return frozenset(lost)
+
+
+REFUND = (
+    "I am sorry, your order four two one seven is late. I have issued a refund of forty-two dollars. "
+    "Is there anything else?"
+)
+
+
+async def test_lost_packets_are_concealed_so_a_line_under_heavy_loss_keeps_its_length_and_is_understood() -> None:
+    """15 % loss with bursts inside a line: each lost packet is filled in by libopus (FEC or PLC) for its length,
+    so the turn ends where the whole line's does and pocketsphinx hears the line; the same packets with the lost
+    ones skipped (no sequence numbers: the listener cannot know what is missing) close the holes up, and that line
+    is not heard."""
+    line = await VOICE.speak(REFUND, "en-us", 215)
+    stream = silence(1000) + list(line.packets) + silence(1500)
+    whole, lossy, skipped = Heard(), Heard(), Heard()
+    for seq, p in enumerate(stream):
+        whole.listener.push(p, sequence=seq)
+    lost = lossy_path(len(stream), seed=2)
+    inside = [i for i in lost if 50 <= i < 50 + len(line.packets)]
+    assert len(inside) >= len(line.packets) // 10  # the line itself lost at least 10 % of its packets
+    for seq in range(len(stream)):
+        if seq not in lost:
+            lossy.listener.push(stream[seq], sequence=seq)
+            skipped.listener.push(stream[seq])
+    # Lost packets after the last one to arrive are never known lost; all the others were concealed (or ringed).
+    assert lossy.listener.reorder.lost == len([i for i in lost if i < max(set(range(len(stream))) - lost)])
+    assert lossy.listener.concealed >= len(inside)
+    assert len(whole.stopped) == len(lossy.stopped) == 1
+    assert abs(lossy.started[0] - whole.started[0]) <= 60
+    assert lossy.stopped[0][0] == whole.stopped[0][0]  # the audio clock kept the sender's timeline
+    assert skipped.stopped[0][0] < whole.stopped[0][0]  # skipping closes the holes up
+    recognizer = recognizer_for([GREETING, BYE, REFUND])
+    assert recognizer.transcribe(lossy.stopped[0][1]) == normalize_phrase(REFUND)
+    assert [recognizer.transcribe(pcm) for _, pcm in skipped.stopped] == [None]
