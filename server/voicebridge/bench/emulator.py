@@ -66,9 +66,11 @@ def emulator_main(conn: Any, kind: str) -> None:
 
 def _as_before() -> None:
     """The baseline: the ways of the emulator before issue 17, switched back on in this process."""
+    from voicebridge.emulator.recognition import Recognition
     from voicebridge.emulator.session import Session
 
     Session.aiortc_decode = True
+    Recognition.in_process = True  # pocketsphinx in a thread of the emulator's process
 
 
 async def _serve_emulator(conn: Any, kind: str) -> None:
@@ -366,7 +368,8 @@ class Run:
         ctx = mp.get_context("spawn")
         for kind in KINDS:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=emulator_main, args=(child, kind), daemon=True)
+            # Not daemonic: the emulator starts its recognition workers (emulator/recognition.py).
+            proc = ctx.Process(target=emulator_main, args=(child, kind))
             proc.start()
             self.procs[kind], self.conns[kind] = proc, parent
         for kind in KINDS:

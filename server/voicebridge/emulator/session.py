@@ -29,10 +29,10 @@ from aiortc.mediastreams import MediaStreamError
 from voicebridge.media.passthrough import AiortcIncompatible, InboundTap, RtpAudio
 
 from . import events as ev
-from . import responder, response_plan, turn_detection
+from . import recognition, responder, response_plan, turn_detection
 from .audio_formats import FormatType, format_type
 from .handlers import handle
-from .hearing import Ear, HearingError, recognizer_for
+from .hearing import Ear, HearingError
 from .listening import Listener
 from .persona import Action, PersonaBook, Script
 from .rate_limits import TokenBucket
@@ -124,9 +124,9 @@ class Session:
     # ---- set-up -----------------------------------------------------------------------------------------
 
     def warm_up(self) -> None:
-        """Synthesise the persona's fixed lines and load its recognizer now, in the background, so a turn's reply
-        is not delayed by espeak (~40 ms per second of speech) or pocketsphinx's grammar load (~0.2 s). Lines with
-        `{tool.field}` values wait for those values."""
+        """Synthesise the persona's fixed lines and load its recognizer now (in every recognition worker), in the
+        background, so a turn's reply is not delayed by espeak (~40 ms per second of speech) or pocketsphinx's
+        grammar load (~0.2 s). Lines with `{tool.field}` values wait for those values."""
         persona = self.script.persona
         if persona is None:
             return
@@ -134,7 +134,7 @@ class Session:
             if rule.say and "{" not in rule.say:
                 self.spawn(self._warm_line(rule.say, persona.espeak_voice, persona.espeak_speed))
         if self.script.phrases:
-            self.spawn(asyncio.to_thread(recognizer_for, self.script.phrases))
+            self.spawn(recognition.shared().warm(self.script.phrases))
 
     async def _warm_line(self, text: str, espeak_voice: str, speed: int) -> None:
         try:
@@ -552,9 +552,8 @@ class Session:
         phrases = self.script.phrases
         if not phrases or not pcm.any():  # digital silence (an idle turn) has nothing to hear
             return None
-        try:
-            recognizer = await asyncio.to_thread(recognizer_for, phrases)
-            return await asyncio.to_thread(recognizer.transcribe, pcm)
+        try:  # in a worker process: pocketsphinx holds the GIL for the whole turn (recognition.py)
+            return await recognition.shared().transcribe(phrases, pcm)
         except HearingError as e:
             log.warning("session %s: cannot transcribe: %s", self.id, e)
             return None

@@ -1,0 +1,160 @@
+"""Speech recognition off the emulator's process: pocketsphinx in worker processes.
+
+pocketsphinx holds the GIL for a whole utterance (`process_raw` does not release it: measured, a thread running it
+leaves the event loop's thread nothing for 60 ms per 5 s of speech on a quiet core, far longer on a loaded one), so
+recognising in a thread still stalls the event loop that paces every session's audio and events. Each worker is a
+process of its own (spawned, one job at a time) that keeps its recognizers warm (hearing.recognizer_for's cache);
+a turn goes to the worker with the fewest jobs in flight, and a persona's grammar is loaded in every worker when its
+session starts, so no turn waits for a grammar load. The audio and the phrases go over a pipe (~150 KB for 5 s of
+speech at 16 kHz); the transcript comes back. A worker that dies is replaced, and that turn is recognised in a
+thread instead, so a crash costs latency, never a transcript. Where no worker can be started (a daemonic process
+may not have children; or spawning fails), recognition stays in threads of this process, said once in the log.
+
+`Recognition.in_process = True` recognises in threads of this process, as before (the bench's baseline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from voicebridge.scenarios import normalize_phrase
+
+from .hearing import recognizer_for
+
+log = logging.getLogger(__name__)
+
+WORKERS = max(1, min(2, os.cpu_count() or 1))  # beside the emulator's own process; two cores here
+
+
+def _transcribe(phrases: tuple[str, ...], pcm16k: npt.NDArray[np.int16]) -> str | None:
+    """In a worker: recognise one turn."""
+    return recognizer_for(phrases).transcribe(pcm16k)
+
+
+def _warm(phrases: tuple[str, ...]) -> None:
+    """In a worker: load this phrase set's recognizer now."""
+    recognizer_for(phrases)
+
+
+def _key(phrases: Sequence[str]) -> tuple[str, ...]:
+    return tuple(sorted({normalize_phrase(p) for p in phrases} - {""}))
+
+
+class Recognition:
+    """The worker processes, started on first use."""
+
+    in_process = False  # True: recognise in threads of this process, as before (the bench's baseline)
+
+    def __init__(self, workers: int = WORKERS) -> None:
+        self._pools: list[ProcessPoolExecutor | None] = [None] * workers
+        self._busy = [0] * workers
+        self._lock = threading.Lock()
+        self.jobs = 0  # turns recognised in a worker
+        self.fallbacks = 0  # turns recognised in a thread because a worker died
+        self.no_workers: str | None = None  # why workers cannot be started here, if they cannot
+        self._said = False
+
+    def _pool(self, i: int) -> ProcessPoolExecutor:
+        with self._lock:
+            pool = self._pools[i]
+            if pool is None:
+                pool = self._pools[i] = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            return pool
+
+    def _submit(self, i: int, fn: Any, *args: Any) -> asyncio.Future[Any] | None:
+        """fn(*args) in worker i, or None when no worker can be started here (then: threads, from now on)."""
+        if self.no_workers is None and multiprocessing.current_process().daemon:
+            self.no_workers = "a daemonic process may not start processes"
+        if self.no_workers is None:
+            try:
+                return asyncio.wrap_future(self._pool(i).submit(fn, *args))
+            except BrokenProcessPool:  # a RuntimeError too, but the caller replaces that worker
+                raise
+            except (OSError, RuntimeError, AssertionError) as e:  # AssertionError: multiprocessing's own checks
+                self.no_workers = f"{type(e).__name__}: {e}"
+        if not self._said:
+            self._said = True
+            log.warning("recognition stays in this process's threads: %s", self.no_workers)
+        return None
+
+    def _replace(self, i: int, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pools[i] is broken:
+                self._pools[i] = None
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    async def transcribe(self, phrases: Sequence[str], pcm16k: npt.NDArray[np.int16]) -> str | None:
+        """The recognised words (normalized), or None; raises HearingError as Recognizer.transcribe does."""
+        key = _key(phrases)
+        if self.in_process:
+            return await asyncio.to_thread(_transcribe, key, pcm16k)
+        i = min(range(len(self._busy)), key=self._busy.__getitem__)
+        self._busy[i] += 1
+        pool = self._pools[i]
+        try:
+            job = self._submit(i, _transcribe, key, pcm16k)
+            if job is None:
+                return await asyncio.to_thread(_transcribe, key, pcm16k)
+            pool = self._pools[i]
+            text: str | None = await job
+            self.jobs += 1
+            return text
+        except BrokenProcessPool:
+            log.warning("a recognition worker died; recognising this turn in a thread and starting another")
+            if pool is not None:
+                self._replace(i, pool)
+            self.fallbacks += 1
+            return await asyncio.to_thread(_transcribe, key, pcm16k)
+        finally:
+            self._busy[i] -= 1
+
+    async def warm(self, phrases: Sequence[str]) -> None:
+        """Load the phrase set's recognizer in every worker (in this process, for `in_process`)."""
+        key = _key(phrases)
+        if self.in_process:
+            await asyncio.to_thread(_warm, key)
+            return
+        for i in range(len(self._pools)):
+            job = self._submit(i, _warm, key)
+            if job is None:
+                await asyncio.to_thread(_warm, key)
+                return
+            pool = self._pools[i]
+            try:
+                await job
+            except BrokenProcessPool:
+                if pool is not None:
+                    self._replace(i, pool)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pools, self._pools = self._pools, [None] * len(self._pools)
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+
+_shared: Recognition | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> Recognition:
+    """This process's recognition workers, shared by every emulator in it (like the recognizers' cache)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Recognition()
+            atexit.register(_shared.shutdown)
+        return _shared

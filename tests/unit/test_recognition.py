@@ -1,0 +1,71 @@
+"""Recognition in worker processes (emulator/recognition.py): the same transcripts as in this process, errors
+carried back, and a worker that dies costs that turn a thread, never its transcript."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from tests.unit.test_hearing import GREETING, ORDER, PHRASES, VOICE, decode, pcm16k, silence
+from voicebridge.emulator.hearing import HearingError, recognizer_for
+from voicebridge.emulator.recognition import Recognition
+from voicebridge.scenarios import normalize_phrase
+
+pytestmark = pytest.mark.unit
+
+
+async def test_a_worker_hears_what_this_process_hears_and_a_dead_worker_is_replaced() -> None:
+    rec = Recognition(workers=1)
+    try:
+        greeting = pcm16k(decode(silence(300) + list((await VOICE.speak(GREETING)).packets) + silence(300)))
+        other = pcm16k(decode((await VOICE.speak("The weather is lovely in Paris this time of year.")).packets))
+        await rec.warm(PHRASES)
+        assert await rec.transcribe(PHRASES, greeting) == normalize_phrase(GREETING)
+        assert await rec.transcribe(PHRASES, other) is None  # outside the grammar, as in this process
+        assert recognizer_for(PHRASES).transcribe(other) is None
+        assert rec.jobs == 2 and rec.fallbacks == 0
+        with pytest.raises(HearingError, match="int16"):  # raised in the worker, carried back as it is
+            await rec.transcribe(PHRASES, np.zeros(320, dtype=np.float32))  # type: ignore[arg-type]
+
+        pool = rec._pool(0)
+        (pid,) = list(pool._processes)  # the worker that has the grammar loaded
+        assert pid != os.getpid()
+        os.kill(pid, signal.SIGKILL)
+        order = pcm16k(decode(list((await VOICE.speak(ORDER)).packets)))
+        assert await rec.transcribe(PHRASES, order) == normalize_phrase(ORDER)  # in a thread, this once
+        assert rec.fallbacks == 1
+        assert await rec.transcribe(PHRASES, greeting) == normalize_phrase(GREETING)  # a new worker
+        assert rec._pool(0) is not pool and rec.jobs == 3
+    finally:
+        rec.shutdown()
+
+
+async def test_in_process_recognition_is_the_old_way() -> None:
+    rec = Recognition(workers=1)
+    Recognition.in_process = True
+    try:
+        greeting = pcm16k(decode(list((await VOICE.speak(GREETING)).packets)))
+        assert await rec.transcribe(PHRASES, greeting) == normalize_phrase(GREETING)
+        assert rec.jobs == 0 and rec._pools == [None]  # no worker was started
+    finally:
+        Recognition.in_process = False
+        rec.shutdown()
+
+
+async def test_where_no_worker_may_start_recognition_stays_in_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemonic process (the bench's old emulator processes) may not have children: threads, not a failure."""
+    import multiprocessing
+
+    monkeypatch.setitem(multiprocessing.current_process()._config, "daemon", True)  # type: ignore[attr-defined]
+    rec = Recognition(workers=1)
+    try:
+        greeting = pcm16k(decode(list((await VOICE.speak(GREETING)).packets)))
+        await rec.warm(PHRASES)
+        assert await rec.transcribe(PHRASES, greeting) == normalize_phrase(GREETING)
+        assert rec.no_workers is not None and "daemonic" in rec.no_workers
+        assert rec.jobs == 0 and rec._pools == [None]
+    finally:
+        rec.shutdown()
