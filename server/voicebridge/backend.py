@@ -61,9 +61,13 @@ async def realtime_backend(
         settings = dataclasses.replace(settings, base_url=emulator_url.rstrip("/"), base_url_source="--emulator-url")
     emulator: Emulator | None = None
     if not settings.base_url:
+        from voicebridge.emulator.limits import Limits
         from voicebridge.emulator.server import Emulator
 
-        emulator = Emulator(scenarios=[s.path for s in scenarios if s.path is not None])
+        # In this process with the bridge: its capacity counts both ends of each call (emulator/limits.py).
+        emulator = Emulator(
+            scenarios=[s.path for s in scenarios if s.path is not None], limits=Limits.from_env(embedded=True)
+        )
         url = await emulator.start(host="127.0.0.1", port=0)
         settings = dataclasses.replace(settings, base_url=url, base_url_source="embedded emulator")
     if not settings.api_key and (emulator is not None or emulator_url):

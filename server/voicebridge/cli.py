@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--sessions-per-core", type=_non_negative_number, default=None, metavar="N",
-        help="capacity: live sessions per core; beyond, new sessions get 429 (default 12, "
+        help="capacity: live sessions per core; beyond, new sessions get 429 (default 24, "
         "VOICEBRIDGE_EMULATOR_SESSIONS_PER_CORE; 0: no budget)",
     )
     e.add_argument(

@@ -63,8 +63,10 @@ def test_budget_per_core_lag_limit_and_floor() -> None:
 
 
 def test_emulator_capacity_settings_from_the_environment() -> None:
+    # Embedded in the bridge's process, a call costs both ends there: half the sessions of an emulator alone.
+    assert Limits.from_env({}).sessions_per_core == 2 * Limits.from_env({}, embedded=True).sessions_per_core
     env = {"VOICEBRIDGE_EMULATOR_SESSIONS_PER_CORE": "3", "VOICEBRIDGE_EMULATOR_MAX_LAG_MS": "0"}
-    limits = Limits.from_env(env)
+    limits = Limits.from_env(env, embedded=True)
     assert (limits.sessions_per_core, limits.max_lag_ms) == (3.0, 0.0)
     assert Limits.from_env(env, sessions_per_core=5.0).sessions_per_core == 5.0  # a flag wins
     with pytest.raises(ValueError, match="VOICEBRIDGE_EMULATOR_MAX_LAG_MS must be a number >= 0, got '-1'"):

@@ -42,7 +42,8 @@ ACCEPT_WARN_EVERY_S = 10.0
 _ACCEPT_FAILED = "socket.accept() out of system resource"
 RETRY_AFTER_S = 5
 # Capacity defaults, measured on this project's 2-vCPU machine (README, "Overload"): see Limits.
-SESSIONS_PER_CORE = 12.0
+SESSIONS_PER_CORE = 24.0  # an emulator in a process of its own (`voicebridge emulator`)
+EMBEDDED_SESSIONS_PER_CORE = 12.0  # one embedded in the bridge's process (call, serve, batch, test): calls cost both
 MAX_LAG_MS = 150.0
 LAG_FLOOR = 8  # the lag refuses only while this many sessions are live (capacity.py says why)
 ENV_SESSIONS_PER_CORE = "VOICEBRIDGE_EMULATOR_SESSIONS_PER_CORE"
@@ -68,12 +69,14 @@ class Limits:
             raise ValueError(f"emulator capacity settings must not be negative: {self}")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Limits:
+    def from_env(cls, env: Mapping[str, str] | None = None, *, embedded: bool = False, **overrides: Any) -> Limits:
         """The defaults, then VOICEBRIDGE_EMULATOR_SESSIONS_PER_CORE / _MAX_LAG_MS, then `overrides` (flags) that
-        are not None. ValueError names a bad variable."""
+        are not None. `embedded`: the emulator shares its process with the bridge, whose legs of each call cost
+        as much again (EMBEDDED_SESSIONS_PER_CORE by default). ValueError names a bad variable."""
         env = os.environ if env is None else env
+        per_core = EMBEDDED_SESSIONS_PER_CORE if embedded else SESSIONS_PER_CORE
         values: dict[str, Any] = {
-            "sessions_per_core": env_number(env, ENV_SESSIONS_PER_CORE, SESSIONS_PER_CORE),
+            "sessions_per_core": env_number(env, ENV_SESSIONS_PER_CORE, per_core),
             "max_lag_ms": env_number(env, ENV_MAX_LAG_MS, MAX_LAG_MS),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
