@@ -113,6 +113,10 @@ class TranscriptLine(Record):
     """The leg whose events this line comes from: the speaker's for "said", the listener's for "heard"."""
     item_id: str
     """The conversation item on that leg."""
+    played_ms: float | None = None
+    """For a "said" line cut off by a barge-in: the milliseconds of its audio that played before the leg truncated
+    it (`conversation.item.truncated`'s `audio_end_ms`); the listener heard only about that much of `text`, which
+    is the whole response as generated. None when the line played whole."""
 
 
 class TurnRecord(Record):

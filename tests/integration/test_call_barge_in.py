@@ -41,5 +41,12 @@ async def test_the_caller_barges_in_the_agent_yields_and_the_analysis_shows_it(t
     kinds = [e["type"] for e in cs_events]
     first = kinds.index("input_audio_buffer.speech_started")
     assert kinds[first + 1 : first + 3] == ["conversation.item.truncated", "output_audio_buffer.cleared"]
-    assert cs_events[first + 1]["audio_end_ms"] > 0 and summary.turns[0].speaker == "cs"
+    truncated = cs_events[first + 1]
+    assert truncated["audio_end_ms"] > 0 and summary.turns[0].speaker == "cs"
+    # The transcript keeps the greeting's whole text and says how much of it played before the cut.
+    greeting = summary.turns[0]
+    assert greeting.item_id == truncated["item_id"] and greeting.played_ms == truncated["audio_end_ms"]
+    assert all(line.played_ms is None for line in summary.turns[1:])
+    # No turn for the barge-in itself: it is the interruption above, not a reply a few ms after the greeting.
+    assert all(t.reply_start != pytest.approx(cut.at, abs=1e-3) for t in summary.turn_latency.turns)
     assert "interruption at" in err and "caller cut in on cs" in err

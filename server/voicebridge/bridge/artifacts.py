@@ -35,6 +35,8 @@ class TranscriptEntry:
     # For a turn: seconds from the other agent's audio stopping to this turn's audio starting (the response
     # gap a listener hears); None for the first turn and for "heard" entries.
     gap_s: float | None = None
+    # For a turn cut off by a barge-in: the ms of its audio that played (conversation.item.truncated).
+    played_ms: float | None = None
 
     def line(self) -> TranscriptLine:
         """This entry as it stands now, as a record (transcript.json, summary.json)."""
@@ -47,6 +49,7 @@ class TranscriptEntry:
             kind=self.kind,
             leg=self.leg,
             item_id=self.item_id,
+            played_ms=self.played_ms,
         )
 
 

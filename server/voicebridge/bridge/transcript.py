@@ -4,6 +4,10 @@ A turn ("said") is an agent's output transcript: it starts when its audio starts
 (`output_audio_buffer.started`, or the first transcript delta) and ends when the audio stops
 (`output_audio_buffer.stopped`/`cleared`; the transcript's `done` until then). A "heard" entry is the
 other leg's input transcription of that audio: proof that the relayed audio reached the other agent.
+
+A turn cut off by a barge-in keeps its whole text (the transcript is generated ahead of the audio) and records how
+much of its audio played (`played_ms`, from `conversation.item.truncated`): the Realtime API truncates the item to
+what was heard, and a reader of the transcript must be able to tell the words said from the words only generated.
 """
 
 from __future__ import annotations
@@ -63,6 +67,14 @@ class Transcript:
             if self.speaking[leg]:
                 self._open_turns[leg].append(entry)
             return entry
+        elif kind == "conversation.item.truncated":
+            item_id = str(event.get("item_id", ""))
+            played = event.get("audio_end_ms")
+            for entry in reversed(self.entries):
+                if entry.kind == "said" and entry.leg == leg and entry.item_id == item_id:
+                    if isinstance(played, (int, float)) and not isinstance(played, bool):
+                        entry.played_ms = float(played)
+                    break
         elif kind == "input_audio_buffer.speech_started":
             self._speech[(leg, str(event.get("item_id", "")))] = [t, t]
         elif kind == "input_audio_buffer.speech_stopped":
