@@ -123,3 +123,24 @@ def test_a_barge_in_rule_with_hear_is_armed_by_that_phrase_in_an_earlier_turn_an
     assert s.scratch().cut_in(900) is not None and s.cut_in(700) is None  # a scratch copy knows it is armed
     action = s.cut_in(800)
     assert action is not None and action.say == "It is four two one seven."
+
+
+def test_the_generic_reply_heard_asks_for_the_last_line_again() -> None:
+    """A line the other side did not catch (a lossy network) is repeated when it says so, tool calls not redone."""
+    from voicebridge.scenarios import normalize_phrase
+
+    s = _persona_script(
+        [
+            {"hear": "hello there", "say": "Hi, what is your order number?"},
+            {"hear": "four two one seven", "call": {"name": "lookup_order", "arguments": {"order_id": "4217"}}},
+        ]
+    )
+    assert normalize_phrase(GENERIC_REPLY) in s.phrases  # the recognizer can hear it
+    assert s.on_heard(normalize_phrase(GENERIC_REPLY)) is GENERIC  # nothing said yet: nothing to repeat
+    assert s.on_heard("hello there").say == "Hi, what is your order number?"  # type: ignore[union-attr]
+    again = s.on_heard(normalize_phrase(GENERIC_REPLY))
+    assert again is not None and again.say == "Hi, what is your order number?" and again.call is None
+    assert s.on_heard("four two one seven").call is not None  # type: ignore[union-attr]
+    again = s.on_heard(normalize_phrase(GENERIC_REPLY))  # a tool call is not a line: the last line still is
+    assert again is not None and again.say == "Hi, what is your order number?" and again.call is None
+    assert _persona_script([{"hear": "goodbye"}]).phrases == ["goodbye"]  # nothing to repeat: not listened for

@@ -6,6 +6,9 @@ must stay unmodified). Matching rules, in short (README "Scenario files" has the
 - `hear`: the transcript may hold several phrases; the LAST one in transcript order picks the rule.
 - a rule with no action means "heard it, stay silent"; a `once` rule fires at most once per session.
 - anything heard but unscripted, or not recognised at all, gets a polite generic reply, never an exception.
+- hearing the other side's generic reply (it did not catch what this persona said), the persona says its last line
+  again: one line lost to a bad network is asked for and repeated, as people do, instead of ending the call in a
+  loop of apologies.
 - a barge-in rule (`interrupt_after_ms`) never answers a finished turn: the session asks `cut_in` while the other
   party is still talking, and it fires there once armed (at once, or after its `hear` phrase was heard).
 """
@@ -41,6 +44,7 @@ class Action:
 
 
 GENERIC = Action(say=GENERIC_REPLY)
+_GENERIC_HEARD = normalize_phrase(GENERIC_REPLY)
 
 
 class PersonaBook:
@@ -100,11 +104,14 @@ class Script:
     tool_outputs: dict[str, Any] = field(default_factory=dict)
     started: bool = False
     history: list[str] = field(default_factory=list)  # every transcript heard, normalized (arms barge-in rules)
+    last_said: str | None = None  # the last scripted line said (rendered): what a generic reply asks to repeat
 
     def scratch(self) -> Script:
         """A copy that knows what this one knows (rules fired, tool outputs) but changes nothing here: what an
         out-of-band response answers with, so the conversation's own script is untouched."""
-        return Script(self.persona, set(self.fired), dict(self.tool_outputs), self.started, list(self.history))
+        return Script(
+            self.persona, set(self.fired), dict(self.tool_outputs), self.started, list(self.history), self.last_said
+        )
 
     # -- barge-in ------------------------------------------------------------------------------------------
 
@@ -146,10 +153,14 @@ class Script:
 
     @property
     def phrases(self) -> list[str]:
-        """What this persona may hear: the recognizer's grammar."""
+        """What this persona may hear: the recognizer's grammar (its `hear` phrases, and the generic reply when it
+        has lines to repeat)."""
         if self.persona is None:
             return []
-        return [r.hear for r in self.persona.script if r.hear]
+        heard = [r.hear for r in self.persona.script if r.hear]
+        if any(r.say for r in self.persona.script):
+            heard.append(_GENERIC_HEARD)
+        return heard
 
     def _rules(self) -> Iterable[tuple[int, ScriptRule]]:
         if self.persona is None:
@@ -160,8 +171,11 @@ class Script:
         self.fired.add(index)
         if rule.silent:
             return None
+        say = self.render(rule.say) if rule.say is not None else None
+        if say is not None:
+            self.last_said = say
         return Action(
-            say=self.render(rule.say) if rule.say is not None else None,
+            say=say,
             call=rule.call,
             hangup=rule.hangup,
             rule=rule,
@@ -193,12 +207,13 @@ class Script:
         return None if best is None else (best[1], best[2])
 
     def on_heard(self, transcript: str | None) -> Action | None:
-        """The rule whose phrase occurs last in the transcript; GENERIC when none does (or nothing was
-        recognised)."""
+        """The rule whose phrase occurs last in the transcript; else the last line again when the other side said
+        the generic reply (it did not catch it); else GENERIC (nothing scripted, or nothing recognised)."""
         self.started = True
         found = self._match(transcript)
         if found is None:
-            return GENERIC
+            asked = f" {_GENERIC_HEARD} " in f" {normalize_phrase(transcript or '')} "
+            return Action(say=self.last_said) if asked and self.last_said else GENERIC
         return self._fire(*found)
 
     def on_typed(self, text: str) -> Action | None:
