@@ -105,4 +105,4 @@ async def test_the_emulator_bench_measures_both_emulators_in_every_phase_and_tim
         assert turn["timed"] == turn["understood"] == 1, side
         parts = sum(turn[k]["p50"] for k in ("vad", "recognition", "response_start", "first_audio"))
         assert turn["gap"]["p50"] == pytest.approx(parts, abs=0.5), side
-    assert "| 1 | now | 1 (1) |" in table(result)
+    assert "| 1 | now | 1 (1; 0) |" in table(result)

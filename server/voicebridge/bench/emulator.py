@@ -7,8 +7,9 @@ with the old ways switched back on (`_as_before`: aiortc's jitter buffer and dec
 decoded, to the session's track reader; pocketsphinx runs in a thread of the emulator's own process, where it
 holds the GIL for the whole utterance), the other as shipped. This process drives the same number of WebRTC
 sessions on 127.0.0.1 into each: cheap peers that send cached Opus packets SFU style (`OutboundAudio`, no encoder)
-and take the emulator's audio off their receiver (`InboundTap`, no decoder). Each emulator's CPU is read from
-/proc/PID/stat over the window; the machine's from /proc/stat; each event loop's lag from a 50 ms timer.
+and take the emulator's audio off their receiver (`InboundTap`, no decoder). Each emulator's CPU (its process and
+its recognition workers) is read from /proc/PID/stat over the window; the machine's from /proc/stat; each event
+loop's lag from a 50 ms timer.
 
 Every session plays the caller of the built-in late_order scenario (its instructions pick the persona), so what
 it hears is recognised against that persona's grammar, as in a real offline call. Phases (the peer's side): idle
@@ -108,9 +109,24 @@ async def _serve_emulator(conn: Any, kind: str) -> None:
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds so far of a process and its live descendants (the emulator's recognition
+    workers do its work too)."""
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, CPU seconds)
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += stats.get(current, (0, 0.0))[1]
+        todo.extend(child for child, (parent, _) in stats.items() if parent == current)
+    return total
 
 
 def _machine() -> tuple[float, float]:
@@ -184,6 +200,7 @@ class Peer:
         self.turns: list[Turn] = []
         self.turn: Turn | None = None
         self.want = 0
+        self.cut = 0  # answers cut off (a line heard as two turns)
         self.done = asyncio.Event()
 
     def _on_open(self) -> None:
@@ -224,6 +241,12 @@ class Peer:
                 self.done.set()
             else:
                 asyncio.get_running_loop().call_later(PAUSE_S, self.say)
+        elif kind == "output_audio_buffer.cleared" and turn.end is not None:
+            # The answer was cut off: the VAD heard the line as two turns and the second interrupted the answer
+            # to the first. Not a turn that can be timed; say the line again.
+            self.cut += 1
+            self.turn = None
+            asyncio.get_running_loop().call_later(PAUSE_S, self.say)
 
     def send_event(self, event: dict[str, Any]) -> None:
         self.channel.send(json.dumps(event))
@@ -332,11 +355,12 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
-def turn_summary(turns: list[Turn], expected: str) -> dict[str, Any]:
+def turn_summary(turns: list[Turn], expected: str, cut: int = 0) -> dict[str, Any]:
     """Counts, the gap's p50/p90 and each part's p50/p90 (ms) of the turns that completed."""
     parts = [p for p in (t.parts_ms() for t in turns) if p is not None]
     summary: dict[str, Any] = {
         "turns": len(turns),
+        "cut": cut,
         "understood": sum(t.transcript == expected for t in turns),
         "timed": len(parts),
     }
@@ -466,14 +490,15 @@ class Run:
                 row[kind]["decoded_pct"] = round(decoded / packets * 100, 1) if packets else 0.0
             if phase == "turns":
                 turns = [t for p in self.peers[kind] for t in p.turns]
-                row[kind]["turn"] = turn_summary(turns, normalize_phrase(LINE))
+                cut = sum(p.cut for p in self.peers[kind])
+                row[kind]["turn"] = turn_summary(turns, normalize_phrase(LINE), cut)
         return row
 
     async def _turns(self, everyone: list[Peer]) -> None:
         loop = asyncio.get_running_loop()
         rng = random.Random(17)
         for p in everyone:
-            p.line, p.turns, p.turn, p.want = self.line, [], None, self.args.turns
+            p.line, p.turns, p.turn, p.want, p.cut = self.line, [], None, self.args.turns, 0
             p.done.clear()
             p.configure(create_response=True)
             loop.call_later(rng.uniform(0, STAGGER_S), p.say)
@@ -481,8 +506,8 @@ class Run:
         try:
             await asyncio.wait_for(asyncio.gather(*(p.done.wait() for p in everyone)), cap)
         except TimeoutError:
-            late = sum(not p.done.is_set() for p in everyone)
-            _say(f"turns: {late} peer(s) did not finish {self.args.turns} turn(s) within {cap:.0f} s")
+            late = {kind: sum(not p.done.is_set() for p in self.peers[kind]) for kind in KINDS}
+            _say(f"turns: peers that did not finish {self.args.turns} turn(s) within {cap:.0f} s: {late}")
         for p in everyone:
             p.turn = None  # an unfinished turn is not counted
             p.configure(create_response=False)
@@ -576,8 +601,8 @@ def table(result: dict[str, Any]) -> str:
         f"{result['turns_per_session']} turn(s) per session asked; parts p50; loop lag p99 (the emulator's, and "
         "this process's, where the peers run):",
         "",
-        "| sessions | emulator | turns (understood) | gap | VAD decision | recognition | response start | "
-        "first audio | CPU/session | emulator loop lag | bench loop lag | machine busy |",
+        "| sessions | emulator | turns timed (understood; answers cut off) | gap | VAD decision | recognition | "
+        "response start | first audio | CPU/session | emulator loop lag | bench loop lag | machine busy |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for sessions, level in result["levels"].items():
@@ -587,7 +612,7 @@ def table(result: dict[str, Any]) -> str:
         for kind, label in (("baseline", "before"), ("now", "now")):
             t = row[kind]["turn"]
             lines.append(
-                f"| {sessions} | {label} | {t['timed']} ({t['understood']}) | {_ms(t['gap']['p50'])} / "
+                f"| {sessions} | {label} | {t['timed']} ({t['understood']}; {t['cut']}) | {_ms(t['gap']['p50'])} / "
                 f"{_ms(t['gap']['p90'])} | {_ms(t['vad']['p50'])} | {_ms(t['recognition']['p50'])} | "
                 f"{_ms(t['response_start']['p50'])} | {_ms(t['first_audio']['p50'])} | "
                 f"{row[kind]['cpu_pct_per_session']} % | {_p99(row[kind])} ms | "
