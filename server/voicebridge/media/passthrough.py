@@ -476,7 +476,7 @@ class OutboundAudio:
         self._ts_off = 0
         self._last_seq = random.getrandbits(15)  # < 32768 like aiortc, to stay clear of SRTP rollover issues
         self._last_ts = random.getrandbits(32)
-        self._last_samples = 960
+        self._last_payload = b""  # its samples are read only at a change of source (_rebase)
         self._last_sent_at = 0.0
         self._ntp_of = 0.0  # _last_sent_at whose NTP time _ntp holds (see sent_ntp_time)
         self._ntp = 0
@@ -586,7 +586,7 @@ class OutboundAudio:
         self._last_seq = seq
         self._last_ts = ts
         self._last_sent_at = now
-        self._last_samples = opus_samples(payload)
+        self._last_payload = payload
         self.packets_sent += 1
         self.bytes_sent += len(payload)  # aiortc's SR and getStats read these two and _last_ts lazily
 
@@ -631,7 +631,7 @@ class OutboundAudio:
     def _rebase(self, pkt: RtpAudio, source: str) -> None:
         if self._started:
             self.switches += 1
-            frame = self._last_samples
+            frame = opus_samples(self._last_payload)
             elapsed = int((time.perf_counter() - self._last_sent_at) * OPUS_CLOCK)
             step = max(frame, round(elapsed / frame) * frame)  # real time passed, in whole frames
             next_ts = self._last_ts + step
