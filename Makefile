@@ -61,9 +61,10 @@ lint: install
 	$(BIN)/ruff check server tests
 	$(BIN)/mypy
 
+# The full run, its report written into docs/bench.md (between its markers) with bench.json/bench.png beside it.
 bench: install
-	$(BIN)/voicebridge bench --out out/bench
-	$(BIN)/voicebridge bench --emulator --out out/bench
+	$(BIN)/voicebridge bench --out out/bench --doc docs/bench.md
+	$(BIN)/voicebridge bench --emulator --out out/bench --doc docs/bench.md
 
 soak: install
 	$(BIN)/voicebridge soak

@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--relay", choices=["passthrough", "transcode"], default=None, help="measure only this relay")
     b.add_argument("--out", type=Path, default=Path("."), help="where bench.json and bench.png are written")
     b.add_argument(
+        "--doc", type=Path, default=None, metavar="MD",
+        help="also put the run's report into MD between its bench markers, its JSON (and picture) beside it "
+        "(make bench: docs/bench.md)",
+    )
+    b.add_argument(
         "--emulator", action="store_true",
         help="measure the emulator instead: CPU per session idle, hearing silence or speech and speaking, and "
         "its turn gap split into its parts, before issue 17 beside as shipped",

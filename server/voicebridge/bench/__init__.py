@@ -15,6 +15,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,12 +26,14 @@ from voicebridge.extras import require
 from .bridge import Job, bridge_main
 from .floor import Floor, measure_floor
 from .report import (
+    check_doc,
     comparisons_table,
     figures,
     floor_line,
     lossy,
     markdown,
     plot,
+    splice_doc,
     summarise,
     table,
     targets,
@@ -241,6 +244,13 @@ def main(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"voicebridge bench: cannot create --out {out}: {e}", file=sys.stderr)
         return 2
+    doc = getattr(args, "doc", None)
+    if doc is not None:
+        try:
+            check_doc(doc, "bench")  # before minutes of measuring, not after
+        except ValueError as e:
+            print(f"voicebridge bench: {e}", file=sys.stderr)
+            return 2
     started = time.perf_counter()
     try:
         result = run_bench(args)
@@ -265,6 +275,14 @@ def main(args: argparse.Namespace) -> int:
         plot(result["levels"], samples, out / "bench.png")
     except Exception as e:  # the numbers matter more than the picture
         print(f"voicebridge bench: could not draw bench.png: {e}", file=sys.stderr)
+    if doc is not None:
+        # The doc has its own title: the run's report without the first heading line.
+        body = markdown(result).split("\n", 1)[1].strip()
+        splice_doc(doc, "bench", f"Run of {result['date']}.\n\n{body}")
+        for name in ("bench.json", "bench.png"):
+            if (out / name).exists() and (out / name).resolve() != (doc.parent / name).resolve():
+                shutil.copyfile(out / name, doc.parent / name)
+        _say(f"report written into {doc}")
     _say(f"done in {time.perf_counter() - started:.0f} s: {out / 'bench.json'}, {out / 'bench.png'}")
     if args.json:
         print(json.dumps(result))

@@ -626,8 +626,17 @@ def main(args: argparse.Namespace) -> int:
     from voicebridge.extras import require
 
     require("emulator")  # espeak, pocketsphinx, webrtcvad: before minutes of measuring, not after
+    from .report import check_doc, splice_doc
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    doc = getattr(args, "doc", None)
+    if doc is not None:
+        try:
+            check_doc(doc, "emulator")  # before minutes of measuring, not after
+        except ValueError as e:
+            print(f"voicebridge bench --emulator: {e}", file=sys.stderr)
+            return 2
     started = time.perf_counter()
     result = asyncio.run(_measure(args))
     result["cores"] = os.cpu_count()
@@ -637,6 +646,11 @@ def main(args: argparse.Namespace) -> int:
     print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
     (out / "emulator-bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out / "emulator-bench.md").write_text(text + "\n", encoding="utf-8")
+    if doc is not None:
+        splice_doc(doc, "emulator", f"Run of {result['date']}, {result['cores']} cores:\n\n{text}")
+        if (out / "emulator-bench.json").resolve() != (doc.parent / "emulator-bench.json").resolve():
+            (doc.parent / "emulator-bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        _say(f"report written into {doc}")
     _say(f"done in {result['duration_s']} s: {out / 'emulator-bench.json'}")
     if args.json:
         print(json.dumps(result))
