@@ -14,7 +14,8 @@ loop's lag from a 50 ms timer.
 Every session plays the caller of the built-in late_order scenario (its instructions pick the persona), so what
 it hears is recognised against that persona's grammar, as in a real offline call. Phases (the peer's side): idle
 (a connected peer that sends no audio), silence (3-byte Opus silence every 20 ms), hearing (the agent's greeting,
-looped with 400 ms of silence between, turn detection on but no response created), speaking (silence in, the
+looped with 400 ms of silence between, each peer at its own place in the loop, turn detection on but no response
+created), speaking (silence in, the
 emulator answering response.create after response.create, so it speaks all the time) and turns (each peer says
 the greeting, the emulator recognises it and answers with the caller's line, the peer waits for the answer to
 end, pauses and says it again; starts staggered over 2 s). A turn's gap runs from the peer's last packet of its
@@ -75,6 +76,8 @@ def _as_before() -> None:
 
 
 async def _serve_emulator(conn: Any, kind: str) -> None:
+    from voicebridge.emulator import recognition
+    from voicebridge.emulator.persona import Script
     from voicebridge.emulator.server import Emulator
 
     from .probes import LagProbe
@@ -85,6 +88,8 @@ async def _serve_emulator(conn: Any, kind: str) -> None:
 
     emu = Emulator(limits=Limits(sessions_per_core=0, max_lag_ms=0))  # measured past its capacity: no refusals
     scenario = emu.load_scenario(SCENARIO)
+    # Start the recognition workers (and load the persona's grammar) now, not inside the first measured window.
+    await recognition.shared().warm(Script(scenario.caller).phrases)
     conn.send({"url": await emu.start(), "instructions": scenario.caller.instructions})
     lag = LagProbe()
     try:
@@ -249,7 +254,13 @@ class Peer:
             asyncio.get_running_loop().call_later(PAUSE_S, self.say)
 
     def send_event(self, event: dict[str, Any]) -> None:
+        if self.channel.readyState != "open":  # the session ended (an overloaded emulator can lose its peers)
+            return
         self.channel.send(json.dumps(event))
+
+    @property
+    def lost(self) -> bool:
+        return self.pc.connectionState in ("failed", "closed") or self.channel.readyState != "open"
 
     async def connect(self, base_url: str, instructions: str) -> None:
         import aiohttp
@@ -284,8 +295,8 @@ class Peer:
             session["instructions"] = instructions
         self.send_event({"type": "session.update", "session": session})
 
-    def play(self, stream: list[bytes] | tuple[bytes, ...], loop: bool) -> None:
-        self._stream, self._pos, self._loop_stream = tuple(stream), 0, loop
+    def play(self, stream: list[bytes] | tuple[bytes, ...], loop: bool, start: int = 0) -> None:
+        self._stream, self._pos, self._loop_stream = tuple(stream), start, loop
 
     def say(self) -> None:
         """The turns phase: say the line once (then silence), and time the answer."""
@@ -448,15 +459,22 @@ class Run:
         from .probes import LagProbe
 
         everyone = self.everyone
+        rng = random.Random(17)
         for p in everyone:
             p.speaking = phase == "speaking"
             p.sending = phase != "idle"
-            p.play(self.speech if phase == "hearing" else [], loop=True)
+            # Hearing: each peer at its own place in the looped line, as calls in a batch are (in step, every
+            # session would wake up and decode its ring in the same 20 ms).
+            if phase == "hearing":
+                p.play(self.speech, loop=True, start=rng.randrange(len(self.speech)))
+            else:
+                p.play([], loop=True)
         if phase == "speaking":
             for p in everyone:
                 p.answered.clear()
                 p.send_event({"type": "response.create"})
-            await asyncio.wait_for(asyncio.gather(*(p.answered.wait() for p in everyone)), 60)
+            live = [p for p in everyone if not p.lost]
+            await asyncio.wait_for(asyncio.gather(*(p.answered.wait() for p in live)), 60)
         if phase != "turns":
             await asyncio.sleep(self.args.settle)  # the phase's steady state, not its start
         before = {kind: (_cpu_s(self.procs[kind].pid), await _stats(self.conns[kind])) for kind in KINDS}
@@ -471,6 +489,7 @@ class Run:
         probe.stop()
         machine1 = _machine()
         row: dict[str, Any] = {
+            "peers_lost": {kind: sum(p.lost for p in self.peers[kind]) for kind in KINDS},
             "window_s": round(wall, 1),
             "machine_busy_cores": round((machine1[0] - machine0[0]) / wall, 2),
             "loadavg_1m": round(load0, 2),
@@ -504,7 +523,7 @@ class Run:
             loop.call_later(rng.uniform(0, STAGGER_S), p.say)
         cap = STAGGER_S + TURN_CAP_S * self.args.turns
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.done.wait() for p in everyone)), cap)
+            await asyncio.wait_for(asyncio.gather(*(p.done.wait() for p in everyone if not p.lost)), cap)
         except TimeoutError:
             late = {kind: sum(not p.done.is_set() for p in self.peers[kind]) for kind in KINDS}
             _say(f"turns: peers that did not finish {self.args.turns} turn(s) within {cap:.0f} s: {late}")
@@ -541,6 +560,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                     f"session, now {now['cpu_pct_per_session']:5.2f} % (decoded {now['decoded_pct']} %); loop lag "
                     f"p99 {_p99(base)} / {_p99(now)} ms; machine {row['machine_busy_cores']} cores busy, load "
                     f"{row['loadavg_1m']}"
+                    + (f"; peers lost {row['peers_lost']}" if any(row["peers_lost"].values()) else "")
                 )
                 if phase == "turns":
                     gaps = base["turn"]["gap"]["p50"], now["turn"]["gap"]["p50"]
