@@ -7,10 +7,13 @@ Starts a real redis-server (tests/redis_server.py), one `voicebridge emulator` p
 server's CPU is the bridge's alone), `voicebridge serve` (one process) and `voicebridge serve --workers 2` (a front
 door and two workers), then measures, alternating the two servers so both see the same machine:
 
-- set-up: POST /api/calls until the call's events WebSocket says `live`, sequential calls (each hung up after);
+- set-up: POST /api/calls until its 201, and until the call's events WebSocket says `live`, sequential calls (each
+  hung up after);
 - routed request: the front door's CPU per GET /api/calls/{id} it proxies (an ended call), beside one process
   serving the same request itself, and the front door's own GET /api/calls (Redis);
-- CPU per call: N concurrent calls for a window, each process's CPU divided by its live calls.
+- CPU per call: N concurrent calls on each server at once, measured over windows: each process's CPU divided by
+  the mean of its live calls (sampled each second; the first window is the calls' conversation, later ones may
+  catch their ends, which cost more: the artifacts are written then).
 Prints one JSON object (and the load average before and after).
 """
 
@@ -88,15 +91,17 @@ async def create(http: aiohttp.ClientSession, base: str) -> str:
             await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
 
 
-async def setup_ms(http: aiohttp.ClientSession, base: str) -> tuple[float, str]:
+async def setup_ms(http: aiohttp.ClientSession, base: str) -> tuple[float, float, str]:
+    """(ms to the 201 of POST /api/calls, ms until the call is live, its id)."""
     t0 = time.perf_counter()
     call_id = await create(http, base)
+    created = (time.perf_counter() - t0) * 1000
     await until_state(http, base, call_id, {"live"})
     took = (time.perf_counter() - t0) * 1000
     async with http.post(f"{base}/api/calls/{call_id}/hangup") as r:
         assert r.status in (202, 409), await r.text()
     await until_state(http, base, call_id, {"ended"})
-    return took, call_id
+    return created, took, call_id
 
 
 async def main() -> None:
@@ -105,6 +110,7 @@ async def main() -> None:
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--concurrent", type=int, default=4)
     p.add_argument("--window", type=float, default=10.0)
+    p.add_argument("--windows", type=int, default=2)
     args = p.parse_args()
     from tests.redis_server import start_redis
 
@@ -132,17 +138,20 @@ async def main() -> None:
                 workers = [w["pid"] for w in (await r.json())["workers"]]
             # -- set-up time, alternating ------------------------------------------------------------------
             setups: dict[str, list[float]] = {"single": [], "cluster": []}
+            posts: dict[str, list[float]] = {"single": [], "cluster": []}
             ended: dict[str, str] = {}
             for _ in range(args.calls):
                 for name, (_, base) in servers.items():
-                    ms, call_id = await setup_ms(http, base)
+                    post_ms, ms, call_id = await setup_ms(http, base)
                     setups[name].append(ms)
+                    posts[name].append(post_ms)
                     ended[name] = call_id
-            out["setup_ms"] = {
-                name: {"median": round(statistics.median(v), 1), "p90": round(sorted(v)[int(0.9 * (len(v) - 1))], 1),
-                       "n": len(v)}
-                for name, v in setups.items()
-            }  # fmt: skip
+
+            def spread(v: list[float]) -> dict[str, float]:
+                return {"median": round(statistics.median(v), 1), "p90": round(sorted(v)[int(0.9 * (len(v) - 1))], 1)}
+
+            out["setup_ms"] = {name: {**spread(v), "n": len(v)} for name, v in setups.items()}
+            out["post_201_ms"] = {name: spread(v) for name, v in posts.items()}
             # -- CPU per request --------------------------------------------------------------------------
             per_request: dict[str, float] = {}
             for label, (proc, base), path in (
@@ -176,33 +185,46 @@ async def main() -> None:
                 )
                 for pid, t in idle_before.items()
             }
-            for name, (proc, base) in servers.items():
-                ids = []
-                for _ in range(args.concurrent):
-                    ids.append(await create(http, base))
-                await asyncio.gather(*(until_state(http, base, i, {"live"}) for i in ids))
-                pids = workers if name == "cluster" else [proc.pid]
-                before = {pid: cpu_s(pid) for pid in pids}
-                door = cpu_s(proc.pid)
-                await asyncio.sleep(args.window)  # a measured window of live calls
-                used = {pid: cpu_s(pid) - before[pid] for pid in pids}
-                async with http.get(f"{base}/api/calls") as r:
-                    rows = (await r.json())["calls"]
-                live_by = {}
-                for row in rows:
-                    if row["id"] in ids and row["state"] != "ended":
-                        live_by[row.get("worker", "single")] = live_by.get(row.get("worker", "single"), 0) + 1
-                per_call[name] = {
-                    "process_cpu_pct": {str(pid): round(100 * u / args.window, 1) for pid, u in used.items()},
-                    "cpu_pct_per_call": round(100 * sum(used.values()) / args.window / args.concurrent, 2),
-                    "live_calls_at_end": live_by,
-                }
-                if name == "cluster":
-                    per_call[name]["front_door_cpu_pct"] = round(100 * (cpu_s(proc.pid) - door) / args.window, 2)
-                for i in ids:
+            # Both servers carry their calls in the same windows, so both see the same machine.
+            ids: dict[str, list[str]] = {name: [] for name in servers}
+            for _ in range(args.concurrent):
+                for name, (_, base) in servers.items():
+                    ids[name].append(await create(http, base))
+            await asyncio.gather(
+                *(until_state(http, servers[n][1], i, {"live"}) for n, group in ids.items() for i in group)
+            )
+            pids = {"single": [single.pid], "cluster": workers, "front door": [cluster.pid]}
+            for window in range(args.windows):
+                before = {pid: cpu_s(pid) for group in pids.values() for pid in group}
+                samples: dict[str, list[int]] = {name: [] for name in servers}
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < args.window:  # live calls sampled each second of the window
+                    for name, (_, base) in servers.items():
+                        async with http.get(f"{base}/api/calls") as r:
+                            rows = (await r.json())["calls"]
+                        samples[name].append(sum(1 for c in rows if c["id"] in ids[name] and c["state"] == "live"))
+                    await asyncio.sleep(1.0)
+                took = time.monotonic() - t0
+                used = {pid: cpu_s(pid) - t for pid, t in before.items()}
+                row: dict[str, Any] = {}
+                for name, group in pids.items():
+                    row[name] = {str(pid): round(100 * used[pid] / took, 2) for pid in group}
+                for name in servers:
+                    live = statistics.mean(samples[name])
+                    total = sum(used[pid] for pid in pids[name])
+                    row[f"{name}_cpu_pct_per_call"] = round(100 * total / took / max(live, 0.1), 2)
+                    row[f"{name}_mean_live_calls"] = round(live, 2)
+                per_call[f"window {window + 1}"] = row
+            reasons: dict[str, list[str]] = {}
+            for name, (_, base) in servers.items():
+                for i in ids[name]:
                     async with http.post(f"{base}/api/calls/{i}/hangup") as r:
                         await r.read()
-                await asyncio.gather(*(until_state(http, base, i, {"ended"}) for i in ids))
+                for i in ids[name]:
+                    await until_state(http, base, i, {"ended"})
+                    async with http.get(f"{base}/api/calls/{i}") as r:
+                        reasons.setdefault(name, []).append(str((await r.json())["end_reason"]))
+            per_call["end_reasons"] = reasons
             out["per_call"] = per_call
     finally:
         for proc in reversed(procs):

@@ -73,3 +73,12 @@ async def test_a_wrong_password_or_no_redis_is_one_clear_error(redis_server: Any
         await Registry.connect(bare)
     with pytest.raises(RegistryUnavailable, match="no Redis URL"):
         await Registry.connect("")
+
+
+async def test_the_front_doors_first_record_never_overwrites_the_workers(registry: Registry) -> None:
+    await registry.put_new_call("w1", _row("fresh"))
+    assert (await registry.call("fresh") or {})["worker"] == "w1" and await registry.loads(["w1"]) == {"w1": 1}
+    await registry.put_calls("w1", [_row("quick", state="ended")])  # the worker was first, and the call is over
+    await registry.put_new_call("w1", _row("quick"))
+    assert (await registry.call("quick") or {})["state"] == "ended"
+    assert await registry.loads(["w1"]) == {"w1": 1}  # not counted live again

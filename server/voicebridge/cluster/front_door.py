@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -150,6 +151,11 @@ async def create_call(request: web.Request) -> web.Response:
         if response.status in (429, 503):  # full or draining: the next one may take it
             last = response
             continue
+        if response.status == 201 and isinstance(response.body, bytes):
+            try:  # listed, found and counted in its worker's load from now on, whoever asks next
+                await registry.put_new_call(worker.id, json.loads(response.body))
+            except RegistryUnavailable as e:
+                log.warning("call placed on %s but not recorded: %s", worker.id, e)  # the worker records it soon
         return response
     if last is not None:
         return last

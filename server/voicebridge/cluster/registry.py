@@ -39,6 +39,17 @@ MAX_LISTED = 500  # calls kept in the list, newest first; older records are stil
 REAPED_TTL_S = 24 * 3600
 
 
+# SET the record only if absent and, only then, list it and count it in its worker's load: in one step, so a record
+# the worker wrote first (possibly ended already) is neither overwritten nor counted live again.
+_PUT_NEW_CALL = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('SADD', KEYS[3], ARGV[3])
+end
+return 0
+"""
+
+
 class RegistryUnavailable(RuntimeError):
     """Redis does not answer (down, unreachable, refusing our password): the message says which."""
 
@@ -194,6 +205,15 @@ class Registry:
         return {i: int(n) for i, n in zip(worker_ids, counts, strict=True)}
 
     # -- calls ----------------------------------------------------------------------------------------------
+    async def put_new_call(self, worker_id: str, row: Mapping[str, Any]) -> None:
+        """The record of a call just placed, written by the front door before it answers the client, unless its
+        worker has written it already (the worker's is as new or newer: it never goes back to an older state)."""
+        call_id = str(row["id"])
+        record = json.dumps({**row, "worker": worker_id}, default=str)
+        created = float(row.get("created_at") or time.time())
+        keys = [_k("call", call_id), _k("calls"), _k("worker", worker_id, "calls")]
+        await self._do("put call", self._r.eval(_PUT_NEW_CALL, 3, *keys, record, created, call_id))
+
     async def put_calls(self, worker_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Write call records of `worker_id` (each the API's list row); live ones count in its load."""
         if not rows:

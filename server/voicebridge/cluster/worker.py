@@ -7,7 +7,8 @@ application as `voicebridge serve` (signaling/app.py), listening on HOST, with t
   (`X-Voicebridge-Cluster`, from Redis; registry.py) or gets 403. Browsers reach it only with media: their ICE
   candidates are this worker's own (its advertised address; 127.0.0.1 on loopback), never the front door's;
 * `Member` heartbeats into Redis every second (key expiring after 5 s) and writes each call's record (the API's list
-  row plus "worker") when it is created (before the 201), when its state changes, and every 5 s while live;
+  row plus "worker") when it is created (the front door writes the first one from the 201 before it answers), when
+  its state changes, and every 5 s while live;
 * SIGTERM drains: the heartbeat says `draining` (no new calls are placed here), the calls end with `shutdown` as
   in a single process, their final records are written, then the worker leaves the registry.
 
@@ -97,6 +98,8 @@ class Member:
                 self._touched.add(call.id)
                 self._dirty.set()  # written now rather than at the next heartbeat
 
+            self._dirty.set()  # a new call: its record at the next turn of the loop
+
             call.on("state", changed)
             call.on("ended", changed)
             return call
@@ -182,11 +185,8 @@ def only_front_doors(secret: str, member: Member) -> Middleware:
                     f"no new calls while the registry is unavailable: {member.redis_problem}", "redis_unavailable"
                 )
                 return json_response(request, body, 503, headers={"Retry-After": "5"})
-            response = await handler(request)
-            if response.status == 201:  # the record is in Redis before the front door hears of the call
-                with contextlib.suppress(RegistryUnavailable):
-                    await member.sync()
-            return response
+        # A new call's first record is the front door's to write (from the 201's body, before it answers): waiting
+        # for Redis here would hold the answer while the call's set-up keeps this loop busy.
         return await handler(request)
 
     return guard
