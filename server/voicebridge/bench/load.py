@@ -2,8 +2,10 @@
 
 Each agent is an answering RTCPeerConnection whose audio goes out SFU style (``OutboundAudio``: cached Opus
 packets written straight to the transport every 20 ms, no encoder, no aiortc send loop) and comes in through an
-``InboundTap`` (no jitter buffer, no decoder), so one process can drive many calls without being the
-bottleneck. Both agents of a call live in the same process, so the end-to-end latency of a packet (sent by
+``InboundTap`` (no jitter buffer, no decoder), both on the short paths of media/passthrough.py (socket to
+socket, no aiortc coroutines per packet). The process runs on uvloop when installed and sends from one timer per
+occupied millisecond of the 20 ms frame (``Pacer``), not one per agent: the load should not be what limits the
+bench. Both agents of a call live in the same process, so the end-to-end latency of a packet (sent by
 one agent -> received by the other, through the bridge) is matched by payload on one clock.
 
 Driven over a multiprocessing pipe by the bridge process (see bench/bridge.py for the messages).
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -25,6 +29,7 @@ from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
 from .probes import LagProbe
 
 FRAME_S = 0.020
+SLOT_S = 0.001  # agents whose 20 ms phase falls in the same millisecond send from one timer callback
 CACHE_PACKETS = 1500  # 30 s of unique packets: longer than window + grace, so a payload names one send
 
 
@@ -57,7 +62,7 @@ def noise_packets(count: int = CACHE_PACKETS, seed: int = 7) -> list[bytes]:
 
 
 class Agent:
-    """One emulated party: sends cached packets at 20 ms pace, records what it sends and receives."""
+    """One emulated party: sends cached packets at 20 ms pace (its Pacer), records what it sends and receives."""
 
     def __init__(self, packets: list[bytes], phase: float) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -80,27 +85,19 @@ class Agent:
         self._i = random.randrange(len(packets))
         self._seq = random.getrandbits(15)
         self._ts = random.getrandbits(32)
-        self._handle: asyncio.TimerHandle | None = None
-        self._next = 0.0
-        self.late = 0  # ticks that fired more than one frame late (the load generator is overloaded)
+        self.pacer: Pacer | None = None
 
     async def answer(self, offer: str) -> str:
         await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription.sdp
 
-    def start_sending(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._next = loop.time() + self.phase
-        self._handle = loop.call_at(self._next, self._tick)
+    def start_sending(self, pacer: Pacer) -> None:
+        self.pacer = pacer
+        pacer.add(self)
 
-    def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if now - self._next > FRAME_S:
-            self.late += 1
-            if now - self._next > 0.2:  # far behind: resynchronise instead of bursting
-                self._next = now
+    def send_next(self) -> None:
+        """This agent's packet of the current 20 ms frame (called by its Pacer slot)."""
         if self.out.connected:
             payload = self.packets[self._i]
             self._i = (self._i + 1) % len(self.packets)
@@ -112,8 +109,6 @@ class Agent:
             self.sent += 1
             if self.logging:
                 self.sent_log.append(payload)
-        self._next += FRAME_S
-        self._handle = loop.call_at(self._next, self._tick)
 
     def _on_packet(self, pkt: RtpAudio) -> None:
         self.received += 1
@@ -124,11 +119,56 @@ class Agent:
                 self.matched.append(pkt.received_at - sent)
 
     async def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
+        if self.pacer is not None:
+            self.pacer.remove(self)
         self.out.close()
         self.tap.close()
         await self.pc.close()
+
+
+class Pacer:
+    """Every agent of this process sends one packet per 20 ms at its own phase, rounded to the millisecond.
+
+    One timer per occupied 1 ms slot of the 20 ms frame (at most 20) instead of one per agent: the load's event
+    loop wakes at most 1000 times a second for sending, however many agents it runs, while the bridge still
+    sees each agent's packets spread over the frame as independent senders' are (within 1 ms).
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.slots: dict[int, list[Agent]] = {}
+        self._due: dict[int, float] = {}
+        self._handles: dict[int, asyncio.TimerHandle] = {}
+        self.late = 0  # slot ticks that fired more than one frame late (the load generator is overloaded)
+
+    def add(self, agent: Agent) -> None:
+        start = self.loop.time() + agent.phase
+        slot = int((start % FRAME_S) / SLOT_S)
+        agents = self.slots.setdefault(slot, [])
+        agents.append(agent)
+        if slot not in self._handles:
+            self._due[slot] = start
+            self._handles[slot] = self.loop.call_at(start, self._tick, slot)
+
+    def remove(self, agent: Agent) -> None:
+        for slot, agents in list(self.slots.items()):
+            if agent in agents:
+                agents.remove(agent)
+                if not agents:
+                    del self.slots[slot]
+                    self._handles.pop(slot).cancel()
+
+    def _tick(self, slot: int) -> None:
+        now = self.loop.time()
+        due = self._due[slot]
+        if now - due > FRAME_S:
+            self.late += 1
+            if now - due > 0.2:  # far behind: resynchronise instead of bursting
+                due = now
+        for agent in self.slots.get(slot, ()):
+            agent.send_next()
+        self._due[slot] = due + FRAME_S
+        self._handles[slot] = self.loop.call_at(due + FRAME_S, self._tick, slot)
 
 
 class Listener:
@@ -158,6 +198,7 @@ class Listener:
 async def _serve(conn: Any) -> None:
     loop = asyncio.get_running_loop()
     packets = noise_packets()
+    pacer = Pacer()
     agents: list[Agent] = []
     listeners: list[Listener] = []
 
@@ -174,15 +215,15 @@ async def _serve(conn: Any) -> None:
                 a.peer, b.peer = b, a
                 agents += [a, b]
                 answers = await asyncio.gather(a.answer(msg[1]), b.answer(msg[2]))
-                a.start_sending()
-                b.start_sending()
+                a.start_sending(pacer)
+                b.start_sending(pacer)
                 conn.send(tuple(answers))
             elif kind == "listener":  # ("listener", offer) -> answer
                 listener = Listener()
                 listeners.append(listener)
                 conn.send(await listener.answer(msg[1]))
             elif kind == "window":  # ("window", seconds, shift_s) -> counts over the window, matched latencies
-                conn.send(await _window(agents, listeners, msg[1], msg[2]))
+                conn.send(await _window(agents, listeners, pacer, msg[1], msg[2]))
             elif kind == "close_all":  # the bridge's warm-up call is over: stop its agents
                 await asyncio.gather(*(a.close() for a in agents), return_exceptions=True)
                 agents.clear()
@@ -195,15 +236,17 @@ async def _serve(conn: Any) -> None:
         conn.send(("closed", len(agents), len(listeners)))
 
 
-async def _window(agents: list[Agent], listeners: list[Listener], seconds: float, shift: float) -> dict[str, Any]:
+async def _window(
+    agents: list[Agent], listeners: list[Listener], pacer: Pacer, seconds: float, shift: float
+) -> dict[str, Any]:
     """Packets sent in [0, seconds] against packets received in [shift, seconds + shift] (shift = latency)."""
     if 2 * (seconds + shift) > CACHE_PACKETS * FRAME_S:
         # A payload must name one send: an earlier copy received in the window would hide a lost later one.
         raise ValueError(f"bench window {seconds} s is too long for {CACHE_PACKETS} cached packets")
     for a in agents:
         a.matched, a.sent_log, a.got = [], [], set()
-        a.late = 0
         a.recording = a.logging = True
+    pacer.late = 0
     lag = LagProbe()
     sent0 = sum(a.sent for a in agents)
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -234,12 +277,26 @@ async def _window(agents: list[Agent], listeners: list[Listener], seconds: float
         "matched": matched,
         "logged": logged,
         "missing": missing,
-        "late_ticks": sum(a.late for a in agents),
+        "late_ticks": pacer.late,
+        "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         "cpu_pct": 100.0 * cpu / wall if wall > 0 else 0.0,
     }
+
+
+def load_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The load's event loop: uvloop when installed (the bench extra has it: a cheaper load), asyncio's if not or
+    if VOICEBRIDGE_BENCH_LOAD_LOOP=asyncio."""
+    if os.environ.get("VOICEBRIDGE_BENCH_LOAD_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            return None
+        return uvloop.new_event_loop
+    return None
 
 
 def load_main(conn: Any) -> None:
     """Entry point of a load process (multiprocessing target)."""
     set_loopback_only(True)
-    asyncio.run(_serve(conn))
+    with asyncio.Runner(loop_factory=load_loop_factory()) as runner:
+        runner.run(_serve(conn))
