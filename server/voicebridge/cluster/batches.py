@@ -14,9 +14,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-
-import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from typing import TYPE_CHECKING
 
 from voicebridge.batch.runner import BatchResult, Progress
 from voicebridge.config import Settings
@@ -24,6 +22,9 @@ from voicebridge.results import BatchCall
 from voicebridge.scenarios.model import BUILTIN_DIR, Scenario
 
 from .jobs import Job, JobQueue
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis  # the `cluster` extra, imported on use: a base install imports this module
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ def where(url: str) -> str:
 
 
 async def connect(url: str) -> aioredis.Redis:
+    import redis.asyncio as aioredis  # the `cluster` extra, imported on use: a base install imports this module
+    from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
     if not url:
         raise ClusterUnavailable("no Redis URL: give --redis redis://[:PASSWORD@]HOST:PORT/DB")
     try:

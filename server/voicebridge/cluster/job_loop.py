@@ -19,14 +19,20 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from redis.exceptions import RedisError
-
 from voicebridge.batch.runner import BatchRunner
 from voicebridge.config import Settings
 from voicebridge.results import BatchCall
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario, parse_scenario
 
 from .jobs import Delivery, Job, JobQueue, JobResult, failed_call
+
+
+def _transient() -> tuple[type[Exception], ...]:
+    """Redis failing or unreachable. The redis client is the `cluster` extra: imported when an error is matched, so a
+    base install still imports this module."""
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +73,7 @@ class JobLoop:
             try:
                 await self.queue.ensure_group()
                 delivery = await self.queue.take(self.worker, self.block_s)
-            except (RedisError, OSError) as e:
+            except _transient() as e:
                 free.release()
                 self._redis_down(e)
                 with contextlib.suppress(TimeoutError):
@@ -111,7 +117,7 @@ class JobLoop:
             try:
                 await self.queue.finish(delivery, result)
                 return
-            except (RedisError, OSError) as e:
+            except _transient() as e:
                 self._redis_down(e)
                 if time.monotonic() > deadline:
                     # The lease has run out: another worker runs it again, and that result is the one reported.
@@ -126,7 +132,7 @@ class JobLoop:
                 if not await self.queue.renew(self.worker, delivery):
                     log.warning("job %s was taken over by another worker; finishing it anyway", delivery.job.call_id)
                     return
-            except (RedisError, OSError) as e:
+            except _transient() as e:
                 self._redis_down(e)
 
     def _redis_down(self, e: BaseException) -> None:

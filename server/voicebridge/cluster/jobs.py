@@ -25,11 +25,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
-from redis.exceptions import ResponseError
+
+if TYPE_CHECKING:  # the redis client is the `cluster` extra: a base install still imports this module
+    import redis.asyncio as aioredis
 
 from voicebridge.results import BatchCall, CallSummary, EndReason, TurnLatencySummary
 
@@ -147,6 +148,8 @@ class JobQueue:
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group if they do not exist yet (every party may call it)."""
+        from redis.exceptions import ResponseError
+
         try:
             await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except ResponseError as e:
