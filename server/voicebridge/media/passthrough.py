@@ -37,6 +37,7 @@ transport fails the check at run time stays on aiortc's path (logged), never rai
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -144,12 +145,22 @@ def _params(fn: Any) -> list[str]:
         return []
 
 
-def check_aiortc_compatibility(
-    receiver: RTCRtpReceiver | None = None,
-    sender: RTCRtpSender | None = None,
-    dtls: RTCDtlsTransport | None = None,
-) -> None:
-    """Raise AiortcIncompatible (naming the missing piece) if an aiortc/aioice upgrade broke what we hook."""
+def _class_problems() -> tuple[str, ...]:
+    """What the installed aiortc/aioice classes lack, computed once per version of what we inspect.
+
+    Reading sources (inspect.getsource) takes milliseconds; every tap and every outbound audio checks, so the
+    answer is cached, keyed by the very functions inspected (a monkeypatched or reloaded one is checked again).
+    """
+    key = (
+        *(getattr(cls, name, None) for cls, name in _INSPECTED),
+        vars(RTCRtpSender).get("__slots__"),
+        tuple(getattr(RTCRtpSender, n, None) for n in _TX_COUNTERS),
+    )
+    return _class_problems_for(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _class_problems_for(key: tuple[Any, ...]) -> tuple[str, ...]:
     problems: list[str] = []
 
     def need(cond: bool, what: str) -> None:
@@ -183,10 +194,6 @@ def check_aiortc_compatibility(
         list(inspect.signature(StreamStatistics.add).parameters) == ["self", "packet"],
         "aiortc.rtcrtpreceiver.StreamStatistics.add(self, packet)",
     )
-    if receiver is not None:
-        need(isinstance(getattr(receiver, _RX_STREAMS, None), dict), f"RTCRtpReceiver.{_RX_STREAMS} (dict)")
-        need(isinstance(getattr(receiver, _RX_CODECS, None), dict), f"RTCRtpReceiver.{_RX_CODECS} (dict)")
-        need(hasattr(receiver, "_enabled"), "RTCRtpReceiver._enabled")
     # _LazyCountersSender: aiortc reads the sender's counters as plain attributes in these methods only, and a
     # sender's class can be swapped for a slot-less subclass (no __slots__ on RTCRtpSender).
     for method in ("_run_rtcp", "getStats", "_handle_rtcp_packet", "_run_rtp"):
@@ -196,11 +203,6 @@ def check_aiortc_compatibility(
         "__slots__" not in vars(RTCRtpSender) and not any(hasattr(RTCRtpSender, n) for n in _TX_COUNTERS),
         "RTCRtpSender without __slots__ or class-level counters",
     )
-    if sender is not None:
-        need(isinstance(getattr(sender, "_ssrc", None), int), "RTCRtpSender._ssrc (int)")
-        for name in _TX_COUNTERS:
-            need(isinstance(getattr(sender, name, None), int), f"RTCRtpSender.{name} (int)")
-        need(type(sender) in (RTCRtpSender, _LazyCountersSender), "an RTCRtpSender (not a subclass)")
     # The short paths replay what these do for an SRTP packet (count, unprotect / protect, send on the nominated
     # pair) and take non-STUN datagrams off the ICE protocol before aioice queues them.
     recv_next = _source(getattr(RTCDtlsTransport, "_recv_next", None))
@@ -225,6 +227,49 @@ def check_aiortc_compatibility(
         and "self.transport.sendto(data, addr)" in _source(getattr(StunProtocol, "send_data", None)),
         "aioice Connection.sendto via self._nominated[component].protocol.transport.sendto",
     )
+    return tuple(problems)
+
+
+_INSPECTED = (
+    (RTCRtpReceiver, "_handle_rtp_packet"),
+    (RTCDtlsTransport, "_handle_rtp_data"),
+    (RTCDtlsTransport, "_send_rtp"),
+    (RTCDtlsTransport, "_recv_next"),
+    (RTCRtpSender, "send"),
+    (RTCRtpSender, "_run_rtcp"),
+    (RTCRtpSender, "getStats"),
+    (RTCRtpSender, "_handle_rtcp_packet"),
+    (RTCRtpSender, "_run_rtp"),
+    (StreamStatistics, "add"),
+    (RTCIceTransport, "__init__"),
+    (StunProtocol, "datagram_received"),
+    (StunProtocol, "send_data"),
+    (IceConnection, "sendto"),
+)
+
+
+def check_aiortc_compatibility(
+    receiver: RTCRtpReceiver | None = None,
+    sender: RTCRtpSender | None = None,
+    dtls: RTCDtlsTransport | None = None,
+) -> None:
+    """Raise AiortcIncompatible (naming the missing piece) if an aiortc/aioice upgrade broke what we hook."""
+    problems: list[str] = []
+
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            problems.append(what)
+
+    problems.extend(_class_problems())
+    if receiver is not None:
+        need(isinstance(getattr(receiver, _RX_STREAMS, None), dict), f"RTCRtpReceiver.{_RX_STREAMS} (dict)")
+        need(isinstance(getattr(receiver, _RX_CODECS, None), dict), f"RTCRtpReceiver.{_RX_CODECS} (dict)")
+        need(hasattr(receiver, "_enabled"), "RTCRtpReceiver._enabled")
+    if sender is not None:
+        need(isinstance(getattr(sender, "_ssrc", None), int), "RTCRtpSender._ssrc (int)")
+        for name in _TX_COUNTERS:
+            need(isinstance(getattr(sender, name, None), int), f"RTCRtpSender.{name} (int)")
+        need(type(sender) in (RTCRtpSender, _LazyCountersSender), "an RTCRtpSender (not a subclass)")
     if dtls is not None:
         need(dtls._rx_srtp is not None and dtls._tx_srtp is not None, "RTCDtlsTransport._rx_srtp/_tx_srtp (connected)")
         for name in (*_DTLS_RX, *_DTLS_TX):
