@@ -193,6 +193,7 @@ class Peer:
         self.speaking = False
         self.responses = 0  # response.created events
         self.answered = asyncio.Event()  # a response was created: the emulator speaks
+        self.stalled = False  # asked for a response that never came: given up on
         self.sending = False
         self._silence = silence
         self._stream: tuple[bytes, ...] = ()
@@ -260,7 +261,8 @@ class Peer:
 
     @property
     def lost(self) -> bool:
-        return self.pc.connectionState in ("failed", "closed") or self.channel.readyState != "open"
+        closed = self.pc.connectionState in ("failed", "closed") or self.channel.readyState != "open"
+        return closed or self.stalled
 
     async def connect(self, base_url: str, instructions: str) -> None:
         import aiohttp
@@ -474,7 +476,12 @@ class Run:
                 p.answered.clear()
                 p.send_event({"type": "response.create"})
             live = [p for p in everyone if not p.lost]
-            await asyncio.wait_for(asyncio.gather(*(p.answered.wait() for p in live)), 60)
+            try:
+                await asyncio.wait_for(asyncio.gather(*(p.answered.wait() for p in live)), 60)
+            except TimeoutError:  # an overloaded emulator's data channel can stall before ICE gives up on it
+                for p in live:
+                    p.stalled = p.stalled or not p.answered.is_set()
+                _say(f"speaking: no response.created within 60 s from {sum(p.stalled for p in live)} session(s)")
         if phase != "turns":
             await asyncio.sleep(self.args.settle)  # the phase's steady state, not its start
         before = {kind: (_cpu_s(self.procs[kind].pid), await _stats(self.conns[kind])) for kind in KINDS}
