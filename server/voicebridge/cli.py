@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=_port, default=0, help="the port to listen on (default 0: any free one)")
     w.add_argument("--artifacts", type=Path, default=Path("calls"), help="where each call's folder is written")
     w.add_argument("--emulator-url", default="", help="use an emulator already running at this /v1 URL")
+    w.add_argument("--batch-slots", type=_positive_int, default=2,
+                   help="batch calls (`voicebridge batch --redis`) this worker runs at once (default 2)")
 
     c = sub.add_parser("call", help="run one whole call, start to hang-up, then print a summary")
     c.add_argument("--scenario", default="late_order", help="a built-in scenario name or a scenario file path")

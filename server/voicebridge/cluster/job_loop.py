@@ -24,7 +24,7 @@ from voicebridge.config import Settings
 from voicebridge.results import BatchCall
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario, parse_scenario
 
-from .jobs import Delivery, Job, JobQueue, JobResult, failed_call
+from .jobs import Delivery, Job, JobQueue, JobResult, failed_call, lease_from_env
 
 
 def _transient() -> tuple[type[Exception], ...]:
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 RunJob = Callable[[Job, int], Awaitable[BatchCall]]  # (job, attempt) -> the call as the batch runner saw it
 DEFAULT_SLOTS = 2
 RETRY_S = 1.0  # between attempts to reach Redis again
+DRAIN_S = 60.0  # hung-up calls end in seconds; this bound only catches a hang
 
 
 class JobLoop:
@@ -182,3 +183,41 @@ class CallJobs:
         except tomllib.TOMLDecodeError as e:
             raise ScenarioError(f"{job.scenario}: not valid TOML: {e}") from e
         return parse_scenario(data, where=f"{job.scenario} (sent with batch {job.batch_id})")
+
+
+class BatchJobs:
+    """A bridge worker's batch jobs (cluster/worker.py): `run(worker_id, settings)` as a task beside the worker's
+    server, until `drain(task)` at shutdown."""
+
+    def __init__(self, redis_url: str, artifacts_dir: Path, slots: int = DEFAULT_SLOTS) -> None:
+        self.redis_url = redis_url
+        self.artifacts_dir = Path(artifacts_dir)
+        self.slots = slots
+        self.lease_s = lease_from_env()  # a bad value is an error at start-up, not at the first job
+        self._loop: JobLoop | None = None
+        self._calls: CallJobs | None = None
+
+    async def run(self, worker: str, settings: Settings) -> None:
+        import redis.asyncio as aioredis  # the cluster extra, as everywhere in cluster/
+
+        # Its own connection: blocking stream reads must not wait behind (or time out like) the registry's commands.
+        client = aioredis.Redis.from_url(self.redis_url, decode_responses=True, socket_connect_timeout=2.0)
+        self._calls = CallJobs(settings, self.artifacts_dir)
+        self._loop = JobLoop(JobQueue(client, lease_s=self.lease_s), worker, self._calls, slots=self.slots)
+        try:
+            await self._loop.run()
+        finally:
+            await client.aclose()
+
+    async def drain(self, task: asyncio.Future[None]) -> None:
+        """Take no more jobs; hang the running batch calls up (`shutdown`) and wait for their results to be sent."""
+        if self._loop is not None:
+            self._loop.stop()
+        if self._calls is not None:
+            self._calls.stop()
+        try:
+            await asyncio.wait_for(task, DRAIN_S)
+        except TimeoutError:
+            log.error("batch jobs did not drain within %.0f s", DRAIN_S)
+        except Exception:
+            log.exception("batch jobs failed")

@@ -23,7 +23,9 @@ shape by construction. Nothing here runs a call: the worker's job loop (cluster/
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +43,10 @@ JOBS_STREAM = PREFIX + "jobs"
 GROUP = "workers"
 # The first run and one retry: a job whose worker died twice is reported, not run a third time.
 MAX_DELIVERIES = 2
-# A job nobody renewed for this long belongs to a dead worker (renewals come every lease_s / 3).
+# A job nobody renewed for this long belongs to a dead worker (renewals come every lease_s / 3). Every worker and
+# batch of a cluster must use the same: VOICEBRIDGE_JOB_LEASE_S sets it (the tests shorten it).
 DEFAULT_LEASE_S = 15.0
+LEASE_ENV = "VOICEBRIDGE_JOB_LEASE_S"
 # A batch's results stream outlives the batch by this much at most (a batch killed before it could clean up).
 RESULTS_TTL_S = 7 * 24 * 3600
 
@@ -90,6 +94,20 @@ class Delivery:
     attempt: int
 
 
+def lease_from_env(env: Mapping[str, str] | None = None) -> float:
+    """The job lease in seconds: VOICEBRIDGE_JOB_LEASE_S (from 1 to 3600), else DEFAULT_LEASE_S."""
+    text = (os.environ if env is None else env).get(LEASE_ENV, "").strip()
+    if not text:
+        return DEFAULT_LEASE_S
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{LEASE_ENV} must be a number of seconds, got {text!r}") from None
+    if not 1.0 <= value <= 3600.0:
+        raise ValueError(f"{LEASE_ENV} must be from 1 to 3600 seconds, got {value:g}")
+    return value
+
+
 def results_key(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}:results"
 
@@ -133,8 +151,10 @@ class JobQueue:
         *,
         stream: str = JOBS_STREAM,
         group: str = GROUP,
-        lease_s: float = DEFAULT_LEASE_S,
+        lease_s: float | None = None,
     ) -> None:
+        """`lease_s`: VOICEBRIDGE_JOB_LEASE_S or DEFAULT_LEASE_S when None."""
+        lease_s = lease_from_env() if lease_s is None else lease_s
         if lease_s <= 0:
             raise ValueError(f"lease_s must be > 0, got {lease_s}")
         self.redis = client

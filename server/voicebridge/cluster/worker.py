@@ -44,6 +44,7 @@ from voicebridge.signaling.http import MANAGER, error_body, json_response
 from voicebridge.signaling.lifecycle import READY_CHECKS, graceful_shutdown
 from voicebridge.signaling.security import RateLimit, SecurityPolicy, is_loopback_host
 
+from .job_loop import BatchJobs
 from .registry import HEARTBEAT_S, TTL_S, Registry, RegistryUnavailable, WorkerInfo
 
 REFRESH_S = 5.0  # how often every live call's record is rewritten (its duration and counts in GET /api/calls)
@@ -204,6 +205,7 @@ async def run_worker(
     advertise: str,
     port: int,
     ready: Callable[[WorkerInfo], None] | None = None,
+    jobs: BatchJobs | None = None,
 ) -> int:
     """Serve calls until SIGTERM/SIGINT, then drain; the exit status."""
     secret = await registry.cluster_secret()
@@ -243,6 +245,8 @@ async def run_worker(
         await runner.cleanup()
         return 1
     syncing = asyncio.ensure_future(member.run())
+    # Batch calls (`voicebridge batch --redis`) taken off the jobs stream, beside the calls the front door places.
+    taking = asyncio.ensure_future(jobs.run(member.info.id, backend.settings)) if jobs is not None else None
     print(
         f"voicebridge worker: {member.info.id} at {member.info.url} (pid {member.info.pid}, Redis {registry.where}, "
         f"Realtime backend: {backend.description})",
@@ -262,6 +266,8 @@ async def run_worker(
     member.draining = True
     with contextlib.suppress(RegistryUnavailable):
         await member.sync()  # placement skips us from now on
+    if jobs is not None and taking is not None:
+        await jobs.drain(taking)  # no new batch calls; the running ones end with `shutdown`, their results sent
     await graceful_shutdown(app, runner)
     syncing.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -299,6 +305,13 @@ async def _main(args: argparse.Namespace) -> int:
     except RegistryUnavailable as e:
         print(f"voicebridge worker: {e}", file=sys.stderr)
         return 2
+    url = args.redis or os.environ.get(REDIS_URL_ENV, "")
+    try:
+        jobs = BatchJobs(url, args.artifacts, args.batch_slots)
+    except ValueError as e:  # VOICEBRIDGE_JOB_LEASE_S
+        print(f"voicebridge worker: {e}", file=sys.stderr)
+        await registry.close()
+        return 2
     off_loopback = not is_loopback_host(advertise)
     if off_loopback and is_ip_literal(advertise):
         set_host_addresses([advertise])  # browsers reach this worker's media at its advertised address only
@@ -306,7 +319,7 @@ async def _main(args: argparse.Namespace) -> int:
         async with realtime_backend(
             emulator_url=args.emulator_url, browsers_off_loopback=off_loopback, artifacts_dir=args.artifacts
         ) as backend:
-            return await run_worker(registry, backend, bind=bind, advertise=advertise, port=args.port)
+            return await run_worker(registry, backend, bind=bind, advertise=advertise, port=args.port, jobs=jobs)
     finally:
         await registry.close()
 

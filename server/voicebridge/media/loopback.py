@@ -17,10 +17,12 @@ _only_addresses: tuple[str, ...] = ()
 
 
 def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    if _loopback_only:
-        return ["127.0.0.1"] if use_ipv4 else []
+    # A worker's advertised addresses win over loopback-only: its embedded emulator asks for 127.0.0.1 (its
+    # clients are local), but browsers on other machines join that same process's calls at those addresses.
     if _only_addresses:
         return [a for a in _only_addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+    if _loopback_only:
+        return ["127.0.0.1"] if use_ipv4 else []
     return _original(use_ipv4, use_ipv6)
 
 

@@ -5,7 +5,8 @@
 //   Hang up    (as the human caller) ends the whole call.
 // Each join fetches a short-lived token bound to this call and role; the API key never reaches the page.
 // It follows the call the console selects, and its state, through ui.js.
-// Test hook: window.vbJoin.stats() -> {role, connectionState, parties: {caller|cs|mic: {bytes, packets, level, peak}}}.
+// Test hook: window.vbJoin.stats() -> {role, connectionState, parties: {caller|cs|mic: {bytes, packets, level, peak}},
+//   remote: the address:port the media flows to (the selected ICE candidate pair's remote candidate), or null}.
 
 import { $, api, h, isLive, onCallChange, request, selectedCall } from "./ui.js";
 
@@ -15,7 +16,7 @@ const LABELS = { caller: "Caller", cs: "CS agent", mic: "Your mic" };
 
 const s = {
   role: null, callId: null, token: null, pc: null, mic: null, participantId: null,
-  ctx: null, parties: {}, timer: null, error: null, connectionState: "new", busy: false,
+  ctx: null, parties: {}, timer: null, error: null, connectionState: "new", busy: false, remote: null,
 };
 
 function partyState(name) {
@@ -92,6 +93,11 @@ async function sample() {
         const p = Object.values(s.parties).find((x) => x.trackId && x.trackId === r.trackIdentifier);
         if (p) { p.bytes = r.bytesReceived || 0; p.packets = r.packetsReceived || 0; }
       });
+      // Where the media goes: with a cluster, the worker owning the call, never the front door.
+      const transport = [...report.values()].find((r) => r.type === "transport" && r.selectedCandidatePairId);
+      const pair = transport && report.get(transport.selectedCandidatePairId);
+      const remote = pair && report.get(pair.remoteCandidateId);
+      s.remote = remote ? `${remote.address}:${remote.port}` : null;
     } catch { /* closing */ }
   }
   drawMeters();
@@ -207,7 +213,7 @@ function init() {
     join, leave, handback, hangup: humanHangup,
     stats: () => ({
       role: s.role, callId: s.callId, participantId: s.participantId, connectionState: s.pc ? s.pc.connectionState : s.connectionState,
-      error: s.error,
+      error: s.error, remote: s.remote,
       parties: Object.fromEntries(Object.entries(s.parties).map(([k, p]) => [k, { bytes: p.bytes, packets: p.packets, level: p.level, peak: p.peak }])),
     }),
   };
