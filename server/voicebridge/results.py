@@ -417,6 +417,8 @@ class BatchCall(Record):
     """The bridge worker that ran the call (`voicebridge batch --redis`); None when the batch ran it itself."""
     attempt: int = 1
     """1, or 2 when the call was run again after its first worker was lost."""
+    lost_worker: str | None = None
+    """For attempt 2: the worker the first attempt was lost on (killed or cut off mid-call)."""
     refusals: int = 0
     """Times the Realtime server refused to create its sessions (429/503: at capacity) before it ran; each
     was retried after a back-off (batch/runner.py RetryPolicy)."""
@@ -596,6 +598,8 @@ class CallRow(Record):
     """The bridge worker that ran the call (`voicebridge batch --redis`); None when the batch ran it itself."""
     attempt: int = 1
     """2 when the call ran again after its first worker was lost."""
+    lost_worker: str | None = None
+    """For attempt 2: the worker the first attempt was lost on."""
     timing: RunTiming | None = None
     """Its timing figures; None when the call has no timing analysis."""
 

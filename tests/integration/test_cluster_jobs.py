@@ -99,7 +99,7 @@ async def test_a_dead_workers_job_runs_once_more_then_is_reported_worker_lost(qu
     first = await take_until(queue, "w1")  # w1 dies with it: never renews, never finishes
     assert first.attempt == 1
     retry = await take_until(queue, "w2")  # w2 finds it idle past the lease and runs it again
-    assert (retry.entry_id, retry.job, retry.attempt) == (first.entry_id, job, 2)
+    assert (retry.entry_id, retry.job, retry.attempt, retry.lost_worker) == (first.entry_id, job, 2, "w1")
     assert not await queue.renew("w1", first)  # w1, were it only slow, learns it lost the job
     # w2 dies too: the next worker does not run it a third time, it reports the call lost.
     deadline = time.monotonic() + HANG_S

@@ -225,7 +225,9 @@ def _call_html(c: CallRow, figure: str | None = None) -> str:
     )
     error = f"<p class=bad>{_e(c.error)}</p>" if c.error else ""
     where = (
-        f" &middot; worker <code>{_e(c.worker)}</code>" + (f" (attempt {c.attempt})" if c.attempt > 1 else "")
+        f" &middot; worker <code>{_e(c.worker)}</code>" + (
+            f" (attempt {c.attempt}, after <code>{_e(c.lost_worker)}</code> was lost)" if c.attempt > 1 else ""
+        )
         if c.worker else ""
     )
     audio = _player(c.links)

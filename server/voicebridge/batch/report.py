@@ -103,6 +103,7 @@ def _call_row(call: BatchCall, report_dir: Path) -> CallRow:
         links=artifact_links(summary, report_dir),
         worker=call.worker,
         attempt=call.attempt,
+        lost_worker=call.lost_worker,
         timing=run_timing(summary),
     )
 

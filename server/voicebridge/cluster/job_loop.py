@@ -111,7 +111,9 @@ class JobLoop:
             index=job.index,
             worker=self.worker,
             attempt=delivery.attempt,
-            call=call.model_copy(update={"worker": self.worker, "attempt": delivery.attempt}),
+            call=call.model_copy(
+                update={"worker": self.worker, "attempt": delivery.attempt, "lost_worker": delivery.lost_worker or None}
+            ),
         )
         deadline = time.monotonic() + self.queue.lease_s
         while True:

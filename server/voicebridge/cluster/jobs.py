@@ -92,6 +92,8 @@ class Delivery:
     entry_id: str
     job: Job
     attempt: int
+    lost_worker: str = ""
+    """For a retry: the consumer (worker id) the job was lost on."""
 
 
 def lease_from_env(env: Mapping[str, str] | None = None) -> float:
@@ -279,7 +281,7 @@ class JobQueue:
             log.error("jobs: dropping unreadable entry %s: %s", entry_id, e)
             await self._drop(entry_id)
             return None
-        delivery = Delivery(entry_id, job, attempt)
+        delivery = Delivery(entry_id, job, attempt, lost_from)
         if await self.redis.exists(cancelled_key(job.batch_id)):
             await self._drop(entry_id)
             return None
