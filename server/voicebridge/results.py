@@ -342,6 +342,15 @@ class ImpairStats(TypedDict):
     blackout: NotRequired[BlackoutWindow | None]  # the spec's blackout on the call's clock (absent in older files)
 
 
+class BrowserImpairStats(TypedDict):
+    """What one browser participant's own path applied (a join's `impair`; bridge/participants.py)."""
+
+    participant_id: str
+    role: str  # "listen" or "takeover"
+    downlink: dict[str, ImpairStats]  # per party stream the browser receives: "caller", "cs" (a human: "cs")
+    uplink: ImpairStats | None  # a human's microphone -> the bridge; None for a listener
+
+
 class RelayStatsError(TypedDict):
     """In place of the relay's stats when taking them failed."""
 
@@ -379,6 +388,8 @@ class CallSummary(Record):
     impairment: dict[str, ImpairStats] | None = None
     """What network impairment applied per direction ("caller_to_cs", "cs_to_caller"; media/impair.py), None
     when the call ran unimpaired (scenario `impair`, `voicebridge call --impair`)."""
+    browser_impairment: list[BrowserImpairStats] = []
+    """Per browser participant that joined with an `impair` of its own, what its path applied (docs/impairment.md)."""
     turn_latency: TurnLatencySummary
     artifacts: dict[str, str]
     """Artifact name -> file name in the call's folder: events, transcript, transcript_txt, summary, and once

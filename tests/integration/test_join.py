@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from voicebridge.realtime.transports import PcmRelay, leg_factory
 from voicebridge.scenarios.model import Scenario, load_scenario, normalize_phrase
 from voicebridge.signaling.app import create_app
 from voicebridge.signaling.http import MANAGER
+from voicebridge.signaling.join import PARTICIPANTS
 from voicebridge.signaling.tokens import TokenSigner
 
 pytestmark = pytest.mark.integration
@@ -334,6 +336,40 @@ async def test_human_takes_over_is_heard_and_answered_then_hands_back(
     assert "takeover.started" in text and "takeover.handback" in text
 
 
+async def test_a_humans_own_path_is_impaired_both_ways(client: Client, browsers: Callable[..., Browser]) -> None:
+    """Take-over with `impair`: the human's microphone loses 20 % before the relay sees it, its downlink 10 %;
+    its receiver counts exactly the downlink's loss, and the summary records both stages."""
+    call_id, call, watch = await start_call(client)
+    hooked: list[int] = []
+    human = browsers("takeover")
+    spec = {"impair": "bridge>browser: loss=10%; browser>bridge: loss=20%", "impair_seed": "4"}
+    assert await human.join(client, call_id, await token(client, call_id, "takeover"), "?" + urlencode(spec)) == 201
+    await watch.wait(note("takeover.started"))
+    call.relay.on_packet(lambda party, _pkt: hooked.append(1) if party == "human" else None)
+    p = client.app[PARTICIPANTS][call_id].members[human.participant_id]
+    assert p.uplink is not None and set(p.sinks) == {"cs"}
+    receiver = human.pc.getReceivers()[0]
+    inbound: Any = None
+    for _ in range(600):  # a bound for a hang only: wait until 300 packets of the CS agent have arrived
+        inbound = next((s for s in (await receiver.getStats()).values() if s.type == "inbound-rtp"), None)
+        if inbound is not None and inbound.packetsReceived >= 300 and len(hooked) >= 100:
+            break
+        await asyncio.sleep(0.1)
+    assert inbound.packetsLost == p.sinks["cs"].visible_loss(inbound.packetsReceived) > 0
+    up = p.uplink.stage.stats()
+    # The relay (its packet hooks: recording, timing) sees only what survived the uplink, from the switch on.
+    assert up["dropped"] == up["lost_random"] > 0 and up["packets_in"] == up["forwarded"] + up["dropped"]
+    assert up["forwarded"] - len(hooked) >= 0
+    await client.post(f"/api/calls/{call_id}/hangup")
+    ended = await watch_end(call)
+    [browser] = ended["browser_impairment"]
+    assert (browser["participant_id"], browser["role"]) == (human.participant_id, "takeover")
+    assert (browser["uplink"]["spec"], browser["uplink"]["seed"]) == ("loss=20%", 6)
+    assert {k: (v["spec"], v["seed"]) for k, v in browser["downlink"].items()} == {"cs": ("loss=10%", 5)}
+    assert browser["uplink"]["packets_in"] >= up["packets_in"] and ended["impairment"] is None
+    assert watch.notes("participant.joined")[0]["impair"] == {"downlink": "loss=10%", "uplink": "loss=20%", "seed": 4}
+
+
 async def test_human_hangs_up(client: Client, browsers: Callable[..., Browser]) -> None:
     call_id, call, watch = await start_call(client)
     human = browsers("takeover")
@@ -476,8 +512,22 @@ async def test_bad_tokens_are_refused_with_reasons(client: Client, browsers: Cal
         resp = await client.post(f"/api/calls/{call_id}/tokens", json=body)
         assert resp.status == status and "error" in await resp.json(), body
     assert (await client.post("/api/calls/call_nope/tokens", json={"role": "listen"})).status == 404
-    # An offer that is not an offer, and one without audio.
+    # A join's own impairment, refused with the field named (before any peer connection is made).
     tok = await token(client, call_id, "listen")
+    impairs = {
+        "loss=150%": "'loss'",
+        "browser>bridge: loss=5%": "a listener sends no audio",
+        "uplink: loss=5%": "bridge>browser: SPEC and/or browser>bridge: SPEC",
+    }
+    for spec, says in impairs.items():
+        b = browsers("listen")
+        assert await b.join(client, call_id, tok, "?" + urlencode({"impair": spec})) == 400, spec
+        assert says in b.error["error"]["message"] and "impair" in b.error["error"]["message"], spec
+    b = browsers("listen")
+    assert await b.join(client, call_id, tok, "?impair=wifi&impair_seed=x") == 400
+    assert "`impair_seed` must be an integer" in b.error["error"]["message"]
+    assert call.relay.stats()["listeners"]["count"] == 0
+    # An offer that is not an offer, and one without audio.
     resp = await client.post(
         f"/api/calls/{call_id}/join",
         data="hello",

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from voicebridge.commands.call import with_impairment
-from voicebridge.media.impair import ImpairStage
+from voicebridge.media.impair import ImpairedSink, ImpairedTap, ImpairStage
 from voicebridge.media.passthrough import RtpAudio
 from voicebridge.scenarios.impairment import (
     PROFILES,
     Impairment,
     ImpairSpec,
     ImpairSpecError,
+    parse_browser,
     parse_directions,
     parse_impairment,
 )
@@ -54,7 +55,7 @@ def run(spec: ImpairSpec | str, n: int = 2000, seed: int = 7) -> tuple[ImpairSta
     out: list[tuple[float, RtpAudio]] = []
     stage = ImpairStage(
         parse_impairment(spec) if isinstance(spec, str) else spec,
-        lambda p: out.append((loop.now, p)),
+        lambda p, _source: out.append((loop.now, p)),
         seed=seed,
         clock=loop.clock,
         schedule=loop.schedule,
@@ -172,7 +173,9 @@ def test_stats_shape() -> None:
 def test_close_cancels_pending() -> None:
     loop = FakeLoop()
     out: list[RtpAudio] = []
-    stage = ImpairStage(parse_impairment("delay=100ms"), out.append, clock=loop.clock, schedule=loop.schedule)
+    stage = ImpairStage(
+        parse_impairment("delay=100ms"), lambda p, _s: out.append(p), clock=loop.clock, schedule=loop.schedule
+    )
     stage.push(RtpAudio(b"x", 0, 0, False, 0.0))
     stage.close()
     loop.advance(1.0)
@@ -251,3 +254,85 @@ def test_per_direction_specs() -> None:
         parse_directions("caller>cs: loss=5%; caller>cs: loss=1%")
     with pytest.raises(ImpairSpecError, match="impairment field 'delay'"):
         parse_directions("caller>cs: delay=slow")
+
+
+def test_a_delayed_packet_keeps_the_source_it_was_pushed_with() -> None:
+    loop = FakeLoop()
+    out: list[tuple[int, str]] = []
+    stage = ImpairStage(
+        parse_impairment("delay=100ms"), lambda p, s: out.append((p.sequence, s)), clock=loop.clock,
+        schedule=loop.schedule,
+    )
+    stage.push(RtpAudio(b"x", 0, 0, False, 0.0), "caller")
+    stage.push(RtpAudio(b"y", 0, 7, False, 0.0), "human1")  # the source changed while packet 0 waits
+    loop.advance(1.0)
+    assert out == [(0, "caller"), (7, "human1")]
+
+
+class FakeOut:
+    """OutboundAudio's send side: drops (and counts) the first `unconnected` packets, then 'sends' them."""
+
+    def __init__(self, unconnected: int) -> None:
+        self.unconnected = unconnected
+        self.packets_sent = self.dropped = 0
+        self.sent: list[tuple[int, str]] = []
+
+    def send(self, pkt: RtpAudio, source: str = "") -> None:
+        if self.unconnected:
+            self.unconnected -= 1
+            self.dropped += 1
+            return
+        self.packets_sent += 1
+        self.sent.append((pkt.sequence, source))
+
+
+def test_sink_knows_the_loss_a_receiver_of_its_first_packets_counts() -> None:
+    out = FakeOut(unconnected=25)
+    sink = ImpairedSink(out, parse_impairment("loss=10%"), seed=3)  # type: ignore[arg-type]
+    for i in range(3000):
+        sink.send(RtpAudio(b"x", i * 960, i & 0xFFFF, False, 0.0), "cs")
+    assert out.packets_sent + out.dropped == sink.stage.stats()["forwarded"] == 3000 - sink.stage.dropped
+    assert all(source == "cs" for _, source in out.sent)
+    # A receiver holding the first n packets sent counts expected - received, expected from its sequence span.
+    for n in (1, 2, 10, 500, out.packets_sent):
+        seqs = [s for s, _ in out.sent[:n]]
+        lost = (seqs[-1] - seqs[0] + 1) - n
+        assert sink.visible_loss(n) == lost
+    assert 0 < sink.visible_loss(out.packets_sent) <= sink.stage.dropped
+
+
+def test_tap_hands_on_only_what_survives() -> None:
+    class FakeTap:
+        packets = bytes = 0
+
+        def __init__(self) -> None:
+            self.subs: list[Callable[[RtpAudio], None]] = []
+
+        def subscribe(self, fn: Callable[[RtpAudio], None]) -> Callable[[], None]:
+            self.subs.append(fn)
+            return lambda: self.subs.remove(fn)
+
+    tap = FakeTap()
+    impaired = ImpairedTap(tap, parse_impairment("loss=20%"), seed=5)  # type: ignore[arg-type]
+    got: list[int] = []
+    impaired.subscribe(lambda p: got.append(p.sequence))
+    for i in range(1000):
+        for fn in list(tap.subs):
+            fn(RtpAudio(b"x", i * 960, i, False, 0.0))
+    s = impaired.stage.stats()
+    assert len(got) == 1000 - s["dropped"] == s["forwarded"] and s["dropped"] == s["lost_random"] > 0
+    impaired.close()
+    assert tap.subs == []
+
+
+def test_browser_spec_both_ways_or_per_direction() -> None:
+    both = parse_browser("wifi")
+    assert both.downlink == both.uplink == parse_impairment("wifi")
+    one = parse_browser("bridge>browser: loss=5%")
+    assert (one.downlink.describe(), one.uplink.describe()) == ("loss=5%", "none")
+    two = parse_browser("browser>bridge: delay=80ms; bridge>browser: 3g")
+    assert (two.downlink, two.uplink) == (parse_impairment("3g"), parse_impairment("delay=80ms"))
+    with pytest.raises(ImpairSpecError, match=r"'caller>cs'.*bridge>browser: SPEC and/or browser>bridge: SPEC"):
+        parse_browser("caller>cs: loss=5%")
+    with pytest.raises(ImpairSpecError, match="'loss'"):
+        parse_browser("bridge>browser: loss=150%")

@@ -16,6 +16,11 @@ On hold (a human took over) the caller agent hears nothing: if it kept hearing t
 A listener is two ``OutboundAudio`` (two audio transceivers on the listener's peer connection: caller, CS),
 so the browser gets the parties as two tracks and mixes them itself; either may be None.
 
+A browser with an impairment of its own (a join's `impair`, docs/impairment.md) comes as an ``ImpairedSink``
+per stream it receives and, for a human, an ``ImpairedTap`` for its microphone: the relay sends and subscribes
+to them as to the plain ones. A human's own downlink replaces the CS -> caller stage for that human (it is not
+where the caller agent is); without one, the human hears the CS -> caller stage as the caller agent does.
+
 It is the one relay with every capability of media/relay.py: packet hooks, listener fan-out and a switchable
 caller source.
 """
@@ -26,9 +31,9 @@ import logging
 from collections.abc import Callable
 from typing import TypedDict
 
-from voicebridge.media.impair import ImpairStage
+from voicebridge.media.impair import ImpairedSink, ImpairStage
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, OutboundStats, RtpAudio, latency_summary
-from voicebridge.media.relay import FanOut, PacketHook, PacketHooks, Party, Relay, Switchable
+from voicebridge.media.relay import AudioSink, FanOut, PacketHook, PacketHooks, PacketSource, Party, Relay, Switchable
 from voicebridge.results import ImpairStats, RelayStats
 from voicebridge.scenarios.impairment import Impairment, ImpairSpec
 
@@ -62,7 +67,7 @@ class PassthroughStats(RelayStats):
     impairment: dict[str, ImpairStats] | None  # per direction, when the relay impairs (media/impair.py)
 
 
-class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
+class AudioRelay(Relay, PacketHooks, FanOut[AudioSink], Switchable):
     """caller_in -> cs_out and cs_in -> caller_out, pass-through; source switching and listener fan-out."""
 
     kind = "passthrough"
@@ -84,18 +89,18 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
         self.cs_in = cs_in
         self.cs_out = cs_out
         self.hold_hears_cs = hold_hears_cs
-        self._human: InboundTap | None = None
-        self._human_out: OutboundAudio | None = None
+        self._human: PacketSource | None = None
+        self._human_out: AudioSink | None = None
         self._human_unsub: Callable[[], None] | None = None
         self._human_count = 0
         self._human_source = "human"
         self._unsubs: list[Callable[[], None]] = []
-        self._listeners: list[tuple[OutboundAudio | None, OutboundAudio | None]] = []
+        self._listeners: list[tuple[AudioSink | None, AudioSink | None]] = []
         self._hooks: tuple[PacketHook, ...] = ()
         self._hook_errors = 0
         # The fan-out lists are rebuilt on every change so the per-packet path only iterates a tuple.
-        self._to_caller_side: tuple[OutboundAudio, ...] = ()  # who hears the CS agent
-        self._caller_listeners: tuple[OutboundAudio, ...] = ()  # listeners' caller tracks
+        self._to_caller_side: tuple[AudioSink, ...] = ()  # who hears the CS agent
+        self._caller_listeners: tuple[AudioSink, ...] = ()  # listeners' caller tracks
         self._rebuild()
         # Impairment sits before OutboundAudio.send's seq rewrite, so a dropped packet is a sequence gap (real
         # loss) at the far end. Listeners and packet hooks see the packets as they arrived, unimpaired.
@@ -136,7 +141,7 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
         """True while a human, not the caller agent, is the caller the CS agent hears."""
         return self._human is not None
 
-    def set_caller_source(self, human: InboundTap | None, human_out: OutboundAudio | None = None) -> None:
+    def set_caller_source(self, human: PacketSource | None, human_out: AudioSink | None = None) -> None:
         """None = the caller agent talks to the CS agent; else a human browser tap (human_out: they hear).
 
         The CS leg's outgoing stream is re-based on the switch (OutboundAudio), so it sees no timestamp jump.
@@ -154,7 +159,7 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
         self._rebuild()
 
     def add_listener(
-        self, caller_out: OutboundAudio | None, cs_out: OutboundAudio | None
+        self, caller_out: AudioSink | None, cs_out: AudioSink | None
     ) -> Callable[[], None]:
         """Fan both parties out to one more listener; returns the function that removes it."""
         entry = (caller_out, cs_out)
@@ -178,22 +183,24 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
         return remove
 
     def _rebuild(self) -> None:
-        to_caller: list[OutboundAudio] = []
+        to_caller: list[AudioSink] = []
         if self._human is None or self.hold_hears_cs:
             to_caller.append(self.caller_out)
+        direct = [cs for _, cs in self._listeners if cs is not None]  # not through the CS -> caller stage
         if self._human_out is not None:
-            to_caller.append(self._human_out)
-        self._to_caller_agent: tuple[OutboundAudio, ...] = tuple(to_caller)  # the impaired CS -> caller path
-        self._cs_listeners: tuple[OutboundAudio, ...] = tuple(cs for _, cs in self._listeners if cs is not None)
-        self._to_caller_side = self._to_caller_agent + self._cs_listeners
+            # A human with a downlink stage of their own is on their own network, not the caller agent's.
+            (direct if isinstance(self._human_out, ImpairedSink) else to_caller).append(self._human_out)
+        self._to_caller_agent: tuple[AudioSink, ...] = tuple(to_caller)  # the impaired CS -> caller path
+        self._cs_direct: tuple[AudioSink, ...] = tuple(direct)  # listeners' CS tracks, a self-impaired human
+        self._to_caller_side = self._to_caller_agent + self._cs_direct
         self._caller_listeners = tuple(c for c, _ in self._listeners if c is not None)
 
     # -- per packet (called inside aiortc's receive path: keep it short) ---------------------------------
-    def _send_to_cs(self, pkt: RtpAudio) -> None:
+    def _send_to_cs(self, pkt: RtpAudio, _source: str) -> None:
         if self._human is None:  # a packet delayed across a take-over is not sent to the CS agent
             self.cs_out.send(pkt, "caller")
 
-    def _send_to_caller(self, pkt: RtpAudio) -> None:
+    def _send_to_caller(self, pkt: RtpAudio, _source: str) -> None:
         for out in self._to_caller_agent:
             out.send(pkt, "cs")
 
@@ -223,7 +230,7 @@ class AudioRelay(Relay, PacketHooks, FanOut[OutboundAudio], Switchable):
                 out.send(pkt, "cs")
         else:
             stage.push(pkt)  # the caller agent (and a human who took over) hear the impaired stream
-            for out in self._cs_listeners:
+            for out in self._cs_direct:
                 out.send(pkt, "cs")
         if self._hooks:
             self._emit("cs", pkt)

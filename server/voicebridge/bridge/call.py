@@ -28,6 +28,7 @@ from voicebridge.lab.judge import judge_endpoint
 from voicebridge.media.relay import PacketHooks, Relay
 from voicebridge.realtime.leg import Leg
 from voicebridge.results import (
+    BrowserImpairStats,
     CallState,
     CallSummary,
     CriterionVerdict,
@@ -145,6 +146,8 @@ class Call(AsyncIOEventEmitter):
         self.turn_latency = TurnLatency(self.now)
         self.on("event", self.turn_latency.on_event)
         self.recording: CallRecording | None = None
+        # Set by the call's browser participants (bridge/participants.py): what their own impairment applied.
+        self.browser_impairment: Callable[[], list[BrowserImpairStats]] | None = None
 
     # -- public ---------------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -262,6 +265,7 @@ class Call(AsyncIOEventEmitter):
             legs=legs,
             relay=relay_stats,
             impairment=self._impairment(),
+            browser_impairment=self.browser_impairment() if self.browser_impairment is not None else [],
             turn_latency=self.turn_latency.summary(),
             artifacts=artifact_files(self.recording),
             events=self.artifacts.events_written if self.artifacts else 0,

@@ -25,6 +25,11 @@ Both need a relay that can do it (media/relay.py): listeners a `FanOut`, a take-
 whose relay cannot (two WebSocket legs: `PcmRelay`) refuses the join with a 409 saying why, before any peer
 connection is made.
 
+A join may bring an impairment of its own (`impair`, scenarios/impairment.py parse_browser): the browser's
+downlink streams go through an ImpairedSink each (caller party seed S, CS party S + 1) and a human's microphone
+through an ImpairedTap (S + 2) before the relay sees it; S is the join's seed, else the scenario's impair_seed.
+What they applied goes into the call summary's `browser_impairment` (docs/impairment.md).
+
 Each of these is written to the call's event stream and events.jsonl as a `bridge` note (participant.joined/left,
 takeover.started, takeover.handback, takeover.briefed). All peer connections close when the call ends.
 """
@@ -42,9 +47,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+from voicebridge.media.impair import ImpairedSink, ImpairedTap
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
-from voicebridge.media.relay import FanOut, Relay, Switchable
-from voicebridge.results import EventRecord
+from voicebridge.media.relay import AudioSink, FanOut, PacketSource, Relay, Switchable
+from voicebridge.results import BrowserImpairStats, EventRecord
+from voicebridge.scenarios.impairment import BrowserImpairment
 
 if TYPE_CHECKING:
     from .call import Call
@@ -81,6 +88,9 @@ class Participant:
     joined_at: float = field(default_factory=time.time)
     left_reason: str | None = None
     speaking: bool = False  # take-over: the CS agent hears this human now
+    sinks: dict[str, ImpairedSink] = field(default_factory=dict)  # party -> its impaired downlink stream
+    uplink: ImpairedTap | None = None  # a human's impaired microphone
+    impair_origin_s: float = 0.0  # call time the stages started (blackout windows are given on the call's clock)
     _remove_listener: Callable[[], None] | None = None
     _unsub_first: Callable[[], None] | None = None
     _watchdog: asyncio.Future[Any] | None = None
@@ -89,6 +99,19 @@ class Participant:
     @property
     def left(self) -> bool:
         return self.left_reason is not None
+
+    def out(self, index: int, party: str) -> AudioSink:
+        """The party's stream as the relay sends it: through the browser's own stage when it has one."""
+        return self.sinks.get(party) or self.outs[index]
+
+    def impairment(self) -> BrowserImpairStats:
+        origin = self.impair_origin_s
+        return {
+            "participant_id": self.id,
+            "role": self.role,
+            "downlink": {party: sink.stage.stats(origin) for party, sink in self.sinks.items()},
+            "uplink": self.uplink.stage.stats(origin) if self.uplink is not None else None,
+        }
 
     def view(self) -> dict[str, Any]:
         return {
@@ -131,18 +154,36 @@ class Participants:
         self._brief_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._impaired: list[Participant] = []  # every participant with stages of its own, left ones included
+        call.browser_impairment = self.impairment
         call.on("event", self._on_call_event)
         call.on("state", self._on_call_state)
 
     # -- joining --------------------------------------------------------------------------------------------
-    async def join(self, role: ParticipantRole, offer_sdp: str, timeout_s: float = 10.0) -> Participant:
-        """Answer a browser's offer; raises JoinError (4xx) naming what is wrong."""
+    async def join(
+        self,
+        role: ParticipantRole,
+        offer_sdp: str,
+        timeout_s: float = 10.0,
+        impair: BrowserImpairment | None = None,
+        impair_seed: int | None = None,
+    ) -> Participant:
+        """Answer a browser's offer, its path impaired by `impair` (seeded by impair_seed, else the scenario's);
+        raises JoinError (4xx) naming what is wrong."""
         self._check_open()
         if not offer_sdp.strip() or len(offer_sdp) > MAX_OFFER_CHARS:
             raise JoinError(400, f"the SDP offer must be 1 to {MAX_OFFER_CHARS} characters")
+        if impair is not None and role == "listen" and not impair.uplink.is_null:
+            raise JoinError(
+                400, f"`impair`: a listener sends no audio, so browser>bridge ({impair.uplink.describe()}) has"
+                " nothing to impair; give bridge>browser: SPEC only"
+            )
+        if impair is not None and impair.is_null:
+            impair = None
+        seed = self.call.scenario.impair_seed if impair_seed is None else impair_seed
         pid = self._take_seat(role)
         try:
-            return await self._join(pid, role, offer_sdp, timeout_s)
+            return await self._join(pid, role, offer_sdp, timeout_s, impair, seed)
         finally:
             del self._joining[pid]
 
@@ -164,7 +205,10 @@ class Participants:
         self._joining[pid] = role
         return pid
 
-    async def _join(self, pid: str, role: ParticipantRole, offer_sdp: str, timeout_s: float) -> Participant:
+    async def _join(
+        self, pid: str, role: ParticipantRole, offer_sdp: str, timeout_s: float, impair: BrowserImpairment | None,
+        seed: int,
+    ) -> Participant:
         relay = await self._wait_live(timeout_s)
         if role == "listen" and not isinstance(relay, FanOut):
             raise self._unable(relay, "take listeners")
@@ -196,6 +240,8 @@ class Participants:
                 p.outs = [OutboundAudio()]
                 p.outs[0].bind(audio[0], "sendrecv")
                 p.tap = InboundTap(audio[0].receiver)  # before the answer: no RTP can arrive untapped
+            if impair is not None:
+                self._impair(p, impair, seed)
             pc.on("connectionstatechange", lambda: connected.set() if pc.connectionState == "connected" else None)
             await pc.setLocalDescription(await pc.createAnswer())
             p.answer_sdp = pc.localDescription.sdp
@@ -208,15 +254,36 @@ class Participants:
         self.members[p.id] = p
         if role == "listen":
             assert isinstance(relay, FanOut)  # checked above; a call's relay never changes
-            p._remove_listener = relay.add_listener(p.outs[0], p.outs[1])
+            p._remove_listener = relay.add_listener(p.out(0, "caller"), p.out(1, "cs"))
         else:
             self.human = p
             assert p.tap is not None
             p._unsub_first = p.tap.subscribe(lambda pkt: self._first_human_packet(p, pkt))
         p._connect_watch = self._spawn(self._drop_unless_connected(p, connected))
-        self._note("participant.joined", participant_id=p.id, role=role)
+        if impair is not None:
+            self._impaired.append(p)
+            applied = {"downlink": impair.downlink.describe(), "uplink": impair.uplink.describe(), "seed": seed}
+            self._note("participant.joined", participant_id=p.id, role=role, impair=applied)
+        else:
+            self._note("participant.joined", participant_id=p.id, role=role)
         self._forget_left()
         return p
+
+    def _impair(self, p: Participant, impair: BrowserImpairment, seed: int) -> None:
+        """The browser's own stages, started now (a blackout is timed from the join)."""
+        p.impair_origin_s = round(self.call.now(), 3)
+        parties = ["caller", "cs"] if p.role == "listen" else ["cs"]
+        if not impair.downlink.is_null:
+            for out, party in zip(p.outs, parties, strict=True):
+                p.sinks[party] = ImpairedSink(out, impair.downlink, seed + (1 if party == "cs" else 0))
+                p.sinks[party].stage.start()
+        if p.tap is not None and not impair.uplink.is_null:
+            p.uplink = ImpairedTap(p.tap, impair.uplink, seed + 2)
+            p.uplink.stage.start()
+
+    def impairment(self) -> list[BrowserImpairStats]:
+        """What each browser's own stages applied, in join order (the call summary's `browser_impairment`)."""
+        return [p.impairment() for p in self._impaired]
 
     async def _drop_unless_connected(self, p: Participant, connected: asyncio.Event) -> None:
         """A browser that got its answer but never connects (it vanished, or its candidates are unusable) holds
@@ -277,7 +344,8 @@ class Participants:
         # (no unheard lines, no hangup() from a conversation it is not in), and a sentence it was hearing when
         # the hold began still ends in its VAD instead of hanging open until the hand-back.
         relay.hold_hears_cs = True
-        relay.set_caller_source(p.tap, p.outs[0])
+        source: PacketSource = p.uplink if p.uplink is not None else p.tap
+        relay.set_caller_source(source, p.out(0, "cs"))
         p.speaking = True
         self._collecting = True
         self._brief_pending = False  # a new take-over before the last briefing: that one is moot
@@ -433,6 +501,10 @@ class Participants:
     async def _close_pc(p: Participant) -> None:
         for out in p.outs:
             out.close()
+        for sink in p.sinks.values():
+            sink.close()
+        if p.uplink is not None:
+            p.uplink.close()
         if p.tap is not None:
             p.tap.close()
         with contextlib.suppress(Exception):

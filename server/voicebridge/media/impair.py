@@ -16,6 +16,7 @@ The spec (profiles, `loss=5%,jitter=30ms,...`) is parsed by scenarios/impairment
 from __future__ import annotations
 
 import asyncio
+import bisect
 import random
 import time
 from collections.abc import Callable
@@ -25,11 +26,13 @@ from typing import Any
 from voicebridge.results import BlackoutWindow, DelaySummary, ImpairStats
 from voicebridge.scenarios.impairment import PROFILES, ImpairSpec, ImpairSpecError, parse_impairment
 
-from .passthrough import RtpAudio
+from .passthrough import InboundTap, OutboundAudio, OutboundStats, RtpAudio
 
-__all__ = ["PROFILES", "ImpairSpec", "ImpairSpecError", "ImpairStage", "parse_impairment"]
+__all__ = [
+    "PROFILES", "ImpairSpec", "ImpairSpecError", "ImpairStage", "ImpairedSink", "ImpairedTap", "parse_impairment"
+]
 
-Forward = Callable[[RtpAudio], None]
+Forward = Callable[[RtpAudio, str], None]  # (packet, the source it was pushed with)
 Scheduler = Callable[[float, Callable[[], None]], Any]
 
 
@@ -85,7 +88,12 @@ class ImpairStage:
                 cancel()
         self._pending.clear()
 
-    def push(self, pkt: RtpAudio) -> None:
+    @property
+    def dropped(self) -> int:
+        return self.lost_random + self.lost_burst + self.lost_blackout
+
+    def push(self, pkt: RtpAudio, source: str = "") -> None:
+        """One packet as it arrives; `source` (OutboundAudio.send's) goes with it to `forward`, even when late."""
         if self._closed:
             return
         spec = self.spec
@@ -117,41 +125,41 @@ class ImpairStage:
             self.duplicated += 1
         if delay <= 0.0:
             for _ in range(copies):
-                self._send(pkt)
+                self._send(pkt, source)
             return
         schedule = self._schedule or asyncio.get_running_loop().call_later
         # The same payload bytes, with its arrival moved by the delay the network would have added: the bridge's
         # own forwarding latency (relay stats, metrics) stays the bridge's, not the impairment's.
         late = replace(pkt, received_at=pkt.received_at + delay)
         for _ in range(copies):
-            self._later(schedule, delay, late)
+            self._later(schedule, delay, late, source)
 
-    def _later(self, schedule: Scheduler, delay: float, pkt: RtpAudio) -> None:
+    def _later(self, schedule: Scheduler, delay: float, pkt: RtpAudio, source: str) -> None:
         box: list[Any] = []
 
         def fire() -> None:
             if box:
                 self._pending.discard(box[0])
             if not self._closed:
-                self._send(pkt)
+                self._send(pkt, source)
 
         handle = schedule(delay, fire)
         box.append(handle)
         self._pending.add(handle)
 
-    def _send(self, pkt: RtpAudio) -> None:
+    def _send(self, pkt: RtpAudio, source: str) -> None:
         last = self._last_seq
         if last is not None and 0 < ((last - pkt.sequence) & 0xFFFF) < 0x8000:
             self.reordered += 1
         else:
             self._last_seq = pkt.sequence
         self.forwarded += 1
-        self._forward(pkt)
+        self._forward(pkt, source)
 
     def stats(self, origin_s: float = 0.0) -> ImpairStats:
         """What was applied; `origin_s`: when the stage started on the caller's clock (the call's), so the
         blackout window is given on that clock."""
-        dropped = self.lost_random + self.lost_burst + self.lost_blackout
+        dropped = self.dropped
         spec = self.spec
         blackout: BlackoutWindow | None = None
         if spec.blackout_len:
@@ -172,6 +180,92 @@ class ImpairStage:
             "delay_ms": delay_summary(self.delays),
             "blackout": blackout,
         }
+
+
+class ImpairedSink:
+    """One stream of a browser's downlink (bridge -> browser): an OutboundAudio behind a stage of its own.
+
+    The relay sends to it as to the OutboundAudio itself (`send(pkt, source)`, `packets_sent`, `dropped`,
+    `latency_samples()`: the transport's figures), so the stage sits before the sequence rewrite and a drop is a
+    gap the browser counts. Each drop is marked with the number of packets the transport had sent by then, so
+    `visible_loss(n)` says exactly how many of them a receiver holding the first n packets sent can count.
+    """
+
+    MAX_MARKS = 1 << 20  # a mark per drop: 4 hours of 20 ms packets at 100 % loss
+
+    def __init__(self, out: OutboundAudio, spec: ImpairSpec, seed: int) -> None:
+        self.out = out
+        self.stage = ImpairStage(spec, out.send, seed=seed)
+        self._marks: list[int] = []  # out.packets_sent at each drop: nondecreasing
+
+    @property
+    def packets_sent(self) -> int:
+        return self.out.packets_sent
+
+    @property
+    def dropped(self) -> int:
+        """The transport's drops (not connected yet, closed); the stage's are in `stage.stats()`."""
+        return self.out.dropped
+
+    def latency_samples(self) -> list[float]:
+        return self.out.latency_samples()
+
+    def stats(self) -> OutboundStats:
+        return self.out.stats()
+
+    def send(self, pkt: RtpAudio, source: str = "") -> None:
+        stage = self.stage
+        before = stage.dropped
+        stage.push(pkt, source)
+        if stage.dropped != before and len(self._marks) < self.MAX_MARKS:
+            self._marks.append(self.out.packets_sent)
+
+    def visible_loss(self, received: int) -> int:
+        """Drops between the first and the `received`-th packet the transport sent: what a receiver that got
+        those packets counts as lost (RTP's expected - received). Exact for loss alone; a delayed packet is
+        marked when dropped, not when its neighbours were sent."""
+        return bisect.bisect_left(self._marks, received) - bisect.bisect_left(self._marks, 1)
+
+    def close(self) -> None:
+        self.stage.close()
+
+
+class ImpairedTap:
+    """A human's microphone on its way to the bridge (browser -> bridge): an InboundTap behind a stage of its own.
+
+    Subscribers (the relay) get what survives, so the CS agent, the listeners and the recording all get the
+    impaired stream, as they would from a browser on that network; `packets` / `bytes` are the tap's own.
+    """
+
+    def __init__(self, tap: InboundTap, spec: ImpairSpec, seed: int) -> None:
+        self.tap = tap
+        self.stage = ImpairStage(spec, self._deliver, seed=seed)
+        self._subs: tuple[Callable[[RtpAudio], None], ...] = ()
+        self._unsub = tap.subscribe(self.stage.push)
+
+    @property
+    def packets(self) -> int:
+        return self.tap.packets
+
+    @property
+    def bytes(self) -> int:
+        return self.tap.bytes
+
+    def subscribe(self, fn: Callable[[RtpAudio], None]) -> Callable[[], None]:
+        self._subs = (*self._subs, fn)
+
+        def unsubscribe() -> None:
+            self._subs = tuple(f for f in self._subs if f is not fn)
+
+        return unsubscribe
+
+    def _deliver(self, pkt: RtpAudio, _source: str) -> None:
+        for fn in self._subs:
+            fn(pkt)
+
+    def close(self) -> None:
+        self._unsub()
+        self.stage.close()
 
 
 def delay_summary(delays: list[float]) -> DelaySummary:

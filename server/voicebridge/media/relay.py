@@ -18,15 +18,45 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar, Generic, Literal, TypeVar
+from typing import ClassVar, Generic, Literal, Protocol, TypeVar
 
 from voicebridge.results import RelayStats
 
-from .passthrough import InboundTap, OutboundAudio, RtpAudio
+from .passthrough import OutboundStats, RtpAudio
 
 Party = Literal["caller", "cs", "human"]
 PacketHook = Callable[[Party, RtpAudio], None]
 Out = TypeVar("Out")
+
+
+class AudioSink(Protocol):
+    """Where the pass-through relay sends a party's packets: an OutboundAudio, or one behind a browser's own
+    impairment stage (media/impair.py ImpairedSink)."""
+
+    @property
+    def packets_sent(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+    def send(self, pkt: RtpAudio, source: str = "") -> None: ...
+
+    def latency_samples(self) -> list[float]: ...
+
+    def stats(self) -> OutboundStats: ...
+
+
+class PacketSource(Protocol):
+    """Where a human's packets come from: an InboundTap, or one behind the browser's own impairment stage
+    (media/impair.py ImpairedTap)."""
+
+    @property
+    def packets(self) -> int: ...
+
+    @property
+    def bytes(self) -> int: ...
+
+    def subscribe(self, fn: Callable[[RtpAudio], None]) -> Callable[[], None]: ...
 
 
 class Relay(ABC):
@@ -85,7 +115,7 @@ class Switchable(ABC):
         """True while a human, not the caller agent, is the caller the CS agent hears."""
 
     @abstractmethod
-    def set_caller_source(self, human: InboundTap | None, human_out: OutboundAudio | None = None) -> None:
+    def set_caller_source(self, human: PacketSource | None, human_out: AudioSink | None = None) -> None:
         """None: the caller agent talks to the CS agent again. Else the human's packets (tap) go to the CS agent
         instead, and the CS agent is sent to human_out; the CS agent's stream stays continuous (no timestamp
         jump). Takes effect at the next packet."""

@@ -183,20 +183,52 @@ def parse_directions(text: str) -> Impairment:
     if ";" not in text and ":" not in text:
         spec = parse_impairment(text)
         return Impairment(spec, spec)
+    specs = _per_direction(text, DIRECTIONS)
+    return Impairment(specs.get("caller_to_cs", ImpairSpec()), specs.get("cs_to_caller", ImpairSpec()))
+
+
+BROWSER_DIRECTIONS = {"bridge>browser": "downlink", "browser>bridge": "uplink"}
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserImpairment:
+    """A browser participant's own path (bridge/participants.py): `downlink` what it receives (each party's
+    stream), `uplink` a human's microphone on its way to the bridge (take-over only)."""
+
+    downlink: ImpairSpec
+    uplink: ImpairSpec
+
+    @property
+    def is_null(self) -> bool:
+        return self.downlink.is_null and self.uplink.is_null
+
+
+def parse_browser(text: str) -> BrowserImpairment:
+    """A join's `impair`: one spec for both ways (`3g`), or `bridge>browser: SPEC; browser>bridge: SPEC` (a
+    direction left out is unimpaired). ImpairSpecError names what is wrong."""
+    if ";" not in text and ":" not in text:
+        spec = parse_impairment(text)
+        return BrowserImpairment(spec, spec)
+    specs = _per_direction(text, BROWSER_DIRECTIONS)
+    return BrowserImpairment(specs.get("downlink", ImpairSpec()), specs.get("uplink", ImpairSpec()))
+
+
+def _per_direction(text: str, names: dict[str, str]) -> dict[str, ImpairSpec]:
+    """`NAME: SPEC; NAME: SPEC` with NAME from `names` (-> its key), each at most once, at least one."""
     specs: dict[str, ImpairSpec] = {}
     for part in text.split(";"):
         if not part.strip():
             continue
         direction, sep, spec_text = part.partition(":")
-        key = DIRECTIONS.get(direction.strip().lower().replace(" ", ""))
+        key = names.get(direction.strip().lower().replace(" ", ""))
         if not sep or key is None:
+            a, b = names
             raise ImpairSpecError(
-                f"impairment direction {direction.strip()!r}: write caller>cs: SPEC and/or cs>caller: SPEC,"
-                " separated by ;"
+                f"impairment direction {direction.strip()!r}: write {a}: SPEC and/or {b}: SPEC, separated by ;"
             )
         if key in specs:
             raise ImpairSpecError(f"impairment direction {direction.strip()!r}: given twice")
         specs[key] = parse_impairment(spec_text)
     if not specs:
         raise ImpairSpecError("impairment spec is empty: give a profile (" + ", ".join(PROFILES) + ") or key=value")
-    return Impairment(specs.get("caller_to_cs", ImpairSpec()), specs.get("cs_to_caller", ImpairSpec()))
+    return specs

@@ -4,7 +4,10 @@
   POST /api/calls/{id}/join       Authorization: Bearer <token>; the offer as application/sdp (-> answer as
                                   application/sdp) or JSON {"sdp", "type": "offer"} (-> JSON {sdp, type,
                                   participant_id, role}). `?role=` may state the role wanted: it must match the
-                                  token's (a listen token asking to take over gets 403).
+                                  token's (a listen token asking to take over gets 403). `?impair=SPEC` impairs
+                                  this browser's own path (a profile or spec; a human may give
+                                  `bridge>browser: SPEC; browser>bridge: SPEC`), `?impair_seed=N` seeds it
+                                  (default: the scenario's impair_seed); a bad one is a 400 naming the field.
   POST /api/calls/{id}/handback   takeover token -> 200 {participant_id, reason, told_caller_agent}
   POST /api/calls/{id}/leave      any join token, JSON {"participant_id"} -> 200
   POST /api/calls/{id}/hangup     with a takeover token: the human hangs up (end_reason `human_hangup`;
@@ -22,6 +25,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from voicebridge.scenarios.impairment import BrowserImpairment, ImpairSpecError, parse_browser
 
 from .bodies import Leave, NoFields, Offer, TokenRequest
 from .calls import CallRecord
@@ -78,6 +83,7 @@ async def join(request: web.Request) -> web.Response:
         if wanted not in ROLES:
             raise ApiError(400, f"`role` must be one of {list(ROLES)}, got {wanted[:40]!r}")
         raise ApiError(403, f"a {grant.role!r} token cannot {wanted}; ask for a {wanted!r} token", "wrong_role")
+    impair, seed = _impairment(request)
     as_json = request.content_type == "application/json"
     if as_json:
         offer = (await read_body(request, Offer)).sdp
@@ -88,7 +94,7 @@ async def join(request: web.Request) -> web.Response:
     participants = _participants(request, rec)
     assert participants is not None
     try:
-        p = await participants.join(grant.role, offer, request.app[SETTINGS].session_timeout_s)
+        p = await participants.join(grant.role, offer, request.app[SETTINGS].session_timeout_s, impair, seed)
     except JoinError as e:
         raise ApiError(e.status, e.message, e.kind) from None
     headers = {"X-Participant-Id": p.id, "Location": f"/api/calls/{rec.call.id}/participants/{p.id}"}
@@ -96,6 +102,30 @@ async def join(request: web.Request) -> web.Response:
         data = {"type": "answer", "sdp": p.answer_sdp, "participant_id": p.id, "role": p.role}
         return json_response(request, data, 201, headers=headers)
     return web.Response(text=p.answer_sdp, status=201, content_type="application/sdp", headers=headers)
+
+
+MAX_IMPAIR_CHARS = 256  # `bridge>browser: 3g,loss=10%; browser>bridge: ...` is well under it
+
+
+def _impairment(request: web.Request) -> tuple[BrowserImpairment | None, int | None]:
+    """The join's `?impair=` and `?impair_seed=` (the offer may be SDP, so they are query parameters like `role`)."""
+    text, seed_text = request.query.get("impair"), request.query.get("impair_seed")
+    impair = seed = None
+    if text is not None:
+        if len(text) > MAX_IMPAIR_CHARS:
+            raise ApiError(400, f"`impair` must be at most {MAX_IMPAIR_CHARS} characters")
+        try:
+            impair = parse_browser(text)
+        except ImpairSpecError as e:
+            raise ApiError(400, f"`impair`: {e}") from None
+    if seed_text is not None:
+        try:
+            seed = int(seed_text)
+        except ValueError:
+            raise ApiError(400, f"`impair_seed` must be an integer, got {seed_text[:40]!r}") from None
+        if not 0 <= seed < 2**31:
+            raise ApiError(400, f"`impair_seed` must be 0 to {2**31 - 1}, got {seed}")
+    return impair, seed
 
 
 async def handback(request: web.Request) -> web.Response:

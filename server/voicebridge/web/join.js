@@ -5,8 +5,10 @@
 //   Hang up    (as the human caller) ends the whole call.
 // Each join fetches a short-lived token bound to this call and role; the API key never reaches the page.
 // It follows the call the console selects, and its state, through ui.js.
-// Test hook: window.vbJoin.stats() -> {role, connectionState, parties: {caller|cs|mic: {bytes, packets, level, peak}},
-//   remote: the address:port the media flows to (the selected ICE candidate pair's remote candidate), or null}.
+// Test hook: window.vbJoin.stats() -> {role, connectionState, parties: {caller|cs|mic: {bytes, packets, lost, level, peak}},
+//   remote: the address:port the media flows to (the selected ICE candidate pair's remote candidate), or null}
+// (packets, lost: the stream's inbound-rtp packetsReceived, packetsLost, from one getStats); vbJoin.join(role,
+// {impair, impairSeed}) joins with this browser's own path impaired (the join's ?impair=, docs/impairment.md).
 
 import { $, api, h, isLive, onCallChange, request, selectedCall } from "./ui.js";
 
@@ -20,7 +22,7 @@ const s = {
 };
 
 function partyState(name) {
-  if (!s.parties[name]) s.parties[name] = { bytes: 0, packets: 0, level: 0, peak: 0, trackId: null, analyser: null };
+  if (!s.parties[name]) s.parties[name] = { bytes: 0, packets: 0, lost: 0, level: 0, peak: 0, trackId: null, analyser: null };
   return s.parties[name];
 }
 
@@ -91,7 +93,7 @@ async function sample() {
       report.forEach((r) => {
         if (r.type !== "inbound-rtp" || r.kind !== "audio") return;
         const p = Object.values(s.parties).find((x) => x.trackId && x.trackId === r.trackIdentifier);
-        if (p) { p.bytes = r.bytesReceived || 0; p.packets = r.packetsReceived || 0; }
+        if (p) { p.bytes = r.bytesReceived || 0; p.packets = r.packetsReceived || 0; p.lost = r.packetsLost || 0; }
       });
       // Where the media goes: with a cluster, the worker owning the call, never the front door.
       const transport = [...report.values()].find((r) => r.type === "transport" && r.selectedCandidatePairId);
@@ -115,7 +117,7 @@ function drawMeters() {
   $("join-meters").replaceChildren(...rows);
 }
 
-async function join(role) {
+async function join(role, { impair, impairSeed } = {}) {
   const { id } = selectedCall();
   if (!id || s.busy) return;
   await leave(false);
@@ -146,7 +148,10 @@ async function join(role) {
     }
     await pc.setLocalDescription(await pc.createOffer());
     await iceGatheringDone(pc);
-    const resp = await apiPost(`/api/calls/${encodeURIComponent(id)}/join?role=${role}`,
+    const query = new URLSearchParams({ role });
+    if (impair) query.set("impair", impair);
+    if (impairSeed !== undefined) query.set("impair_seed", String(impairSeed));
+    const resp = await apiPost(`/api/calls/${encodeURIComponent(id)}/join?${query}`,
       { token, sdp: pc.localDescription.sdp });
     s.participantId = resp.headers.get("X-Participant-Id");
     await pc.setRemoteDescription({ type: "answer", sdp: await resp.text() });
@@ -214,7 +219,7 @@ function init() {
     stats: () => ({
       role: s.role, callId: s.callId, participantId: s.participantId, connectionState: s.pc ? s.pc.connectionState : s.connectionState,
       error: s.error, remote: s.remote,
-      parties: Object.fromEntries(Object.entries(s.parties).map(([k, p]) => [k, { bytes: p.bytes, packets: p.packets, level: p.level, peak: p.peak }])),
+      parties: Object.fromEntries(Object.entries(s.parties).map(([k, p]) => [k, { bytes: p.bytes, packets: p.packets, lost: p.lost, level: p.level, peak: p.peak }])),
     }),
   };
   render();
