@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import StartEmulator
@@ -71,3 +72,18 @@ async def test_a_batch_runs_on_two_workers_and_its_report_names_them(
     # Every job was acknowledged and deleted; the batch's results stream is gone.
     check = redis_server.client()
     assert check.xlen("voicebridge:jobs") == 0 and not check.exists("voicebridge:batch:batch_c:results")
+
+
+def test_a_batch_that_cannot_use_redis_says_why_before_any_call(
+    redis_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from voicebridge.batch.cli import main
+    from voicebridge.cli import build_parser
+
+    wrong = redis_server.url.replace(redis_server.password, "not-the-password")
+    for url, says in ((wrong, "refused our credentials"), ("redis://127.0.0.1:1/0", "is unavailable")):
+        args = build_parser().parse_args(["batch", "--redis", url, "--calls", "1", "--out", str(tmp_path / "b")])
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert says in err and "not-the-password" not in err, err
+    assert not (tmp_path / "b").exists()  # nothing was started

@@ -10,6 +10,7 @@ call with the worker that ran it, so the report (report.json / report.html) is b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RETRY_S = 1.0  # between attempts to reach Redis again
 QUIET_WARNING_S = 60.0  # no result for this long: say that workers may be missing (once)
 
 
@@ -123,16 +125,34 @@ class ClusterBatch:
             nonlocal next_index
             job = scenario_job(self.scenario, self.batch_id, next_index)
             index_of[job.call_id] = next_index
-            next_index += 1
             await self.queue.submit(job)
+            next_index += 1  # only once it is queued: a failed submit is tried again
 
-        while next_index < min(calls, self.concurrency):
-            await submit()
+        from redis.exceptions import RedisError  # the cluster extra, as everywhere in cluster/
+
         after = "0"
         last_news = time.monotonic()
         warned = False
+        redis_problem: str | None = None
         while len(got) < calls and not self._stopping.is_set():
-            for entry_id, r in await self.queue.read_results(self.batch_id, after, block_s=1.0):
+            try:
+                # Keep `concurrency` calls queued or running: one new job for each result.
+                while next_index < min(calls, len(got) + self.concurrency) and not self._stopping.is_set():
+                    await submit()
+                results = await self.queue.read_results(self.batch_id, after, block_s=1.0)
+                # A job lost twice, with no worker left to notice: reported here (it ends the wait for it).
+                await self.queue.reclaim(f"batch:{self.batch_id}", run=False)
+            except (RedisError, OSError) as e:
+                if redis_problem is None:
+                    log.warning("batch %s: Redis unavailable (%s); waiting for it (Ctrl-C stops)", self.batch_id, e)
+                redis_problem = str(e)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), RETRY_S)
+                continue
+            if redis_problem is not None:
+                log.info("batch %s: Redis answers again", self.batch_id)
+                redis_problem = None
+            for entry_id, r in results:
                 after = entry_id
                 last_news = time.monotonic()
                 if r.call_id in got or r.call_id not in index_of:
@@ -149,10 +169,6 @@ class ClusterBatch:
                         self.progress(len(got), calls, r.call.summary)
                     except Exception:
                         log.exception("batch progress callback failed")
-                if next_index < calls and not self._stopping.is_set():
-                    await submit()
-            # A job lost twice, with no worker left to notice: reported here (it ends the wait for it).
-            await self.queue.reclaim(f"batch:{self.batch_id}", run=False)
             if not warned and time.monotonic() - last_news > QUIET_WARNING_S:
                 warned = True
                 log.warning(
@@ -161,10 +177,13 @@ class ClusterBatch:
                     self.batch_id,
                     QUIET_WARNING_S,
                 )
-        if self._stopping.is_set():
-            await self.queue.cancel(self.batch_id)  # queued jobs are taken off unrun; running ones finish
-        else:
-            await self.queue.forget_batch(self.batch_id)
+        try:
+            if self._stopping.is_set():
+                await self.queue.cancel(self.batch_id)  # queued jobs are taken off unrun; running ones finish
+            else:
+                await self.queue.forget_batch(self.batch_id)
+        except (RedisError, OSError) as e:  # the report is written anyway; the keys expire on their own
+            log.warning("batch %s: could not tidy up in Redis: %s", self.batch_id, e)
         result.calls = sorted(got.values(), key=lambda c: index_of[c.summary.call_id])
         result.interrupted = self._stopping.is_set()
         result.wall_s = round(time.monotonic() - t0, 3)
