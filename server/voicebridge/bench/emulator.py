@@ -5,9 +5,10 @@ was before issue 17 (the baseline) beside the emulator as shipped, measured in t
 Two emulator processes run side by side, so the baseline and the new way meet the same machine load: the baseline
 with the old ways switched back on (`_as_before`: aiortc's jitter buffer and decoder thread hand every packet,
 decoded, to the session's track reader; pocketsphinx runs in a thread of the emulator's own process, where it
-holds the GIL for the whole utterance), the other as shipped. This process drives the same number of WebRTC
-sessions on 127.0.0.1 into each: cheap peers that send cached Opus packets SFU style (`OutboundAudio`, no encoder)
-and take the emulator's audio off their receiver (`InboundTap`, no decoder). Each emulator's CPU (its process and
+holds the GIL for the whole utterance), the other as shipped. A driver process per emulator (so that the peers'
+own CPU is split too) drives the same number of WebRTC sessions on 127.0.0.1 into it: cheap peers that send cached
+Opus packets SFU style (`OutboundAudio`, no encoder) and take the emulator's audio off their receiver
+(`InboundTap`, no decoder). Each emulator's CPU (its process and
 its recognition workers) is read from /proc/PID/stat over the window; the machine's from /proc/stat; each event
 loop's lag from a 50 ms timer.
 
@@ -386,13 +387,14 @@ def turn_summary(turns: list[Turn], expected: str, cut: int = 0) -> dict[str, An
 class Run:
     """The emulator processes, their peers, the sender and this process's own loop probe."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, kinds: tuple[str, ...] = KINDS) -> None:
         self.args = args
+        self.kinds = kinds
         self.procs: dict[str, Any] = {}
         self.conns: dict[str, Any] = {}
         self.urls: dict[str, str] = {}
         self.instructions = ""
-        self.peers: dict[str, list[Peer]] = {kind: [] for kind in KINDS}
+        self.peers: dict[str, list[Peer]] = {kind: [] for kind in self.kinds}
         self.silence = b""
         self.speech: list[bytes] = []
         self.line: tuple[bytes, ...] = ()
@@ -405,19 +407,19 @@ class Run:
         self.line = (await voice.speak(LINE, "en-us", LINE_SPEED)).packets
         self.speech = list(self.line) + [self.silence] * 20
         ctx = mp.get_context("spawn")
-        for kind in KINDS:
+        for kind in self.kinds:
             parent, child = ctx.Pipe()
             # Not daemonic: the emulator starts its recognition workers (emulator/recognition.py).
             proc = ctx.Process(target=emulator_main, args=(child, kind))
             proc.start()
             self.procs[kind], self.conns[kind] = proc, parent
-        for kind in KINDS:
+        for kind in self.kinds:
             hello = await asyncio.to_thread(_recv, self.conns[kind], 60)
             self.urls[kind], self.instructions = hello["url"], hello["instructions"]
         self.sender = Sender()
 
     async def connect(self, sessions: int) -> None:
-        for kind in KINDS:
+        for kind in self.kinds:
             for i in range(0, sessions, CONNECT_BATCH):
                 batch = [Peer(self.silence) for _ in range(min(CONNECT_BATCH, sessions - i))]
                 self.peers[kind].extend(batch)
@@ -426,15 +428,15 @@ class Run:
 
     @property
     def everyone(self) -> list[Peer]:
-        return [p for kind in KINDS for p in self.peers[kind]]
+        return [p for kind in self.kinds for p in self.peers[kind]]
 
     async def disconnect(self) -> None:
         self.sender.peers = []
         peers = self.everyone
-        self.peers = {kind: [] for kind in KINDS}
+        self.peers = {kind: [] for kind in self.kinds}
         await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
         for _ in range(150):  # the emulators notice the closed peer connections and end their sessions
-            left = [(await _stats(self.conns[kind]))["sessions"] for kind in KINDS]
+            left = [(await _stats(self.conns[kind]))["sessions"] for kind in self.kinds]
             if not any(left):
                 return
             await asyncio.sleep(0.2)
@@ -484,7 +486,7 @@ class Run:
                 _say(f"speaking: no response.created within 60 s from {sum(p.stalled for p in live)} session(s)")
         if phase != "turns":
             await asyncio.sleep(self.args.settle)  # the phase's steady state, not its start
-        before = {kind: (_cpu_s(self.procs[kind].pid), await _stats(self.conns[kind])) for kind in KINDS}
+        before = {kind: (_cpu_s(self.procs[kind].pid), await _stats(self.conns[kind])) for kind in self.kinds}
         machine0, load0 = _machine(), os.getloadavg()[0]
         probe = LagProbe()
         t0 = time.perf_counter()
@@ -496,13 +498,13 @@ class Run:
         probe.stop()
         machine1 = _machine()
         row: dict[str, Any] = {
-            "peers_lost": {kind: sum(p.lost for p in self.peers[kind]) for kind in KINDS},
+            "peers_lost": {kind: sum(p.lost for p in self.peers[kind]) for kind in self.kinds},
             "window_s": round(wall, 1),
             "machine_busy_cores": round((machine1[0] - machine0[0]) / wall, 2),
             "loadavg_1m": round(load0, 2),
             "bench_loop_lag_ms": probe.summary(),
         }
-        for kind in KINDS:
+        for kind in self.kinds:
             cpu = _cpu_s(self.procs[kind].pid) - before[kind][0]
             stats = await _stats(self.conns[kind])
             packets = stats["packets"] - before[kind][1]["packets"]
@@ -532,17 +534,87 @@ class Run:
         try:
             await asyncio.wait_for(asyncio.gather(*(p.done.wait() for p in everyone if not p.lost)), cap)
         except TimeoutError:
-            late = {kind: sum(not p.done.is_set() for p in self.peers[kind]) for kind in KINDS}
+            late = {kind: sum(not p.done.is_set() for p in self.peers[kind]) for kind in self.kinds}
             _say(f"turns: peers that did not finish {self.args.turns} turn(s) within {cap:.0f} s: {late}")
         for p in everyone:
             p.turn = None  # an unfinished turn is not counted
             p.configure(create_response=False)
 
 
-async def _measure(args: argparse.Namespace) -> dict[str, Any]:
+def driver_main(conn: Any, kind: str, args: argparse.Namespace) -> None:
+    """Child process: one emulator (in a process of its own) and its peers. Each emulator's peers get a process of
+    their own, so that the bench's side (aiortc: SRTP and RTP in Python for every packet both ways) is not what
+    gives out first at 50 sessions on each emulator."""
+    asyncio.run(_drive(conn, kind, args))
+
+
+async def _drive(conn: Any, kind: str, args: argparse.Namespace) -> None:
     from voicebridge.media.loopback import set_loopback_only
 
     set_loopback_only(True)
+    run = Run(args, (kind,))
+    try:
+        await run.start()
+        conn.send("ready")
+        while True:
+            msg = await asyncio.to_thread(conn.recv)
+            if msg[0] == "connect":
+                await run.connect(msg[1])
+                conn.send("connected")
+            elif msg[0] == "phase":
+                row = await run.phase(msg[1], msg[2])
+                conn.send(
+                    {
+                        "side": row[kind],
+                        "peers_lost": row["peers_lost"][kind],
+                        "bench_loop_lag_ms": row["bench_loop_lag_ms"],
+                        "window_s": row["window_s"],
+                        "responses": sum(p.responses for p in run.everyone),
+                    }
+                )
+            elif msg[0] == "disconnect":
+                await run.disconnect()
+                conn.send("disconnected")
+            else:
+                break
+    finally:
+        await run.stop()
+        conn.send("stopped")
+
+
+class Drivers:
+    """One driver process per emulator kind; every command goes to both at once and waits for both."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        ctx = mp.get_context("spawn")
+        self.procs: dict[str, Any] = {}
+        self.conns: dict[str, Any] = {}
+        for kind in KINDS:
+            parent, child = ctx.Pipe()
+            # Not daemonic: it starts the emulator's process, which starts its recognition workers.
+            proc = ctx.Process(target=driver_main, args=(child, kind, args))
+            proc.start()
+            self.procs[kind], self.conns[kind] = proc, parent
+
+    async def ask(self, msg: Any, within_s: float) -> dict[str, Any]:
+        for conn in self.conns.values():
+            conn.send(msg)
+        answers = await asyncio.gather(*(asyncio.to_thread(_recv, self.conns[k], within_s) for k in KINDS))
+        return dict(zip(KINDS, answers, strict=True))
+
+    def stop(self) -> None:
+        for kind, conn in self.conns.items():
+            try:
+                conn.send(("stop",))
+            except (OSError, EOFError):
+                pass
+            self.procs[kind].join(60)
+            if self.procs[kind].is_alive():
+                self.procs[kind].terminate()
+                self.procs[kind].join(5)
+
+
+async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     levels = sorted(set(args.sessions))
     results: dict[str, Any] = {
         "window_s": args.seconds,
@@ -550,17 +622,29 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         "turns_per_session": args.turns,
         "levels": {},
     }
-    run = Run(args)
+    drivers = Drivers(args)
+    phase_cap = 120 + args.settle + args.seconds + STAGGER_S + TURN_CAP_S * args.turns
     try:
-        await run.start()
+        for kind in KINDS:
+            await asyncio.to_thread(_recv, drivers.conns[kind], 120)  # "ready"
         for sessions in levels:
             t0 = time.perf_counter()
-            await run.connect(sessions)
+            await drivers.ask(("connect", sessions), 60 + 2 * sessions)
             _say(f"{sessions} session(s) on each emulator ({', '.join(KINDS)}), connected in "
                  f"{time.perf_counter() - t0:.1f} s")
             level: dict[str, Any] = {"phases": {}}
             for phase in PHASES:
-                row = level["phases"][phase] = await run.phase(phase, sessions)
+                machine0, load0, t1 = _machine(), os.getloadavg()[0], time.perf_counter()
+                answers = await drivers.ask(("phase", phase, sessions), phase_cap)
+                machine1 = _machine()
+                row: dict[str, Any] = {kind: answers[kind]["side"] for kind in KINDS}
+                # Each driver settles, then measures its window; the machine is read over both, settling included.
+                row["machine_busy_cores"] = round((machine1[0] - machine0[0]) / (time.perf_counter() - t1), 2)
+                row["loadavg_1m"] = round(load0, 2)
+                row["peers_lost"] = {kind: answers[kind]["peers_lost"] for kind in KINDS}
+                row["bench_loop_lag_ms"] = {kind: answers[kind]["bench_loop_lag_ms"] for kind in KINDS}
+                row["window_s"] = {kind: answers[kind]["window_s"] for kind in KINDS}
+                level["phases"][phase] = row
                 base, now = row["baseline"], row["now"]
                 _say(
                     f"{sessions:3} sessions, {phase:8}: baseline {base['cpu_pct_per_session']:5.2f} % of a core per "
@@ -572,12 +656,11 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                 if phase == "turns":
                     gaps = base["turn"]["gap"]["p50"], now["turn"]["gap"]["p50"]
                     _say(f"    turn gap p50 baseline {gaps[0]} ms, now {gaps[1]} ms")
-            level["responses"] = sum(p.responses for p in run.everyone)
-            level["sender_resyncs"] = run.sender.late
+            level["responses"] = sum(answers[kind]["responses"] for kind in KINDS)
             results["levels"][str(sessions)] = level
-            await run.disconnect()
+            await drivers.ask(("disconnect",), 60)
     finally:
-        await run.stop()
+        await asyncio.to_thread(drivers.stop)
     return results
 
 
@@ -626,7 +709,7 @@ def table(result: dict[str, Any]) -> str:
         "",
         f"Turn gap (the peer's line ends -> the emulator's answer's first audio), ms, p50 / p90, "
         f"{result['turns_per_session']} turn(s) per session asked; parts p50; loop lag p99 (the emulator's, and "
-        "this process's, where the peers run):",
+        "the process where its peers run):",
         "",
         "| sessions | emulator | turns timed (understood; answers cut off) | gap | VAD decision | recognition | "
         "response start | first audio | CPU/session | emulator loop lag | bench loop lag | machine busy |",
@@ -643,7 +726,7 @@ def table(result: dict[str, Any]) -> str:
                 f"{_ms(t['gap']['p90'])} | {_ms(t['vad']['p50'])} | {_ms(t['recognition']['p50'])} | "
                 f"{_ms(t['response_start']['p50'])} | {_ms(t['first_audio']['p50'])} | "
                 f"{row[kind]['cpu_pct_per_session']} % | {_p99(row[kind])} ms | "
-                f"{_p99({'loop_lag_ms': row['bench_loop_lag_ms']})} ms | {row['machine_busy_cores']} cores "
+                f"{_p99({'loop_lag_ms': row['bench_loop_lag_ms'][kind]})} ms | {row['machine_busy_cores']} cores "
                 f"(load {row['loadavg_1m']}) |"
             )
     return "\n".join(lines)
