@@ -224,3 +224,16 @@ async def test_lost_packets_are_concealed_so_a_line_under_heavy_loss_keeps_its_l
     recognizer = recognizer_for([GREETING, BYE, REFUND])
     assert recognizer.transcribe(lossy.stopped[0][1]) == normalize_phrase(REFUND)
     assert [recognizer.transcribe(pcm) for _, pcm in skipped.stopped] == [None]
+
+
+async def test_the_decoder_gives_the_vads_rate_and_conceals_a_packets_length() -> None:
+    from voicebridge.emulator.opus import OpusDecoder
+
+    line = await VOICE.speak(BYE)
+    decoder = OpusDecoder(16000, 1)
+    assert [len(decoder.decode(p)) for p in line.packets[:3]] == [320, 320, 320]  # 20 ms of 16 kHz mono
+    assert len(decoder.conceal(960)) == 320  # a lost 20 ms packet (960 on the RTP clock) is 20 ms of audio
+    assert len(decoder.recover(line.packets[3], 960)) == 320
+    assert len(OpusDecoder().decode(line.packets[4])) == 1920  # the default: 48 kHz stereo
+    with pytest.raises(ValueError, match="44100"):
+        OpusDecoder(44100, 1)

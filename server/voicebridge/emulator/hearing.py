@@ -195,7 +195,11 @@ class Ear:
                 raise HearingError(f"sample rate {frame.sample_rate} Hz is outside 8000..192000")
             self._resampler = _Resampler(key)
         for part in self._resampler(frame):
-            self._pending = np.concatenate([self._pending, part]) if len(self._pending) else part
+            self.feed_vad_rate(part)
+
+    def feed_vad_rate(self, pcm: npt.NDArray[np.int16]) -> None:
+        """Mono int16 samples already at the VAD's 16 kHz (listening.py decodes Opus straight to it)."""
+        self._pending = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
         n = len(self._pending) // VAD_FRAME_SAMPLES
         for i in range(n):
             self._step(self._pending[i * VAD_FRAME_SAMPLES : (i + 1) * VAD_FRAME_SAMPLES])

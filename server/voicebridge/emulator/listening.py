@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-import av
 import numpy as np
 import numpy.typing as npt
 
@@ -110,7 +109,7 @@ class Listener:
         self.reorder = Reorder()  # packets with sequence numbers are put back in order first
         self.errors = 0  # packets libopus refused
         self.concealed = 0  # lost packets filled in by libopus (FEC or PLC) while decoding
-        self._codec = OpusDecoder()
+        self._codec = OpusDecoder(VAD_RATE, 1)  # straight to what the VAD hears: no resampling
         self._samples = 960  # the last packet's length: what a lost packet is taken to have held
         self._ring: deque[tuple[bytes | None, int]] = deque()  # silent (or lost) packets, their 48 kHz samples
         self._ring_samples = 0
@@ -210,7 +209,7 @@ class Listener:
             self.errors += 1
             # A broken packet still took its time: its length counts as silence, and the decoder starts afresh.
             self.ear.skip(self._samples * VAD_RATE // OPUS_CLOCK)
-            self._codec = OpusDecoder()
+            self._codec = OpusDecoder(VAD_RATE, 1)
             raise HearingError(f"an Opus packet of {len(payload)} bytes cannot be decoded: {e}") from e
         self._feed(pcm)
 
@@ -225,8 +224,4 @@ class Listener:
         self._feed(pcm)
 
     def _feed(self, pcm: npt.NDArray[np.int16]) -> None:
-        if not len(pcm):
-            return
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate = OPUS_CLOCK
-        self.ear.feed(frame)
+        self.ear.feed_vad_rate(pcm)
