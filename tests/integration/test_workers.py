@@ -76,6 +76,16 @@ class Listener:
             r.cancel()
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process under `pid` (its children's children too), from /proc."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                found += [int(child), *_descendants(int(child))]
+    return found
+
+
 def _udp_ports(pid: int) -> set[int]:
     """The local ports of the UDP sockets process `pid` holds (its fds' socket inodes, looked up in /proc/net)."""
     inodes = set()
@@ -97,10 +107,12 @@ def _udp_ports(pid: int) -> set[int]:
 async def test_two_workers_place_route_lose_and_drain_calls(redis_server: Any, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in (ADMIN_TOKEN_ENV, "OPENAI_API_KEY")}
     env["VOICEBRIDGE_REDIS_URL"] = redis_server.url  # in the environment: a password on argv shows in `ps`
+    log = tmp_path / "serve.log"  # the processes' logs, for a failure's message
+    errors = log.open("wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "voicebridge.cli", "serve", "--port", "0", "--workers", "2",
         "--artifacts", str(tmp_path / "calls"),
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=errors,
     )  # fmt: skip
     out: list[str] = []
     drain: asyncio.Task[None] | None = None
@@ -188,7 +200,13 @@ async def test_two_workers_place_route_lose_and_drain_calls(redis_server: Any, t
 
                 await asyncio.wait_for(talking(), HANG_S)  # a live call, relayed message for message
 
+                # The worker dies with its helper processes (the emulator's recognizers), as a lost machine would:
+                # orphans would keep serve's stdout open, and outlive the test.
+                helpers = _descendants(owner["pid"])
                 os.kill(owner["pid"], signal.SIGKILL)
+                for pid in helpers:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
                 async def worker_lost() -> dict[str, Any] | None:
                     status, record = await get(f"/api/calls/{lost['id']}")
@@ -210,8 +228,21 @@ async def test_two_workers_place_route_lose_and_drain_calls(redis_server: Any, t
 
             status, other = await get(f"/api/calls/{kept['id']}")  # the other worker's call goes on
             assert other["end_reason"] != "worker_lost", other
+            # And its media still flows, unless it has reached its own end meanwhile (the caller's goodbye).
             heard = listener.frames
-            await asyncio.wait_for(listener.frames_beyond(heard), HANG_S)  # and its media still flows
+
+            async def ended_normally() -> dict[str, Any] | None:
+                _, record = await get(f"/api/calls/{kept['id']}")
+                return record if record["state"] == "ended" else None
+
+            flowing = asyncio.ensure_future(listener.frames_beyond(heard))
+            ending = asyncio.ensure_future(_until(ended_normally, "the other call's media or its end"))
+            done, _ = await asyncio.wait({flowing, ending}, timeout=HANG_S, return_when=asyncio.FIRST_COMPLETED)
+            for task in (flowing, ending):
+                task.cancel()
+            assert done, "the other worker's call neither carried media nor ended"
+            if ending in done:
+                assert ending.result()["end_reason"] == "caller_hangup", ending.result()
             await listener.close()
             async with http.post("/api/calls", json=CALL) as r:
                 assert r.status == 201, await r.text()
@@ -234,13 +265,18 @@ async def test_two_workers_place_route_lose_and_drain_calls(redis_server: Any, t
             assert r.status == 200 and going["end_reason"] in (None, "caller_hangup"), going
 
         proc.send_signal(signal.SIGTERM)  # the workers drain: their calls end `shutdown`, as in one process
-        assert await asyncio.wait_for(proc.wait(), HANG_S) == 0, out
+        try:
+            status = await asyncio.wait_for(proc.wait(), HANG_S)
+        except TimeoutError:
+            raise AssertionError(f"serve did not exit: {''.join(out)}{log.read_text()[-4000:]}") from None
+        assert status == 0, out
         summary = json.loads((tmp_path / "calls" / fresh["id"] / "summary.json").read_text())
         assert summary["end_reason"] in ("shutdown", "caller_hangup"), summary
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        errors.close()
         if drain is not None:
             drain.cancel()
             with contextlib.suppress(asyncio.CancelledError):
