@@ -38,7 +38,7 @@ def line(speaker: str, text: str, start: float, end: float, kind: str = "said", 
     """A transcript line as JSON (a "said" line on the speaker's own leg unless told otherwise)."""
     return {
         "gap_s": None, "speaker": speaker, "text": text, "start": start, "end": end, "kind": kind,
-        "leg": speaker, "item_id": "", **fields,
+        "leg": speaker, "item_id": "", "played_ms": None, **fields,
     }
 
 
