@@ -11,16 +11,24 @@ thread instead, so a crash costs latency, never a transcript. Where no worker ca
 may not have children; or spawning fails), recognition stays in threads of this process, said once in the log.
 
 `Recognition.in_process = True` recognises in threads of this process, as before (the bench's baseline).
+
+A worker dies with the process that started it (`_die_with_parent`): ProcessPoolExecutor stops its workers only on
+an orderly exit, so a SIGTERMed or killed emulator left them running, holding its stdout and stderr open (whoever
+waited for the emulator's output to end waited forever) and a core's worth of memory each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -36,6 +44,32 @@ from .hearing import recognizer_for
 log = logging.getLogger(__name__)
 
 WORKERS = max(1, min(2, os.cpu_count() or 1))  # beside the emulator's own process; two cores here
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
+PARENT_POLL_S = 1.0  # where prctl is not available: how often a worker checks that its parent is alive
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker's initializer: exit when the process that started it is gone, however it ended.
+
+    Linux delivers SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG; it fires when the thread that spawned the
+    worker ends, which here is the emulator's event-loop thread, so its end is the emulator's end too). Elsewhere,
+    and for a parent that died before the prctl took effect, a daemon thread checks the parent's pid."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _transcribe(phrases: tuple[str, ...], pcm16k: npt.NDArray[np.int16]) -> str | None:
@@ -70,7 +104,12 @@ class Recognition:
         with self._lock:
             pool = self._pools[i]
             if pool is None:
-                pool = self._pools[i] = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                pool = self._pools[i] = ProcessPoolExecutor(
+                    1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_die_with_parent,
+                    initargs=(os.getpid(),),
+                )
             return pool
 
     def _submit(self, i: int, fn: Any, *args: Any) -> asyncio.Future[Any] | None:
