@@ -71,3 +71,19 @@ def test_emulator_capacity_settings_from_the_environment() -> None:
     assert Limits.from_env(env, sessions_per_core=5.0).sessions_per_core == 5.0  # a flag wins
     with pytest.raises(ValueError, match="VOICEBRIDGE_EMULATOR_MAX_LAG_MS must be a number >= 0, got '-1'"):
         Limits.from_env({"VOICEBRIDGE_EMULATOR_MAX_LAG_MS": "-1"})
+
+
+def test_a_process_sharing_the_machine_counts_its_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from voicebridge.observability.capacity import CORES_ENV, usable_cores
+
+    monkeypatch.delenv(CORES_ENV, raising=False)
+    affinity = usable_cores()
+    monkeypatch.setenv(CORES_ENV, "1")
+    assert usable_cores() == 1 and CapacityLimits(per_core=25, max_lag_ms=0).budget == 25
+    monkeypatch.setenv(CORES_ENV, "0")
+    assert usable_cores() == 1  # at least one core
+    monkeypatch.setenv(CORES_ENV, "two")
+    with pytest.raises(ValueError, match="VOICEBRIDGE_CORES must be a whole number of cores, got 'two'"):
+        usable_cores()
+    monkeypatch.delenv(CORES_ENV)
+    assert usable_cores() == affinity

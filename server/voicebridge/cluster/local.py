@@ -22,6 +22,7 @@ import time
 from aiohttp import web
 
 from voicebridge.config import Settings
+from voicebridge.observability.capacity import CORES_ENV, usable_cores
 from voicebridge.signaling.security import SecurityPolicy
 
 from .front_door import create_front_door
@@ -87,7 +88,7 @@ async def _serve(
         await runner.cleanup()
         return 1
     before = {w.id for w in await registry.workers()}
-    children = [await _spawn(args, advertise, redis_url) for _ in range(workers)]
+    children = [await _spawn(args, advertise, redis_url, workers) for _ in range(workers)]
     try:
         await _wait_registered(registry, before, children)
         scheme = "https" if ssl_context is not None else "http"
@@ -122,7 +123,7 @@ async def _serve(
     return 0
 
 
-async def _spawn(args: argparse.Namespace, advertise: str, redis_url: str) -> asyncio.subprocess.Process:
+async def _spawn(args: argparse.Namespace, advertise: str, redis_url: str, workers: int) -> asyncio.subprocess.Process:
     argv = [
         sys.executable,
         "-m",
@@ -138,6 +139,9 @@ async def _spawn(args: argparse.Namespace, advertise: str, redis_url: str) -> as
     if args.emulator_url:
         argv += ["--emulator-url", args.emulator_url]
     env = {**os.environ, REDIS_URL_ENV: redis_url, SUPERVISED_ENV: "1"}
+    # The workers share this machine: each counts its share of the cores in its call and session budgets (the
+    # event-loop lag limit still guards against the rest), unless the operator set VOICEBRIDGE_CORES.
+    env.setdefault(CORES_ENV, str(max(1, usable_cores() // max(1, workers))))
     # stdin: a pipe nobody writes to, whose end tells the worker this process is gone (worker.py)
     return await asyncio.create_subprocess_exec(*argv, env=env, stdin=asyncio.subprocess.PIPE)
 

@@ -32,8 +32,19 @@ RETRY_AFTER_BUDGET_S = 5  # a session or call ends every few seconds at capacity
 RETRY_AFTER_LAG_S = 2  # the lag falls within a couple of seconds of the load easing
 
 
+CORES_ENV = "VOICEBRIDGE_CORES"  # the cores this process's budgets count: its share when it shares the machine
+
+
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity), at least 1."""
+    """The cores this process's budgets count, at least 1: VOICEBRIDGE_CORES when set (`serve --workers N` gives
+    each local worker its share, so N workers on one machine do not each count every core), else its CPU
+    affinity."""
+    share = os.environ.get(CORES_ENV, "").strip()
+    if share:
+        try:
+            return max(1, int(share))
+        except ValueError:
+            raise ValueError(f"{CORES_ENV} must be a whole number of cores, got {share!r}") from None
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
