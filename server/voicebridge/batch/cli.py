@@ -19,7 +19,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from typing_extensions import TypedDict, Unpack
 
@@ -44,6 +44,9 @@ from .runner import (
     default_call_factory,
     new_batch_id,
 )
+
+if TYPE_CHECKING:
+    from voicebridge.cluster.jobs import Job
 
 
 def write_report(result: BatchResult) -> BatchReport:
@@ -110,6 +113,25 @@ async def run_cluster_batch(
     progress: Progress | None = None,
 ) -> tuple[BatchResult, BatchReport]:
     """The whole batch on the cluster's workers (`--redis`): jobs queued, results read, report written here."""
+    result = await run_cluster_calls(
+        scenario, calls, concurrency, out_dir, redis_url=redis_url, batch_id=batch_id, progress=progress
+    )
+    return result, write_report(result)
+
+
+async def run_cluster_calls(
+    scenario: Scenario,
+    calls: int,
+    concurrency: int,
+    out_dir: Path,
+    *,
+    redis_url: str,
+    batch_id: str | None = None,
+    progress: Progress | None = None,
+    make_job: Callable[[int], Job] | None = None,
+) -> BatchResult:
+    """`calls` calls on the cluster's workers, each `make_job(i)`'s (`voicebridge test`'s matrix) or else one of
+    `scenario`; the result covers what ran, each call with its worker. Ctrl-C (SIGINT) queues no more."""
     from voicebridge.cluster.batches import ClusterBatch, cluster_settings, connect
     from voicebridge.cluster.jobs import JobQueue
 
@@ -118,14 +140,13 @@ async def run_cluster_batch(
     settings = cluster_settings(redis_url)
     batch = ClusterBatch(
         JobQueue(client), scenario, settings, out_dir, concurrency=concurrency, batch_id=batch_id or new_batch_id(),
-        progress=progress,
+        progress=progress, make_job=make_job,
     )
     try:
         with batch_log(out_dir, [settings.api_key]), stopped_by_ctrl_c(batch.stop):
-            result = await batch.run(calls)
+            return await batch.run(calls)
     finally:
         await client.aclose()
-    return result, write_report(result)
 
 
 @contextlib.contextmanager

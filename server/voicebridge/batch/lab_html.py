@@ -95,10 +95,12 @@ def _run(r: LabRun) -> str:
     links = " ".join(f"<a href='{_e(href)}'>{_e(name)}</a>" for name, href in r.links.items())
     svg = r.links.get(TIMELINE)
     fig = f"<div class=figure><img alt='timeline of {_e(r.call_id)}' src='{_e(svg)}'></div>" if svg else ""
+    retry = f" (attempt {r.attempt})" if r.attempt > 1 else ""
+    worker = f" &middot; worker <code>{_e(r.worker)}</code>{retry}" if r.worker is not None else ""
     return (
         f"<details{' open' if r.outcome != 'passed' else ''}><summary>{mark} <code>{_e(r.name)}</code> "
         f"{_e(r.call_id)} &middot; {_e(r.end_reason)} &middot; {_num(r.duration_s, '{:.1f}')} s &middot; "
-        f"{r.tool_errors}/{r.tool_calls} tool errors</summary>{why}{_criteria(r)}{_timing(r)}{_applied(r)}{fig}"
+        f"{r.tool_errors}/{r.tool_calls} tool errors{worker}</summary>{why}{_criteria(r)}{_timing(r)}{_applied(r)}{fig}"
         f"<p>{links}</p>{_player(r.links)}</details>"
     )
 

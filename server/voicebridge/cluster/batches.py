@@ -14,13 +14,14 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from voicebridge.batch.runner import BatchResult, Progress
 from voicebridge.config import Settings
 from voicebridge.results import BatchCall
-from voicebridge.scenarios.model import BUILTIN_DIR, Scenario
+from voicebridge.scenarios.model import BUILTIN_DIR, Scenario, ScenarioError
 
 from .jobs import Job, JobQueue
 
@@ -44,6 +45,29 @@ def scenario_job(scenario: Scenario, batch_id: str, index: int) -> Job:
     if path is None or path.resolve().parent == BUILTIN_DIR.resolve():
         return Job(batch_id=batch_id, index=index, scenario=scenario.name)
     return Job(batch_id=batch_id, index=index, scenario=scenario.name, scenario_toml=path.read_text("utf-8"))
+
+
+def lab_job(run: Scenario, test_id: str, index: int, repeat: int) -> Job:
+    """A `voicebridge test` matrix cell as a job: the scenario (by name or its file's text) with the impairment and
+    seed it runs under here, and its repeat. Checked before it is queued, as the worker will read it (the JSON
+    round trip, the scenario loaded back, impairment applied, criteria checked): ScenarioError names what is
+    wrong, before any call is placed."""
+    from pydantic import ValidationError
+
+    from voicebridge.lab.criteria import check_scenario
+
+    from .job_loop import job_scenario
+
+    base = scenario_job(run, test_id, index)
+    try:
+        job = Job.model_validate_json(
+            base.model_copy(update={"impair": run.impair, "impair_seed": run.impair_seed, "repeat": repeat})
+            .model_dump_json()
+        )
+    except ValidationError as e:
+        raise ScenarioError(f"{run.name}: cannot be sent to workers: {e}") from None
+    check_scenario(job_scenario(job))
+    return job
 
 
 def where(url: str) -> str:
@@ -95,7 +119,9 @@ class ClusterBatch:
         concurrency: int,
         batch_id: str,
         progress: Progress | None = None,
+        make_job: Callable[[int], Job] | None = None,
     ) -> None:
+        """`make_job(i)`: call i's job (`voicebridge test`: its matrix cell); by default `scenario`'s."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.queue = queue
@@ -105,6 +131,7 @@ class ClusterBatch:
         self.concurrency = concurrency
         self.batch_id = batch_id
         self.progress = progress
+        self.make_job = make_job or (lambda i: scenario_job(scenario, batch_id, i))
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -123,7 +150,7 @@ class ClusterBatch:
 
         async def submit() -> None:
             nonlocal next_index
-            job = scenario_job(self.scenario, self.batch_id, next_index)
+            job = self.make_job(next_index)
             index_of[job.call_id] = next_index
             await self.queue.submit(job)
             next_index += 1  # only once it is queued: a failed submit is tried again

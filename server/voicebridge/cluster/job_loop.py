@@ -25,6 +25,7 @@ from voicebridge.results import BatchCall
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario, parse_scenario
 
 from .jobs import Delivery, Job, JobQueue, JobResult, failed_call, lease_from_env
+from .registry import batch_calls_key
 
 
 def _transient() -> tuple[type[Exception], ...]:
@@ -59,6 +60,11 @@ class JobLoop:
         self.done = 0
         self._stop = asyncio.Event()
         self._redis_problem: str | None = None
+        # The batch calls this worker runs count in its load (registry `worker:{id}:batch`): placement and
+        # GET /api/workers see them beside the calls the front door placed here.
+        self._load_key = batch_calls_key(worker)
+        self.calls: set[str] = set()
+        """The batch calls in progress (their results not yet sent)."""
 
     def stop(self) -> None:
         """Take no more jobs (the calls running go on; `run` returns once they have sent their results)."""
@@ -89,6 +95,19 @@ class JobLoop:
             task.add_done_callback(functools.partial(self._ended, delivery.job.call_id, free))
         if self.running:
             await asyncio.gather(*self.running.values(), return_exceptions=True)
+        await self._write_load()
+
+    async def _write_load(self) -> None:
+        """The set of running batch calls in Redis, rewritten whole: one that failed to go out (Redis away)
+        is put right by the next, so a call never loads a worker after it ended."""
+        try:
+            async with self.queue.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._load_key)
+                if self.calls:
+                    pipe.sadd(self._load_key, *self.calls)
+                await pipe.execute()
+        except _transient() as e:
+            self._redis_down(e)
 
     def _ended(self, call_id: str, free: asyncio.Semaphore, _task: asyncio.Task[None]) -> None:
         self.running.pop(call_id, None)
@@ -98,13 +117,17 @@ class JobLoop:
     async def _run(self, delivery: Delivery) -> None:
         job = delivery.job
         renewing = asyncio.ensure_future(self._renew(delivery))
+        self.calls.add(job.call_id)
         try:
+            await self._write_load()
             call = await self.run_job(job, delivery.attempt)
         except Exception as e:  # a broken job is a failed call in the report, never the end of the worker
             log.exception("job %s failed", job.call_id)
             call = failed_call(job, f"{type(e).__name__}: {e}", "error")
         finally:
             renewing.cancel()
+            self.calls.discard(job.call_id)
+        await self._write_load()  # the call has ended: no longer a load on this worker
         result = JobResult(
             batch_id=job.batch_id,
             call_id=job.call_id,
@@ -161,7 +184,7 @@ class CallJobs:
     async def __call__(self, job: Job, attempt: int) -> BatchCall:
         out_dir = self.artifacts_dir / "batches" / job.batch_id
         try:
-            scenario = self._scenario(job)
+            scenario = job_scenario(job)
         except ScenarioError as e:
             return failed_call(job, f"bad scenario: {e}", "error")
         runner = BatchRunner(scenario, self.settings, out_dir, batch_id=job.batch_id)
@@ -176,15 +199,24 @@ class CallJobs:
         for runner in list(self._runners):
             runner.stop()
 
-    @staticmethod
-    def _scenario(job: Job) -> Scenario:
-        if job.scenario_toml is None:
-            return load_scenario(job.scenario)
+
+def job_scenario(job: Job) -> Scenario:
+    """The scenario a job runs, as its batch meant it: by name or from the file text it carries, under the
+    impairment and seed it carries (`voicebridge test`'s cell); ScenarioError names what is wrong."""
+    if job.scenario_toml is None:
+        scenario = load_scenario(job.scenario)
+    else:
         try:
             data = tomllib.loads(job.scenario_toml)
         except tomllib.TOMLDecodeError as e:
             raise ScenarioError(f"{job.scenario}: not valid TOML: {e}") from e
-        return parse_scenario(data, where=f"{job.scenario} (sent with batch {job.batch_id})")
+        scenario = parse_scenario(data, where=f"{job.scenario} (sent with batch {job.batch_id})")
+    update: dict[str, object] = {}
+    if job.impair is not None:
+        update["impair"] = job.impair  # checked when the Job was made (Job._impair_spec)
+    if job.impair_seed is not None:
+        update["impair_seed"] = job.impair_seed
+    return scenario.model_copy(update=update) if update else scenario
 
 
 class BatchJobs:
@@ -198,6 +230,11 @@ class BatchJobs:
         self.lease_s = lease_from_env()  # a bad value is an error at start-up, not at the first job
         self._loop: JobLoop | None = None
         self._calls: CallJobs | None = None
+
+    @property
+    def running(self) -> int:
+        """Batch calls in progress on this worker (its heartbeat counts them among its calls)."""
+        return len(self._loop.calls) if self._loop is not None else 0
 
     async def run(self, worker: str, settings: Settings) -> None:
         import redis.asyncio as aioredis  # the cluster extra, as everywhere in cluster/

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:  # the redis client is the `cluster` extra: a base install still imports this module
     import redis.asyncio as aioredis
@@ -64,6 +64,23 @@ class Job(BaseModel):
     scenario_toml: str | None = None
     """The scenario file's text, for a scenario that is not built in (a worker on another machine has no copy)."""
     submitted_at: float = 0.0
+    # `voicebridge test`'s matrix cell: the call runs under this impairment and seed (over the scenario's own
+    # `impair` / `impair_seed`), so that a worker applies exactly what the same command would locally.
+    impair: str | None = None
+    """An impairment profile or spec (`3g`, `loss=5%,delay=80ms`, per direction); None: the scenario's own."""
+    impair_seed: int | None = None
+    """The impairment's seed; None: the scenario's own."""
+    repeat: int | None = Field(default=None, ge=1)
+    """The lab's repeat index (1 to --repeat); None for a plain batch call."""
+
+    @field_validator("impair")
+    @classmethod
+    def _impair_spec(cls, impair: str | None) -> str | None:
+        from voicebridge.scenarios.impairment import parse_directions
+
+        if impair is not None and impair.strip():
+            parse_directions(impair)  # ImpairSpecError (a ValueError) names the bad field
+        return impair.strip() if impair is not None else None
 
     @property
     def call_id(self) -> str:

@@ -5,6 +5,7 @@ Keys (all under `voicebridge:`; nothing else of voicebridge is in Redis, the Ope
     worker:{id}         JSON WorkerInfo, SET with an expiry (the heartbeat): a worker whose key has expired is dead
     workers             the set of registered worker ids (dead ones too, until reaped)
     worker:{id}:calls   the set of that worker's live call ids (their number is its load)
+    worker:{id}:batch   the set of batch call ids it runs for the jobs stream (job_loop.py); they load it too
     call:{id}           JSON call record: the list row of the REST API plus "worker"; ended ones expire after a week
     calls               sorted set of call ids by creation time (what GET /api/calls lists, newest first)
     reaped:{id}         a worker declared lost: if it was only stalled and comes back, it ends its calls too
@@ -82,6 +83,11 @@ class WorkerInfo:
 
 def _k(*parts: str) -> str:
     return PREFIX + ":".join(parts)
+
+
+def batch_calls_key(worker_id: str) -> str:
+    """The set of batch calls (jobs, `voicebridge batch/test --redis`) the worker runs: part of its load."""
+    return _k("worker", worker_id, "batch")
 
 
 def describe_url(url: str) -> str:
@@ -180,7 +186,7 @@ class Registry:
         """A worker leaving on purpose (its calls are ended and recorded already)."""
         pipe = self._r.pipeline(transaction=True)
         pipe.srem(_k("workers"), worker_id)
-        pipe.delete(_k("worker", worker_id), _k("worker", worker_id, "calls"))
+        pipe.delete(_k("worker", worker_id), _k("worker", worker_id, "calls"), batch_calls_key(worker_id))
         await self._do("deregister", pipe.execute())
 
     async def worker(self, worker_id: str) -> WorkerInfo | None:
@@ -197,12 +203,14 @@ class Registry:
         return [WorkerInfo.from_json(t) for t in texts if t]
 
     async def loads(self, worker_ids: list[str]) -> dict[str, int]:
-        """Each worker's live calls now (fresher than its heartbeat's count: a call placed a moment ago counts)."""
+        """Each worker's live calls now (fresher than its heartbeat's count: a call placed a moment ago counts),
+        the batch calls it runs for the jobs stream included."""
         pipe = self._r.pipeline(transaction=False)
         for i in worker_ids:
             pipe.scard(_k("worker", i, "calls"))
+            pipe.scard(batch_calls_key(i))
         counts = await self._do("loads", pipe.execute())
-        return {i: int(n) for i, n in zip(worker_ids, counts, strict=True)}
+        return {i: int(counts[2 * n]) + int(counts[2 * n + 1]) for n, i in enumerate(worker_ids)}
 
     # -- calls ----------------------------------------------------------------------------------------------
     async def put_new_call(self, worker_id: str, row: Mapping[str, Any]) -> None:
@@ -282,5 +290,6 @@ class Registry:
             )
             rows.append(record)
         await self.put_calls(worker_id, rows)
-        await self._do("reap", self._r.delete(calls_key))
+        # Its batch calls are the jobs stream's to run again (their leases run out); they no longer load it.
+        await self._do("reap", self._r.delete(calls_key, batch_calls_key(worker_id)))
         return len(rows)

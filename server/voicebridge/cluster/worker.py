@@ -78,6 +78,7 @@ class Member:
         self._refreshed_at = 0.0  # when every live call's record was last rewritten
         self._lock = asyncio.Lock()
         self._dirty = asyncio.Event()
+        self.batch_calls: Callable[[], int] = lambda: 0  # the batch jobs' calls it runs (they load it too)
 
     @property
     def manager(self) -> CallManager:
@@ -124,7 +125,9 @@ class Member:
     async def _sync(self, everything: bool = False) -> None:
         live = self.manager.live()
         now = time.time()
-        self.info = dataclasses.replace(self.info, heartbeat_at=now, calls=len(live), draining=self.draining)
+        self.info = dataclasses.replace(
+            self.info, heartbeat_at=now, calls=len(live) + self.batch_calls(), draining=self.draining
+        )
         if await self.registry.heartbeat(self.info, TTL_S, self.secret):
             # We were declared lost (stalled past the TTL, or cut off from Redis): our calls are recorded
             # `worker_lost` already, so end them for real rather than let the records lie.
@@ -215,6 +218,8 @@ async def run_worker(
         id=worker_id(), host=advertise, port=0, pid=os.getpid(), started_at=time.time(), backend=backend_kind
     )
     member = Member(registry, info, secret)
+    if jobs is not None:
+        member.batch_calls = lambda: jobs.running
     factory = member.observe(default_call_factory(backend.settings))
     app = await create_app(backend.settings, call_factory=factory, security=policy)
     member.attach(app[MANAGER])

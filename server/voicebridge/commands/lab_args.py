@@ -43,6 +43,11 @@ def add_test_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print report.json's object as stdout's last line")
     p.add_argument("--emulator-url", default="", help="use an emulator already running at this /v1 URL")
+    p.add_argument(
+        "--redis", default="", metavar="URL",
+        help="run the calls on the cluster's bridge workers sharing this Redis, redis://[:PASSWORD@]HOST:PORT/DB "
+        "(each under its impairment and seed, on the worker's own Realtime backend; the report names the worker)",
+    )
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:

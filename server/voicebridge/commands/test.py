@@ -1,10 +1,13 @@
 """`voicebridge test [SCENARIO ...] [--impair P ...] [--repeat N] [--concurrency C] [--out DIR] [--junit FILE]
-[--min-pass-rate R] [--json]`: every scenario under every impairment N times, each call judged by its scenario's
-pass criteria; the matrix runs on the batch runner (batch/cli.py run_calls), with its progress bar.
+[--min-pass-rate R] [--json] [--redis URL]`: every scenario under every impairment N times, each call judged by its
+scenario's pass criteria; the matrix runs on the batch runner (batch/cli.py run_calls), with its progress bar, or
+with --redis on the cluster's workers (each cell a job carrying its scenario, impairment, seed and repeat;
+cluster/batches.py lab_job), the report saying which worker ran each call.
 
 Writes into DIR: report.json (lab/report.py LabReport), report.html, batch.log.jsonl and calls/<call_id>/; with
 --junit, JUnit XML (lab/junit.py). Exit status: 0 when the pass rate meets --min-pass-rate, 1 when it does not
-(or the run was interrupted), 2 for bad arguments or a bad scenario (reported before any call is placed).
+(or the run was interrupted), 2 for bad arguments or a bad scenario (reported before any call is placed), or a
+Redis that cannot be used.
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ def build_report(
     for c in result.calls:
         job = by_id[c.summary.call_id]
         folder = os.path.relpath(c.summary.out_dir or out_dir / "calls" / c.summary.call_id, out_dir)
-        runs.append(lab_run(c.summary, job.impairment, job.repeat, folder, artifact_links(c.summary, out_dir)))
+        links = artifact_links(c.summary, out_dir)
+        runs.append(lab_run(c.summary, job.impairment, job.repeat, folder, links, c.worker, c.attempt))
     total, passed, failed, errors, pass_rate = tally(runs)
     settings = result.settings
     return LabReport(
@@ -153,11 +157,22 @@ async def _main(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out is not None else Path("lab-runs") / test_id
     runs = {call_id(test_id, i): run_name(j.scenario.name, j.impairment, j.repeat) for i, j in enumerate(jobs)}
     bar = ProgressBar(sys.stderr, len(jobs), name=lambda s: f"{runs.get(s.call_id, '?')} {s.call_id}")
+    redis_url: str = getattr(args, "redis", "")
     try:
-        result = await run_calls(
-            [j.scenario for j in jobs], args.concurrency, out_dir, emulator_url=args.emulator_url,
-            batch_id=test_id, progress=bar,
-        )
+        if redis_url:
+            from voicebridge.batch.cli import run_cluster_calls
+            from voicebridge.cluster.batches import lab_job
+
+            queued = [lab_job(j.scenario, test_id, i, j.repeat) for i, j in enumerate(jobs)]  # all checked first
+            result = await run_cluster_calls(
+                jobs[0].scenario, len(jobs), args.concurrency, out_dir, redis_url=redis_url, batch_id=test_id,
+                progress=bar, make_job=queued.__getitem__,
+            )
+        else:
+            result = await run_calls(
+                [j.scenario for j in jobs], args.concurrency, out_dir, emulator_url=args.emulator_url,
+                batch_id=test_id, progress=bar,
+            )
     finally:
         bar.close()
     report = build_report(result, jobs, test_id, args, [s.name for s in scenarios], impairments)
@@ -172,6 +187,10 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "redis", ""):
+        from voicebridge.extras import require
+
+        require("cluster", "voicebridge test --redis")
     try:
         return asyncio.run(_main(args))
     except ScenarioError as e:
@@ -180,3 +199,8 @@ def main(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"voicebridge test: {e}", file=sys.stderr)
         return 1
+    except RuntimeError as e:  # ClusterUnavailable (the cluster module is imported only with --redis)
+        if type(e).__name__ != "ClusterUnavailable":
+            raise
+        print(f"voicebridge test: {e}", file=sys.stderr)
+        return EXIT_BAD_SCENARIO

@@ -1,6 +1,7 @@
 """JUnit XML of a `voicebridge test` run, for CI dashboards (`--junit FILE`).
 
-One <testsuite> per scenario x impairment, one <testcase> per call named `scenario[impairment]#repeat`. A run
+One <testsuite> per scenario x impairment, one <testcase> per call named `scenario[impairment]#repeat` (with
+`--redis`, properties `worker` and `attempt` say where it ran). A run
 that failed has one <failure> per failed criterion (message: the criterion's name and detail; text: its evidence
 as JSON), or one naming the end reason when no criterion failed; a call that could not be judged is an <error>.
 Skipped criteria are never failures: they are <property> entries (`criterion:<name>` = skipped) and lines of
@@ -30,6 +31,9 @@ def _testcase(run: LabRun) -> ET.Element:
     props = ET.SubElement(case, "properties")
     for key, value in (("call_id", run.call_id), ("end_reason", str(run.end_reason)), ("folder", run.folder)):
         ET.SubElement(props, "property", name=key, value=value)
+    if run.worker is not None:  # `--redis`: the worker that ran it, and on which attempt
+        ET.SubElement(props, "property", name="worker", value=run.worker)
+        ET.SubElement(props, "property", name="attempt", value=str(run.attempt))
     for c in run.criteria:
         ET.SubElement(props, "property", name=f"criterion:{c.name}", value=_state(c.passed, c.skipped))
     if run.outcome == "error":
@@ -44,6 +48,8 @@ def _testcase(run: LabRun) -> ET.Element:
         if not failed:
             ET.SubElement(case, "failure", message=run.why, type="end_reason").text = run.error or ""
     out = [f"call {run.call_id}: {run.outcome}, end_reason {run.end_reason}, {run.duration_s:.1f} s"]
+    if run.worker is not None:
+        out.append(f"ran on worker {run.worker} (attempt {run.attempt})")
     out += [f"{_state(c.passed, c.skipped).upper()} {c.name} [{c.kind}]: {c.detail}" for c in run.criteria]
     ET.SubElement(case, "system-out").text = "\n".join(out)
     return case

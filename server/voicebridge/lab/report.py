@@ -66,6 +66,10 @@ class LabRun(Record):
     """The call's folder, relative to the report's."""
     links: dict[str, str]
     """Artifact file name -> path relative to the report's folder (recordings, transcript, summary.json)."""
+    worker: str | None = None
+    """The bridge worker that ran the call (`voicebridge test --redis`); None when the test ran it itself."""
+    attempt: int = 1
+    """2 when the call ran again after its first worker was lost."""
 
     @property
     def name(self) -> str:
@@ -143,7 +147,8 @@ def run_timing(summary: CallSummary) -> RunTiming | None:
 
 
 def lab_run(
-    summary: CallSummary, impairment: str, repeat: int, folder: str, links: dict[str, str]
+    summary: CallSummary, impairment: str, repeat: int, folder: str, links: dict[str, str],
+    worker: str | None = None, attempt: int = 1,
 ) -> LabRun:
     """One run from its call's typed result; `folder` and `links` relative to the report's folder."""
     result = outcome(summary)
@@ -169,6 +174,8 @@ def lab_run(
         timing=run_timing(summary),
         folder=folder,
         links=links,
+        worker=worker,
+        attempt=attempt,
     )
 
 
