@@ -1,5 +1,6 @@
-"""A worker's batch jobs: take call jobs off the Redis stream (cluster/jobs.py), run each as a batch call, send
-its result back.
+"""A worker's batch jobs: take call jobs off the Redis stream (cluster/jobs.py), run each as a batch call (a
+`voicebridge test` cell under its impairment and seed), send its result back. The calls it runs count in the
+worker's load (registry `worker:{id}:batch`), as the calls the front door places do.
 
 A worker runs up to `slots` batch calls at once, beside the calls the front door places on it. It takes a job only
 when a slot is free, so a busy worker leaves jobs to the others. While a call runs, its lease is renewed every
@@ -65,6 +66,7 @@ class JobLoop:
         self._load_key = batch_calls_key(worker)
         self.calls: set[str] = set()
         """The batch calls in progress (their results not yet sent)."""
+        self._load_lock = asyncio.Lock()
 
     def stop(self) -> None:
         """Take no more jobs (the calls running go on; `run` returns once they have sent their results)."""
@@ -100,14 +102,15 @@ class JobLoop:
     async def _write_load(self) -> None:
         """The set of running batch calls in Redis, rewritten whole: one that failed to go out (Redis away)
         is put right by the next, so a call never loads a worker after it ended."""
-        try:
-            async with self.queue.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self._load_key)
-                if self.calls:
-                    pipe.sadd(self._load_key, *self.calls)
-                await pipe.execute()
-        except _transient() as e:
-            self._redis_down(e)
+        async with self._load_lock:  # one write at a time, each of the set as it is then: the last one stands
+            try:
+                async with self.queue.redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(self._load_key)
+                    if self.calls:
+                        pipe.sadd(self._load_key, *self.calls)
+                    await pipe.execute()
+            except _transient() as e:
+                self._redis_down(e)
 
     def _ended(self, call_id: str, free: asyncio.Semaphore, _task: asyncio.Task[None]) -> None:
         self.running.pop(call_id, None)
