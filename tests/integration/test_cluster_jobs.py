@@ -9,6 +9,7 @@ Redis), never by asserting how long it took.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -152,6 +153,17 @@ async def test_an_unreadable_entry_is_dropped_and_the_next_job_is_taken(queue: J
     await queue.redis.xadd(queue.stream, {"job": "{not json"})
     await queue.submit(Job(batch_id="b5", index=1, scenario="late_order"))
     assert (await take_until(queue, "w1")).job.call_id == "b5_0002"
+
+
+async def test_a_job_from_another_version_gets_an_error_result_instead_of_no_result(queue: JobQueue) -> None:
+    newer = Job(batch_id="b6", index=2, scenario="late_order").model_dump(mode="json") | {"voices": ["x"]}
+    await queue.redis.xadd(queue.stream, {"job": json.dumps(newer)})
+    await queue.submit(Job(batch_id="b6", index=3, scenario="late_order"))
+    assert (await take_until(queue, "w1")).job.call_id == "b6_0004"  # the readable job is still taken
+    [result] = await results_until(queue, "b6", 1)
+    assert (result.call_id, result.worker, result.call.summary.end_reason) == ("b6_0003", "w1", "error")
+    error = result.call.summary.error or ""
+    assert "worker w1 could not read this job" in error and "voices" in error and "\n" not in error
 
 
 def test_a_scenario_file_travels_with_its_job() -> None:

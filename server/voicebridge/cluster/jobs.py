@@ -22,6 +22,7 @@ shape by construction. Nothing here runs a call: the worker's job loop (cluster/
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -296,7 +297,7 @@ class JobQueue:
             job = Job.model_validate_json(fields["job"])
         except (KeyError, ValueError) as e:
             log.error("jobs: dropping unreadable entry %s: %s", entry_id, e)
-            await self._drop(entry_id)
+            await self._refuse(consumer, entry_id, fields, e)
             return None
         delivery = Delivery(entry_id, job, attempt, lost_from)
         if await self.redis.exists(cancelled_key(job.batch_id)):
@@ -321,6 +322,31 @@ class JobQueue:
             )
         return delivery
 
+    async def _refuse(self, consumer: str, entry_id: str, fields: dict[str, Any], error: Exception) -> None:
+        """Settle a job this worker cannot read. When it still names its batch and place (a job written by another
+        version of voicebridge, with a field this one does not know), its batch gets an `error` result saying why,
+        instead of waiting for a result that never comes; otherwise the entry is only dropped."""
+        try:
+            raw = json.loads(fields.get("job", ""))
+            batch_id, index = raw["batch_id"], raw["index"]
+            ok = isinstance(batch_id, str) and isinstance(index, int) and not isinstance(index, bool)
+        except (ValueError, TypeError, KeyError):
+            ok = False
+        if not ok:
+            await self._drop(entry_id)
+            return
+        job = Job(batch_id=batch_id, index=index, scenario=str(raw.get("scenario", "unknown")))
+        reason = f"worker {consumer} could not read this job (is it another voicebridge version?): {_first_line(error)}"
+        result = JobResult(
+            batch_id=batch_id,
+            call_id=job.call_id,
+            index=index,
+            worker=consumer,
+            attempt=1,
+            call=failed_call(job, reason, "error"),
+        )
+        await self.finish(Delivery(entry_id, job, 1, ""), result)
+
     async def _drop(self, entry_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.stream, self.group, entry_id)
@@ -329,6 +355,11 @@ class JobQueue:
 
 
 Entries = list[tuple[str, dict[str, str]]]
+
+
+def _first_line(error: Exception) -> str:
+    """An error's message in one line (pydantic's span several: the count, then each field and its problem)."""
+    return " ".join(str(error).split())[:300]
 
 
 def _streams(reply: Any) -> list[tuple[str, Entries]]:
