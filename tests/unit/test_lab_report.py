@@ -13,7 +13,7 @@ import pytest
 from tests.summaries import make_summary
 from voicebridge.commands.test import matrix
 from voicebridge.lab.junit import junit_xml
-from voicebridge.lab.report import LabReport, LabRun, lab_run, tally, verdict
+from voicebridge.lab.report import LabReport, LabRun, lab_run, refusal_counts, tally, verdict
 from voicebridge.results import CallSummary
 from voicebridge.scenarios.model import load_scenario
 
@@ -121,3 +121,26 @@ def test_the_matrix_goes_repeat_by_repeat_with_a_seed_per_repeat() -> None:
     # No --impair: each scenario as its file says, labelled `good` when it has no impairment of its own.
     own = matrix([late.model_copy(update={"impair": "3g"}), bye], [], 1, None)
     assert [(j.impairment, j.scenario.impair) for j in own] == [("3g", "3g"), ("good", "")]
+
+
+def test_refusals_at_creation_are_counted_and_shown_never_a_failure(tmp_path: Path) -> None:
+    import io
+
+    from voicebridge.batch.lab_html import render_lab
+    from voicebridge.commands.test import print_table
+
+    ok = make_summary(call_id="c1", scenario="quick_bye")
+    refused_then_ran = lab_run(ok, "good", 1, "calls/c1", {}, refusals=3)
+    gave_up = lab_run(
+        make_summary(call_id="c2", scenario="quick_bye", end_reason="error", error="refused 12 times"),
+        "good", 2, "calls/c2", {}, refusals=12, gave_up=True,
+    )
+    assert refused_then_ran.outcome == "passed" and gave_up.outcome == "error"
+    counts = refusal_counts([refused_then_ran, gave_up, run(ok, 3)])
+    assert counts == {"refusals": 15, "retried": 2, "gave_up": 1}
+    report = report_of([refused_then_ran, gave_up]).model_copy(update=counts)
+    assert LabReport.model_validate_json(report.model_dump_json()).runs[0].refusals == 3
+    out = io.StringIO()
+    print_table(report, tmp_path, out)
+    assert "refused at creation (server at capacity): 15 times, 2 runs retried, 1 gave up" in out.getvalue()
+    assert "<b>15</b>refused at creation (2 runs retried, 1 gave up)" in render_lab(report)

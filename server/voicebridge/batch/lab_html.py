@@ -123,6 +123,8 @@ def render_lab(report: LabReport) -> str:
         f"<div class=card><b>{report.total}</b>calls</div>",
         f"<div class=card><b class={'ok' if not report.failed else 'bad'}>{report.failed}</b>failed</div>",
         f"<div class=card><b class={'ok' if not report.errors else 'bad'}>{report.errors}</b>errors</div>",
+        f"<div class=card><b>{report.refusals}</b>refused at creation ({report.retried} runs retried, "
+        f"{report.gave_up} gave up)</div>",
         "</div>",
     ]
     parts += _matrix(report)

@@ -34,6 +34,7 @@ from voicebridge.lab.report import (
     LabReport,
     LabRun,
     lab_run,
+    refusal_counts,
     run_name,
     tally,
     verdict,
@@ -103,7 +104,11 @@ def build_report(
         job = by_id[c.summary.call_id]
         folder = os.path.relpath(c.summary.out_dir or out_dir / "calls" / c.summary.call_id, out_dir)
         links = artifact_links(c.summary, out_dir)
-        runs.append(lab_run(c.summary, job.impairment, job.repeat, folder, links, c.worker, c.attempt))
+        runs.append(
+            lab_run(
+                c.summary, job.impairment, job.repeat, folder, links, c.worker, c.attempt, c.refusals, c.gave_up
+            )
+        )
     total, passed, failed, errors, pass_rate = tally(runs)
     settings = result.settings
     return LabReport(
@@ -112,6 +117,7 @@ def build_report(
         repeat=args.repeat, scenarios=names, impairments=impairments, min_pass_rate=args.min_pass_rate,
         interrupted=result.interrupted, total=total, passed=passed, failed=failed, errors=errors,
         pass_rate=pass_rate, ok=verdict(pass_rate, args.min_pass_rate, result.interrupted), runs=runs,
+        **refusal_counts(runs),
     )
 
 
@@ -130,6 +136,12 @@ def print_table(report: LabReport, out_dir: Path, stream: TextIO) -> None:
         f"{report.errors} errors in {report.wall_s:.1f} s",
         file=stream,
     )
+    if report.refusals:
+        print(
+            f"  refused at creation (server at capacity): {report.refusals} times, {report.retried} runs retried, "
+            f"{report.gave_up} gave up",
+            file=stream,
+        )
     cells: dict[tuple[str, str], list[LabRun]] = {}
     for r in report.runs:
         cells.setdefault((r.scenario, r.impairment), []).append(r)

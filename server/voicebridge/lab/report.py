@@ -70,6 +70,11 @@ class LabRun(Record):
     """The bridge worker that ran the call (`voicebridge test --redis`); None when the test ran it itself."""
     attempt: int = 1
     """2 when the call ran again after its first worker was lost."""
+    refusals: int = 0
+    """Times its sessions were refused at creation (a server at capacity: 429/503) before it ran; each was retried
+    after the Retry-After, so a refusal alone never fails a run."""
+    gave_up: bool = False
+    """Still refused after --max-attempts: the run is an error (`end_reason` error), not a verdict on the agent."""
 
     @property
     def name(self) -> str:
@@ -118,6 +123,12 @@ class LabReport(Record):
     ok: bool
     """pass_rate >= min_pass_rate, and not interrupted: the exit status 0."""
     runs: list[LabRun]
+    refusals: int = 0
+    """Refusals at creation over every run (servers at capacity); the refused calls were retried."""
+    retried: int = 0
+    """Runs refused at least once."""
+    gave_up: int = 0
+    """Runs still refused after --max-attempts (errors)."""
 
 
 def run_name(scenario: str, impairment: str, repeat: int) -> str:
@@ -148,7 +159,7 @@ def run_timing(summary: CallSummary) -> RunTiming | None:
 
 def lab_run(
     summary: CallSummary, impairment: str, repeat: int, folder: str, links: dict[str, str],
-    worker: str | None = None, attempt: int = 1,
+    worker: str | None = None, attempt: int = 1, refusals: int = 0, gave_up: bool = False,
 ) -> LabRun:
     """One run from its call's typed result; `folder` and `links` relative to the report's folder."""
     result = outcome(summary)
@@ -176,6 +187,8 @@ def lab_run(
         links=links,
         worker=worker,
         attempt=attempt,
+        refusals=refusals,
+        gave_up=gave_up,
     )
 
 
@@ -186,6 +199,16 @@ def tally(runs: Iterable[LabRun]) -> tuple[int, int, int, int, float]:
     failed = sum(r.outcome == "failed" for r in rows)
     errors = len(rows) - passed - failed
     return len(rows), passed, failed, errors, round(passed / len(rows), 4) if rows else 0.0
+
+
+def refusal_counts(runs: Iterable[LabRun]) -> dict[str, int]:
+    """LabReport's `refusals` (over every run), `retried` (runs refused at least once), `gave_up`."""
+    rows = list(runs)
+    return {
+        "refusals": sum(r.refusals for r in rows),
+        "retried": sum(1 for r in rows if r.refusals),
+        "gave_up": sum(1 for r in rows if r.gave_up),
+    }
 
 
 def verdict(pass_rate: float, min_pass_rate: float, interrupted: bool) -> bool:
