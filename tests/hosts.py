@@ -70,6 +70,12 @@ class Host:
         return subprocess.run(self.command(argv), capture_output=True, text=True, timeout=timeout, check=False)
 
 
+# The links this module makes (the bridge `vbhPID`, its veths `vbhPID-N`) in the suite's loopback-only namespace:
+# private addresses with no route out, so a namespace holding them is still the loopback-only one. Other tests
+# running meanwhile (xdist) see them and must not take them for the machine's real interfaces.
+LINK_PREFIX = "vbh"
+
+
 class HostNetwork:
     """`with HostNetwork() as net: a = net.add_host("a")`: hosts at 10.99.N.10, .11, ... on one bridge."""
 
@@ -79,13 +85,13 @@ class HostNetwork:
         for tool in ("ip", "unshare", "nsenter"):
             if shutil.which(tool) is None:
                 raise HostsUnavailable(f"`{tool}` is missing (iproute2, util-linux)")
-        others = [n for _, n in socket.if_nameindex() if n != "lo" and not n.startswith("vbh")]
+        others = [n for _, n in socket.if_nameindex() if n != "lo" and not n.startswith(LINK_PREFIX)]
         if others:
             raise HostsUnavailable(
                 f"hosts are made only inside the loopback-only namespace (this one also has {others}): run the "
                 "tests with `make test`, or `scripts/loopback-netns .venv/bin/python -m pytest ...`"
             )
-        self.tag = f"vbh{os.getpid() % 100000}"
+        self.tag = f"{LINK_PREFIX}{os.getpid() % 100000}"
         self.subnet = f"10.99.{os.getpid() % 250 + 1}"
         self.address = f"{self.subnet}.1"  # this process, the "client machine"
         self.hosts: list[Host] = []
