@@ -22,6 +22,7 @@ import time
 from aiohttp import web
 
 from voicebridge.config import Settings
+from voicebridge.edge.signals import stop_on_signals
 from voicebridge.observability.capacity import CORES_ENV, usable_cores
 from voicebridge.signaling.security import SecurityPolicy
 
@@ -99,10 +100,7 @@ async def _serve(
             f"Redis {registry.where})",
             flush=True,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         watchers = [asyncio.ensure_future(_report_exit(c)) for c in children]
         await stop.wait()
         print("voicebridge serve: shutting down (the workers drain, then the front door stops)", flush=True)

@@ -26,7 +26,6 @@ import hmac
 import logging
 import os
 import secrets
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from aiohttp.typedefs import Middleware
 
 from voicebridge.backend import Backend, realtime_backend
 from voicebridge.edge.hosts import HostConfigError, host_policy, is_ip_literal
+from voicebridge.edge.signals import stop_on_signals
 from voicebridge.media.loopback import set_host_addresses
 from voicebridge.scenarios.model import Scenario
 from voicebridge.signaling.app import create_app, default_call_factory
@@ -259,10 +259,7 @@ async def run_worker(
     )
     if ready is not None:
         ready(member.info)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     orphaned = asyncio.ensure_future(_parent_gone(stop)) if os.environ.get(SUPERVISED_ENV) == "1" else None
     await stop.wait()
     if orphaned is not None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import ssl
 import sys
 
 from aiohttp import web
 
 from voicebridge.backend import Backend, realtime_backend
+from voicebridge.edge.signals import stop_on_signals
 from voicebridge.observability.logs import setup_logging_from_env
 from voicebridge.signaling.app import capacity_limits, create_app
 from voicebridge.signaling.lifecycle import graceful_shutdown
@@ -83,10 +83,7 @@ async def _run_server(
         f"voicebridge serve: console at {scheme}://{host}:{port}/ (Realtime backend: {backend.description})",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await stop.wait()
     print("voicebridge serve: shutting down (refusing new calls, ending live ones)", flush=True)
     await graceful_shutdown(app, runner)

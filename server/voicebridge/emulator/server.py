@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import errno
 import logging
-import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from aiohttp import web
 
 from voicebridge.edge.headers import undecodable_header
 from voicebridge.edge.hosts import HostConfigError, HostPolicy, host_policy
+from voicebridge.edge.signals import stop_on_signals
 from voicebridge.media.loopback import is_local_url, set_loopback_only
 from voicebridge.observability.capacity import Capacity, LagSource
 from voicebridge.observability.logs import CHATTY_LIBRARIES
@@ -468,10 +468,7 @@ async def _serve(args: argparse.Namespace) -> int:
         f"{emulator.capacity.limits.budget or 'unbounded'} sessions, loop lag limit {limits.max_lag_ms:g} ms",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await stop.wait()
     await emulator.stop()
     return 0
