@@ -75,6 +75,16 @@ def test_bench_cli_json_last_line_and_files(tmp_path: Path) -> None:
     assert level["floor_ratio"] == pytest.approx(level["cpu_us_per_packet"] / result["floor_us_per_packet"], rel=0.02)
     assert result["floor_ratio"] == level["floor_ratio"]
     assert "x floor" in proc.stderr and "Floor (receive + SRTP unprotect" in proc.stderr
+    # The event-loop floor at the run's level: a receiver on each loop only counting and forwarding real packets
+    # paced as the load paces them, every packet of the window received; the bridge judged by its own loop's.
+    floors = {(m["loop"], m["work"]): m for m in result["loop_floor"]}
+    assert {work for _loop, work in floors} == {"count", "forward"} and ("asyncio", "forward") in floors
+    for m in floors.values():
+        assert m["calls"] == 1 and m["packets"] > 0 and m["us_per_packet"] > 0
+        assert m["floor_ratio"] == pytest.approx(m["us_per_packet"] / result["floor_us_per_packet"], rel=0.02)
+    forward = floors[("asyncio", "forward")]["us_per_packet"]
+    assert level["loop_floor_ratio"] == pytest.approx(level["cpu_us_per_packet"] / forward, rel=0.02)
+    assert "| event-loop floor (same run) |" in proc.stderr
     assert json.loads((tmp_path / "bench.json").read_text())["levels"] == result["levels"]
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[bench" in proc.stderr  # progress on stderr

@@ -20,6 +20,9 @@ from voicebridge.bench.report import (
     comparisons_table,
     doc_markers,
     figures,
+    judge_by_loop_floor,
+    loop_floor_table,
+    loop_floor_verdict,
     markdown,
     max_without_loss,
     splice_doc,
@@ -210,6 +213,34 @@ def test_issue_16_targets_say_met_or_by_how_much_they_missed() -> None:
     assert "| calls without loss >= 200 | the run | 100 | **missed** (100 of 200) |" in text
     variant = {**fast, "variant": "uvloop loop", "against": {"floor_ratio": 2.5}}
     assert "| uvloop loop | 25 | 20.0 | 2.0 | 2.5 |" in comparisons_table([variant])
+
+
+def test_the_bridge_is_judged_by_the_event_loop_floor_of_its_own_loop_and_level() -> None:
+    lv = figures(raw_job("passthrough", 25, 25000, 25000, 50.0, [0.0003] * 100), floor_us=10.0)  # 200 us/packet
+    other = {**figures(raw_job("passthrough", 25, 25000, 25000, 25.0, [0.0003] * 100), floor_us=10.0)}
+    other["loop"] = "uvloop"  # 100 us/packet on uvloop
+    floors = [
+        {"calls": 25, "loop": "asyncio", "work": "count", "us_per_packet": 30.0, "floor_ratio": 3.0},
+        {"calls": 25, "loop": "asyncio", "work": "forward", "us_per_packet": 50.0, "floor_ratio": 5.0},
+        {"calls": 25, "loop": "uvloop", "work": "forward", "us_per_packet": 40.0, "floor_ratio": 4.0},
+    ]
+    judge_by_loop_floor([lv, other], floors)
+    assert lv["loop_floor_ratio"] == pytest.approx(4.0) and lv["loop_floor_us"] == 50.0  # asyncio's forwarder
+    assert other["loop_floor_ratio"] == pytest.approx(2.5)  # uvloop's
+    result = {**summarise([lv], "passthrough", 25), "levels": [lv], "comparisons": [other], "loop_floor": floors}
+    assert result["loop_floor_ratio"] == pytest.approx(4.0)  # the headline carries it
+    text = loop_floor_table(result)
+    assert "| asyncio | 25 | 30.0 (3.0x) | 50.0 (5.0x) | 200.0 (20.0x) | 4.0 |" in text
+    assert "| uvloop | 25 | - | 40.0 (4.0x) | 100.0 (10.0x) | 2.5 |" in text
+    assert "4.0x the floor at best (25 calls on uvloop)" in text and "out of reach" in text
+    row = next(r for r in targets(result) if r["calls"] == 25 and "floor" in r["target"])
+    assert row["loop_floor_ratio"] == pytest.approx(4.0) and row["loop_floor_x_floor"] == pytest.approx(5.0)
+    assert "| 4.0x the event-loop floor (a receiver on the same loop only forwarding: 5.0x the floor) |" in (
+        targets_table(targets(result))
+    )
+    floors[2]["floor_ratio"] = 1.5
+    assert "can forward within 2x the floor here: 1.5x at 25 calls on uvloop" in loop_floor_verdict(floors)
+    assert loop_floor_verdict([]) == ""
 
 
 def test_the_bridge_process_runs_on_the_event_loop_it_is_given() -> None:

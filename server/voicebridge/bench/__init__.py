@@ -1,7 +1,9 @@
 """`voicebridge bench`: the media path under load, pass-through against aiortc's transcoding path.
 
 First, in a process of its own, the floor (bench/floor.py): what receive + SRTP unprotect + protect + send of
-one packet costs on this machine; the bridge's CPU per forwarded packet is reported as a ratio to it.
+one packet costs on this machine; the bridge's CPU per forwarded packet is reported as a ratio to it. Then the
+event-loop floor (bench/loop_floor.py): what an event loop woken per datagram costs at the bench's packet
+pattern, only counting and doing the floor's work, on each event loop, at the CPU-target levels.
 For each concurrency level and relay kind a fresh bridge process (bench/bridge.py) sets up the calls, each
 leg a real WebRTC connection on 127.0.0.1 to a load process (bench/load.py) whose emulated agents talk
 continuously (cached Opus, 20 ms pace). Progress goes to stderr; the table, bench.json and bench.png are
@@ -25,11 +27,14 @@ from voicebridge.extras import require
 
 from .bridge import Job, bridge_main
 from .floor import Floor, measure_floor
+from .loop_floor import WORKS, LoopFloor, available_loops, measure_loop_floor
 from .report import (
     check_doc,
     comparisons_table,
     figures,
     floor_line,
+    judge_by_loop_floor,
+    loop_floor_table,
     lossy,
     markdown,
     plot,
@@ -83,6 +88,32 @@ def run_floor() -> Floor:
         return pool.apply(measure_floor)
 
 
+def run_loop_floors(calls_levels: list[int], floor_us: float, quick: bool) -> list[dict[str, Any]]:
+    """The event-loop floor (bench/loop_floor.py) at each level given, on each installed loop, only counting and
+    forwarding, each in fresh processes; a measurement that fails is reported and skipped."""
+    seconds, warmup = (1.5, 0.5) if quick else (4.0, 1.0)
+    from .load import noise_packets
+
+    payloads = noise_packets()
+    out: list[dict[str, Any]] = []
+    for calls in calls_levels:
+        for loop in available_loops():
+            for work in WORKS:
+                try:
+                    m: LoopFloor = measure_loop_floor(calls, loop, work, payloads, seconds, warmup)
+                except RuntimeError as e:
+                    _say(str(e))
+                    continue
+                row: dict[str, Any] = dict(m)
+                row["floor_ratio"] = round(m["us_per_packet"] / floor_us, 2) if floor_us else None
+                _say(
+                    f"event-loop floor: {calls} calls on {loop}, receiver {work}ing: {m['us_per_packet']} us "
+                    f"of CPU per packet = {row['floor_ratio']}x floor ({m['packets']} of {m['expected']} packets)"
+                )
+                out.append(row)
+    return out
+
+
 def _levels(args: argparse.Namespace) -> tuple[list[int], bool]:
     if args.calls:
         return sorted(set(args.calls)), False
@@ -104,6 +135,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     ref = max((c for c in levels if c <= REFERENCE_CALLS), default=levels[0])
     floor = run_floor()
     _say(f"floor: {floor['us_per_packet']} us of CPU per forwarded packet (receive, unprotect, protect, send)")
+    loop_levels = [c for c in levels if c in CPU_TARGET_CALLS] or [ref]
+    loop_floors = run_loop_floors(loop_levels, floor["us_per_packet"], quick)
     for relay in relays:
         queue = list(levels)
         extra = list(EXTRA_LEVELS) if extend and relay == "passthrough" else []
@@ -156,6 +189,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     result["floor"] = floor
     result["floor_us_per_packet"] = floor["us_per_packet"]
+    # Every pass-through level (and comparison) measured at a level of the event-loop floor: its CPU per packet
+    # against the forwarding receiver's on the same loop ("loop_floor_ratio").
+    judge_by_loop_floor([*measured, *comparisons], loop_floors)
+    result["loop_floor"] = loop_floors
     result.update(summarise(measured, main_relay, ref))
     fan = {lv["relay"]: lv["fanout"] for lv in measured if "fanout" in lv}
     result["fanout"] = fan
@@ -258,6 +295,8 @@ def main(args: argparse.Namespace) -> int:
         return 130
     samples = result.pop("_samples")
     text = floor_line(result["floor"]) + "\n\n" + table(result["levels"])
+    if result["loop_floor"]:
+        text += "\n\n" + loop_floor_table(result)
     if result["comparisons"]:
         text += "\n\n" + comparisons_table(result["comparisons"])
     text += "\n\n" + targets_table(result["targets"])

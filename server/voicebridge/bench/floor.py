@@ -49,8 +49,9 @@ def rtp_packets(payloads: list[bytes], ssrc: int = 0x1234ABCD) -> list[bytes]:
     return out
 
 
-def _sessions() -> tuple[Session, Session, Session, str]:
-    """(producer protect, bridge unprotect, bridge protect) sessions, set up as aiortc sets up a leg's."""
+def srtp_sessions(inbound_key: bytes | None = None) -> tuple[Session, Session, Session, str]:
+    """(producer protect, bridge unprotect, bridge protect) sessions, set up as aiortc sets up a leg's; the
+    producer and the bridge's unprotect share inbound_key (random if None), the bridge's protect has its own."""
     from aiortc.rtcdtlstransport import SRTP_PROFILES
     from pylibsrtp import Policy, Session
 
@@ -63,7 +64,7 @@ def _sessions() -> tuple[Session, Session, Session, str]:
         policy.window_size = 1024
         return Session(policy)
 
-    inbound_key, outbound_key = os.urandom(size), os.urandom(size)
+    inbound_key, outbound_key = inbound_key or os.urandom(size), os.urandom(size)
     return (
         session(inbound_key, Policy.SSRC_ANY_OUTBOUND),
         session(inbound_key, Policy.SSRC_ANY_INBOUND),
@@ -85,7 +86,7 @@ def measure_floor(
     total = rounds * packets_per_round
     if total > 0xFFFF:
         raise ValueError("measure_floor: at most 65535 packets (one sequence-number cycle)")
-    producer, rx, tx, profile = _sessions()
+    producer, rx, tx, profile = srtp_sessions()
     plain = rtp_packets([payloads[i % len(payloads)] for i in range(total)])
     wire = [producer.protect(p) for p in plain]
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
