@@ -151,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
         "VOICEBRIDGE_EMULATOR_MAX_LAG_MS; 0: off)",
     )
     e.add_argument(
+        "--workers", default="1", metavar="N",
+        help="emulator processes behind the one URL (default 1: this process alone; `auto`: one per usable core); "
+        "each holds its own sessions and limits, and a request about a session reaches the one that holds it",
+    )
+    e.add_argument(
         "--response-delay-ms", type=_non_negative_number, default=None, metavar="MS",
         help="the model's think time: a response's output starts this long after its turn ended, at any load "
         "(default 200, VOICEBRIDGE_EMULATOR_RESPONSE_DELAY_MS; a scenario persona's response_delay_ms wins)",
@@ -231,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(cmd: str, args: argparse.Namespace) -> int:
+    if cmd == "emulator" and args.workers != "1":
+        from voicebridge.emulator.workers import main as emulator_workers_main
+
+        return emulator_workers_main(args)
     if cmd == "emulator":
         from voicebridge.emulator.server import main as emulator_main
 

@@ -7,6 +7,7 @@ Errors are the real API's: 401 `invalid_api_key` with its messages, and 400 for 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,8 +42,10 @@ class ClientSecret:
 
 
 class Keys:
-    def __init__(self) -> None:
+    def __init__(self, tag: Callable[[str], str] | None = None) -> None:
+        """`tag`: what marks a minted key as this process's (a worker of a group: group.py), if anything."""
         self.secrets: dict[str, ClientSecret] = {}  # the ephemeral keys minted, by value
+        self._tag = tag
 
     def bearer(self, request: web.Request) -> str:
         """The key of `Authorization: Bearer ...`: an API key or an ephemeral key (not yet checked as one)."""
@@ -90,6 +93,9 @@ class Keys:
 
     def mint(self, seconds: int, session: dict[str, Any], owner: str) -> ClientSecret:
         """A new ephemeral key for `session`, living `seconds` (check_ttl first), counted for `owner`."""
-        secret = ClientSecret(ev.new_id("ek", 32), int(time.time()) + seconds, session, owner=owner)
+        value = ev.new_id("ek", 32)
+        if self._tag is not None:
+            value = self._tag(value)
+        secret = ClientSecret(value, int(time.time()) + seconds, session, owner=owner)
         self.secrets[secret.value] = secret
         return secret

@@ -43,7 +43,9 @@ from .hearing import recognizer_for
 
 log = logging.getLogger(__name__)
 
-WORKERS = max(1, min(2, os.cpu_count() or 1))  # beside the emulator's own process; two cores here
+# Beside the emulator's own process; two cores here. A worker of `voicebridge emulator --workers N` gets its share
+# of the cores (VOICEBRIDGE_RECOGNITION_WORKERS, set by workers.py).
+WORKERS = int(os.environ.get("VOICEBRIDGE_RECOGNITION_WORKERS", "0") or 0) or max(1, min(2, os.cpu_count() or 1))
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies

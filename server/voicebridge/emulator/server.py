@@ -18,6 +18,8 @@ import argparse
 import asyncio
 import errno
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,8 @@ from voicebridge.scenarios.model import Scenario, ScenarioError, builtin_names
 
 from . import events as ev
 from . import ws
+from .group import WORKER_READY, Forwarder, Group, die_with_parent, group_status, owned_elsewhere
+from .handlers import MAX_EVENT_BYTES
 from .keys import SECRET_TTL_DEFAULT_S, Keys, check_ttl
 from .limits import AcceptErrorFilter, Limits, SessionCounter, overloaded
 from .persona import PersonaBook
@@ -52,6 +56,7 @@ BETA_MESSAGE = (
     "SDP offer (and a `session` object), and no `OpenAI-Beta: realtime=v1` header."
 )
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_NEW_SESSION_PATHS = ("/v1/realtime/calls", "/v1/realtime/client_secrets")
 
 
 def _json_error(err: ApiError) -> web.Response:
@@ -125,10 +130,12 @@ class Emulator:
         limits: Limits | None = None,
         lag_meter: LagSource | None = None,
         response_delay_ms: float | None = None,
+        group: Group | None = None,
     ) -> None:
         """`limits`: Limits.from_env() when None (the capacity's environment variables apply to an embedded
         emulator too); `lag_meter`: what measures the loop's lag (tests inject one); `response_delay_ms`: the
-        think time (timing.py; VOICEBRIDGE_EMULATOR_RESPONSE_DELAY_MS or its default when None)."""
+        think time (timing.py; VOICEBRIDGE_EMULATOR_RESPONSE_DELAY_MS or its default when None); `group`: this
+        process is one worker of `voicebridge emulator --workers N` (group.py)."""
         if response_delay_ms is not None:
             check_delay(response_delay_ms, "response_delay_ms")
         self.response_delay_ms = response_delay_ms if response_delay_ms is not None else default_response_delay()
@@ -139,7 +146,11 @@ class Emulator:
         self.personas = PersonaBook()
         self.voice = voice or Voice()  # pass one Voice to share its cache of spoken lines between emulators
         self.sessions: dict[str, Session] = {}
-        self.keys = Keys()  # API keys, and the ephemeral keys minted at /v1/realtime/client_secrets (keys.py)
+        self.group = group
+        self._forward = Forwarder(group) if group is not None else None
+        # API keys, and the ephemeral keys minted at /v1/realtime/client_secrets (keys.py), tagged with this
+        # worker's index in a group.
+        self.keys = Keys(tag=group.tag if group is not None else None)
         self.base_url = ""
         self._extra_hosts = tuple(allowed_hosts)
         self.hosts: HostPolicy = host_policy("127.0.0.1", self._extra_hosts)  # start() sets the real bind
@@ -181,7 +192,12 @@ class Emulator:
         if not self.hosts.allows(host):
             message = self.hosts.refusal(host or "", "voicebridge emulator --allowed-host")
             return _json_error(ApiError(421, message[0].upper() + message[1:] + ".", code="misdirected_request"))
-        return await handler(request)
+        response = await handler(request)
+        if self.group is not None and request.method == "POST" and request.path in _NEW_SESSION_PATHS:
+            # A client keeps its connection alive, and the kernel spreads connections, not requests: closing the
+            # one that made a session lets the next session land on any worker.
+            response.force_close()
+        return response
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on host:port (0: any free port); returns the base URL, e.g. http://127.0.0.1:8765/v1."""
@@ -194,10 +210,16 @@ class Emulator:
         self.capacity.start()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server: Any = site._server
-        bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
+        if self.group is not None:  # the listening sockets the group's parent made (workers.py)
+            public = socket.socket(fileno=self.group.public_fd)
+            await web.SockSite(self._runner, public).start()
+            await web.SockSite(self._runner, socket.socket(fileno=self.group.private_fd)).start()
+            bound = public.getsockname()[1]
+        else:
+            site = web.TCPSite(self._runner, host, port)
+            await site.start()
+            server: Any = site._server
+            bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
         self.base_url = f"http://{host}:{bound}/v1"
         return self.base_url
 
@@ -210,6 +232,8 @@ class Emulator:
         if self._accept_filter is not None:
             self._accept_filter.remove()
             self._accept_filter = None
+        if self._forward is not None:
+            await self._forward.close()
         self.capacity.stop()
 
     # ---- endpoints --------------------------------------------------------------------------------------
@@ -223,11 +247,22 @@ class Emulator:
             failing["capacity"] = f"this emulator is at capacity: {full.message}"
         elif live >= self.limits.max_sessions:
             failing["capacity"] = f"{live} sessions live, the limit is {self.limits.max_sessions} (--max-sessions)"
-        body = {"ready": not failing, "failing": failing, "sessions": live, "capacity": self.capacity.status(live)}
+        body = {
+            "ready": not failing, "failing": failing, "sessions": live, "capacity": self.capacity.status(live),
+            **group_status(self.group),
+        }
         return web.json_response(body, status=200 if not failing else 503)
 
     async def _realtime(self, request: web.Request) -> web.StreamResponse:
         if ws.is_websocket_request(request):
+            if self._forward is not None:
+                key = self.keys.bearer(request)
+                call_id = request.query.get("call_id")
+                if call_id is not None:
+                    self.keys.api_key(request)  # a sideband needs an API key: said here, as the owner would
+                owner = owned_elsewhere(self.group, call_id if call_id is not None else key)
+                if owner is not None:
+                    return await self._forward.websocket(request, owner, MAX_EVENT_BYTES)
             return await ws.realtime_socket(self, request)
         return await self._beta(request)
 
@@ -268,6 +303,8 @@ class Emulator:
 
     async def _create_call(self, request: web.Request) -> web.Response:
         key = self.keys.bearer(request)
+        if self._forward is not None and (worker := owned_elsewhere(self.group, key)) is not None:
+            return await self._forward.http(request, worker)  # an ephemeral key makes its call where it was minted
         secret = self.keys.redeem(key) if key.startswith("ek_") else None  # authenticate before reading the body
         sdp, session = await self._read_offer(request)
         _check_offer(sdp)
@@ -278,6 +315,8 @@ class Emulator:
             check_session(session)
             config = merge_session(config, session)
         call_id = ev.new_id("rtc", 24)
+        if self.group is not None:
+            call_id = self.group.tag(call_id)  # its hang-up and sideband find this worker (group.py)
         # Limits checked and the session counted before any await (limits.py): concurrent offers cannot all pass.
         owner = secret.owner if secret is not None else key
         self.counter.add(call_id, owner, str(config.get("model") or DEFAULT_MODEL), needs_sockets=True)
@@ -315,6 +354,8 @@ class Emulator:
     async def _hangup(self, request: web.Request) -> web.Response:
         self.keys.api_key(request)
         call_id = request.match_info["call_id"]
+        if self._forward is not None and (owner := owned_elsewhere(self.group, call_id)) is not None:
+            return await self._forward.http(request, owner)
         session = self.sessions.get(call_id)
         if session is None:
             raise ApiError(404, NO_SUCH_CALL, code="call_id_not_found", param="call_id")
@@ -450,9 +491,12 @@ async def _serve(args: argparse.Namespace) -> int:
             max_lag_ms=getattr(args, "max_lag_ms", None),
         )
         allowed = getattr(args, "allowed_host", None) or ()
+        group = Group.from_env()  # one worker of `voicebridge emulator --workers N` (workers.py)
+        if group is not None:
+            die_with_parent(group.parent)
         emulator = Emulator(
             scenarios=args.scenario, allowed_hosts=allowed, limits=limits,
-            response_delay_ms=getattr(args, "response_delay_ms", None),
+            response_delay_ms=getattr(args, "response_delay_ms", None), group=group,
         )
     except (ScenarioError, HostConfigError, ValueError) as e:
         print(f"voicebridge emulator: {e}", flush=True)
@@ -462,6 +506,11 @@ async def _serve(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"voicebridge emulator: cannot listen on {args.host}:{args.port}: {e.strerror}", flush=True)
         return 1
+    if group is not None:  # the parent says where the group serves, once every worker is up
+        print(f"{WORKER_READY}{group.index} pid {os.getpid()} budget {emulator.capacity.limits.budget}", flush=True)
+        await stop_on_signals().wait()
+        await emulator.stop()
+        return 0
     print(f"voicebridge emulator: serving the Realtime GA API at {url}", flush=True)
     print(
         f"voicebridge emulator: think time {emulator.response_delay_ms:g} ms; capacity "
