@@ -13,7 +13,7 @@ import pytest
 from voicebridge.bench import main as bench_main
 from voicebridge.bench.bridge import event_loop_runner
 from voicebridge.bench.floor import measure_floor, rtp_packets
-from voicebridge.bench.load import Pacer, noise_packets
+from voicebridge.bench.load import noise_packets
 from voicebridge.bench.probes import profile_shares
 from voicebridge.bench.report import (
     check_doc,
@@ -275,26 +275,3 @@ def test_the_repository_doc_has_both_sections_make_bench_writes() -> None:
     doc = Path(__file__).parents[2] / "docs" / "bench.md"
     for kind in ("bench", "emulator"):
         check_doc(doc, kind)
-
-
-async def test_the_load_paces_every_agent_from_at_most_one_timer_per_millisecond_of_the_frame() -> None:
-    class FakeAgent:
-        def __init__(self, phase: float) -> None:
-            self.phase, self.sent = phase, 0
-
-        def send_next(self) -> None:
-            self.sent += 1
-            if self.sent == 3 and self is agents[-1]:
-                done.set()
-
-    done = asyncio.Event()
-    pacer = Pacer()
-    agents = [FakeAgent(i * 0.02 / 60) for i in range(60)]  # 60 agents spread over the 20 ms frame
-    for agent in agents:
-        pacer.add(agent)  # type: ignore[arg-type]
-    assert 1 < len(pacer.slots) <= 20 and sum(len(a) for a in pacer.slots.values()) == 60
-    await asyncio.wait_for(done.wait(), 5)
-    assert all(a.sent >= 2 for a in agents)  # each agent sends once per frame, at its own (rounded) phase
-    for agent in agents:
-        pacer.remove(agent)  # type: ignore[arg-type]
-    assert not pacer.slots and not pacer._handles  # nothing left scheduled

@@ -4,7 +4,7 @@ Each agent is an answering RTCPeerConnection whose audio goes out SFU style (``O
 packets written straight to the transport every 20 ms, no encoder, no aiortc send loop) and comes in through an
 ``InboundTap`` (no jitter buffer, no decoder), both on the short paths of media/passthrough.py (socket to
 socket, no aiortc coroutines per packet). The process runs on uvloop when installed and sends from one timer per
-occupied millisecond of the 20 ms frame (``Pacer``), not one per agent: the load should not be what limits the
+occupied millisecond of the 20 ms frame (media/pacer.py), not one per agent: the load should not be what limits the
 bench. Both agents of a call live in the same process, so the end-to-end latency of a packet (sent by
 one agent -> received by the other, through the bridge) is matched by payload on one clock.
 
@@ -24,12 +24,11 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from voicebridge.media.loopback import set_loopback_only
+from voicebridge.media.pacer import FRAME_S, Pacer
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
 
 from .probes import LagProbe
 
-FRAME_S = 0.020
-SLOT_S = 0.001  # agents whose 20 ms phase falls in the same millisecond send from one timer callback
 CACHE_PACKETS = 1500  # 30 s of unique packets: longer than window + grace, so a payload names one send
 
 
@@ -94,7 +93,7 @@ class Agent:
 
     def start_sending(self, pacer: Pacer) -> None:
         self.pacer = pacer
-        pacer.add(self)
+        pacer.add(self, self.phase)
 
     def send_next(self) -> None:
         """This agent's packet of the current 20 ms frame (called by its Pacer slot)."""
@@ -124,51 +123,6 @@ class Agent:
         self.out.close()
         self.tap.close()
         await self.pc.close()
-
-
-class Pacer:
-    """Every agent of this process sends one packet per 20 ms at its own phase, rounded to the millisecond.
-
-    One timer per occupied 1 ms slot of the 20 ms frame (at most 20) instead of one per agent: the load's event
-    loop wakes at most 1000 times a second for sending, however many agents it runs, while the bridge still
-    sees each agent's packets spread over the frame as independent senders' are (within 1 ms).
-    """
-
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.slots: dict[int, list[Agent]] = {}
-        self._due: dict[int, float] = {}
-        self._handles: dict[int, asyncio.TimerHandle] = {}
-        self.late = 0  # slot ticks that fired more than one frame late (the load generator is overloaded)
-
-    def add(self, agent: Agent) -> None:
-        start = self.loop.time() + agent.phase
-        slot = int((start % FRAME_S) / SLOT_S)
-        agents = self.slots.setdefault(slot, [])
-        agents.append(agent)
-        if slot not in self._handles:
-            self._due[slot] = start
-            self._handles[slot] = self.loop.call_at(start, self._tick, slot)
-
-    def remove(self, agent: Agent) -> None:
-        for slot, agents in list(self.slots.items()):
-            if agent in agents:
-                agents.remove(agent)
-                if not agents:
-                    del self.slots[slot]
-                    self._handles.pop(slot).cancel()
-
-    def _tick(self, slot: int) -> None:
-        now = self.loop.time()
-        due = self._due[slot]
-        if now - due > FRAME_S:
-            self.late += 1
-            if now - due > 0.2:  # far behind: resynchronise instead of bursting
-                due = now
-        for agent in self.slots.get(slot, ()):
-            agent.send_next()
-        self._due[slot] = due + FRAME_S
-        self._handles[slot] = self.loop.call_at(due + FRAME_S, self._tick, slot)
 
 
 class Listener:
