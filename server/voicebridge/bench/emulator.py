@@ -73,6 +73,7 @@ def _as_before() -> None:
     from voicebridge.emulator.session import Session
 
     Session.aiortc_decode = True
+    Session.paced_send = False  # each session's speech pulled from its track by aiortc's send loop
     Recognition.in_process = True  # pocketsphinx in a thread of the emulator's process
 
 

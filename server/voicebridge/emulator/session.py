@@ -7,9 +7,9 @@ committed user turns).
 
 The transport is two small interfaces (state.py), not a copy of the session: events go to every `EventSink` (the
 `oai-events` data channel, a sideband WebSocket, or the WebSocket of a WebSocket session), speech goes to the
-`Mouth` (the WebRTC `SpeechTrack`, or ws.py's `DeltaMouth` sending `response.output_audio.delta`). A WebRTC
-session has output_audio_buffer.* events and hears its track; a WebSocket session has neither and hears
-`input_audio_buffer.append` (ws.py).
+`Mouth` (mouth.py's `PacedMouth` on WebRTC, or its fallback the `SpeechTrack`, or ws.py's `DeltaMouth` sending
+`response.output_audio.delta`). A WebRTC session has output_audio_buffer.* events and hears its track; a WebSocket
+session has neither and hears `input_audio_buffer.append` (ws.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy.typing as npt
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from voicebridge.media import passthrough
 from voicebridge.media.passthrough import AiortcIncompatible, InboundTap, RtpAudio
 
 from . import events as ev
@@ -34,6 +35,7 @@ from .audio_formats import FormatType, format_type
 from .handlers import handle
 from .hearing import Ear, HearingError
 from .listening import Listener
+from .mouth import PacedMouth
 from .persona import Action, PersonaBook, Script
 from .rate_limits import TokenBucket
 from .schema import ApiError
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 class Session:
     # `voicebridge bench --emulator`'s baseline: every incoming packet decoded by aiortc's receiver, as before.
     aiortc_decode = False
+    # False (the bench's baseline): each session's speech pulled by aiortc's send loop from its track, as before.
+    paced_send = True
 
     def __init__(
         self,
@@ -75,14 +79,19 @@ class Session:
         self._on_closed = on_closed
         # Only a WebRTC session has a peer connection and a track (its `mouth`); a WebSocket one has neither.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[])) if transport == "webrtc" else None
-        self.track = SpeechTrack(voice.silence_packet) if transport == "webrtc" else None
+        # A WebRTC session speaks through the process's pacer (mouth.py), else (and if aiortc's internals changed,
+        # see accept) through a track pulled by aiortc's send loop.
+        self.paced: PacedMouth | None = None
+        self.track: SpeechTrack | None = None
         self.mouth: Mouth
         if mouth is not None:
             self.mouth = mouth(self)
-        elif self.track is not None:
-            self.mouth = self.track
-        else:
+        elif transport != "webrtc":
             raise ValueError("a WebSocket session needs a mouth")
+        elif Session.paced_send and passthrough.SHORT_PATH:
+            self.mouth = self.paced = PacedMouth(voice.silence_packet)
+        else:
+            self.mouth = self.track = SpeechTrack(voice.silence_packet)
         self.channel: Any = None
         self.sinks: list[EventSink] = []  # the data channel or the WebSocket, plus any sideband sockets
         self.items: dict[str, dict[str, Any]] = {}
@@ -162,7 +171,7 @@ class Session:
 
     async def accept(self, offer_sdp: str) -> str:
         """Answer the client's offer; our speech goes out on the offer's audio m-line."""
-        assert self.pc is not None and self.track is not None, "accept() is for WebRTC sessions"
+        assert self.pc is not None and (self.paced or self.track) is not None, "accept() is for WebRTC sessions"
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
@@ -174,7 +183,7 @@ class Session:
                 400, f"Invalid SDP offer: it cannot be parsed ({type(e).__name__}: {why})",
                 code="invalid_offer", param="sdp",
             ) from e
-        self.pc.addTrack(self.track)
+        self._attach_mouth()
         try:
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         except Exception as e:
@@ -185,6 +194,26 @@ class Session:
                 code="invalid_offer", param="sdp",
             ) from e
         return str(self.pc.localDescription.sdp)
+
+    def _attach_mouth(self) -> None:
+        """Our speech goes out on the offer's (first) audio transceiver: sent by the pacer, or by aiortc's send loop
+        when its internals are not what the pacer's sender hooks (or the offer has no audio transceiver)."""
+        assert self.pc is not None
+        if self.paced is not None:
+            transceiver = next(
+                (t for t in self.pc.getTransceivers() if t.kind == "audio" and t.sender.track is None), None
+            )
+            try:
+                if transceiver is None:
+                    raise AiortcIncompatible("the offer has no audio transceiver to send on")
+                self.paced.bind(transceiver)
+                return
+            except AiortcIncompatible as e:
+                log.warning("session %s: speaking through aiortc's send loop: %s", self.id, e)
+            self.paced = None
+            self.mouth = self.track = SpeechTrack(self.voice.silence_packet)  # nothing was played yet
+        assert self.track is not None
+        self.pc.addTrack(self.track)
 
     def _on_datachannel(self, channel: Any) -> None:
         if channel.label != "oai-events" or self.channel is not None:

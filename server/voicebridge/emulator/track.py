@@ -1,9 +1,11 @@
-"""The emulated model's mouth: an audio track that sends cached Opus packets at real-time pace, silence when
-idle.
+"""The lines a mouth plays (Playback, PlaybackQueue), and the emulated model's mouth as an aiortc audio track that
+sends cached Opus packets at real-time pace, silence when idle.
 
-aiortc's sender passes an `av.Packet` from `recv()` straight to RTP without encoding, so speech costs no CPU
-beyond
-the packet bookkeeping. Timestamps stay continuous across lines and silence (one 20 ms step per packet).
+A WebRTC session speaks through mouth.py's paced sender; this track (pulled by aiortc's per-session send loop) is
+its fallback when aiortc's internals changed, with VOICEBRIDGE_SHORT_PATH=0 and in the bench's baseline, and the
+test clients' microphone. aiortc's sender passes an `av.Packet` from `recv()` straight to RTP without encoding, so
+speech costs no CPU beyond the packet bookkeeping. Timestamps stay continuous across lines and silence (one 20 ms
+step per packet).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class Playback:
 
 
 class PlaybackQueue:
-    """The lines a mouth has to say, in order: what the WebRTC track and the WebSocket delta sender share."""
+    """The lines a mouth has to say, in order: what the WebRTC senders (mouth.py's paced one, this track) and the
+    WebSocket delta sender share."""
 
     def __init__(self) -> None:
         self._queue: deque[Playback] = deque()
@@ -72,6 +75,31 @@ class PlaybackQueue:
         for p in dropped:
             p._finish(False)
         return dropped
+
+    def play(self, packets: Sequence[bytes], tag: str) -> Playback:
+        """Queue a line; it plays after those queued before it."""
+        playback = Playback(packets, tag)
+        if not playback.packets:
+            playback._finish(True)
+        else:
+            self._queue.append(playback)
+        return playback
+
+    def next_packet(self, silence: bytes) -> tuple[bytes, Playback | None]:
+        """The packet to send now: the playing line's next one (its `started` resolves at the first), else
+        `silence`; and the line whose last packet this is (taken off the queue; the sender finishes it once that
+        packet has left)."""
+        if not self._queue:
+            return silence, None
+        head = self._queue[0]
+        payload = head.packets[head.sent]
+        if head.sent == 0 and not head.started.done():
+            head.started.set_result(True)
+        head.sent += 1
+        if head.sent < len(head.packets):
+            return payload, None
+        self._queue.popleft()
+        return payload, head
 
     def drop(self, tag: str) -> list[Playback]:
         """Drop the queued or playing lines of one response (a cancelled response stops speaking)."""
@@ -98,14 +126,6 @@ class SpeechTrack(MediaStreamTrack, PlaybackQueue):
     def current(self) -> Playback | None:
         return self._queue[0] if self._queue else None
 
-    def play(self, packets: Sequence[bytes], tag: str) -> Playback:
-        playback = Playback(packets, tag)
-        if not playback.packets:
-            playback._finish(True)
-        else:
-            self._queue.append(playback)
-        return playback
-
     def stop(self) -> None:
         self.clear()
         if self._last is not None:
@@ -130,16 +150,7 @@ class SpeechTrack(MediaStreamTrack, PlaybackQueue):
             if self.readyState != "live":
                 raise MediaStreamError
         self._next_time += FRAME_S
-        payload = self._silence
-        if self._queue:
-            head = self._queue[0]
-            payload = head.packets[head.sent]
-            if head.sent == 0 and not head.started.done():
-                head.started.set_result(True)
-            head.sent += 1
-            if head.sent == len(head.packets):
-                self._queue.popleft()
-                self._last = head
+        payload, self._last = self.next_packet(self._silence)
         packet = av.Packet(payload)
         packet.pts = self._pts
         packet.time_base = TIME_BASE
