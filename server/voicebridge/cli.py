@@ -53,6 +53,8 @@ def _whole_number(text: str, least: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from voicebridge.batch.args import add_emulator_workers
+
     p = argparse.ArgumentParser(prog="voicebridge", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=_port, default=8080)
     s.add_argument("--artifacts", type=Path, default=Path("calls"), help="where each call's folder is written")
     s.add_argument("--emulator-url", default="", help="use an emulator already running at this /v1 URL")
+    add_emulator_workers(s, "0")
     s.add_argument("--cert", type=Path, default=None, help="TLS certificate, PEM (off loopback: certs/dev-cert.pem)")
     s.add_argument("--key", type=Path, default=None, help="TLS private key, PEM (off loopback: certs/dev-key.pem)")
     s.add_argument(
@@ -108,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON object as stdout's last line")
     c.add_argument("--out", type=Path, default=None, help="folder for the call's artifacts (default calls/<id>)")
     c.add_argument("--emulator-url", default="", help="use an emulator already running at this /v1 URL")
+    add_emulator_workers(c, "0")
     for role in ("caller", "cs"):
         c.add_argument(
             f"--{role}-transport",

@@ -28,6 +28,10 @@ DEFAULT_EMULATOR_PORT = 8765
 # The SDK insists on a key; the emulator accepts any, so a harmless placeholder stands in for none.
 EMULATOR_KEY = "sk-emulator"
 
+# Where an offline run's emulator lives: "0" in this process (embedded), N or "auto" in child processes
+# (`voicebridge emulator --workers N`); the flag `--emulator-workers` wins (see emulator_workers below).
+EMULATOR_WORKERS_ENV = "VOICEBRIDGE_EMULATOR_WORKERS"
+
 log = logging.getLogger(__name__)
 
 
@@ -95,3 +99,17 @@ def endpoint_from_env(env: Mapping[str, str]) -> tuple[str, str]:
             "(set OPENAI_API_KEY to use it, or VOICEBRIDGE_BASE_URL for an endpoint that needs no key)"
         )
     return "", ""
+
+
+def emulator_workers(flag: str | None, default: str = "0", env: Mapping[str, str] | None = None) -> str:
+    """The offline emulator's processes: the flag, else VOICEBRIDGE_EMULATOR_WORKERS, else `default`; "0" (in this
+    process), a whole number N >= 1 (a child `voicebridge emulator --workers N`) or "auto" (one worker per usable
+    core). ValueError names a bad value and where it came from."""
+    env = os.environ if env is None else env
+    source, text = ("--emulator-workers", flag) if flag is not None else (EMULATOR_WORKERS_ENV, env.get(
+        EMULATOR_WORKERS_ENV, "").strip() or None)
+    if text is None:
+        return default
+    if text == "auto" or (text.isascii() and text.isdigit()):
+        return text if text == "auto" else str(int(text))
+    raise ValueError(f"{source} must be 0 (this process), a whole number of processes or `auto`, got {text!r}")

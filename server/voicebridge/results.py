@@ -656,6 +656,8 @@ class BatchReport(Record):
     """Calls refused at least once (and then retried)."""
     gave_up: int = 0
     """Calls refused on every attempt: failed without ever starting (their error says so)."""
+    peak_live: int = 0
+    """The most calls live at once (set up and not yet ended): whether `concurrency` calls really ran together."""
 
     def headline(self) -> dict[str, Any]:
         """The report without its per-call rows, as JSON (for --json and the console)."""

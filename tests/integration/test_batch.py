@@ -149,9 +149,25 @@ def test_cli_runs_a_batch_and_prints_the_headline(tmp_path: Path) -> None:
     assert re.search(r"\[\d/2\] batch_\w+ ok caller_hangup", p.stderr)  # progress, one line per call off a tty
 
 
+def test_cli_batch_with_the_emulator_in_child_processes(tmp_path: Path) -> None:
+    """`--emulator-workers 2`: the emulator runs as `voicebridge emulator --workers 2`, a child of the batch (its
+    sessions named by their worker, its log in the batch folder), not in the batch's own process."""
+    out = tmp_path / "children"
+    p = run_cli(
+        "--scenario", "quick_bye", "--calls", "2", "--concurrency", "2", "--out", str(out), "--json",
+        "--emulator-workers", "2",
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    headline = json.loads(p.stdout.strip().splitlines()[-1])
+    assert (headline["total"], headline["succeeded"]) == (2, 2)
+    assert 1 <= headline["peak_live"] <= 2 and "peak live calls at once" in p.stderr
+    assert re.search(r"session rtc_\w+_w[01] closed", (out / "emulator.log").read_text())
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--emulator-workers", "two"], "expected 0, a whole number of processes or `auto`, got 'two'"),
         (["--calls", "0"], "expected a number from 1 to 100000, got 0"),
         (["--concurrency", "many"], "expected a whole number, got 'many'"),
         (["--scenario", "no_such_scenario"], "bad scenario: no scenario named 'no_such_scenario'"),

@@ -177,3 +177,23 @@ async def test_a_killed_worker_is_restarted_and_sigterm_ends_them_all(group: Gro
     assert await asyncio.to_thread(group.proc.wait, 60) == 0
     # The parent waits for its workers before it exits, so they are gone by now.
     assert not any(alive(p) for p in workers), f"workers left running: {workers}"
+
+
+async def test_a_child_emulator_is_given_no_openai_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulator needs no key: a child started for a batch or a soak (and its workers) never has it."""
+    from voicebridge.batch.emulator_process import emulator_process
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-for-the-emulator")
+    async with emulator_process([], tmp_path / "emulator.log", workers="2") as child:
+        workers = children(child.pid)
+        assert len(workers) == 2  # (their recognition processes are their children, not the parent's)
+        for pid in [child.pid, *workers]:
+            assert not any(v.startswith("OPENAI_API_KEY=") for v in environ(pid)), pid
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def environ(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")

@@ -83,3 +83,21 @@ def test_the_module_sits_at_the_bottom_of_the_import_graph() -> None:
         )
     }
     assert not any(name.startswith(("voicebridge", ".")) for name in imported), imported
+
+
+def test_peak_live_counts_the_calls_live_at_once() -> None:
+    """From each call's start, set-up time and duration: overlapping calls count together, back to back do not,
+    and one that never went live not at all."""
+    from tests.summaries import make_summary
+    from voicebridge.batch.report import peak_live
+    from voicebridge.results import BatchCall
+
+    def call(start: float, setup: float | None, duration: float) -> BatchCall:
+        return BatchCall(summary=make_summary(started_at=start, duration_s=duration), setup_s=setup)
+
+    overlapping = [call(0, 1, 10), call(2, 1, 10), call(5, 1, 3)]
+    assert peak_live(overlapping) == 3
+    back_to_back = [call(0, 1, 10), call(9, 1, 5)]  # the second goes live (10) as the first ends (10)
+    assert peak_live(back_to_back) == 1
+    assert peak_live([call(0, None, 10), call(1, 1, 3)]) == 1
+    assert peak_live([]) == 0

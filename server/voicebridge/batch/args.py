@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 MAX_CALLS = 100_000
+# Where batch and test run the emulator when there is no endpoint (config.emulator_workers): see README "Overload".
+EMULATOR_WORKERS = "0"
 
 
 def count(text: str) -> int:
@@ -18,6 +20,22 @@ def count(text: str) -> int:
     return value
 
 
+def emulator_workers(text: str) -> str:
+    if text == "auto" or (text.isascii() and text.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected 0, a whole number of processes or `auto`, got {text!r}")
+
+
+def add_emulator_workers(p: argparse.ArgumentParser, default: str) -> None:
+    """`--emulator-workers`: where the emulator runs when there is no endpoint (config.emulator_workers)."""
+    p.add_argument(
+        "--emulator-workers", type=emulator_workers, default=None, metavar="N",
+        help="with no endpoint, where the emulator runs: 0 = in this process, N = N processes of its own "
+        f"(`voicebridge emulator --workers N`, a child), auto = one per usable core (default {default}, "
+        "VOICEBRIDGE_EMULATOR_WORKERS)",
+    )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", default="late_order", help="a built-in scenario name or a scenario file path")
     p.add_argument("--calls", type=count, default=10, help="how many calls in all (default 10)")
@@ -25,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="report folder (default batches/<batch_id>)")
     p.add_argument("--json", action="store_true", help="print the report's headline as stdout's last line")
     p.add_argument("--emulator-url", default="", help="use an emulator already running at this /v1 URL")
+    add_emulator_workers(p, EMULATOR_WORKERS)
     p.add_argument(
         "--max-attempts", type=count, default=12,
         help="tries per call while the Realtime server refuses to create it (429/503: at capacity), backing off "

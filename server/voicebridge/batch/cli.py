@@ -32,6 +32,7 @@ from voicebridge.observability.metrics import Metrics
 from voicebridge.results import BatchReport
 from voicebridge.scenarios.model import Scenario, ScenarioError, load_scenario
 
+from .args import EMULATOR_WORKERS
 from .html import render
 from .progress import ProgressBar
 from .report import build_report, write_json
@@ -65,6 +66,7 @@ class RunOptions(TypedDict, total=False):
     """How `run_calls` runs its calls (`run_batch` passes them on)."""
 
     emulator_url: str  # an emulator already running; "" for the usual choice (backend.py)
+    emulator_workers: str | None  # --emulator-workers (backend.py); None: VOICEBRIDGE_EMULATOR_WORKERS or default
     batch_id: str | None
     progress: Progress | None
     metrics: Metrics | None
@@ -91,7 +93,10 @@ async def run_calls(
     the live calls; the result covers what ran (call i is `runner.call_id(i)`)."""
     out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before any call: nothing to block)
     distinct = list({s.path or s.name: s for s in scenarios}.values())
-    async with realtime_backend(distinct, options.get("emulator_url", "")) as backend:
+    async with realtime_backend(
+        distinct, options.get("emulator_url", ""), emulator_workers_flag=options.get("emulator_workers"),
+        emulator_workers_default=EMULATOR_WORKERS, emulator_log=out_dir / "emulator.log",
+    ) as backend:
         settings = backend.settings
         runner = BatchRunner(
             scenarios[0], settings, out_dir, concurrency=concurrency, batch_id=options.get("batch_id"),
@@ -194,6 +199,7 @@ def print_headline(report: BatchReport, out_dir: Path, stream: TextIO) -> None:
             f"retried, {report.gave_up} gave up",
             file=stream,
         )
+    print(f"  peak live calls at once: {report.peak_live} (concurrency {report.concurrency})", file=stream)
     if report.workers:
         print(f"  calls per worker: {json.dumps(report.workers)}", file=stream)
     d, tl = report.duration_s, report.turn_latency_s
@@ -223,6 +229,7 @@ async def _main(args: argparse.Namespace) -> int:
             result, report = await run_batch(
                 scenario, args.calls, args.concurrency, out_dir, emulator_url=args.emulator_url,
                 batch_id=batch_id, progress=bar, retry=RetryPolicy(attempts=args.max_attempts),
+                emulator_workers=args.emulator_workers,
             )
     finally:
         bar.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 from voicebridge.extras import require
 from voicebridge.scenarios.model import BUILTIN_DIR, Scenario
 
-START_TIMEOUT_S = 60.0  # a cold start imports aiortc, av and pocketsphinx: seconds on a loaded machine
+START_TIMEOUT_S = 120.0  # a cold start imports aiortc, av and pocketsphinx (per worker): seconds when loaded
 STOP_TIMEOUT_S = 15.0
 _READY = "serving the Realtime GA API at "
 _BOOTSTRAP = (
@@ -56,7 +56,7 @@ class ProcessResources:
 class EmulatorProcess:
     url: str
     pid: int
-    log_path: Path
+    log_path: Path | None  # None: its log went to this process's stderr
 
     def resources(self) -> ProcessResources | None:
         try:
@@ -70,6 +70,8 @@ class EmulatorProcess:
             os.kill(self.pid, signal.SIGUSR2)
 
     def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None:
+            return ""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
@@ -77,16 +79,23 @@ class EmulatorProcess:
 
 
 @contextlib.asynccontextmanager
-async def emulator_process(scenarios: Sequence[Scenario], log_path: Path) -> AsyncIterator[EmulatorProcess]:
-    """Start the emulator as a child process on a free loopback port; stop it (SIGTERM, then SIGKILL)."""
+async def emulator_process(
+    scenarios: Sequence[Scenario], log_path: Path | None, workers: str = "1"
+) -> AsyncIterator[EmulatorProcess]:
+    """Start the emulator as a child process on a free loopback port (`workers`: its `--workers`, N processes
+    behind the one URL); stop it (SIGTERM, then SIGKILL). Its log goes to `log_path` (None: this stderr). It is
+    given no OpenAI key: it needs none."""
     require("emulator")  # here, not as a child that dies into its log file
     args = [sys.executable, "-c", _BOOTSTRAP, "emulator", "--host", "127.0.0.1", "--port", "0"]
+    if workers != "1":
+        args += ["--workers", workers]
     for s in scenarios:
         if s.path is not None and s.path.parent.resolve() != BUILTIN_DIR.resolve():
             args += ["--scenario", str(s.path)]
-    log = open(log_path, "ab")  # noqa: ASYNC230 (opened once, before anything runs)
+    log = open(log_path, "ab") if log_path is not None else None  # noqa: ASYNC230 (once, before anything runs)
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL
+        *args, stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL, env=env
     )
     try:
         url = await asyncio.wait_for(_ready_url(proc), START_TIMEOUT_S)
@@ -108,7 +117,8 @@ async def emulator_process(scenarios: Sequence[Scenario], log_path: Path) -> Asy
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-        log.close()
+        if log is not None:
+            log.close()
 
 
 async def _ready_url(proc: asyncio.subprocess.Process) -> str:

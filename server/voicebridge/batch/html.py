@@ -127,6 +127,7 @@ def render(report: BatchReport, figures: dict[str, str] | None = None) -> str:
         f"<div class=card><b>{_num(report.turn_latency_s.p50, '{:.2f}')} s</b>turn latency p50</div>",
         f"<div class=card><b>{report.refusals}</b>refused at creation ({report.retried} calls retried, "
         f"{report.gave_up} gave up)</div>",
+        f"<div class=card><b>{report.peak_live}</b>live at once at most (concurrency {report.concurrency})</div>",
         "</div>",
     ]
     figs = plots(report)

@@ -170,6 +170,21 @@ def _failed_criteria(summary: CallSummary) -> str | None:
     return f"criteria failed: {', '.join(failed)}" if failed else None
 
 
+def peak_live(calls: list[BatchCall]) -> int:
+    """The most calls live at once: each from its start plus its set-up time (it went live) to its end."""
+    edges: list[tuple[float, int]] = []
+    for c in calls:
+        if c.setup_s is None:
+            continue  # never went live
+        s = c.summary
+        edges += [(s.started_at + c.setup_s, 1), (s.started_at + max(s.duration_s, c.setup_s), -1)]
+    live = peak = 0
+    for _, step in sorted(edges):  # at a tie an end comes first (-1 < 1): back to back is not at once
+        live += step
+        peak = max(peak, live)
+    return peak
+
+
 def build_report(result: BatchResult, report_dir: Path | None = None) -> BatchReport:
     report_dir = Path(report_dir or result.out_dir)
     sums = result.summaries
@@ -207,6 +222,7 @@ def build_report(result: BatchResult, report_dir: Path | None = None) -> BatchRe
         refusals=sum(c.refusals for c in result.calls),
         retried=sum(1 for c in result.calls if c.refusals),
         gave_up=sum(1 for c in result.calls if c.gave_up),
+        peak_live=peak_live(result.calls),
         workers=dict(sorted(Counter(c.worker for c in result.calls if c.worker is not None).items())),
         calls=[_call_row(c, report_dir) for c in result.calls],
     )

@@ -222,7 +222,9 @@ async def soak(
             if emulator == "process":
                 child = await stack.enter_async_context(emulator_process([scenario], folder / "emulator.log"))
             backend = await stack.enter_async_context(
-                realtime_backend([scenario], child.url if child else "", force_emulator=True)
+                realtime_backend(
+                    [scenario], child.url if child else "", force_emulator=True, emulator_workers_flag="0"
+                )
             )
             settings, embedded = backend.settings, backend.emulator
 

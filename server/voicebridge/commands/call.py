@@ -121,7 +121,9 @@ async def _main(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     scenario = with_impairment(scenario, getattr(args, "impair", None), getattr(args, "impair_seed", None))
     check_scenario(scenario)  # bad criteria are scenario errors before any call is placed
-    async with realtime_backend([scenario], args.emulator_url) as backend:
+    async with realtime_backend(
+        [scenario], args.emulator_url, emulator_workers_flag=getattr(args, "emulator_workers", None)
+    ) as backend:
         print(f"Realtime backend: {backend.description}", file=sys.stderr)
         transports = (getattr(args, "caller_transport", "webrtc"), getattr(args, "cs_transport", "webrtc"))
         summary = await run_call(scenario, backend.settings, args.out, transports=transports)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from voicebridge.batch.args import count
+from voicebridge.batch.args import EMULATOR_WORKERS, add_emulator_workers, count
 
 
 def rate(text: str) -> float:
@@ -43,6 +43,7 @@ def add_test_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print report.json's object as stdout's last line")
     p.add_argument("--emulator-url", default="", help="use an emulator already running at this /v1 URL")
+    add_emulator_workers(p, EMULATOR_WORKERS)
     p.add_argument(
         "--redis", default="", metavar="URL",
         help="run the calls on the cluster's bridge workers sharing this Redis, redis://[:PASSWORD@]HOST:PORT/DB "

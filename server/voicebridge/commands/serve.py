@@ -54,6 +54,7 @@ async def _serve(args: argparse.Namespace) -> int:
     async with realtime_backend(
         emulator_url=args.emulator_url,
         browsers_off_loopback=not is_loopback_host(args.host),
+        emulator_workers_flag=getattr(args, "emulator_workers", None),
         artifacts_dir=args.artifacts,
     ) as backend:
         return await _run_server(args, backend, policy, ssl_context)

@@ -183,7 +183,7 @@ async def _main(args: argparse.Namespace) -> int:
         else:
             result = await run_calls(
                 [j.scenario for j in jobs], args.concurrency, out_dir, emulator_url=args.emulator_url,
-                batch_id=test_id, progress=bar,
+                batch_id=test_id, progress=bar, emulator_workers=getattr(args, "emulator_workers", None),
             )
     finally:
         bar.close()
