@@ -144,3 +144,44 @@ def test_the_generic_reply_heard_asks_for_the_last_line_again() -> None:
     again = s.on_heard(normalize_phrase(GENERIC_REPLY))  # a tool call is not a line: the last line still is
     assert again is not None and again.say == "Hi, what is your order number?" and again.call is None
     assert _persona_script([{"hear": "goodbye"}]).phrases == ["goodbye"]  # nothing to repeat: not listened for
+
+
+def test_asked_back_after_asking_it_asks_again_in_other_words_and_that_gets_the_last_line() -> None:
+    """The other side missed this persona's question and asked back: it asks again ("I was asking you") rather
+    than repeating an older line of its script; told so, the other side says its own last line again."""
+    from voicebridge.emulator.persona import ASK_AGAIN, ASK_AGAIN_REPLY, FALLBACK_PHRASES
+    from voicebridge.scenarios import normalize_phrase
+
+    agent = _persona_script([{"on": "start", "say": "Welcome."}, {"hear": "my order", "say": "Which one?"}])
+    assert set(FALLBACK_PHRASES) <= set(agent.phrases)  # it hears all three
+    assert agent.on_start().say == "Welcome."  # type: ignore[union-attr]
+    assert agent.on_heard("") is GENERIC  # the caller's line was lost: ask
+    assert agent.on_heard(normalize_phrase(GENERIC_REPLY)) is ASK_AGAIN  # not "Welcome." again
+    assert agent.on_heard(normalize_phrase(GENERIC_REPLY)) is ASK_AGAIN
+    assert agent.on_heard("my order").say == "Which one?"  # type: ignore[union-attr]
+    again = agent.on_heard(normalize_phrase(ASK_AGAIN_REPLY))  # it was asked for its line: the last one
+    assert again is not None and again.say == "Which one?"
+    assert agent.on_heard(normalize_phrase(GENERIC_REPLY)).say == "Which one?"  # type: ignore[union-attr]
+
+
+def test_after_max_repeats_in_a_row_a_persona_that_can_hang_up_gives_up_and_one_that_cannot_goes_on() -> None:
+    from voicebridge.emulator.persona import GIVE_UP, GIVE_UP_REPLY, MAX_REPEATS
+    from voicebridge.scenarios import normalize_phrase
+
+    caller = _persona_script([{"hear": "welcome", "say": "My order is late."}, {"hear": "refunded", "hangup": True}])
+    agent = _persona_script([{"on": "start", "say": "Welcome."}])
+    assert caller.can_hang_up and not agent.can_hang_up
+    assert caller.on_heard("welcome").say == "My order is late."  # type: ignore[union-attr]
+    asked = normalize_phrase(GENERIC_REPLY)
+    replies = [caller.on_heard(asked) for _ in range(MAX_REPEATS + 1)]
+    assert [r.say for r in replies[:MAX_REPEATS]] == ["My order is late."] * MAX_REPEATS  # type: ignore[union-attr]
+    assert replies[MAX_REPEATS] is GIVE_UP and GIVE_UP.hangup and GIVE_UP.say == GIVE_UP_REPLY
+    assert [agent.on_heard("") for _ in range(MAX_REPEATS + 3)] == [GENERIC] * (MAX_REPEATS + 3)
+    # Progress resets the count: a rule that fires starts it again from zero.
+    caller = _persona_script([{"hear": "welcome", "say": "Hi."}, {"hear": "which one", "say": "Four."}])
+    for _ in range(MAX_REPEATS):
+        caller.on_heard("")
+    assert caller.on_heard("welcome").say == "Hi."  # type: ignore[union-attr]
+    assert [caller.on_heard("") for _ in range(MAX_REPEATS)] == [GENERIC] * MAX_REPEATS
+    # The other side giving up is heard and left alone (it hangs up), whatever else this persona would say.
+    assert agent.on_heard(normalize_phrase(GIVE_UP_REPLY)) is None

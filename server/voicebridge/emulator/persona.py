@@ -5,10 +5,17 @@ clients
 must stay unmodified). Matching rules, in short (README "Scenario files" has the long form):
 - `hear`: the transcript may hold several phrases; the LAST one in transcript order picks the rule.
 - a rule with no action means "heard it, stay silent"; a `once` rule fires at most once per session.
-- anything heard but unscripted, or not recognised at all, gets a polite generic reply, never an exception.
-- hearing the other side's generic reply (it did not catch what this persona said), the persona says its last line
-  again: one line lost to a bad network is asked for and repeated, as people do, instead of ending the call in a
-  loop of apologies.
+- anything heard but unscripted, or not recognised at all, gets a polite generic reply (GENERIC_REPLY: "say it
+  again"), never an exception.
+- asked to say it again (the other side's generic reply), the persona says its last line again, the line it was
+  going to say if that one was cut off: one line lost to a bad network is asked for and repeated, as people do. Its
+  last line is the one it said last, never an older one: a persona that asked and is asked back (the other side
+  missed the question) does not restart its script but asks again in other words (ASK_AGAIN_REPLY: "I was asking
+  you"), and hearing that, the other side says its own last line again.
+- replies that get nowhere (asking, or repeating when asked) are counted; after MAX_REPEATS in a row a persona that
+  can hang up (a rule with `hangup`) says GIVE_UP_REPLY and hangs up, and the other side, hearing it, stays silent.
+  So a line that never gets through ends the call with that reason in the transcript, never at max_duration.
+- every persona with lines hears these three fallback lines (they are in its recognizer's grammar).
 - a barge-in rule (`interrupt_after_ms`) never answers a finished turn: the session asks `cut_in` while the other
   party is still talking, and it fires there once armed (at once, or after its `hear` phrase was heard).
 """
@@ -29,6 +36,9 @@ from voicebridge.scenarios.model import Persona, Scenario, ScriptRule, ToolCallS
 log = logging.getLogger(__name__)
 
 GENERIC_REPLY = "Sorry, I did not catch that. Could you say it again?"
+ASK_AGAIN_REPLY = "I was asking you: please repeat what you said before."
+GIVE_UP_REPLY = "Sorry, the line is too bad and we cannot hear each other. I will call back later. Goodbye."
+MAX_REPEATS = 3  # replies in a row that get nowhere before a persona that can hang up gives up (the next one)
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w]*)\.([A-Za-z_][\w.]*)(?:\|(\w+))?\}")
 _DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -44,7 +54,12 @@ class Action:
 
 
 GENERIC = Action(say=GENERIC_REPLY)
+ASK_AGAIN = Action(say=ASK_AGAIN_REPLY)
+GIVE_UP = Action(say=GIVE_UP_REPLY, hangup=True)
 _GENERIC_HEARD = normalize_phrase(GENERIC_REPLY)
+_ASK_AGAIN_HEARD = normalize_phrase(ASK_AGAIN_REPLY)
+_GIVE_UP_HEARD = normalize_phrase(GIVE_UP_REPLY)
+FALLBACK_PHRASES = (_GENERIC_HEARD, _ASK_AGAIN_HEARD, _GIVE_UP_HEARD)  # what every persona with lines hears
 
 
 class PersonaBook:
@@ -105,12 +120,21 @@ class Script:
     started: bool = False
     history: list[str] = field(default_factory=list)  # every transcript heard, normalized (arms barge-in rules)
     last_said: str | None = None  # the last scripted line said (rendered): what a generic reply asks to repeat
+    asking: bool = False  # its last reply asked the other side to say it again (and nothing was fired since)
+    stalled: int = 0  # replies in a row that got nowhere: asking, or repeating when asked (MAX_REPEATS)
 
     def scratch(self) -> Script:
         """A copy that knows what this one knows (rules fired, tool outputs) but changes nothing here: what an
         out-of-band response answers with, so the conversation's own script is untouched."""
         return Script(
-            self.persona, set(self.fired), dict(self.tool_outputs), self.started, list(self.history), self.last_said
+            self.persona,
+            set(self.fired),
+            dict(self.tool_outputs),
+            self.started,
+            list(self.history),
+            self.last_said,
+            self.asking,
+            self.stalled,
         )
 
     # -- barge-in ------------------------------------------------------------------------------------------
@@ -153,14 +177,19 @@ class Script:
 
     @property
     def phrases(self) -> list[str]:
-        """What this persona may hear: the recognizer's grammar (its `hear` phrases, and the generic reply when it
+        """What this persona may hear: the recognizer's grammar (its `hear` phrases, and the fallback lines when it
         has lines to repeat)."""
         if self.persona is None:
             return []
         heard = [r.hear for r in self.persona.script if r.hear]
         if any(r.say for r in self.persona.script):
-            heard.append(_GENERIC_HEARD)
+            heard += FALLBACK_PHRASES
         return heard
+
+    @property
+    def can_hang_up(self) -> bool:
+        """The persona may end the call (a rule of its script calls `hangup`): it is the one that gives up."""
+        return self.persona is not None and any(r.hangup for r in self.persona.script)
 
     def _rules(self) -> Iterable[tuple[int, ScriptRule]]:
         if self.persona is None:
@@ -169,6 +198,7 @@ class Script:
 
     def _fire(self, index: int, rule: ScriptRule) -> Action | None:
         self.fired.add(index)
+        self.asking, self.stalled = False, 0  # the conversation moved on
         if rule.silent:
             return None
         say = self.render(rule.say) if rule.say is not None else None
@@ -207,14 +237,34 @@ class Script:
         return None if best is None else (best[1], best[2])
 
     def on_heard(self, transcript: str | None) -> Action | None:
-        """The rule whose phrase occurs last in the transcript; else the last line again when the other side said
-        the generic reply (it did not catch it); else GENERIC (nothing scripted, or nothing recognised)."""
+        """The rule whose phrase occurs last in the transcript; else what a fallback line heard asks for (see
+        `_unscripted`)."""
         self.started = True
         found = self._match(transcript)
         if found is None:
-            asked = f" {_GENERIC_HEARD} " in f" {normalize_phrase(transcript or '')} "
-            return Action(say=self.last_said) if asked and self.last_said else GENERIC
+            return self._unscripted(normalize_phrase(transcript or ""))
         return self._fire(*found)
+
+    def _unscripted(self, text: str) -> Action | None:
+        """No rule for what was heard. The other side giving up: silence (it hangs up). Past MAX_REPEATS replies
+        that got nowhere, a persona that can hang up gives up. Else: asked to say it again, the last line again,
+        unless this persona's own last reply was that question (the other side missed it: ask again, in other
+        words); told "I was asking you", the last line again; anything else (or nothing to repeat), GENERIC."""
+        heard = f" {text} "
+        if f" {_GIVE_UP_HEARD} " in heard:
+            return None
+        self.stalled += 1
+        if self.stalled > MAX_REPEATS and self.can_hang_up:
+            return GIVE_UP
+        if self.last_said and (
+            f" {_ASK_AGAIN_HEARD} " in heard or (f" {_GENERIC_HEARD} " in heard and not self.asking)
+        ):
+            self.asking = False
+            return Action(say=self.last_said)
+        if f" {_GENERIC_HEARD} " in heard and self.asking:
+            return ASK_AGAIN
+        self.asking = True
+        return GENERIC
 
     def on_typed(self, text: str) -> Action | None:
         """User text items (context seeded before the first turn): a scripted phrase in them is answered like
