@@ -5,7 +5,8 @@ was before issue 17 (the baseline) beside the emulator as shipped, measured in t
 Two emulator processes run side by side, so the baseline and the new way meet the same machine load: the baseline
 with the old ways switched back on (`_as_before`: aiortc's jitter buffer and decoder thread hand every packet,
 decoded, to the session's track reader; pocketsphinx runs in a thread of the emulator's own process, where it
-holds the GIL for the whole utterance), the other as shipped. A driver process per emulator (so that the peers'
+holds the GIL for the whole utterance; aiortc's send loop pulls each session's speech from its track), the other as
+shipped (speech sent by the process's pacer through `OutboundAudio`: emulator/mouth.py). A driver process per emulator (so that the peers'
 own CPU is split too) drives the same number of WebRTC sessions on 127.0.0.1 into it: cheap peers that send cached
 Opus packets SFU style (`OutboundAudio`, no encoder) and take the emulator's audio off their receiver
 (`InboundTap`, no decoder). Each emulator's CPU (its process and
