@@ -13,9 +13,10 @@ must stay unmodified). Matching rules, in short (README "Scenario files" has the
   missed the question) does not restart its script but asks again in other words (ASK_AGAIN_REPLY: "I was asking
   you"), and hearing that, the other side says its own last line again.
 - replies that get nowhere (asking, or repeating when asked) are counted; after MAX_REPEATS in a row a persona that
-  can hang up (a rule with `hangup`) says GIVE_UP_REPLY and hangs up, and the other side, hearing it, stays silent.
-  So a line that never gets through ends the call with that reason in the transcript, never at max_duration.
-- every persona with lines hears these three fallback lines (they are in its recognizer's grammar).
+  can hang up (a rule with `hangup`) says GIVE_UP_REPLY and hangs up. So a line that never gets through ends the
+  call with that reason in the transcript, never at max_duration.
+- every persona with lines hears the two questions (FALLBACK_PHRASES are in its recognizer's grammar). GIVE_UP_REPLY
+  is not: the call ends with it, and every phrase in the grammar is one more that garbled audio can be taken for.
 - a barge-in rule (`interrupt_after_ms`) never answers a finished turn: the session asks `cut_in` while the other
   party is still talking, and it fires there once armed (at once, or after its `hear` phrase was heard).
 """
@@ -58,8 +59,7 @@ ASK_AGAIN = Action(say=ASK_AGAIN_REPLY)
 GIVE_UP = Action(say=GIVE_UP_REPLY, hangup=True)
 _GENERIC_HEARD = normalize_phrase(GENERIC_REPLY)
 _ASK_AGAIN_HEARD = normalize_phrase(ASK_AGAIN_REPLY)
-_GIVE_UP_HEARD = normalize_phrase(GIVE_UP_REPLY)
-FALLBACK_PHRASES = (_GENERIC_HEARD, _ASK_AGAIN_HEARD, _GIVE_UP_HEARD)  # what every persona with lines hears
+FALLBACK_PHRASES = (_GENERIC_HEARD, _ASK_AGAIN_HEARD)  # what every persona with lines hears
 
 
 class PersonaBook:
@@ -246,13 +246,11 @@ class Script:
         return self._fire(*found)
 
     def _unscripted(self, text: str) -> Action | None:
-        """No rule for what was heard. The other side giving up: silence (it hangs up). Past MAX_REPEATS replies
-        that got nowhere, a persona that can hang up gives up. Else: asked to say it again, the last line again,
-        unless this persona's own last reply was that question (the other side missed it: ask again, in other
-        words); told "I was asking you", the last line again; anything else (or nothing to repeat), GENERIC."""
+        """No rule for what was heard. Past MAX_REPEATS replies that got nowhere, a persona that can hang up gives
+        up. Else: asked to say it again, the last line again, unless this persona's own last reply was that
+        question (the other side missed it: ask again, in other words); told "I was asking you", the last line
+        again; anything else (or nothing to repeat), GENERIC."""
         heard = f" {text} "
-        if f" {_GIVE_UP_HEARD} " in heard:
-            return None
         self.stalled += 1
         if self.stalled > MAX_REPEATS and self.can_hang_up:
             return GIVE_UP
