@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from openai import AsyncOpenAI, NotFoundError
+from openai import AsyncOpenAI, NotFoundError, RateLimitError
 
 from tests.integration.conftest import Client, cs_session
 from tests.integration.test_ws_emulator import WsClient
@@ -66,11 +66,10 @@ class Group:
         return int(m.group(1)), m.group(2)
 
 
-@pytest.fixture
-def group() -> Iterator[Group]:
+def start_group(*flags: str, **env: str) -> Iterator[Group]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "voicebridge.cli", "emulator", "--workers", "2", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy(),
+        [sys.executable, "-m", "voicebridge.cli", "emulator", "--workers", "2", "--port", "0", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **env},
     )
     g = Group(proc)
     threading.Thread(target=g.read, daemon=True).start()
@@ -84,6 +83,17 @@ def group() -> Iterator[Group]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture
+def group() -> Iterator[Group]:
+    yield from start_group()
+
+
+@pytest.fixture
+def small_group() -> Iterator[Group]:
+    """Each worker holds one session (one core, one session per core)."""
+    yield from start_group("--sessions-per-core", "1", VOICEBRIDGE_CORES="1")
 
 
 def owner(call_id: str) -> int:
@@ -155,9 +165,27 @@ async def test_requests_about_a_session_reach_the_worker_that_owns_it(group: Gro
             await c.close()
 
 
-async def test_a_killed_worker_is_restarted_and_sigterm_ends_them_all(group: Group) -> None:
+async def test_a_full_worker_passes_sessions_on_a_killed_one_is_restarted_sigterm_ends_all(
+    small_group: Group,
+) -> None:
+    group = small_group
     await asyncio.to_thread(lambda: group.url)  # every worker serves
     pid, private = await asyncio.to_thread(group.worker, 1)
+    first = (await asyncio.to_thread(group.worker, 0))[1]
+    # Worker 0 takes one session; full, it passes the next one on to worker 1; with both full, a 429.
+    held = [Client(), Client()]
+    try:
+        assert owner(await held[0].connect(first, cs_session())) == 0
+        assert owner(await held[1].connect(first, cs_session())) == 1
+        refused = Client()
+        held.append(refused)
+        sdk = AsyncOpenAI(base_url=first, api_key="sk-test", max_retries=0)
+        with pytest.raises(RateLimitError):
+            await sdk.realtime.calls.create(sdp=await refused.offer(), session=cs_session())  # type: ignore[arg-type]
+        await sdk.close()
+    finally:
+        for c in held:
+            await c.close()
     mark = len(group.lines)
     os.kill(pid, signal.SIGKILL)
     restarted = await asyncio.to_thread(group.wait_line, r"emulator worker 1 restarted \(pid (\d+)\)", mark)

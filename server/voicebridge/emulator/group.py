@@ -8,6 +8,9 @@ index (`rtc_<24 characters>_w1`, `ek_<32 characters>_w1`), and a worker that get
 call or key passes it on, untouched, to that worker's private loopback port: plain HTTP as a request of its own
 (status, headers and body back as they came), a WebSocket as a second WebSocket pumped both ways.
 
+A worker that is full passes a new call made with an API key on to the next worker (at most once around the
+group, the count in a header): connections are spread evenly, not by load, so one worker may fill first.
+
 Ephemeral keys stay where they were minted, and a call made with one is made by the worker that minted it (the
 request is passed on like a hang-up): the key is good for one call, which only its minter can tell without shared
 state, and the session it was minted for (instructions, tools: up to a MiB) could not ride inside the key, a
@@ -43,6 +46,9 @@ _HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
     "upgrade", "content-length",
 }
+# How many workers a new session was passed on by because they were full (a worker passes on at most to every
+# other worker once, then answers itself).
+PASSED_ON = "X-Voicebridge-Passed-On"
 PROXY_TIMEOUT_S = 60.0  # a restarting owner accepts after its start-up (seconds); a hang-up's SDK waits 600 s
 
 
@@ -111,10 +117,13 @@ class Forwarder:
             await self._client.close()
             self._client = None
 
-    async def http(self, request: web.Request, owner: int) -> web.Response:
-        """The request as it came, answered by worker `owner`: its status, headers and body."""
+    async def http(self, request: web.Request, owner: int, passed_on: int = 0) -> web.Response:
+        """The request as it came, answered by worker `owner`: its status, headers and body. `passed_on`: a new
+        session passed on by that many full workers (PASSED_ON)."""
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP and k != PASSED_ON}
+        if passed_on:
+            headers[PASSED_ON] = str(passed_on)
         url = self.group.private_url(owner) + request.path_qs
         try:
             async with self._session().request(
@@ -206,6 +215,12 @@ def die_with_parent(parent: int) -> None:
     from .recognition import _die_with_parent  # here: the parent never loads the recognizer
 
     _die_with_parent(parent)
+
+
+def passed_on(request: web.Request) -> int:
+    """How many full workers passed this new session on (0: it came from a client)."""
+    text = request.headers.get(PASSED_ON, "0")
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 4 else 0
 
 
 def owned_elsewhere(group: Group | None, value: str) -> int | None:

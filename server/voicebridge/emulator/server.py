@@ -36,7 +36,7 @@ from voicebridge.scenarios.model import Scenario, ScenarioError, builtin_names
 
 from . import events as ev
 from . import ws
-from .group import WORKER_READY, Forwarder, Group, die_with_parent, group_status, owned_elsewhere
+from .group import WORKER_READY, Forwarder, Group, die_with_parent, group_status, owned_elsewhere, passed_on
 from .handlers import MAX_EVENT_BYTES
 from .keys import SECRET_TTL_DEFAULT_S, Keys, check_ttl
 from .limits import AcceptErrorFilter, Limits, SessionCounter, overloaded
@@ -305,6 +305,12 @@ class Emulator:
         key = self.keys.bearer(request)
         if self._forward is not None and (worker := owned_elsewhere(self.group, key)) is not None:
             return await self._forward.http(request, worker)  # an ephemeral key makes its call where it was minted
+        if self._forward is not None and self.group is not None and not key.startswith("ek_"):
+            # Full here: the next worker may have room (the kernel spreads connections evenly, not by load). Passed
+            # on at most once around the group, so every worker is asked once before the client hears a 429.
+            hops = passed_on(request)
+            if hops < self.group.size - 1 and self._full():
+                return await self._forward.http(request, (self.group.index + 1) % self.group.size, hops + 1)
         secret = self.keys.redeem(key) if key.startswith("ek_") else None  # authenticate before reading the body
         sdp, session = await self._read_offer(request)
         _check_offer(sdp)
@@ -346,6 +352,11 @@ class Emulator:
             content_type="application/sdp",
             headers={"Location": f"/v1/realtime/calls/{call_id}"},
         )
+
+    def _full(self) -> bool:
+        """Whether a new session would be refused now for capacity or the session limit (nothing counted)."""
+        live = len(self.counter)
+        return self.capacity.full(live) is not None or live >= self.limits.max_sessions
 
     def session_closed(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
