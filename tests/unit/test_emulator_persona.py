@@ -152,7 +152,12 @@ def test_asked_back_after_asking_it_asks_again_in_other_words_and_that_gets_the_
     from voicebridge.emulator.persona import ASK_AGAIN, ASK_AGAIN_REPLY, FALLBACK_PHRASES
     from voicebridge.scenarios import normalize_phrase
 
-    agent = _persona_script([{"on": "start", "say": "Welcome."}, {"hear": "my order", "say": "Which one?"}])
+    caller = [{"hear": "which one", "say": "Four."}]
+    agent_script = [{"on": "start", "say": "Welcome."}, {"hear": "my order", "say": "Which one?"}]
+    scenario = parse_scenario(
+        {"caller": {"instructions": "c", "script": caller}, "cs": {"instructions": "a", "script": agent_script}}
+    )
+    agent = Script(scenario.cs)
     assert set(FALLBACK_PHRASES) <= set(agent.phrases)  # it hears both questions
     assert agent.on_start().say == "Welcome."  # type: ignore[union-attr]
     assert agent.on_heard("") is GENERIC  # the caller's line was lost: ask
@@ -185,3 +190,26 @@ def test_after_max_repeats_in_a_row_a_persona_that_can_hang_up_gives_up_and_one_
     assert [caller.on_heard("") for _ in range(MAX_REPEATS)] == [GENERIC] * MAX_REPEATS
     # Giving up is not in the grammar (the call ends with it; garbled audio is never taken for it).
     assert normalize_phrase(GIVE_UP_REPLY) not in caller.phrases + agent.phrases
+
+
+def test_a_line_the_other_persona_cannot_understand_is_not_repeated_when_it_is_asked_for_by_name() -> None:
+    """barge_in's greeting is outside the caller's grammar (the caller only cuts into it). Told "I was asking
+    you", the agent asks the caller to speak rather than say the greeting again; asked "say it again", it does say
+    it (a caller that has not cut in yet will); a line the caller knows is repeated either way."""
+    from voicebridge.emulator.persona import ASK_AGAIN, ASK_AGAIN_REPLY
+    from voicebridge.scenarios import load_scenario, normalize_phrase
+
+    scenario = load_scenario("barge_in")
+    agent = Script(scenario.cs)
+    greeting = agent.on_start()
+    assert greeting is not None and greeting.say and not agent.understood(greeting.say)
+    assert agent.on_heard(normalize_phrase(ASK_AGAIN_REPLY)) is ASK_AGAIN
+    assert agent.on_heard(normalize_phrase(GENERIC_REPLY)) is ASK_AGAIN  # it asked last: it asks again
+    fresh = Script(scenario.cs)
+    fresh.on_start()
+    assert fresh.on_heard(normalize_phrase(GENERIC_REPLY)).say == greeting.say  # type: ignore[union-attr]
+    caller = Script(scenario.caller)
+    cut_in = caller.cut_in(5000)
+    assert cut_in is not None and cut_in.say and caller.understood(cut_in.say)
+    assert caller.on_heard(normalize_phrase(ASK_AGAIN_REPLY)).say == cut_in.say  # type: ignore[union-attr]
+    assert Script(parse_scenario({"caller": {"instructions": "c"}, "cs": {"instructions": "a"}}).cs).understood("x")

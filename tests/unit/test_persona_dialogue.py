@@ -186,12 +186,14 @@ async def test_whatever_lines_are_lost_every_dialogue_ends_with_the_caller_hangi
         last = d.lines[-1][1]
         endings.add(last)
         if last == GIVE_UP_REPLY:
+            # Only a line lost more than MAX_REPEATS times gives up: fewer lost lines always get through.
+            assert len([i for i in lost if i < len(d.lines)]) > MAX_REPEATS, (lost, d.lines)
             continue
         assert last == _happy_path(name)[-1][1], (lost, d.lines)
         assert d.tools == good.tools, (lost, d.lines)
-        # What is said is the script, each scripted line in order, with repeats and fallback lines between.
-        scripted = [line for _, line in d.lines if line not in (GENERIC_REPLY, ASK_AGAIN_REPLY)]
-        assert [line for i, line in enumerate(scripted) if i == 0 or line != scripted[i - 1]] == [
-            line for _, line in _happy_path(name)
-        ], (lost, d.lines)
+        # What is said is the script in order, with repeats and the two questions between.
+        said = [line for _, line in d.lines if line not in (GENERIC_REPLY, ASK_AGAIN_REPLY)]
+        assert sorted(set(said), key=said.index) == [line for _, line in _happy_path(name)], (lost, d.lines)
+        if name == "barge_in":  # the greeting the caller cuts into, once: never restarted
+            assert said.count(said[0]) == 1, (lost, d.lines)
     assert endings == {GIVE_UP_REPLY, _happy_path(name)[-1][1]}

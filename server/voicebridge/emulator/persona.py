@@ -11,7 +11,10 @@ must stay unmodified). Matching rules, in short (README "Scenario files" has the
   going to say if that one was cut off: one line lost to a bad network is asked for and repeated, as people do. Its
   last line is the one it said last, never an older one: a persona that asked and is asked back (the other side
   missed the question) does not restart its script but asks again in other words (ASK_AGAIN_REPLY: "I was asking
-  you"), and hearing that, the other side says its own last line again.
+  you"), and hearing that, the other side says its own last line again. Having asked, a phrase it already
+  answered heard again (the other side missed the answer) gets the answer again. Told "I was asking you", or given
+  an answered phrase, it repeats only a line the other persona of the scenario can recognise (`understood`: the
+  barge_in greeting, which the caller only cuts into, is not one); else it asks in other words.
 - replies that get nowhere (asking, or repeating when asked) are counted; after MAX_REPEATS in a row a persona that
   can hang up (a rule with `hangup`) says GIVE_UP_REPLY and hangs up. So a line that never gets through ends the
   call with that reason in the transcript, never at max_duration.
@@ -60,6 +63,16 @@ GIVE_UP = Action(say=GIVE_UP_REPLY, hangup=True)
 _GENERIC_HEARD = normalize_phrase(GENERIC_REPLY)
 _ASK_AGAIN_HEARD = normalize_phrase(ASK_AGAIN_REPLY)
 FALLBACK_PHRASES = (_GENERIC_HEARD, _ASK_AGAIN_HEARD)  # what every persona with lines hears
+
+
+def grammar(script: Iterable[ScriptRule]) -> list[str]:
+    """The phrases a persona with this script may hear: its `hear` phrases, and the fallback questions when it has
+    lines to repeat."""
+    rules = list(script)
+    heard = [r.hear for r in rules if r.hear]
+    if any(r.say for r in rules):
+        heard += FALLBACK_PHRASES
+    return heard
 
 
 class PersonaBook:
@@ -179,12 +192,17 @@ class Script:
     def phrases(self) -> list[str]:
         """What this persona may hear: the recognizer's grammar (its `hear` phrases, and the fallback lines when it
         has lines to repeat)."""
-        if self.persona is None:
-            return []
-        heard = [r.hear for r in self.persona.script if r.hear]
-        if any(r.say for r in self.persona.script):
-            heard += FALLBACK_PHRASES
-        return heard
+        return [] if self.persona is None else grammar(self.persona.script)
+
+    def understood(self, line: str) -> bool:
+        """The other persona of the scenario can recognise the line: it is one or more phrases of its grammar, as
+        the recognizer hears them (True when there is no such persona, or it has no script: a real model, or a
+        person, hears anything)."""
+        partner = self.persona.partner_script if self.persona is not None else None
+        if not partner:
+            return True
+        phrases = "|".join(re.escape(p) for p in grammar(partner))
+        return bool(phrases) and re.fullmatch(f"(?:{phrases})(?: (?:{phrases}))*", normalize_phrase(line)) is not None
 
     @property
     def can_hang_up(self) -> bool:
@@ -223,12 +241,15 @@ class Script:
         # generic line.
         return None if first and self.persona is not None else GENERIC
 
-    def _match(self, transcript: str | None) -> tuple[int, ScriptRule] | None:
-        """The rule whose phrase occurs last in the transcript, if any."""
+    def _match(self, transcript: str | None, answered: bool = False) -> tuple[int, ScriptRule] | None:
+        """The rule whose phrase occurs last in the transcript, if any (`answered`: among the `once` rules that
+        have fired, which do not fire again)."""
         text = f" {normalize_phrase(transcript or '')} "
         best: tuple[int, int, ScriptRule] | None = None
+        script = self.persona.script if self.persona is not None else ()
+        rules = [(i, r) for i, r in enumerate(script) if r.once and i in self.fired] if answered else self._rules()
         if text.strip():
-            for i, rule in self._rules():
+            for i, rule in rules:
                 if rule.hear is None or rule.interrupt_after_ms is not None:  # a barge-in rule's hear only arms it
                     continue
                 pos = text.rfind(f" {rule.hear} ")
@@ -249,20 +270,28 @@ class Script:
         """No rule for what was heard. Past MAX_REPEATS replies that got nowhere, a persona that can hang up gives
         up. Else: asked to say it again, the last line again, unless this persona's own last reply was that
         question (the other side missed it: ask again, in other words); told "I was asking you", the last line
-        again; anything else (or nothing to repeat), GENERIC."""
+        again (with none yet, the line is the other side's: ask again, in other words). Having asked, hearing a
+        phrase it already answered: the other side missed the answer and says its own line again, so the answer
+        again (its last line; silence for a silent rule). Told, or given an answered phrase, it repeats only a line
+        the other persona can understand (`understood`; the barge_in greeting, which the caller only cuts into, is
+        not one): else it asks in other words. Anything else (or asked with nothing to repeat), GENERIC."""
         heard = f" {text} "
+        asked, told = f" {_GENERIC_HEARD} " in heard, f" {_ASK_AGAIN_HEARD} " in heard
         self.stalled += 1
         if self.stalled > MAX_REPEATS and self.can_hang_up:
             return GIVE_UP
-        if self.last_said and (
-            f" {_ASK_AGAIN_HEARD} " in heard or (f" {_GENERIC_HEARD} " in heard and not self.asking)
-        ):
+        answered = self._match(text, answered=True) if self.asking and not (asked or told) else None
+        if answered is not None and answered[1].silent:
+            return None
+        line = self.last_said
+        # Asked, the line goes again even when the other side has no words for it (it may cut into it); told, or
+        # given a line already answered, only a line it can understand: else this persona asks it to speak.
+        if line and ((asked and not told and not self.asking) or ((told or answered) and self.understood(line))):
             self.asking = False
-            return Action(say=self.last_said)
-        if f" {_GENERIC_HEARD} " in heard and self.asking:
-            return ASK_AGAIN
+            return Action(say=line)
+        again = told or (asked and self.asking)
         self.asking = True
-        return GENERIC
+        return ASK_AGAIN if again else GENERIC
 
     def on_typed(self, text: str) -> Action | None:
         """User text items (context seeded before the first turn): a scripted phrase in them is answered like

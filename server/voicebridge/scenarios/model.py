@@ -132,6 +132,15 @@ class Persona(_FileTable):
     # The emulator's think time for this persona: ms from the end of a turn to its response's output (None: the
     # emulator's own setting, --response-delay-ms; emulator/timing.py).
     response_delay_ms: int | None = Field(None, ge=0, le=10_000)
+    # The other persona's script, set when a scenario pairs them (not a field of the file): what the other side
+    # can hear decides what the emulator repeats when asked (emulator/persona.py). Its rules, not the persona,
+    # so that two personas never refer to each other (pydantic compares and copies private attributes too).
+    _partner_script: tuple[ScriptRule, ...] | None = PrivateAttr(None)
+
+    @property
+    def partner_script(self) -> tuple[ScriptRule, ...] | None:
+        """The script of the other persona of its scenario (None: not paired, e.g. built on its own)."""
+        return self._partner_script
 
     @field_validator("instructions")
     @classmethod
@@ -166,6 +175,11 @@ class Scenario(_FileTable):
         return impair.strip()
     # Where the scenario was loaded from: not a field of the file, so a file cannot set it.
     _path: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _pair(self) -> Scenario:
+        self.caller._partner_script, self.cs._partner_script = self.cs.script, self.caller.script
+        return self
 
     @model_validator(mode="before")
     @classmethod
