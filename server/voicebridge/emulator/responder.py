@@ -52,6 +52,8 @@ class Response:
     task: asyncio.Task[None] | None = None
     start_at: float | None = None  # perf_counter() when its output starts: the think time's end (timing.py)
     late_ms: float = 0.0  # how late the output started, when the work before it took longer than the think time
+    started: bool = False  # run() has begun (a task cancelled before its first step never runs its body)
+    cancel_pending: bool = False  # cancelled before it started: run() says created, then done cancelled
 
     @property
     def tokens_left(self) -> int | None:
@@ -99,11 +101,14 @@ def _done(s: SessionState, r: Response, status: str, details: dict[str, Any] | N
 
 async def run(s: SessionState, r: Response, action: Action | None) -> None:
     """Play one response to the end (or until cancelled: then `response.done` says `cancelled`)."""
+    r.started = True
     s.send(ev.event("response.created", response=_response(s, r, "in_progress", output=[])))
     # The start reserves the input and the whole output budget; response.done settles it to the usage.
     r.reserved_tokens = _usage(s, r)["input_tokens"] + rate_limits.output_reserve(r.settings.max_output_tokens)
     s.send(ev.event("rate_limits.updated", rate_limits=[s.rate_limits.reserve(r.reserved_tokens)]))
     try:
+        if r.cancel_pending:
+            raise asyncio.CancelledError
         await _think(s, r)
         if action is not None and action.say:
             await _say(s, r, action.say)

@@ -393,7 +393,10 @@ class Session:
             return False
         r.cancel_reason = reason
         self.mouth.drop(r.id)
-        r.task.cancel()
+        if not r.started:  # response.create and .cancel read together: it still answers created, then cancelled
+            r.cancel_pending = True
+        else:
+            r.task.cancel()
         return True
 
     def watch_playback(self, playback: Playback) -> None:
