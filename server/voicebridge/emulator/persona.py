@@ -12,9 +12,9 @@ must stay unmodified). Matching rules, in short (README "Scenario files" has the
   last line is the one it said last, never an older one: a persona that asked and is asked back (the other side
   missed the question) does not restart its script but asks again in other words (ASK_AGAIN_REPLY: "I was asking
   you"), and hearing that, the other side says its own last line again. Having asked, a phrase it already
-  answered heard again (the other side missed the answer) gets the answer again. Told "I was asking you", or given
-  an answered phrase, it repeats only a line the other persona of the scenario can recognise (`understood`: the
-  barge_in greeting, which the caller only cuts into, is not one); else it asks in other words.
+  answered heard again (the other side missed the answer) gets the answer again. It repeats only a line the other
+  persona of the scenario can recognise (`understood`: the barge_in greeting, which the caller only cuts into, is
+  not one), except once when first asked (the other side may react to it otherwise); else it asks in other words.
 - replies that get nowhere (asking, or repeating when asked) are counted; after MAX_REPEATS in a row a persona that
   can hang up (a rule with `hangup`) says GIVE_UP_REPLY and hangs up. So a line that never gets through ends the
   call with that reason in the transcript, never at max_duration.
@@ -272,9 +272,9 @@ class Script:
         question (the other side missed it: ask again, in other words); told "I was asking you", the last line
         again (with none yet, the line is the other side's: ask again, in other words). Having asked, hearing a
         phrase it already answered: the other side missed the answer and says its own line again, so the answer
-        again (its last line; silence for a silent rule). Told, or given an answered phrase, it repeats only a line
-        the other persona can understand (`understood`; the barge_in greeting, which the caller only cuts into, is
-        not one): else it asks in other words. Anything else (or asked with nothing to repeat), GENERIC."""
+        again (its last line; silence for a silent rule). It repeats only a line the other persona can understand
+        (`understood`; the barge_in greeting, which the caller only cuts into, is not one), except once when first
+        asked: else it asks in other words. Anything else (or asked with nothing to repeat), GENERIC."""
         heard = f" {text} "
         asked, told = f" {_GENERIC_HEARD} " in heard, f" {_ASK_AGAIN_HEARD} " in heard
         self.stalled += 1
@@ -284,9 +284,10 @@ class Script:
         if answered is not None and answered[1].silent:
             return None
         line = self.last_said
-        # Asked, the line goes again even when the other side has no words for it (it may cut into it); told, or
-        # given a line already answered, only a line it can understand: else this persona asks it to speak.
-        if line and ((asked and not told and not self.asking) or ((told or answered) and self.understood(line))):
+        # Only a line the other side can understand goes again, except once when just asked (it may react to it
+        # otherwise: barge_in's caller cuts into the greeting): else this persona asks the other side to speak.
+        once = asked and not told and not self.asking and self.stalled == 1
+        if line and (once or ((told or answered or (asked and not self.asking)) and self.understood(line))):
             self.asking = False
             return Action(say=line)
         again = told or (asked and self.asking)
