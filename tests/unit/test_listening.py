@@ -200,8 +200,9 @@ REFUND = (
 async def test_lost_packets_are_concealed_so_a_line_under_heavy_loss_keeps_its_length_and_is_understood() -> None:
     """15 % loss with bursts inside a line: each lost packet is filled in by libopus (FEC or PLC) for its length,
     so the turn ends where the whole line's does and pocketsphinx hears the line; the same packets with the lost
-    ones skipped (no sequence numbers: the listener cannot know what is missing) close the holes up, and that line
-    is not heard."""
+    ones skipped (no sequence numbers: the listener cannot know what is missing) close the holes up, and the turn
+    ends early. (Whether the line closed up is still heard depends on the loss pattern: for this line 17 of 20
+    patterns were heard with every frame scored, 16 with FRAME_STEP 2; this test's pattern was once one not heard.)"""
     line = await VOICE.speak(REFUND, "en-us", 215)
     stream = silence(1000) + list(line.packets) + silence(1500)
     whole, lossy, skipped = Heard(), Heard(), Heard()
@@ -223,7 +224,6 @@ async def test_lost_packets_are_concealed_so_a_line_under_heavy_loss_keeps_its_l
     assert skipped.stopped[0][0] < whole.stopped[0][0]  # skipping closes the holes up
     recognizer = recognizer_for([GREETING, BYE, REFUND])
     assert recognizer.transcribe(lossy.stopped[0][1]) == normalize_phrase(REFUND)
-    assert [recognizer.transcribe(pcm) for _, pcm in skipped.stopped] == [None]
 
 
 async def test_the_decoder_gives_the_vads_rate_and_conceals_a_packets_length() -> None:

@@ -70,12 +70,16 @@ def emulator_main(conn: Any, kind: str) -> None:
 
 def _as_before() -> None:
     """The baseline: the ways of the emulator before issue 17, switched back on in this process."""
+    from voicebridge.emulator.hearing import Recognizer
     from voicebridge.emulator.recognition import Recognition
     from voicebridge.emulator.session import Session
+    from voicebridge.emulator.voicing import SpeechJudge
 
     Session.aiortc_decode = True
     Session.paced_send = False  # each session's speech pulled from its track by aiortc's send loop
     Recognition.in_process = True  # pocketsphinx in a thread of the emulator's process
+    Recognizer.frame_step = 1  # every frame's Gaussians evaluated
+    SpeechJudge.eager_onset = True  # every speech frame's pitch searched, inside a turn too
 
 
 async def _serve_emulator(conn: Any, kind: str) -> None:
