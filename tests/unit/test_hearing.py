@@ -309,9 +309,9 @@ def lossy(packets: Sequence[bytes], seed: int) -> list[tuple[int, bytes]]:
     return arrived
 
 
-# Loss patterns every built-in line survives. Seed 1 takes a whole word out of the two longest lines, which are then
-# not heard with any recognizer setting (2 misses in 273 over seeds 0-11, the same with FRAME_STEP 1 and 2).
-LOSSY_SEEDS = (0, 2, 3)
+# Seed 1 takes most of a word out of the two longest lines: with the settings before FRAME_STEP and today's WORD_BEAM
+# they were missed (the only misses over seeds 0-11).
+LOSSY_SEEDS = (0, 1, 2)
 
 
 async def test_every_builtin_persona_hears_every_line_it_listens_for_clean_and_over_a_lossy_path() -> None:

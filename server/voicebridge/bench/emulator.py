@@ -78,7 +78,7 @@ def _as_before() -> None:
     Session.aiortc_decode = True
     Session.paced_send = False  # each session's speech pulled from its track by aiortc's send loop
     Recognition.in_process = True  # pocketsphinx in a thread of the emulator's process
-    Recognizer.frame_step = 1  # every frame's Gaussians evaluated
+    Recognizer.frame_step, Recognizer.word_beam = 1, 1e-60  # every frame's Gaussians evaluated
     SpeechJudge.eager_onset = True  # every speech frame's pitch searched, inside a turn too
 
 

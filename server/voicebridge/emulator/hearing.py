@@ -328,19 +328,23 @@ def _grammar(phrases: Sequence[str]) -> str:
 
 
 BEAM = 1e-80  # pocketsphinx's beam and pbeam: hypotheses this much less likely than the best are pruned
-WORD_BEAM = 1e-60  # and at word exits
+WORD_BEAM = 1e-70  # and at word exits
 # pocketsphinx's `ds`: the acoustic model's Gaussians are evaluated on every FRAME_STEP-th 10 ms frame, the scores
-# reused in between (the search still steps every frame). Most of recognition's CPU is that evaluation, so 2 costs a
-# third less (0.0140 -> 0.0094 CPU s per s of audio over the built-in lines), and every built-in line in its
-# speaker's voice is heard as before, clean and under `lossy` loss (the same 226 of 231 over 10 loss patterns;
-# test_hearing's accuracy test); 3 lost 5 of 21 clean lines.
+# reused in between (the search still steps every frame). Most of recognition's CPU is that evaluation (perf: ~65 %
+# in ptm_mgau_frame_eval). With 2 alone one built-in line was no longer heard (its path was pruned at a word exit),
+# so WORD_BEAM went from 1e-60 to 1e-70 with it. Measured over every built-in persona's grammar, each phrase in the
+# other persona's voice, clean and over 12 `lossy` loss patterns (377 turns): 0.0161 -> 0.0125 CPU s per s of audio
+# (-22 %), all 377 heard exactly (2 missed before), and of 61 half lines and other sentences 7 taken for a phrase
+# (8 before; all in quick_bye's two-word grammars, and none that was refused before). 3 missed 5 of 21 clean lines.
 FRAME_STEP = 2
 
 
 class Recognizer:
     """pocketsphinx constrained to a JSGF grammar of the phrases a persona may hear (one or more in a row)."""
 
-    frame_step = FRAME_STEP  # 1: every frame scored, as before issue 17 (the bench's baseline)
+    # The bench's baseline sets these back to before issue 17: 1 (every frame scored) and 1e-60.
+    frame_step = FRAME_STEP
+    word_beam = WORD_BEAM
 
     def __init__(self, phrases: Sequence[str]) -> None:
         if isinstance(phrases, str):
@@ -370,13 +374,14 @@ class Recognizer:
         # loses the one right path under the default pruning, and then nothing is heard at all. Measured on the
         # built-in lines under 15 % loss with bursts: 70 of 80 heard exactly with the defaults, 78 with these, for
         # ~10 % more CPU; speech outside the grammar, half a phrase and noise are still not heard (test_hearing).
+        # (That was with a 1e-60 word beam and every frame scored: FRAME_STEP above.)
         self._decoder = Decoder(
             samprate=VAD_RATE,
             lm=None,
             bestpath=False,
             loglevel="FATAL",
             beam=BEAM,
-            wbeam=WORD_BEAM,
+            wbeam=self.word_beam,
             pbeam=BEAM,
             ds=self.frame_step,
         )
