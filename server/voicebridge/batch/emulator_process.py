@@ -80,11 +80,11 @@ class EmulatorProcess:
 
 @contextlib.asynccontextmanager
 async def emulator_process(
-    scenarios: Sequence[Scenario], log_path: Path | None, workers: str = "1"
+    scenarios: Sequence[Scenario], log_path: Path | None, workers: str = "1", env_defaults: dict[str, str] | None = None
 ) -> AsyncIterator[EmulatorProcess]:
     """Start the emulator as a child process on a free loopback port (`workers`: its `--workers`, N processes
     behind the one URL); stop it (SIGTERM, then SIGKILL). Its log goes to `log_path` (None: this stderr). It is
-    given no OpenAI key: it needs none."""
+    given no OpenAI key: it needs none. `env_defaults`: variables it gets unless this environment sets them."""
     require("emulator")  # here, not as a child that dies into its log file
     args = [sys.executable, "-c", _BOOTSTRAP, "emulator", "--host", "127.0.0.1", "--port", "0"]
     if workers != "1":
@@ -93,7 +93,7 @@ async def emulator_process(
         if s.path is not None and s.path.parent.resolve() != BUILTIN_DIR.resolve():
             args += ["--scenario", str(s.path)]
     log = open(log_path, "ab") if log_path is not None else None  # noqa: ASYNC230 (once, before anything runs)
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env = {**(env_defaults or {}), **{k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}}
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL, env=env
     )
