@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 MAX_CALLS = 100_000
-# Where batch and test run the emulator when there is no endpoint (config.emulator_workers): see README "Overload".
+# Where batch and test run the emulator when there is no endpoint (config.emulator_workers): in this process. A
+# child `voicebridge emulator --workers 2` held no more calls at once and timed them no better, measured side by side
+# on the 2-core machine (README "Where the offline emulator runs"): the emulator's CPU per session bounds the calls.
 EMULATOR_WORKERS = "0"
 
 

@@ -147,6 +147,9 @@ class Supervisor:
             sys.executable, "-m", "voicebridge.cli", "emulator", *self.flags, env=env,
             pass_fds=(slot.public.fileno(), slot.private.fileno()), stdout=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.DEVNULL,
+            # Out of the terminal's process group: Ctrl-C reaches the parent alone, which stops the workers in
+            # order (a worker that saw it too would exit first and be taken for a crash). They still end with it.
+            start_new_session=True,
         )
         slot.started = time.monotonic()
         slot.tasks = [asyncio.ensure_future(self._read(slot, slot.proc, slot.ready))]
