@@ -20,7 +20,8 @@ pytestmark = pytest.mark.unit
 async def test_a_worker_hears_what_this_process_hears_and_a_dead_worker_is_replaced() -> None:
     rec = Recognition(workers=1)
     try:
-        greeting = pcm16k(decode(silence(300) + list((await VOICE.speak(GREETING)).packets) + silence(300)))
+        line = list((await VOICE.speak(GREETING)).packets)
+        greeting = pcm16k(decode(silence(300) + line + silence(300)))
         other = pcm16k(decode((await VOICE.speak("The weather is lovely in Paris this time of year.")).packets))
         await rec.warm(PHRASES)
         assert await rec.transcribe(PHRASES, greeting) == normalize_phrase(GREETING)
@@ -37,7 +38,8 @@ async def test_a_worker_hears_what_this_process_hears_and_a_dead_worker_is_repla
         order = pcm16k(decode(list((await VOICE.speak(ORDER)).packets)))
         assert await rec.transcribe(PHRASES, order) == normalize_phrase(ORDER)  # in a thread, this once
         assert rec.fallbacks == 1
-        assert await rec.transcribe(PHRASES, greeting) == normalize_phrase(GREETING)  # a new worker
+        again = pcm16k(decode(silence(200) + line + silence(300)))  # other samples: not one already recognised
+        assert await rec.transcribe(PHRASES, again) == normalize_phrase(GREETING)  # a new worker
         assert rec._pool(0) is not pool and rec.jobs == 3
     finally:
         rec.shutdown()
@@ -67,5 +69,38 @@ async def test_where_no_worker_may_start_recognition_stays_in_threads(monkeypatc
         assert await rec.transcribe(PHRASES, greeting) == normalize_phrase(GREETING)
         assert rec.no_workers is not None and "daemonic" in rec.no_workers
         assert rec.jobs == 0 and rec._pools == [None]
+    finally:
+        rec.shutdown()
+
+
+async def test_a_turn_with_the_samples_of_one_already_recognised_is_not_recognised_again() -> None:
+    """Offline calls repeat their audio to the sample (one encoding of each line, relayed as it is): such a turn gets
+    the transcript pocketsphinx gave the first time, or its refusal, without a worker; other samples are recognised."""
+    rec = Recognition(workers=1)
+    try:
+        line = list((await VOICE.speak(GREETING)).packets)
+        greeting = pcm16k(decode(silence(300) + line + silence(300)))
+        other = pcm16k(decode((await VOICE.speak("The weather is lovely in Paris this time of year.")).packets))
+        await rec.warm(PHRASES)
+        assert await rec.transcribe(PHRASES, greeting) == normalize_phrase(GREETING)
+        assert await rec.transcribe(PHRASES, greeting.copy()) == normalize_phrase(GREETING)
+        assert (rec.jobs, rec.remembered) == (1, 1)
+        assert await rec.transcribe(PHRASES, other) is None
+        assert await rec.transcribe(PHRASES, other) is None  # a refusal is remembered too: still refused
+        assert (rec.jobs, rec.remembered) == (2, 2)
+        shifted = pcm16k(decode(silence(320) + line + silence(280)))  # the same line 20 ms later: other samples
+        assert await rec.transcribe(PHRASES, shifted) == normalize_phrase(GREETING)
+        assert await rec.transcribe(PHRASES[:2], greeting) == normalize_phrase(GREETING)  # another grammar
+        assert (rec.jobs, rec.remembered) == (4, 2)
+        nudged = greeting.copy()
+        nudged[len(nudged) // 2] ^= 1  # one sample's lowest bit
+        await rec.transcribe(PHRASES, nudged)
+        assert (rec.jobs, rec.remembered) == (5, 2)
+
+        rec.remember = 2  # the least recently heard are forgotten first
+        await rec.transcribe(PHRASES, pcm16k(decode(silence(340) + line + silence(260))))
+        assert (rec.jobs, rec.remembered) == (6, 2)
+        await rec.transcribe(PHRASES, greeting)  # forgotten: recognised again
+        assert (rec.jobs, rec.remembered, len(rec._heard)) == (7, 2, 2)
     finally:
         rec.shutdown()

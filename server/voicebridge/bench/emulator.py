@@ -5,13 +5,13 @@ was before issue 17 (the baseline) beside the emulator as shipped, measured in t
 Two emulator processes run side by side, so the baseline and the new way meet the same machine load: the baseline
 with the old ways switched back on (`_as_before`: aiortc's jitter buffer and decoder thread hand every packet,
 decoded, to the session's track reader; pocketsphinx runs in a thread of the emulator's own process, where it
-holds the GIL for the whole utterance; aiortc's send loop pulls each session's speech from its track), the other as
-shipped (speech sent by the process's pacer through `OutboundAudio`: emulator/mouth.py). A driver process per emulator (so that the peers'
-own CPU is split too) drives the same number of WebRTC sessions on 127.0.0.1 into it: cheap peers that send cached
-Opus packets SFU style (`OutboundAudio`, no encoder) and take the emulator's audio off their receiver
-(`InboundTap`, no decoder). Each emulator's CPU (its process and
-its recognition workers) is read from /proc/PID/stat over the window; the machine's from /proc/stat; each event
-loop's lag from a 50 ms timer.
+holds the GIL for the whole utterance, scores every frame and recognises every turn, an identical one too; every
+speech frame's pitch is searched; aiortc's send loop pulls each session's speech from its track), the other as
+shipped (speech sent by the process's pacer through `OutboundAudio`: emulator/mouth.py). A driver process per
+emulator (so that the peers' own CPU is split too) drives the same number of WebRTC sessions on 127.0.0.1 into
+it: cheap peers that send cached Opus packets SFU style (`OutboundAudio`, no encoder) and take the emulator's audio
+off their receiver (`InboundTap`, no decoder). Each emulator's CPU (its process and its recognition workers) is
+read from /proc/PID/stat over the window; the machine's from /proc/stat; each event loop's lag from a 50 ms timer.
 
 Every session plays the caller of the built-in late_order scenario (its instructions pick the persona), so what
 it hears is recognised against that persona's grammar, as in a real offline call. Phases (the peer's side): idle
@@ -78,6 +78,7 @@ def _as_before() -> None:
     Session.aiortc_decode = True
     Session.paced_send = False  # each session's speech pulled from its track by aiortc's send loop
     Recognition.in_process = True  # pocketsphinx in a thread of the emulator's process
+    Recognition.remember = 0  # every turn recognised, an identical one too
     Recognizer.frame_step, Recognizer.word_beam = 1, 1e-60  # every frame's Gaussians evaluated
     SpeechJudge.eager_onset = True  # every speech frame's pitch searched, inside a turn too
 
@@ -110,6 +111,7 @@ async def _serve_emulator(conn: Any, kind: str) -> None:
                     "sessions": len(emu.sessions),
                     "packets": sum(lst.packets for lst in listeners),
                     "decoded": sum(lst.decoded for lst in listeners),
+                    "remembered": recognition.shared().remembered,  # turns not recognised again (recognition.py)
                     "loop_lag_ms": lag.summary(),
                 }
             )
@@ -522,6 +524,7 @@ class Run:
             if kind == "now":  # the baseline decodes every packet by construction (and has no counter)
                 row[kind]["packets_in"] = packets
                 row[kind]["decoded_pct"] = round(decoded / packets * 100, 1) if packets else 0.0
+                row[kind]["turns_remembered"] = stats["remembered"] - before[kind][1]["remembered"]
             if phase == "turns":
                 turns = [t for p in self.peers[kind] for t in p.turns]
                 cut = sum(p.cut for p in self.peers[kind])
