@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from pydantic import Field, TypeAdapter
 
+from voicebridge import eventloop
 from voicebridge.emulator.server import Emulator
 from voicebridge.emulator.voice import Voice
 from voicebridge.media.loopback import loopback_only, set_loopback_only
@@ -42,6 +43,15 @@ for _setting, _value in (
 
 TESTS = Path(__file__).resolve().parent
 MARK_BY_FOLDER = {"unit": pytest.mark.unit, "integration": pytest.mark.integration, "browser": pytest.mark.browser}
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Async tests run on the event loop the bridge's commands run on (VOICEBRIDGE_LOOP: uvloop by default,
+    asyncio's when uvloop is missing or VOICEBRIDGE_LOOP=asyncio), so the suite tests what ships."""
+    import asyncio
+
+    factory = eventloop.loop_factory()
+    return {eventloop.requested() if factory else "asyncio": factory or asyncio.new_event_loop}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -6,8 +6,8 @@ base install says which extra to install, instead of failing half-way with a Mod
 - `emulator`: the offline Realtime emulator (`voicebridge emulator`, and `serve`, `call`, `batch`, `soak` when no
   OPENAI_API_KEY or emulator URL is given): speech recognition, voice activity detection, numbers in words;
 - `reports`: the plots of `voicebridge batch`'s report.html;
-- `bench`: `voicebridge bench`'s plot (pyinstrument, for VOICEBRIDGE_BENCH_PROFILE, and uvloop, for `--loop uvloop`,
-  are in the extra but optional);
+- `bench`: `voicebridge bench`'s plot (pyinstrument, for VOICEBRIDGE_BENCH_PROFILE, is in the extra but
+  optional; uvloop, which the bench also uses, is a dependency of the bridge itself);
 - `cluster`: the Redis client, for bridge workers sharing calls through Redis (`serve --workers N --redis URL`,
   `worker`); the single-process default needs no Redis.
 

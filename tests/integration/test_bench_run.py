@@ -82,7 +82,7 @@ def test_bench_cli_json_last_line_and_files(tmp_path: Path) -> None:
     for m in floors.values():
         assert m["calls"] == 1 and m["packets"] > 0 and m["us_per_packet"] > 0
         assert m["floor_ratio"] == pytest.approx(m["us_per_packet"] / result["floor_us_per_packet"], rel=0.02)
-    forward = floors[("asyncio", "forward")]["us_per_packet"]
+    forward = floors[(level["loop"], "forward")]["us_per_packet"]
     assert level["loop_floor_ratio"] == pytest.approx(level["cpu_us_per_packet"] / forward, rel=0.02)
     assert "| event-loop floor (same run) |" in proc.stderr
     assert json.loads((tmp_path / "bench.json").read_text())["levels"] == result["levels"]

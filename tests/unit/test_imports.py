@@ -24,7 +24,8 @@ ROOT = "voicebridge"
 # A room is a subpackage of voicebridge/ or one of its top-level modules. Each rank may import its own rank and
 # the ranks below it, never one above.
 RANKS: list[set[str]] = [
-    {"config", "validation", "extras", "edge", "observability", "scenarios", "tools", "results"},  # foundations
+    # foundations
+    {"config", "validation", "extras", "eventloop", "edge", "observability", "scenarios", "tools", "results"},
     {"media", "diagnostics", "lab"},  # lab: judges calls from their results and scenarios
     {"realtime"},
     {"bridge"},

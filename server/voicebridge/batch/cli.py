@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from typing_extensions import TypedDict, Unpack
 
+from voicebridge import eventloop
 from voicebridge.backend import realtime_backend
 from voicebridge.extras import require
 from voicebridge.lab.criteria import check_scenario
@@ -245,7 +246,7 @@ def main(args: argparse.Namespace) -> int:
     if args.redis:
         require("cluster", "voicebridge batch --redis")
     try:
-        return asyncio.run(_main(args))
+        return eventloop.run(_main(args))
     except ScenarioError as e:
         print(f"voicebridge batch: bad scenario: {e}", file=sys.stderr)
         return 2

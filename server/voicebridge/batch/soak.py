@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from voicebridge import eventloop
 from voicebridge.backend import realtime_backend
 from voicebridge.extras import require
 from voicebridge.observability.logs import setup_logging_from_env
@@ -400,4 +401,4 @@ async def _main(args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     require("emulator")  # a soak always runs against the emulator
     setup_logging_from_env(logging.WARNING)
-    return asyncio.run(_main(args))
+    return eventloop.run(_main(args))

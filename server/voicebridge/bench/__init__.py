@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from voicebridge import eventloop
 from voicebridge.extras import require
 
 from .bridge import Job, bridge_main
@@ -126,7 +127,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     quick = bool(args.quick)
     seconds, warmup, listeners = (2.5, 0.5, 5) if quick else (10.0, 2.0, 20)
     levels, extend = _levels(args)
-    compare = not args.calls and (args.relay or "passthrough") == "passthrough"
+    compare = (not args.calls or getattr(args, "compare", False)) and (args.relay or "passthrough") == "passthrough"
     relays = [args.relay] if args.relay else ["passthrough", "transcode"]
     load_before, steal_before, psi_before = os.getloadavg(), _steal_s(), _cpu_pressure()
     measured: list[dict[str, Any]] = []
@@ -185,7 +186,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         },
         "quick": quick,
         "window_s": seconds,
-        "loop": args.loop,  # the bridge process's event loop (the load processes always use asyncio's)
+        "loop": args.loop,  # the bridge process's event loop (the load processes run on uvloop when installed)
     }
     result["floor"] = floor
     result["floor_us_per_packet"] = floor["us_per_packet"]
@@ -269,7 +270,9 @@ def _steal_s() -> float:
 
 def main(args: argparse.Namespace) -> int:
     require("bench")  # before minutes of measuring, not after
-    if args.loop == "uvloop":
+    if args.loop is None:  # the bridge's own default (voicebridge/eventloop.py: VOICEBRIDGE_LOOP, uvloop)
+        args.loop = eventloop.effective()
+    elif args.loop == "uvloop":
         try:
             import uvloop  # noqa: F401
         except ImportError:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from voicebridge import eventloop
 from voicebridge.media.loopback import set_loopback_only
 from voicebridge.media.relay import FanOut, Relay
 
@@ -50,7 +51,7 @@ class Job:
     seconds: float
     warmup: float
     listeners: int = 0  # measured after the main window, on the first call (fan-out)
-    loop: str = "asyncio"  # the bridge process's event loop: "asyncio" (the default loop) or "uvloop"
+    loop: str = "uvloop"  # the bridge process's event loop: "uvloop" (the bridge's default) or "asyncio"
     # The bridge's short receive/send paths (media/passthrough.py); None: as VOICEBRIDGE_SHORT_PATH says (on).
     # The load processes follow VOICEBRIDGE_SHORT_PATH only: on by default, so the load stays cheap.
     short_path: bool | None = None
@@ -256,7 +257,7 @@ async def run_job(job: Job) -> dict[str, Any]:
         "relay": job.relay,
         "calls": job.calls,
         "load_processes": n_loads,
-        "loop": job.loop,
+        "loop": eventloop.loop_name(),  # the loop it really ran on (uvloop missing: asyncio's)
         "short_path": passthrough.SHORT_PATH,
     }
     try:
@@ -320,14 +321,11 @@ async def run_job(job: Job) -> dict[str, Any]:
 
 
 def event_loop_runner(loop: str) -> asyncio.Runner:
-    """A runner on the named event loop: "asyncio" (the standard one) or "uvloop" (libuv, if installed)."""
-    if loop == "uvloop":
-        import uvloop
-
-        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    if loop != "asyncio":
-        raise ValueError(f"unknown event loop {loop!r} (asyncio or uvloop)")
-    return asyncio.Runner()
+    """A runner on the named event loop: "asyncio" (the standard one) or "uvloop" (voicebridge/eventloop.py)."""
+    try:
+        return asyncio.Runner(loop_factory=eventloop.loop_factory(loop))
+    except eventloop.EventLoopChoiceError:
+        raise ValueError(f"unknown event loop {loop!r} (asyncio or uvloop)") from None
 
 
 def bridge_main(conn: Any, job: Job) -> None:

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from voicebridge import eventloop
 from voicebridge.backend import Backend, realtime_backend
 from voicebridge.edge.hosts import HostConfigError, host_policy, is_ip_literal
 from voicebridge.edge.signals import stop_on_signals
@@ -331,4 +332,4 @@ def main(args: argparse.Namespace) -> int:
     from voicebridge.observability.logs import setup_logging_from_env
 
     setup_logging_from_env()
-    return asyncio.run(_main(args))
+    return eventloop.run(_main(args))

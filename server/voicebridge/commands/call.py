@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from voicebridge import eventloop
 from voicebridge.backend import realtime_backend
 from voicebridge.bridge.call import Call
 from voicebridge.bridge.context import ContextError
@@ -140,7 +141,7 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_main(args))
+        return eventloop.run(_main(args))
     except ScenarioError as e:
         print(f"voicebridge call: bad scenario: {e}", file=sys.stderr)
         return 2

@@ -5,13 +5,13 @@ backend unless OPENAI_API_KEY or --emulator-url says otherwise (backend.py), unt
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import ssl
 import sys
 
 from aiohttp import web
 
+from voicebridge import eventloop
 from voicebridge.backend import Backend, realtime_backend
 from voicebridge.edge.signals import stop_on_signals
 from voicebridge.observability.logs import setup_logging_from_env
@@ -114,4 +114,4 @@ def _cluster_args(args: argparse.Namespace) -> tuple[int, str]:
 def main(args: argparse.Namespace) -> int:
     """`voicebridge serve [--host] [--port] [--artifacts DIR] [--emulator-url URL]`"""
     setup_logging_from_env()  # VOICEBRIDGE_LOG_FORMAT=json: one JSON object per line, with call_id
-    return asyncio.run(_serve(args))
+    return eventloop.run(_serve(args))

@@ -13,7 +13,6 @@ Redis that cannot be used.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from voicebridge import eventloop
 from voicebridge.batch.cli import run_calls
 from voicebridge.batch.lab_html import render_lab
 from voicebridge.batch.progress import ProgressBar
@@ -204,7 +204,7 @@ def main(args: argparse.Namespace) -> int:
 
         require("cluster", "voicebridge test --redis")
     try:
-        return asyncio.run(_main(args))
+        return eventloop.run(_main(args))
     except ScenarioError as e:
         print(f"voicebridge test: bad scenario: {e}", file=sys.stderr)
         return EXIT_BAD_SCENARIO
