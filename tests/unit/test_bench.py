@@ -227,7 +227,10 @@ def test_the_bridge_is_judged_by_the_event_loop_floor_of_its_own_loop_and_level(
     judge_by_loop_floor([lv, other], floors)
     assert lv["loop_floor_ratio"] == pytest.approx(4.0) and lv["loop_floor_us"] == 50.0  # asyncio's forwarder
     assert other["loop_floor_ratio"] == pytest.approx(2.5)  # uvloop's
-    result = {**summarise([lv], "passthrough", 25), "levels": [lv], "comparisons": [other], "loop_floor": floors}
+    other["variant"] = "uvloop loop"
+    paced = {**lv, "variant": "aiortc's RTCP pace", "cpu_us_per_packet": 300.0}  # another change: not in the table
+    comparisons = [other, paced]
+    result = {**summarise([lv], "passthrough", 25), "levels": [lv], "comparisons": comparisons, "loop_floor": floors}
     assert result["loop_floor_ratio"] == pytest.approx(4.0)  # the headline carries it
     text = loop_floor_table(result)
     assert "| asyncio | 25 | 30.0 (3.0x) | 50.0 (5.0x) | 200.0 (20.0x) | 4.0 |" in text

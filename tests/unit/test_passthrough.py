@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import AsyncIterator
 from typing import Any
@@ -205,3 +206,63 @@ async def test_a_tap_whose_leg_cannot_go_short_stays_on_aiortcs_path(
     assert "no short receive path" in caplog.text
     tap.close()
     assert "_handle_rtp_packet" not in vars(receiver)
+
+
+async def test_an_rtcp_loop_with_another_pace_is_reported_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def run_rtcp(self: Any) -> None:  # an aiortc that reports on another schedule
+        await asyncio.sleep(5)
+
+    monkeypatch.setattr(RTCRtpReceiver, "_run_rtcp", run_rtcp)
+    with pytest.raises(AiortcIncompatible, match=r"RTCRtpReceiver._run_rtcp sleeping 0.5-1.5 s per report"):
+        check_aiortc_compatibility()
+
+
+async def test_our_legs_rtcp_loops_are_paced_per_instance(pc: RTCPeerConnection) -> None:
+    out = OutboundAudio()
+    sender = out.add_to(pc)
+    tap = InboundTap(pc.getTransceivers()[0].receiver)
+    plain = pc.addTransceiver("audio")
+    assert "_run_rtcp" in vars(sender) and "_run_rtcp" in vars(tap.receiver)
+    assert "_run_rtcp" not in vars(plain.sender) and "_run_rtcp" not in vars(plain.receiver)
+    tap.close()
+    assert "_run_rtcp" not in vars(tap.receiver)
+
+
+async def test_paced_rtcp_waits_longer_after_the_first_report_and_ends_as_aiortc_s_loop_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stand-in for aiortc's loop (sleep, report, again; on cancellation a BYE): its first report comes at its
+    own pace, each next one after an extra wait of RTCP_EXTRA_S; cancelled, it still sends its BYE and returns."""
+    monkeypatch.setattr(passthrough, "RTCP_EXTRA_S", (0.3, 0.3))
+    extra_waits: list[tuple[float, float]] = []
+    uniform = passthrough.random.uniform
+
+    def spy(low: float, high: float) -> float:
+        extra_waits.append((low, high))
+        return uniform(low, high)
+
+    monkeypatch.setattr(passthrough.random, "uniform", spy)
+    loop = asyncio.get_running_loop()
+    reports: list[tuple[float, int]] = []  # (when, extra waits drawn before it)
+    bye, three = asyncio.Event(), asyncio.Event()
+
+    async def run_rtcp() -> None:
+        try:
+            while True:
+                await asyncio.sleep(0.01)
+                reports.append((loop.time(), len(extra_waits)))
+                if len(reports) == 3:
+                    three.set()
+        except asyncio.CancelledError:
+            pass
+        bye.set()
+
+    task = asyncio.ensure_future(passthrough._paced_rtcp(run_rtcp))
+    await three.wait()
+    task.cancel()
+    await task  # aiortc's loop swallowed the cancellation after its BYE: the task ends normally
+    assert bye.is_set() and task.done() and not task.cancelled()
+    assert [n for _, n in reports[:3]] == [0, 1, 2]  # no extra wait before the first report, one before each next
+    assert extra_waits[:2] == [(0.3, 0.3)] * 2
+    # Each next report came at least the extra wait later (less a millisecond: libuv's timers have that grain).
+    assert all(b - a >= 0.3 - 0.001 for (a, _), (b, _) in itertools.pairwise(reports[:3]))

@@ -214,7 +214,8 @@ def run_comparisons(
     args: argparse.Namespace, measured: list[dict[str, Any]], floor_us: float, ref: int, seconds: float, warmup: float
 ) -> list[dict[str, Any]]:
     """The same pass-through job again with one thing changed, right after the main levels (same run, same floor):
-    aiortc's own packet path instead of the short paths (at the headline level), and the other event loop
+    aiortc's own packet path instead of the short paths and the bridge's RTCP at aiortc's pace (at the headline
+    level), and the other event loop
     (uvloop against asyncio's, at each CPU-target level measured), so that each change is judged by its ratio."""
     other_loop = "asyncio" if args.loop == "uvloop" else "uvloop"
     try:
@@ -226,6 +227,7 @@ def run_comparisons(
     if ref in done:
         old_path = Job("passthrough", ref, seconds, warmup, loop=args.loop, short_path=False)
         jobs.append(("aiortc's packet path", old_path))
+        jobs.append(("aiortc's RTCP pace", Job("passthrough", ref, seconds, warmup, loop=args.loop, rtcp_paced=False)))
     if other_loop:
         for calls in sorted(done & {ref, *CPU_TARGET_CALLS}):
             jobs.append((f"{other_loop} loop", Job("passthrough", calls, seconds, warmup, loop=other_loop)))

@@ -55,6 +55,9 @@ class Job:
     # The bridge's short receive/send paths (media/passthrough.py); None: as VOICEBRIDGE_SHORT_PATH says (on).
     # The load processes follow VOICEBRIDGE_SHORT_PATH only: on by default, so the load stays cheap.
     short_path: bool | None = None
+    # The bridge's legs' RTCP at our pace (media/passthrough.py RTCP_EXTRA_S) or, False, at aiortc's own (the load
+    # keeps ours either way).
+    rtcp_paced: bool = True
 
 
 @dataclass
@@ -335,6 +338,10 @@ def bridge_main(conn: Any, job: Job) -> None:
             from voicebridge.media.passthrough import use_short_path
 
             use_short_path(job.short_path)
+        if not job.rtcp_paced:
+            from voicebridge.media import passthrough
+
+            passthrough.RTCP_EXTRA_S = (0.0, 0.0)
         with event_loop_runner(job.loop) as runner:
             result = runner.run(run_job(job))
         conn.send(("ok", result))

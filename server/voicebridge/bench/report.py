@@ -369,8 +369,8 @@ def loop_floor_table(result: dict[str, Any]) -> str:
     bridge = {
         (lv["calls"], lv.get("loop", "asyncio")): lv
         for lv in [*result.get("levels", []), *result.get("comparisons", [])]
-        if lv["relay"] == "passthrough" and lv.get("short_path", True) is not False
-    }
+        if lv["relay"] == "passthrough" and str(lv.get("variant", " loop")).endswith(" loop")
+    }  # the levels, and the comparisons on the other loop (not those with another change)
     by = {(m["calls"], m["loop"], m["work"]): m for m in floors}
     lines = [
         "| event-loop floor (same run) | calls | receiver only counting: CPU us/packet (x floor) "

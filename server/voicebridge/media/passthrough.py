@@ -29,6 +29,11 @@ sessions' receivers to decode only what may be speech, emulator/listening.py):
   forwarded packet thus goes socket to socket in one call stack. ``VOICEBRIDGE_SHORT_PATH=0`` (or
   ``use_short_path(False)``) keeps every packet on aiortc's path, for comparison.
 
+* RTCP at an audio pace (issue 16). aiortc's sender and receiver each report every 0.5-1.5 s; on our legs
+  (senders of ``OutboundAudio``, receivers of ``InboundTap``) the first report comes as aiortc sends it and each
+  next one 2.5-7.5 s later, libwebrtc's interval for audio (``_paced_rtcp`` drives aiortc's own loop, holding it
+  between reports: what a report holds and how the loop stops stay aiortc's). ``RTCP_EXTRA_S = (0, 0)``: aiortc's.
+
 ``check_aiortc_compatibility()`` verifies every internal this relies on and raises ``AiortcIncompatible``
 naming what changed; both classes call it, and tests/unit/test_passthrough*.py pin it. A leg whose
 transport fails the check at run time stays on aiortc's path (logged), never raising inside aiortc.
@@ -86,6 +91,13 @@ _CONNECTED = DtlsState.CONNECTED
 # The short paths (see the module docstring); VOICEBRIDGE_SHORT_PATH=0 keeps every packet on aiortc's own path
 # (the bench compares both in one run). Read per packet/tap, so use_short_path() takes effect at once.
 SHORT_PATH = os.environ.get("VOICEBRIDGE_SHORT_PATH", "1") != "0"
+
+
+# RTCP of our legs (issue 16): aiortc sends an SR per sender and an RR per receiver every 0.5-1.5 s, each one a
+# coroutine's wake-up, an SRTCP protect and a datagram, and as many to receive from the far end. libwebrtc's
+# interval for audio is 5 s on average; ours: aiortc's first report as it comes, then each next one waits this many
+# seconds more than aiortc's sleep (uniform between the two), i.e. 2.5-7.5 s apart. (0, 0): aiortc's own pace.
+RTCP_EXTRA_S = (2.0, 6.0)
 
 
 def use_short_path(on: bool) -> None:
@@ -227,6 +239,13 @@ def _class_problems_for(key: tuple[Any, ...]) -> tuple[str, ...]:
         and "self.transport.sendto(data, addr)" in _source(getattr(StunProtocol, "send_data", None)),
         "aioice Connection.sendto via self._nominated[component].protocol.transport.sendto",
     )
+    # _paced_rtcp: aiortc's RTCP loops sleep once per report, and are started through the instance's attribute.
+    for cls, start in ((RTCRtpSender, "send"), (RTCRtpReceiver, "receive")):
+        need(
+            "await asyncio.sleep(0.5 + random.random())" in _source(getattr(cls, "_run_rtcp", None))
+            and "asyncio.ensure_future(self._run_rtcp())" in _source(getattr(cls, start, None)),
+            f"{cls.__name__}._run_rtcp sleeping 0.5-1.5 s per report, started by {start}() as self._run_rtcp()",
+        )
     return tuple(problems)
 
 
@@ -240,6 +259,8 @@ _INSPECTED = (
     (RTCRtpSender, "getStats"),
     (RTCRtpSender, "_handle_rtcp_packet"),
     (RTCRtpSender, "_run_rtp"),
+    (RTCRtpReceiver, "_run_rtcp"),
+    (RTCRtpReceiver, "receive"),
     (StreamStatistics, "add"),
     (RTCIceTransport, "__init__"),
     (StunProtocol, "datagram_received"),
@@ -321,6 +342,7 @@ class InboundTap:
         self._hdr = _Header()  # what StreamStatistics.add reads, for short-path packets (no RtpPacket)
         # Instance attribute shadows the class method for this receiver only.
         receiver._handle_rtp_packet = self._handle  # type: ignore[method-assign]
+        _pace_rtcp(receiver)
 
     def subscribe(self, fn: Callable[[RtpAudio], None]) -> Callable[[], None]:
         """Call fn(packet) for every Opus packet from now on; returns the unsubscribe function."""
@@ -335,6 +357,7 @@ class InboundTap:
         """Give the receiver back its own handler and drop all subscribers."""
         self._subs = ()
         vars(self.receiver).pop("_handle_rtp_packet", None)
+        vars(self.receiver).pop("_run_rtcp", None)  # a loop already running keeps its pace
         if self._fast is not None:
             self._fast.remove(self)
             self._fast = None
@@ -564,6 +587,7 @@ class OutboundAudio:
             await original_send(parameters)
 
         sender.send = send  # type: ignore[method-assign]  # per instance: learn PT and MID at negotiation
+        _pace_rtcp(sender)
         # Per instance too: this sender's RTCP counters become views of ours, computed when aiortc reads them.
         vars(sender)[_OWNER] = self
         for name in _TX_COUNTERS:
@@ -740,6 +764,45 @@ for _name, _read, _doc in (
     (_TX_COUNTERS[3], lambda o: o.sent_ntp_time(), "NTP time of the last packet sent (SR)"),
 ):
     setattr(_LazyCountersSender, _name, _counter(_read, _doc))
+
+
+def _pace_rtcp(obj: RTCRtpSender | RTCRtpReceiver) -> None:
+    """Per instance: obj's RTCP loop, once started, reports at our pace (RTCP_EXTRA_S), aiortc's code unchanged."""
+    if "_run_rtcp" not in vars(obj):
+        vars(obj)["_run_rtcp"] = functools.partial(_paced_rtcp, obj._run_rtcp)
+
+
+async def _paced_rtcp(run_rtcp: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Drive aiortc's RTCP loop (sleep 0.5-1.5 s, send a report, again), holding it RTCP_EXTRA_S longer after
+    each sleep but the first before it sends its next report. Everything else is aiortc's: what a report holds,
+    and the stop: a cancellation is thrown into its loop, which sends its BYE and says it exited as it would."""
+    coro = run_rtcp()
+    sleeps = 0
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return
+    while True:
+        try:
+            if yielded is None:  # a bare yield: let the loop run once, as a task would
+                await asyncio.sleep(0)
+                value = None
+            else:
+                value = await _Await(yielded)
+            sleeps += 1
+            low, high = RTCP_EXTRA_S
+            if sleeps > 1 and high > 0:
+                await asyncio.sleep(random.uniform(low, high))
+        except BaseException as exc:  # cancelled by stop(): aiortc's loop ends itself
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            yielded = coro.send(value)
+        except StopIteration:
+            return
 
 
 def latency_summary(samples: Any) -> dict[str, float | int]:
