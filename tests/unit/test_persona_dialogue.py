@@ -1,8 +1,9 @@
 """Two emulated personas of a built-in scenario talking, line by line: the script engine alone, no audio and no
 clock, so a lost line is lost by choice, not by chance. A line is heard as the recognizer hears it (its words when
 the hearer's grammar has them, nothing otherwise) unless the test loses it or has it taken for another phrase (as
-the recognizer forces garbled audio onto its grammar); a barge-in rule cuts into the line it waits for; the CS agent's tools are the scenario's real ones on a fresh database (each call run once per test and
-its result kept: a dialogue calls each tool once, as the tests check, so it gets what a fresh database gives).
+the recognizer forces garbled audio onto its grammar); a barge-in rule cuts into the line it waits for; the CS
+agent's tools are the scenario's real ones on a fresh database (each call run once per test and its result kept:
+a dialogue calls each tool once, as the tests check, so it gets what a fresh database gives).
 
 What it shows: a line lost is asked for and said again, whoever lost it (the question included), and no
 conversation loops: every one ends with the caller hanging up, by the scenario's goodbye or, when a line never

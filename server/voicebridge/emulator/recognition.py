@@ -195,12 +195,16 @@ class Recognition:
         if self.in_process:
             await asyncio.to_thread(_warm, key)
             return
+        # Every worker's job is submitted before any is awaited: a session closed during the first worker's grammar
+        # load (its task cancelled) must not leave the others unstarted, to be spawned by a later session instead.
+        jobs: list[tuple[int, ProcessPoolExecutor | None, asyncio.Future[Any]]] = []
         for i in range(len(self._pools)):
             job = self._submit(i, _warm, key)
             if job is None:
                 await asyncio.to_thread(_warm, key)
                 return
-            pool = self._pools[i]
+            jobs.append((i, self._pools[i], job))
+        for i, pool, job in jobs:
             try:
                 await job
             except BrokenProcessPool:
