@@ -25,8 +25,9 @@ import os
 import random
 import struct
 import time
-from collections.abc import Callable
 from typing import Any, TypedDict
+
+from voicebridge import eventloop
 
 from .floor import _MID_EXTENSION, srtp_sessions
 
@@ -46,17 +47,6 @@ class LoopFloor(TypedDict):
     expected: int  # what the sender paced in the window (2 legs x 50 packets/s per call)
     wakeups_per_packet: float | None  # the receiver's voluntary context switches per packet (Linux), if known
     seconds: float
-
-
-def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """asyncio.Runner's loop_factory for "asyncio" (None: the default) or "uvloop"; ValueError otherwise."""
-    if loop == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    if loop != "asyncio":
-        raise ValueError(f"unknown event loop {loop!r} (asyncio or uvloop)")
-    return None
 
 
 class _Leg(asyncio.DatagramProtocol):
@@ -125,7 +115,7 @@ async def _receive(conn: Any, calls: int, work: str, key: bytes, seconds: float,
     packets = sum(leg.packets for leg in legs) - n0
     return {
         "calls": calls,
-        "loop": "",  # filled in by the caller
+        "loop": eventloop.loop_name(),
         "work": work,
         "us_per_packet": round(1e6 * cpu / packets, 2) if packets else 0.0,
         "packets": packets,
@@ -138,9 +128,8 @@ async def _receive(conn: Any, calls: int, work: str, key: bytes, seconds: float,
 def receiver_main(conn: Any, calls: int, loop: str, work: str, key: bytes, seconds: float, warmup: float) -> None:
     """Entry point of the receiver process: bind 2 x calls sockets, measure, send back the LoopFloor."""
     try:
-        with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        with asyncio.Runner(loop_factory=eventloop.loop_factory(loop)) as runner:
             result = runner.run(_receive(conn, calls, work, key, seconds, warmup))
-        result["loop"] = loop
         conn.send(("ok", result))
     except BaseException as e:
         conn.send(("error", f"{type(e).__name__}: {e}"))
