@@ -93,9 +93,10 @@ def test_bench_cli_json_last_line_and_files(tmp_path: Path) -> None:
 async def test_the_emulator_bench_measures_both_emulators_in_every_phase_and_times_turns() -> None:
     import argparse
 
-    from voicebridge.bench.emulator import PHASES, _measure, table
+    from voicebridge.bench.emulator import NEW_AUDIO, PHASES, _measure, table
 
-    result = await _measure(argparse.Namespace(sessions=[1], seconds=1.0, settle=1.5, turns=1))
+    args = argparse.Namespace(sessions=[1], seconds=1.0, settle=1.5, turns=1, new_audio_at=[1])
+    result = await _measure(args)
     assert list(result["levels"]) == ["1"]
     phases = result["levels"]["1"]["phases"]
     assert list(phases) == list(PHASES)
@@ -108,6 +109,8 @@ async def test_the_emulator_bench_measures_both_emulators_in_every_phase_and_tim
     for phase in ("silence", "speaking"):
         assert phases[phase]["now"]["packets_in"] > 0 and phases[phase]["now"]["decoded_pct"] == 0.0, phase
     assert phases["hearing"]["now"]["decoded_pct"] > 50  # speech is decoded (the pauses may not be)
+    assert phases[NEW_AUDIO]["now"]["decoded_pct"] > 50
+    assert phases[NEW_AUDIO]["now"]["turns_remembered"] == 0  # the memory was off in the emulator's process
     assert result["levels"]["1"]["responses"] > 0  # the speaking phase really had the emulators speak
     # One turn each: heard as said, answered, and its gap is the sum of its parts.
     for side in ("baseline", "now"):

@@ -102,5 +102,13 @@ async def test_a_turn_with_the_samples_of_one_already_recognised_is_not_recognis
         assert (rec.jobs, rec.remembered) == (6, 2)
         await rec.transcribe(PHRASES, greeting)  # forgotten: recognised again
         assert (rec.jobs, rec.remembered, len(rec._heard)) == (7, 2, 2)
+
+        rec.remember = 0  # off (the bench's `hearing, new audio`): a turn remembered goes to pocketsphinx again
+        assert await rec.transcribe(PHRASES, greeting) == normalize_phrase(GREETING)
+        assert await rec.transcribe(PHRASES, greeting.copy()) == normalize_phrase(GREETING)
+        assert (rec.jobs, rec.remembered) == (9, 2)
+        rec.remember = 2  # on again: what it remembered is still there
+        assert await rec.transcribe(PHRASES, greeting) == normalize_phrase(GREETING)
+        assert (rec.jobs, rec.remembered) == (9, 3)
     finally:
         rec.shutdown()
