@@ -260,7 +260,8 @@ class Emulator:
                 call_id = request.query.get("call_id")
                 if call_id is not None:
                     self.keys.api_key(request)  # a sideband needs an API key: said here, as the owner would
-                owner = owned_elsewhere(self.group, call_id if call_id is not None else key)
+                owned = call_id if call_id is not None else key if key.startswith("ek_") else ""
+                owner = owned_elsewhere(self.group, owned)
                 if owner is not None:
                     return await self._forward.websocket(request, owner, MAX_EVENT_BYTES)
             return await ws.realtime_socket(self, request)
@@ -303,7 +304,8 @@ class Emulator:
 
     async def _create_call(self, request: web.Request) -> web.Response:
         key = self.keys.bearer(request)
-        if self._forward is not None and (worker := owned_elsewhere(self.group, key)) is not None:
+        worker = owned_elsewhere(self.group, key) if key.startswith("ek_") else None
+        if self._forward is not None and worker is not None:
             return await self._forward.http(request, worker)  # an ephemeral key makes its call where it was minted
         if self._forward is not None and self.group is not None and not key.startswith("ek_"):
             # Full here: the next worker may have room (the kernel spreads connections evenly, not by load). Passed
