@@ -1,4 +1,4 @@
-"""`voicebridge batch`: real calls (real WebRTC, Opus and espeak speech) against the embedded emulator, a report
+"""`voicebridge batch`: real calls (real WebRTC, Opus and espeak speech) against the emulator (a child), a report
 that says what happened to each, and failures that stay one row in the report instead of ending the batch."""
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=90,
         cwd=REPO,
-        env={k: v for k, v in os.environ.items() if k not in _BACKEND_ENV},  # the embedded emulator
+        env={k: v for k, v in os.environ.items() if k not in _BACKEND_ENV},  # the emulator, as a child
     )
 
 

@@ -1,4 +1,4 @@
-"""`voicebridge test`: real calls against the embedded emulator, judged by their criteria, with the verdict in the
+"""`voicebridge test`: real calls against the emulator (a child), judged by their criteria, with the verdict in the
 exit status, report.json, JUnit XML and report.html. One run of two scenarios at once: the built-in
 `unknown_order` (its tool fails; it must pass offline) and the short call of test_call_criteria whose
 expectations are deliberately wrong (it must fail, naming the criteria)."""
@@ -29,7 +29,7 @@ def voicebridge(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "voicebridge.cli", *args],
         capture_output=True, text=True, timeout=110, cwd=REPO,
-        env={k: v for k, v in os.environ.items() if k not in _BACKEND_ENV},  # the embedded emulator
+        env={k: v for k, v in os.environ.items() if k not in _BACKEND_ENV},  # the emulator, as a child
     )
 
 
