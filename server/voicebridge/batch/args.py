@@ -10,7 +10,7 @@ MAX_CALLS = 100_000
 # emulator --workers auto`, one worker per core. Measured side by side on the 2-core machine (README "Where the
 # offline emulator runs"): embedded, the bridge and the emulator share one loop and 12 calls were the most at once
 # (16 with a larger budget, the lag refusing the rest); in the child 24 ran at once with the same turn gap per call,
-# and 50 calls took 78 s instead of 125.
+# and 50 calls took 76 s instead of 173.
 EMULATOR_WORKERS = "auto"
 
 
