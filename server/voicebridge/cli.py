@@ -189,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--turns", type=_positive_int, default=3, help="--emulator: turns per session in the turns phase")
     b.add_argument(
         "--new-audio-at", type=_positive_int, nargs="+", default=[12, 24], metavar="SESSIONS",
-        help="--emulator: the levels (of --sessions) where hearing is measured again with no turn remembered, as "
-        "audio that never repeats is heard (default 12 24)",
+        help="--emulator: the levels (of --sessions) where hearing and turns are measured again with no turn "
+        "remembered, as audio that never repeats is heard (turns: at most 2 per session; default 12 24)",
     )
     b.add_argument("--seconds", type=float, default=8.0, help="--emulator: measured window per phase")
     b.add_argument("--settle", type=float, default=2.0, help="--emulator: seconds into a phase before measuring")

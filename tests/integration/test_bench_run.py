@@ -93,7 +93,7 @@ def test_bench_cli_json_last_line_and_files(tmp_path: Path) -> None:
 async def test_the_emulator_bench_measures_both_emulators_in_every_phase_and_times_turns() -> None:
     import argparse
 
-    from voicebridge.bench.emulator import NEW_AUDIO, PHASES, _measure, table
+    from voicebridge.bench.emulator import NEW_AUDIO, NEW_TURNS, PHASES, _measure, table
 
     args = argparse.Namespace(sessions=[1], seconds=1.0, settle=1.5, turns=1, new_audio_at=[1])
     result = await _measure(args)
@@ -118,4 +118,10 @@ async def test_the_emulator_bench_measures_both_emulators_in_every_phase_and_tim
         assert turn["timed"] == turn["understood"] == 1, side
         parts = sum(turn[k]["p50"] for k in ("vad", "recognition", "response_start", "first_audio"))
         assert turn["gap"]["p50"] == pytest.approx(parts, abs=0.5), side
-    assert "| 1 | now | 1 (1; 0) |" in table(result)
+    # With the memory off, the timed turn was recognised, not answered from memory.
+    new = phases[NEW_TURNS]["now"]
+    assert new["turn"]["timed"] == 1
+    assert new["turns_recognised"] >= new["turn"]["timed"] and new["turns_remembered"] == 0
+    text = table(result)
+    assert "| 1 | now | 1 (1; 0) |" in text
+    assert "| 1 | now, new audio | 1 (1; 0) |" in text

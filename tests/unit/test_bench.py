@@ -278,3 +278,52 @@ def test_the_repository_doc_has_both_sections_make_bench_writes() -> None:
     doc = Path(__file__).parents[2] / "docs" / "bench.md"
     for kind in ("bench", "emulator"):
         check_doc(doc, kind)
+
+
+def _turn_side(timed: int, recognition: float, recognised: int | None, remembered: int | None) -> dict[str, Any]:
+    part = {"p50": recognition, "p90": recognition}
+    side: dict[str, Any] = {
+        "cpu_pct_per_session": 1.0,
+        "loop_lag_ms": {"p99": 2.0},
+        "turn": {
+            "turns": timed, "cut": 0, "understood": timed, "timed": timed,
+            "gap": {"p50": 900.0, "p90": 1200.0}, "vad": part, "recognition": part, "response_start": part,
+            "first_audio": part,
+        },
+    }
+    if recognised is not None:
+        side["turns_recognised"], side["turns_remembered"] = recognised, remembered
+    return side
+
+
+def test_the_emulator_turn_table_has_a_new_audio_row_only_where_it_was_measured() -> None:
+    from voicebridge.bench.emulator import NEW_TURNS, table, turns_asked
+
+    assert turns_asked(NEW_TURNS, argparse.Namespace(turns=3)) == 2  # fewer turns for the memory-off row
+    assert turns_asked(NEW_TURNS, argparse.Namespace(turns=1)) == 1
+    assert turns_asked("turns", argparse.Namespace(turns=3)) == 3
+
+    def turns_row(now: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "baseline": _turn_side(3, 150.0, None, None), "now": now, "machine_busy_cores": 1.0,
+            "loadavg_1m": 1.0, "bench_loop_lag_ms": {"baseline": {"p99": 1.0}, "now": {"p99": 1.0}},
+        }
+
+    result = {
+        "window_s": 8.0, "settle_s": 2.0, "turns_per_session": 3, "new_audio_turns_per_session": 2,
+        "levels": {
+            "1": {"phases": {"turns": turns_row(_turn_side(3, 4.0, 1, 2))}},
+            "12": {
+                "phases": {
+                    "turns": turns_row(_turn_side(36, 4.0, 12, 24)),
+                    NEW_TURNS: turns_row(_turn_side(24, 170.0, 24, 0)),
+                }
+            },
+        },
+    }
+    text = table(result)
+    assert "| 12 | before | 3 (3; 0) | - / - | 900 / 1200 | 150 | 150 |" in text
+    assert "| 12 | now | 36 (36; 0) | 12 / 24 | 900 / 1200 | 4 | 4 |" in text
+    assert "| 12 | now, new audio | 24 (24; 0) | 24 / 0 | 900 / 1200 | 170 | 170 |" in text
+    assert "| 1 | now, new audio |" not in text  # not measured at 1 session: no row
+    assert "(`now, new audio`: 2," in text

@@ -21,12 +21,13 @@ created), hearing, new audio (the same, with each emulator's remembered turns of
 the sample, so in hearing the emulator as shipped recognises only each peer's first few and remembers the rest, while
 audio that never repeats, a person's or a lossy path's, goes to pocketsphinx every turn; at NEW_AUDIO_LEVELS only, or
 --new-audio-at), speaking (silence in, the
-emulator answering response.create after response.create, so it speaks all the time) and turns (each peer says
+emulator answering response.create after response.create, so it speaks all the time), turns (each peer says
 the greeting, the emulator recognises it and answers with the caller's line, the peer waits for the answer to
-end, pauses and says it again; starts staggered over 2 s). A turn's gap runs from the peer's last packet of its
-line to the first packet of the emulator's answer that may hold speech, split at speech_stopped (the VAD's
-decision: it includes the 500 ms of silence the VAD waits for), the transcription's completion (recognition),
-response.created (response start) and that first audio packet.
+end, pauses and says it again; starts staggered over 2 s) and turns, new audio (the same with the remembered turns
+off, so that the now emulator recognises every turn; at the NEW_AUDIO levels, NEW_TURNS_ASKED turns at most).
+A turn's gap runs from the peer's last packet of its line to the first packet of the emulator's answer that may hold
+speech, split at speech_stopped (the VAD's decision: it includes the 500 ms of silence the VAD waits for), the
+transcription's completion (recognition), response.created (response start) and that first audio packet.
 """
 
 from __future__ import annotations
@@ -45,11 +46,17 @@ from typing import Any
 
 FRAME_S = 0.020
 NEW_AUDIO = "hearing, new audio"  # hearing with the `now` emulator's turn memory off (recognition.py)
-PHASES = ("idle", "silence", "hearing", NEW_AUDIO, "speaking", "turns")
+NEW_TURNS = "turns, new audio"  # turns with the `now` emulator's turn memory off: every turn recognised
+PHASES = ("idle", "silence", "hearing", NEW_AUDIO, "speaking", "turns", NEW_TURNS)
+TURN_PHASES = ("turns", NEW_TURNS)
+MEMORY_OFF = (NEW_AUDIO, NEW_TURNS)  # the phases measured with each emulator's remembered turns off
 # Where NEW_AUDIO is measured by default: at 1 session a session's share of the process's fixed costs hides what a
 # turn costs, and at 50 hearing at once is past this 2-core machine already (docs/bench.md); two levels cost the
 # default run about 20 s.
 NEW_AUDIO_LEVELS = (12, 24)
+# Turns per session in NEW_TURNS (fewer if --turns asks fewer): a turn takes about 7 s, so two keep the default
+# run's extra time to about 35 s over the two levels, and give 24 / 48 turns timed.
+NEW_TURNS_ASKED = 2
 KINDS = ("baseline", "now")  # the emulator as it was before issue 17 / as shipped
 LEVELS = (1, 12, 24, 50)
 SCENARIO = "late_order"
@@ -395,6 +402,12 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
+def turns_asked(phase: str, args: argparse.Namespace) -> int:
+    """Turns per session the phase asks for: --turns, and at most NEW_TURNS_ASKED with the memory off."""
+    turns: int = args.turns
+    return min(turns, NEW_TURNS_ASKED) if phase == NEW_TURNS else turns
+
+
 def turn_summary(turns: list[Turn], expected: str, cut: int = 0) -> dict[str, Any]:
     """Counts, the gap's p50/p90 and each part's p50/p90 (ms) of the turns that completed."""
     parts = [p for p in (t.parts_ms() for t in turns) if p is not None]
@@ -506,12 +519,12 @@ class Run:
                 for p in live:
                     p.stalled = p.stalled or not p.answered.is_set()
                 _say(f"speaking: no response.created within 60 s from {sum(p.stalled for p in live)} session(s)")
-        if phase == NEW_AUDIO:  # the looped line heard as if it never repeated: each turn recognised anew
+        if phase in MEMORY_OFF:  # the line heard as if it never repeated: each turn recognised anew
             await self._remember(False)
         try:
             return await self._measure(phase, sessions)
         finally:
-            if phase == NEW_AUDIO:
+            if phase in MEMORY_OFF:
                 await self._remember(True)
 
     async def _remember(self, on: bool) -> None:
@@ -526,14 +539,14 @@ class Run:
         from .probes import LagProbe
 
         everyone = self.everyone
-        if phase != "turns":
+        if phase not in TURN_PHASES:
             await asyncio.sleep(self.args.settle)  # the phase's steady state, not its start
         before = {kind: (_cpu_s(self.procs[kind].pid), await _stats(self.conns[kind])) for kind in self.kinds}
         machine0, load0 = _machine(), os.getloadavg()[0]
         probe = LagProbe()
         t0 = time.perf_counter()
-        if phase == "turns":
-            await self._turns(everyone)
+        if phase in TURN_PHASES:
+            await self._turns(everyone, turns_asked(phase, self.args))
         else:
             await asyncio.sleep(self.args.seconds)
         wall = time.perf_counter() - t0
@@ -560,26 +573,26 @@ class Run:
                 row[kind]["decoded_pct"] = round(decoded / packets * 100, 1) if packets else 0.0
                 row[kind]["turns_remembered"] = stats["remembered"] - before[kind][1]["remembered"]
                 row[kind]["turns_recognised"] = stats["recognised"] - before[kind][1]["recognised"]
-            if phase == "turns":
+            if phase in TURN_PHASES:
                 turns = [t for p in self.peers[kind] for t in p.turns]
                 cut = sum(p.cut for p in self.peers[kind])
                 row[kind]["turn"] = turn_summary(turns, normalize_phrase(LINE), cut)
         return row
 
-    async def _turns(self, everyone: list[Peer]) -> None:
+    async def _turns(self, everyone: list[Peer], want: int) -> None:
         loop = asyncio.get_running_loop()
         rng = random.Random(17)
         for p in everyone:
-            p.line, p.turns, p.turn, p.want, p.cut = self.line, [], None, self.args.turns, 0
+            p.line, p.turns, p.turn, p.want, p.cut = self.line, [], None, want, 0
             p.done.clear()
             p.configure(create_response=True)
             loop.call_later(rng.uniform(0, STAGGER_S), p.say)
-        cap = STAGGER_S + TURN_CAP_S * self.args.turns
+        cap = STAGGER_S + TURN_CAP_S * want
         try:
             await asyncio.wait_for(asyncio.gather(*(p.done.wait() for p in everyone if not p.lost)), cap)
         except TimeoutError:
             late = {kind: sum(not p.done.is_set() for p in self.peers[kind]) for kind in self.kinds}
-            _say(f"turns: peers that did not finish {self.args.turns} turn(s) within {cap:.0f} s: {late}")
+            _say(f"turns: peers that did not finish {want} turn(s) within {cap:.0f} s: {late}")
         for p in everyone:
             p.turn = None  # an unfinished turn is not counted
             p.configure(create_response=False)
@@ -665,6 +678,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         "window_s": args.seconds,
         "settle_s": args.settle,
         "turns_per_session": args.turns,
+        "new_audio_turns_per_session": turns_asked(NEW_TURNS, args),
         "new_audio_levels": new_audio_at,
         "levels": {},
     }
@@ -680,7 +694,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                  f"{time.perf_counter() - t0:.1f} s")
             level: dict[str, Any] = {"phases": {}}
             for phase in PHASES:
-                if phase == NEW_AUDIO and sessions not in new_audio_at:
+                if phase in MEMORY_OFF and sessions not in new_audio_at:
                     continue
                 machine0, load0, t1 = _machine(), os.getloadavg()[0], time.perf_counter()
                 answers = await drivers.ask(("phase", phase, sessions), phase_cap)
@@ -701,9 +715,10 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                     f"{row['loadavg_1m']}"
                     + (f"; peers lost {row['peers_lost']}" if any(row["peers_lost"].values()) else "")
                 )
-                if phase == "turns":
+                if phase in TURN_PHASES:
                     gaps = base["turn"]["gap"]["p50"], now["turn"]["gap"]["p50"]
-                    _say(f"    turn gap p50 baseline {gaps[0]} ms, now {gaps[1]} ms")
+                    _say(f"    turn gap p50 baseline {gaps[0]} ms, now {gaps[1]} ms (now: recognised "
+                         f"{now['turns_recognised']}, remembered {now['turns_remembered']})")
             level["responses"] = sum(answers[kind]["responses"] for kind in KINDS)
             results["levels"][str(sessions)] = level
             await drivers.ask(("disconnect",), 60)
@@ -745,7 +760,7 @@ def table(result: dict[str, Any]) -> str:
     ]
     for sessions, level in result["levels"].items():
         for phase, row in level["phases"].items():
-            if phase == "turns":
+            if phase in TURN_PHASES:
                 continue
             lines.append(
                 f"| {sessions} | {phase} | {row['baseline']['cpu_pct_per_session']} % | "
@@ -758,24 +773,33 @@ def table(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"Turn gap (the peer's line ends -> the emulator's answer's first audio), ms, p50 / p90, "
-        f"{result['turns_per_session']} turn(s) per session asked; parts p50; loop lag p99 (the emulator's, and "
-        "the process where its peers run):",
+        f"{result['turns_per_session']} turn(s) per session asked (`now, new audio`: "
+        f"{result.get('new_audio_turns_per_session', '-')}, with its remembered turns off, every turn recognised, "
+        "measured after the others in the same connections); parts p50; loop lag p99 (the emulator's, and the "
+        "process where its peers run):",
         "",
-        "| sessions | emulator | turns timed (understood; answers cut off) | gap | VAD decision | recognition | "
-        "response start | first audio | CPU/session | emulator loop lag | bench loop lag | machine busy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| sessions | emulator | turns timed (understood; answers cut off) | recognised / remembered | gap | "
+        "VAD decision | recognition | response start | first audio | CPU/session | emulator loop lag | "
+        "bench loop lag | machine busy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for sessions, level in result["levels"].items():
-        row = level["phases"].get("turns")
-        if row is None:
-            continue
-        for kind, label in (("baseline", "before"), ("now", "now")):
+        rows = [
+            (level["phases"].get(phase), kind, label)
+            for phase, kind, label in (
+                ("turns", "baseline", "before"), ("turns", "now", "now"), (NEW_TURNS, "now", "now, new audio")
+            )
+        ]
+        for row, kind, label in rows:
+            if row is None:
+                continue
             t = row[kind]["turn"]
             lines.append(
-                f"| {sessions} | {label} | {t['timed']} ({t['understood']}; {t['cut']}) | {_ms(t['gap']['p50'])} / "
-                f"{_ms(t['gap']['p90'])} | {_ms(t['vad']['p50'])} | {_ms(t['recognition']['p50'])} | "
-                f"{_ms(t['response_start']['p50'])} | {_ms(t['first_audio']['p50'])} | "
-                f"{row[kind]['cpu_pct_per_session']} % | {_p99(row[kind])} ms | "
+                f"| {sessions} | {label} | {t['timed']} ({t['understood']}; {t['cut']}) | "
+                f"{row[kind].get('turns_recognised', '-')} / {row[kind].get('turns_remembered', '-')} | "
+                f"{_ms(t['gap']['p50'])} / {_ms(t['gap']['p90'])} | {_ms(t['vad']['p50'])} | "
+                f"{_ms(t['recognition']['p50'])} | {_ms(t['response_start']['p50'])} | "
+                f"{_ms(t['first_audio']['p50'])} | {row[kind]['cpu_pct_per_session']} % | {_p99(row[kind])} ms | "
                 f"{_p99({'loop_lag_ms': row['bench_loop_lag_ms'][kind]})} ms | {row['machine_busy_cores']} cores "
                 f"(load {row['loadavg_1m']}) |"
             )
