@@ -11,6 +11,14 @@ import os
 import threading
 from dataclasses import dataclass
 
+# The event loop's default executor names its workers after the loop: "asyncio_N" on asyncio's, "uvloop_N" on
+# uvloop's (the bridge's default loop); both are the bounded pool, not threads a call leaked.
+POOL_THREAD_PREFIXES = ("asyncio_", "uvloop_")
+
+
+def is_pool_thread(thread: threading.Thread) -> bool:
+    return thread.name.startswith(POOL_THREAD_PREFIXES)
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -29,8 +37,8 @@ class Resources:
         return cls(
             fds=count_fds(),
             tasks=len(asyncio.all_tasks()),
-            threads=sum(1 for t in threading.enumerate() if not t.name.startswith("asyncio_")),
-            pool_threads=sum(1 for t in threading.enumerate() if t.name.startswith("asyncio_")),
+            threads=sum(1 for t in threading.enumerate() if not is_pool_thread(t)),
+            pool_threads=sum(1 for t in threading.enumerate() if is_pool_thread(t)),
             os_threads=os_threads(),
             rss_mb=round(rss_kb() / 1024.0, 1),
             peer_connections=peer_connections(),
