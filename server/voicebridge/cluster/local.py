@@ -24,6 +24,7 @@ from aiohttp import web
 from voicebridge.config import Settings
 from voicebridge.edge.signals import stop_on_signals
 from voicebridge.observability.capacity import CORES_ENV, usable_cores
+from voicebridge.observability.capacity import worker_count as parse_worker_count
 from voicebridge.signaling.security import SecurityPolicy
 
 from .front_door import create_front_door
@@ -36,16 +37,8 @@ _WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def worker_count(text: str) -> int:
-    """`--workers`: a whole number >= 0, or `auto` (one per core)."""
-    if text == "auto":
-        return os.cpu_count() or 1
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"--workers must be a whole number or `auto`, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"--workers must be >= 0, got {value}")
-    return value
+    """`serve --workers`: a whole number >= 0 (0: the front door alone), or `auto` (one per core)."""
+    return parse_worker_count(text, minimum=0, auto=lambda: os.cpu_count() or 1)
 
 
 async def serve_cluster(

@@ -39,6 +39,7 @@ from typing import Any
 
 from voicebridge.edge.signals import stop_on_signals
 from voicebridge.observability.capacity import CORES_ENV, usable_cores
+from voicebridge.observability.capacity import worker_count as parse_worker_count
 
 from .group import GROUP_ENV, WORKER_READY, Group
 
@@ -53,15 +54,7 @@ RECOGNITION_ENV = "VOICEBRIDGE_RECOGNITION_WORKERS"
 
 def worker_count(text: str) -> int:
     """`--workers`: a whole number >= 1, or `auto` (the usable cores)."""
-    if text == "auto":
-        return usable_cores()
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"--workers must be a whole number >= 1 or `auto`, got {text!r}") from None
-    if value < 1:
-        raise ValueError(f"--workers must be >= 1, got {value}")
-    return value
+    return parse_worker_count(text, minimum=1, auto=usable_cores)
 
 
 @dataclass

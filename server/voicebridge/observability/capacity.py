@@ -51,6 +51,20 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def worker_count(text: str, *, minimum: int, auto: Callable[[], int]) -> int:
+    """A `--workers` flag: a whole number >= `minimum`, or `auto` (`auto()`, e.g. one per core). ValueError names
+    the flag and the bad value. One parser for `serve --workers` (0: the front door alone) and `emulator --workers`."""
+    if text == "auto":
+        return auto()
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"--workers must be a whole number >= {minimum} or `auto`, got {text!r}") from None
+    if value < minimum:
+        raise ValueError(f"--workers must be >= {minimum}, got {value}")
+    return value
+
+
 class LagSource(Protocol):
     @property
     def lag_ms(self) -> float: ...
