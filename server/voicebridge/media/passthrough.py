@@ -50,7 +50,7 @@ import random
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
@@ -776,33 +776,21 @@ async def _paced_rtcp(run_rtcp: Callable[[], Coroutine[Any, Any, None]]) -> None
     """Drive aiortc's RTCP loop (sleep 0.5-1.5 s, send a report, again), holding it RTCP_EXTRA_S longer after
     each sleep but the first before it sends its next report. Everything else is aiortc's: what a report holds,
     and the stop: a cancellation is thrown into its loop, which sends its BYE and says it exited as it would."""
+    waits = 0
+
+    async def hold() -> None:
+        nonlocal waits
+        waits += 1
+        low, high = RTCP_EXTRA_S
+        if waits > 1 and high > 0:
+            await asyncio.sleep(random.uniform(low, high))
+
     coro = run_rtcp()
-    sleeps = 0
     try:
         yielded = coro.send(None)
     except StopIteration:
         return
-    while True:
-        try:
-            if yielded is None:  # a bare yield: let the loop run once, as a task would
-                await asyncio.sleep(0)
-                value = None
-            else:
-                value = await _Await(yielded)
-            sleeps += 1
-            low, high = RTCP_EXTRA_S
-            if sleeps > 1 and high > 0:
-                await asyncio.sleep(random.uniform(low, high))
-        except BaseException as exc:  # cancelled by stop(): aiortc's loop ends itself
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration:
-                return
-            continue
-        try:
-            yielded = coro.send(value)
-        except StopIteration:
-            return
+    await _drive(coro, yielded, hold)
 
 
 def latency_summary(samples: Any) -> dict[str, float | int]:
@@ -845,14 +833,25 @@ async def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
         log.debug("OutboundAudio: deferred RTP send failed: %r", exc)
 
 
-async def _drive(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+async def _drive(
+    coro: Coroutine[Any, Any, None], yielded: Any, hold: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Go on running coro, which has just yielded `yielded`, inside the awaiting task until it returns.
+
+    What coro yields (an asyncio future, or None for a bare yield) is awaited here and its result (or exception,
+    a cancellation of this task included) sent (thrown) back into coro, as a task of its own would. `hold`, if
+    given, is awaited after each of coro's waits, before coro resumes (_paced_rtcp's extra wait); a cancellation
+    during it is thrown into coro too. One driver for both uses (_resume: a deferred send; _paced_rtcp).
+    """
     while True:
         try:
-            if yielded is None:
+            if yielded is None:  # a bare yield: let the loop run once, as a task would
                 await asyncio.sleep(0)
                 value = None
             else:
                 value = await _Await(yielded)
+            if hold is not None:
+                await hold()
         except BaseException as exc:
             try:
                 yielded = coro.throw(exc)
