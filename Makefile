@@ -61,10 +61,12 @@ lint: install
 	$(BIN)/ruff check server tests
 	$(BIN)/mypy
 
-# The full run, its report written into docs/bench.md (between its markers) with bench.json/bench.png beside it.
+# The full run, its report written into docs/bench.md (between its markers) with bench.json/bench.png beside it;
+# then the emulator's and real batches' (issue 17's batch targets), each into its own section.
 bench: install
 	$(BIN)/voicebridge bench --out out/bench --doc docs/bench.md
 	$(BIN)/voicebridge bench --emulator --out out/bench --doc docs/bench.md
+	$(BIN)/voicebridge bench --batch --out out/bench --doc docs/bench.md
 
 soak: install
 	$(BIN)/voicebridge soak

@@ -1,0 +1,212 @@
+"""`voicebridge bench --batch`, what it makes of its runs: each batch's report.json reduced to a row, issue 17's
+batch targets judged against the 2-at-once baseline of the same run, and the markdown that goes into docs/bench.md.
+Pure functions over dicts (no process, no clock), so that the verdicts and the rendering are tested on their own.
+
+The targets (issue 17, this 2-core machine, bridge and emulator on it together):
+- `batch --calls 50 --concurrency 50`: every call succeeds, turn gap p50 within 10 % and p90 within 25 % of a batch
+  of 2 at once measured in the same run;
+- `batch --calls 100 --concurrency 100`: no call fails mid-call; calls beyond capacity are refused, retried and
+  finally succeed.
+The turn gap is the batch report's `turn_latency_s` (the bridge's measure on the audio packets: one agent's last
+speech packet -> the other's first reply packet, over every turn of every call). The baseline is the mean of the
+baseline batches' percentiles (run before and after the 50-call batch, so a change of the machine's load shows
+as their drift).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+BASELINE = "baseline"  # 2 at once: the reference for the turn gap
+AT_ONCE = "at_once"  # the issue's 50 at concurrency 50, the emulator's default capacity
+OVERLOAD = "overload"  # 100 at concurrency 100: past capacity, refused and retried
+ALL_ADMITTED = "all_admitted"  # 50 at concurrency 50 with an emulator budget that admits all at once (context)
+P50_WITHIN = 0.10
+P90_WITHIN = 0.25
+
+
+def run_row(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures of one batch's report.json that the bench keeps. A call that failed after it went live
+    (its `setup_s` set) failed mid-call; one that never went live failed at set-up (refused on every try, or its
+    peer connection never came up)."""
+    calls = report.get("calls") or []
+    failed = [c for c in calls if not c.get("ok")]
+    latency = report.get("turn_latency_s") or {}
+    timing = report.get("timing") or {}
+    return {
+        "calls": report.get("total", 0),
+        "concurrency": report.get("concurrency"),
+        "succeeded": report.get("succeeded", 0),
+        "failed": report.get("failed", 0),
+        "failed_mid_call": sum(1 for c in failed if c.get("setup_s") is not None),
+        "failed_setup": sum(1 for c in failed if c.get("setup_s") is None),
+        "peak_live": report.get("peak_live", 0),
+        "refusals": report.get("refusals", 0),
+        "retried": report.get("retried", 0),
+        "gave_up": report.get("gave_up", 0),
+        "wall_s": report.get("wall_s"),
+        "turn_latency_s": {
+            "count": latency.get("count", 0), "p50": latency.get("p50"), "p90": latency.get("p90"),
+        },
+        "turn_gap_ms": timing.get("turn_gap_ms"),
+        "end_reasons": report.get("end_reasons", {}),
+        "errors": [
+            {k: e.get(k) for k in ("call_id", "end_reason", "error")} for e in (report.get("errors") or [])[:3]
+        ],
+    }
+
+
+def baseline(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The mean p50 / p90 (s) of the baseline runs that timed turns, and their drift (last vs first, %)."""
+    timed = [r for r in runs if r["role"] == BASELINE and r.get("turn_latency_s", {}).get("p50") is not None]
+    if not timed:
+        return None
+    p50s = [r["turn_latency_s"]["p50"] for r in timed]
+    p90s = [r["turn_latency_s"]["p90"] for r in timed]
+    return {
+        "runs": len(timed),
+        "p50": sum(p50s) / len(p50s),
+        "p90": sum(p90s) / len(p90s),
+        "drift_p50_pct": _pct(p50s[-1], p50s[0]),
+        "drift_p90_pct": _pct(p90s[-1], p90s[0]),
+    }
+
+
+def _pct(value: float | None, reference: float | None) -> float | None:
+    if value is None or not reference:
+        return None
+    return round((value / reference - 1.0) * 100.0, 1)
+
+
+def ratios(run: Mapping[str, Any], base: Mapping[str, Any] | None) -> dict[str, float | None]:
+    """The run's turn gap p50 / p90 against the baseline's, as % more (negative: less)."""
+    latency = run.get("turn_latency_s") or {}
+    if base is None:
+        return {"p50_pct": None, "p90_pct": None}
+    return {"p50_pct": _pct(latency.get("p50"), base["p50"]), "p90_pct": _pct(latency.get("p90"), base["p90"])}
+
+
+def _find(runs: Sequence[Mapping[str, Any]], role: str) -> Mapping[str, Any] | None:
+    return next((r for r in runs if r["role"] == role and r.get("report_ok")), None)
+
+
+def _verdict(target: str, run: str, measured: str, met: bool | None, miss: str = "") -> dict[str, Any]:
+    verdict = "not measured" if met is None else "met" if met else f"missed{': ' + miss if miss else ''}"
+    return {"target": target, "run": run, "measured": measured, "met": met, "verdict": verdict}
+
+
+def _within(name: str, pct: float | None, limit: float, run: Mapping[str, Any], base: Mapping[str, Any]) -> dict[
+    str, Any
+]:
+    value = run["turn_latency_s"].get(name)
+    target = f"turn gap {name} within {limit * 100:g} % of 2 at once"
+    if pct is None or value is None:
+        return _verdict(target, run["name"], "no turns timed", None)
+    measured = f"{pct:+.1f} % ({value:.3f} s vs {base[name]:.3f} s)"
+    met = pct <= limit * 100
+    return _verdict(target, run["name"], measured, met, f"by {pct - limit * 100:.1f} points")
+
+
+def targets(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 17's batch targets, each with what was measured and met / missed (by how much) / not measured."""
+    base = baseline(runs)
+    rows: list[dict[str, Any]] = []
+    at_once = _find(runs, AT_ONCE)
+    if at_once is None:
+        rows.append(_verdict("every call succeeds", "50 at 50", "the batch did not run", None))
+    else:
+        n, ok = at_once["calls"], at_once["succeeded"]
+        rows.append(
+            _verdict("every call succeeds", at_once["name"], f"{ok}/{n} succeeded", ok == n, f"{n - ok} failed")
+        )
+        if base is None:
+            rows.append(_verdict("turn gap within 10 % / 25 % of 2 at once", at_once["name"], "no baseline", None))
+        else:
+            r = ratios(at_once, base)
+            rows.append(_within("p50", r["p50_pct"], P50_WITHIN, at_once, base))
+            rows.append(_within("p90", r["p90_pct"], P90_WITHIN, at_once, base))
+    over = _find(runs, OVERLOAD)
+    if over is None:
+        rows.append(_verdict("no call fails mid-call", "100 at 100", "the batch did not run", None))
+        return rows
+    mid, setup = over["failed_mid_call"], over["failed_setup"]
+    rows.append(
+        _verdict(
+            "no call fails mid-call", over["name"], f"{mid} failed mid-call ({setup} at set-up)", mid == 0,
+            f"{mid} calls lost",
+        )
+    )
+    n, ok = over["calls"], over["succeeded"]
+    refused = (
+        f"{over['refusals']} refusals ({over['retried']} calls retried, {over['gave_up']} gave up), "
+        f"{ok}/{n} succeeded, peak {over['peak_live']} live, wall {over['wall_s']:.0f} s"
+    )
+    if not over["refusals"]:
+        refused += " (capacity never reached: nothing refused)"
+    rows.append(
+        _verdict(
+            "calls beyond capacity refused, retried, finally succeed", over["name"], refused,
+            ok == n and over["gave_up"] == 0, f"{n - ok} did not succeed",
+        )
+    )
+    return rows
+
+
+def _num(value: Any, fmt: str = "g", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{fmt}}{suffix}"
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """The report: the targets with their verdicts, then a row per batch, in the order they ran."""
+    base = result.get("baseline")
+    lines = [
+        f"Batches of the `{result['scenario']}` scenario through `voicebridge batch` (each its own process, the "
+        f"emulator its default child `voicebridge emulator --workers auto`), one after another; load average "
+        f"{result['load_before']} before, {result['load_after']} after; {result['duration_s']} s in all.",
+        "",
+        "| target (issue 17) | batch | measured | |",
+        "|---|---|---|---|",
+    ]
+    for t in result["targets"]:
+        lines.append(f"| {t['target']} | {t['run']} | {t['measured']} | {t['verdict']} |")
+    lines += [
+        "",
+        "Each batch (turn gap: the bridge's, one agent's last speech packet -> the other's first reply packet, over "
+        "every turn; vs 2 at once: against the mean of the baseline batches; CPU: cores busy over the batch's "
+        "calls, its own process (bridge and calls) and the emulator's processes):",
+        "",
+        "| batch | calls @ concurrency | succeeded | failed mid-call / at set-up | peak live | refusals (calls "
+        "retried; gave up) | wall | turn gap p50 / p90 | vs 2 at once p50 / p90 | CPU batch / emulator | "
+        "machine busy | load before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        if not r.get("report_ok"):
+            lines.append(
+                f"| {r['name']} | {r['calls']} @ {r['concurrency']} | no report (exit {r.get('exit_status')}) "
+                "| | | | | | | | | |"
+            )
+            continue
+        lat, cpu, vs = r["turn_latency_s"], r.get("cpu") or {}, ratios(r, base)
+        lines.append(
+            f"| {r['name']} | {r['calls']} @ {r['concurrency']} | {r['succeeded']}/{r['calls']} | "
+            f"{r['failed_mid_call']} / {r['failed_setup']} | {r['peak_live']} | "
+            f"{r['refusals']} ({r['retried']}; {r['gave_up']}) | {_num(r['wall_s'], '.1f', ' s')} | "
+            f"{_num(lat.get('p50'), '.3f')} / {_num(lat.get('p90'), '.3f')} s | "
+            f"{_num(vs['p50_pct'], '+.1f', ' %')} / {_num(vs['p90_pct'], '+.1f', ' %')} | "
+            f"{_num(cpu.get('batch_cores'), '.2f')} / {_num(cpu.get('emulator_cores'), '.2f')} cores | "
+            f"{_num(cpu.get('machine_busy_cores'), '.2f')} cores | {r['load_before']} / {r['load_after']} |"
+        )
+    if base is not None:
+        lines += [
+            "",
+            f"2 at once (the mean of {base['runs']} baseline batches): p50 {base['p50']:.3f} s, p90 "
+            f"{base['p90']:.3f} s; the last baseline against the first: p50 {_num(base['drift_p50_pct'], '+.1f')} %, "
+            f"p90 {_num(base['drift_p90_pct'], '+.1f')} % (the machine's drift over the run).",
+        ]
+    failures = [(r["name"], e) for r in result["runs"] if r.get("report_ok") for e in r["errors"]]
+    if failures:
+        lines += ["", "Failed calls (the first of each batch):", ""]
+        lines += [f"- {name}: {e['call_id']} {e['end_reason']}: {e['error']}" for name, e in failures]
+    return "\n".join(lines)
