@@ -376,7 +376,8 @@ class CallSummary(Record):
     started_at: float
     """When the call was created, Unix seconds."""
     duration_s: float
-    """Seconds from creation to the end (so far, while it runs; 3 decimals)."""
+    """Seconds from creation to the end, its legs hung up (so far, while it runs; 3 decimals). The recording.wav
+    export that follows is not part of it."""
     turns: list[TranscriptLine]
     """What the agents said, in order ("said" lines)."""
     heard: dict[str, list[TranscriptLine]]

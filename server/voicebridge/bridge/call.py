@@ -488,8 +488,12 @@ class Call(AsyncIOEventEmitter):
                 self.relay.stop()
             except Exception:
                 log.exception("call %s: relay stop failed", self.id)
+        export: asyncio.Future[dict[str, str]] | None = None
         if self.recording is not None:
-            await self.recording.finish()  # WebM files finalised and recording.wav exported, on every end
+            # WebM files finalised on every end (the relay has stopped), then recording.wav made in the export
+            # pool's processes while the legs hang up (the Realtime sessions are not kept open for it).
+            self.recording.close()
+            export = asyncio.ensure_future(self.recording.export())
         await asyncio.gather(*(f.close() for f in self.functions.values()))
         results = await asyncio.gather(*(leg.hangup() for leg in self.legs.values()), return_exceptions=True)
         for role, r in zip(self.legs, results, strict=True):
@@ -499,7 +503,11 @@ class Call(AsyncIOEventEmitter):
         if self.tools is not None:
             self.tools.close()
         await self.debug.wait_closed(PC_CLOSE_WAIT_S)
+        # The call lasted until its legs were hung up; the recording's export after that is not the call's time
+        # (it waits for a CPU the live calls do not want), though the call is "ended" only once it is done.
         self.duration_s = self.now()
+        if export is not None:
+            await export
         self._set_state("ended")
         if self.scenario.expect:
             # In a thread: a criterion reads the tool database and may run the scenario's own Python hook.

@@ -26,7 +26,6 @@ DTX/comfort noise is similar), speech in tens of bytes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import statistics
 import time
@@ -36,8 +35,9 @@ from typing import Any
 
 from voicebridge.lab.timing import analyze
 from voicebridge.media.passthrough import RtpAudio
-from voicebridge.media.recording import Recorder, export_wav
+from voicebridge.media.recording import Recorder
 from voicebridge.media.relay import PacketHooks
+from voicebridge.media.wav_export import POOL, ExportPool, export_wav_off_process
 from voicebridge.results import CallTiming, P50Max, TurnLatencySummary, TurnRecord
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,9 @@ class CallRecording:
     """Records every party of a call off the relay tap: <folder>/<party>.webm, then recording.wav at the end.
 
     ``t0`` places the files on the call's own timeline (perf_counter at the call's time 0), so positions in
-    recording.wav are the times in transcript.json.
+    recording.wav are the times in transcript.json. The end comes in two steps: ``close`` (the tap let go, the
+    WebM files finalised; cheap, once the relay has stopped) and ``export`` (recording.wav, decoded in the export
+    pool's worker processes, media/wav_export.py, so it costs the bridge's event loop nothing).
     """
 
     def __init__(self, relay: PacketHooks, folder: Path, t0: float) -> None:
@@ -222,22 +224,36 @@ class CallRecording:
         self._remove: Callable[[], None] | None = relay.on_packet(self.recorder.feed)
         self.files: dict[str, str] = {}
         self.error: str | None = None
+        self._paths: dict[str, Path] = {}
 
-    async def finish(self) -> dict[str, str]:
-        """Finalise the WebM files and export recording.wav (decoding off the event loop); never raises."""
+    def close(self) -> None:
+        """Stop recording and finalise the WebM files (idempotent); never raises."""
         if self._remove is not None:
             self._remove()
             self._remove = None
         try:
-            paths = self.recorder.close()
-            self.files = {party: path.name for party, path in sorted(paths.items())}
-            if paths:
-                wav = await asyncio.to_thread(export_wav, paths, self.folder / "recording.wav")
-                self.files["stereo_wav"] = wav.name
+            self._paths = self.recorder.close()
+            self.files = {party: path.name for party, path in sorted(self._paths.items())}
         except Exception as e:  # a broken recording must not break the end of the call
             self.error = f"{type(e).__name__}: {e}"
             log.exception("recording in %s could not be finished", self.folder)
+
+    async def export(self, pool: ExportPool = POOL) -> dict[str, str]:
+        """recording.wav from the closed files, in the export pool; never raises (the error is kept, the WebM
+        files stay listed and on disk)."""
+        self.close()
+        if self._paths and self.error is None and "stereo_wav" not in self.files:
+            try:
+                wav = await export_wav_off_process(self._paths, self.folder / "recording.wav", pool)
+                self.files["stereo_wav"] = wav.name
+            except Exception as e:
+                self.error = f"{type(e).__name__}: {e}"
+                log.exception("recording in %s: recording.wav not written", self.folder)
         return self.files
+
+    async def finish(self) -> dict[str, str]:
+        """close, then export."""
+        return await self.export()
 
 
 # The files every call folder holds (bridge/artifacts.py); the recording's are added once it is finished.

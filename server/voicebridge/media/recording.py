@@ -9,8 +9,8 @@ the packet's RTP timestamp gives the spacing (free of network jitter); where RTP
 more than ``RESYNC_S`` (a new source, a sender that paused without advancing its clock) arrival time wins.
 
 Nothing here touches the relay path except ``feed``, which only appends to a list; muxing happens in batches
-on a timer (or at once when there is no event loop). ``export_wav`` decodes (off the relay path, after or
-during the call) into a stereo WAV: caller (and a human who took over) left, CS right, aligned in time.
+on a timer (or at once when there is no event loop). ``export_wav`` (wav_export.py) decodes the files into a
+stereo WAV: caller (and a human who took over) left, CS right, aligned in time.
 """
 
 from __future__ import annotations
@@ -20,16 +20,14 @@ import fractions
 import logging
 import struct
 import time
-import wave
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import av
-import numpy as np
 
 from .passthrough import RtpAudio, opus_samples
+from .wav_export import export_wav
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +35,6 @@ RATE = 48000
 TIME_BASE = fractions.Fraction(1, RATE)
 CLUSTER_MS = 500
 RESYNC_S = 0.2
-LEFT_PARTIES = ("caller", "human")
-RIGHT_PARTIES = ("cs",)
 # RFC 7845 identification header: version 1, 2 channels, pre-skip 0 (packets are mid-stream, nothing to
 # skip), 48 kHz, gain 0, mapping family 0.
 OPUS_HEAD = b"OpusHead" + struct.pack("<BBHIhB", 1, 2, 0, RATE, 0, 0)
@@ -154,43 +150,3 @@ class Recorder:
         track.container.mux(packet)
         track.prev_pts, track.prev_ts, track.prev_dur = pts, pkt.timestamp, duration
         track.packets += 1
-
-
-def read_party(path: Path | str) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """Decode one recording to mono float32 at 48 kHz, placed on the call's timeline (silence in the gaps)."""
-    chunks: list[tuple[int, np.ndarray[Any, np.dtype[np.float32]]]] = []
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
-    with av.open(str(path)) as container:
-        for frame in container.decode(audio=0):
-            start = round(float(frame.time or 0.0) * RATE)
-            for mono in resampler.resample(frame):
-                chunks.append((start, mono.to_ndarray().reshape(-1).astype(np.float32)))
-                start += mono.samples
-    end = max((s + len(c) for s, c in chunks), default=0)
-    track = np.zeros(end, dtype=np.float32)
-    for start, chunk in chunks:
-        track[start : start + len(chunk)] += chunk
-    return track
-
-
-def export_wav(recordings: Mapping[str, Path | str], out: Path | str) -> Path:
-    """Stereo 16-bit 48 kHz WAV of a call: caller + human left, CS right, on one timeline."""
-    unknown = set(recordings) - set(LEFT_PARTIES) - set(RIGHT_PARTIES)
-    if unknown:
-        raise ValueError(f"export_wav: unknown parties {sorted(unknown)} (expected caller, human, cs)")
-    missing = [str(p) for p in recordings.values() if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"export_wav: recording files not found: {missing}")
-    decoded = {party: read_party(path) for party, path in recordings.items()}
-    length = max((len(a) for a in decoded.values()), default=0)
-    stereo = np.zeros((length, 2), dtype=np.float32)
-    for party, audio in decoded.items():
-        stereo[: len(audio), 0 if party in LEFT_PARTIES else 1] += audio
-    pcm = (np.clip(stereo, -1.0, 1.0) * 32767).astype("<i2")
-    out = Path(out)
-    with wave.open(str(out), "wb") as wav:
-        wav.setnchannels(2)
-        wav.setsampwidth(2)
-        wav.setframerate(RATE)
-        wav.writeframes(pcm.tobytes())
-    return out
