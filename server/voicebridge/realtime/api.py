@@ -11,6 +11,8 @@ from typing import Any, cast
 import openai
 from openai import AsyncOpenAI
 
+from .http import http_client
+
 REFUSED_STATUSES = (429, 503)  # "not now": a rate limit or a server at capacity; the same request may pass later
 
 
@@ -75,7 +77,7 @@ def describe_error(step: str, base_url: str, e: Exception) -> LegError:
 
 
 class RealtimeApi:
-    """One SDK client per leg (cheap), closed with the leg."""
+    """One SDK client per leg (cheap: its HTTP client shares the process's TLS context), closed with the leg."""
 
     def __init__(self, base_url: str, api_key: str, timeout_s: float = 10.0) -> None:
         if not base_url:
@@ -83,7 +85,11 @@ class RealtimeApi:
         self.base_url = base_url.rstrip("/")
         # The SDK insists on a key; the emulator accepts any, so an empty one becomes a harmless placeholder.
         self._client = AsyncOpenAI(
-            base_url=self.base_url, api_key=api_key or "sk-emulator", timeout=timeout_s, max_retries=0
+            base_url=self.base_url,
+            api_key=api_key or "sk-emulator",
+            timeout=timeout_s,
+            max_retries=0,
+            http_client=http_client(),  # closed with the SDK client; its TLS context is the process's one
         )
 
     async def create_call(self, sdp: str, session: dict[str, Any]) -> tuple[str, str]:

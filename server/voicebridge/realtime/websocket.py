@@ -42,6 +42,7 @@ from voicebridge.media.passthrough import latency_summary
 from voicebridge.media.pcm import FRAME_BYTES, PCM_RATE, SILENCE, OpusToPcmSink, PcmToOpusTap
 
 from .api import LegError, retry_after
+from .http import http_client
 from .leg import Leg, LegStats
 
 if TYPE_CHECKING:
@@ -151,7 +152,10 @@ class WebSocketLeg(Leg):
         self._created = asyncio.get_running_loop().create_future()
         try:
             self._client = AsyncOpenAI(
-                base_url=self.base_url, api_key=self.settings.api_key or "sk-emulator", max_retries=0
+                base_url=self.base_url,
+                api_key=self.settings.api_key or "sk-emulator",
+                max_retries=0,
+                http_client=http_client(),  # the process's TLS context, not a new one per leg
             )
             model = str(session.get("model") or self.settings.model)
             try:
