@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--compare", action="store_true",
-        help="with --calls: also run the same-run comparisons (aiortc's packet path, the other event loop)",
+        help="with --calls: also run the same-run comparisons (aiortc's packet path and RTCP pace, the load free to "
+        "preempt the bridge, the other event loop), each beside a run of the default",
     )
 
     from voicebridge.batch.args import add_arguments as add_batch_arguments

@@ -27,6 +27,8 @@ async def test_a_small_passthrough_job_relays_every_packet_and_matches_them_end_
     assert lv["e2e_latency_ms"]["count"] > 0  # the load matched payloads sent by one agent, received by the other
     assert lv["e2e_latency_ms"]["p50"] > lv["presend_latency_ms"]["p50"] > 0
     assert lv["packets_sent"] > 0 and lv["mem_mib_per_call"] is not None
+    assert lv["load_sched"] == ["batch"]  # the load does not preempt the bridge on wake-up (bench/load.py)
+    assert lv["bridge_context_switches"]["voluntary"] > 0  # it slept between packets, and that was counted
     fan = lv["fanout"]
     assert fan["listeners"] == 2 and fan["listener_delivery_pct"] > 0
 

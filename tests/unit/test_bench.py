@@ -327,3 +327,53 @@ def test_the_emulator_turn_table_has_a_new_audio_row_only_where_it_was_measured(
     assert "| 12 | now, new audio | 24 (24; 0) | 24 / 0 | 900 / 1200 | 170 | 170 |" in text
     assert "| 1 | now, new audio |" not in text  # not measured at 1 session: no row
     assert "(`now, new audio`: 2," in text
+
+
+def test_comparisons_run_beside_a_default_run_of_their_level_in_abba_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each variant is judged against the default run next to it (A B1 B2 A B3 B4 A), not against a level measured
+    minutes earlier: a machine whose load changes during the bench biases no comparison one way."""
+    import voicebridge.bench as bench
+
+    ran: list[str] = []
+    cpu_of = {"default": 10.0, "aiortc's packet path": 20.0, "aiortc's RTCP pace": 30.0}
+
+    def fake_run_job(job: bench.Job) -> dict[str, Any]:  # the bridge process's result for this job, as it comes
+        name = next((v for v, j in plan if j is job), "default")  # which planned job (or the default) it is
+        ran.append(name)
+        cpu = cpu_of.get(name, 40.0) + len(ran) / 10  # each run a little different: shows which one was used
+        return raw_job("passthrough", job.calls, 25000, 25000, cpu, [0.0001] * 100)
+
+    args = argparse.Namespace(loop="uvloop")
+    plan = bench.comparison_plan(args, [1, 25, 100], 25, 1.0, 0.1)[25]
+    assert [v for v, _ in plan] == [
+        "aiortc's packet path", "aiortc's RTCP pace", "load preempting the bridge", "asyncio loop"
+    ]
+    assert plan[2][1].load_sched == "normal" and plan[3][1].loop == "asyncio"
+    monkeypatch.setattr(bench, "run_job", fake_run_job)
+    level = figures(raw_job("passthrough", 25, 25000, 25000, 10.0, [0.0001] * 100), 1.0)
+    rows, again = bench.run_interleaved(plan, level, bench.Job("passthrough", 25, 1.0, 0.1), 1.0)
+    assert ran == [
+        "aiortc's packet path", "aiortc's RTCP pace", "default", "load preempting the bridge", "asyncio loop", "default"
+    ]
+    assert len(again) == 2 and all(r["variant"] == "default (again)" for r in again)
+    # B1 against the level (before it), B2 and B3 against the default run between them, B4 against the last one.
+    assert [r["against"]["run"] for r in rows] == ["level", "again", "again", "again"]
+    against = [r["against"]["cpu_us_per_packet"] for r in rows]
+    assert against[0] == level["cpu_us_per_packet"]
+    assert against[1] == against[2] == again[0]["cpu_us_per_packet"] != against[3] == again[1]["cpu_us_per_packet"]
+
+
+def test_the_load_runs_as_a_far_end_that_does_not_preempt_the_bridge() -> None:
+    """SCHED_BATCH in a process of its own (policy is per process; the test runner keeps its own)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os; from voicebridge.bench.load import far_end_scheduling as f; "
+        "print(f('batch'), os.sched_getscheduler(0) == os.SCHED_BATCH)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["batch", "True"]
+    code = code.replace("f('batch')", "f('normal')").replace("== os.SCHED_BATCH", "== os.SCHED_OTHER")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["normal", "True"]

@@ -138,6 +138,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     _say(f"floor: {floor['us_per_packet']} us of CPU per forwarded packet (receive, unprotect, protect, send)")
     loop_levels = [c for c in levels if c in CPU_TARGET_CALLS] or [ref]
     loop_floors = run_loop_floors(loop_levels, floor["us_per_packet"], quick)
+    plan = comparison_plan(args, levels, ref, seconds, warmup) if compare else {}
+    comparisons: list[dict[str, Any]] = []
+    default_reruns: list[dict[str, Any]] = []
     for relay in relays:
         queue = list(levels)
         extra = list(EXTRA_LEVELS) if extend and relay == "passthrough" else []
@@ -153,6 +156,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 break
             lv = figures(raw, floor["us_per_packet"])
             measured.append(lv)
+            if relay == "passthrough" and calls in plan:  # the comparisons at this level, interleaved with it
+                base_job = Job(relay, calls, seconds, warmup, loop=args.loop)
+                rows, again = run_interleaved(plan.pop(calls), lv, base_job, floor["us_per_packet"])
+                comparisons += rows
+                default_reruns += again
             if calls == ref:
                 samples[f"{relay}, {calls} calls"] = raw["window"]["bridge_samples"]
             lat = lv["added_latency_ms"]
@@ -168,7 +176,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 break
             if not queue and extra and not lossy(lv):
                 queue.append(extra.pop(0))
-    comparisons = run_comparisons(args, measured, floor["us_per_packet"], ref, seconds, warmup) if compare else []
     main_relay = relays[0]
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -204,50 +211,78 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     result["ws_transcoding"] = transcode_cost(500)
     result["levels"] = measured
     result["comparisons"] = comparisons
+    result["comparison_defaults"] = default_reruns  # the default's extra runs beside the comparisons
     result["targets"] = targets(result)
     result["failures"] = failures
     result["_samples"] = samples
     return result
 
 
-def run_comparisons(
-    args: argparse.Namespace, measured: list[dict[str, Any]], floor_us: float, ref: int, seconds: float, warmup: float
-) -> list[dict[str, Any]]:
-    """The same pass-through job again with one thing changed, right after the main levels (same run, same floor):
-    aiortc's own packet path instead of the short paths and the bridge's RTCP at aiortc's pace (at the headline
-    level), and the other event loop
-    (uvloop against asyncio's, at each CPU-target level measured), so that each change is judged by its ratio."""
+def comparison_plan(
+    args: argparse.Namespace, levels: list[int], ref: int, seconds: float, warmup: float
+) -> dict[int, list[tuple[str, Job]]]:
+    """The same pass-through job with one thing changed, per level: at the headline level aiortc's own packet path
+    instead of the short paths, the bridge's RTCP at aiortc's pace and the load on SCHED_NORMAL (free to preempt
+    the bridge, bench/load.py), and the other event loop (uvloop against asyncio's) at each CPU-target level."""
     other_loop = "asyncio" if args.loop == "uvloop" else "uvloop"
     try:
         import uvloop  # noqa: F401
     except ImportError:
         other_loop = ""
-    done = {lv["calls"] for lv in measured if lv["relay"] == "passthrough"}
-    jobs: list[tuple[str, Job]] = []
-    if ref in done:
-        old_path = Job("passthrough", ref, seconds, warmup, loop=args.loop, short_path=False)
-        jobs.append(("aiortc's packet path", old_path))
-        jobs.append(("aiortc's RTCP pace", Job("passthrough", ref, seconds, warmup, loop=args.loop, rtcp_paced=False)))
+    plan: dict[int, list[tuple[str, Job]]] = {}
+
+    def job(calls: int, **change: Any) -> Job:
+        return Job("passthrough", calls, seconds, warmup, loop=change.pop("loop", args.loop), **change)
+
+    if ref in levels:
+        plan[ref] = [
+            ("aiortc's packet path", job(ref, short_path=False)),
+            ("aiortc's RTCP pace", job(ref, rtcp_paced=False)),
+            ("load preempting the bridge", job(ref, load_sched="normal")),
+        ]
     if other_loop:
-        for calls in sorted(done & {ref, *CPU_TARGET_CALLS}):
-            jobs.append((f"{other_loop} loop", Job("passthrough", calls, seconds, warmup, loop=other_loop)))
+        for calls in sorted(set(levels) & {ref, *CPU_TARGET_CALLS}):
+            plan.setdefault(calls, []).append((f"{other_loop} loop", job(calls, loop=other_loop)))
+    return plan
+
+
+def run_interleaved(
+    variants: list[tuple[str, Job]], base: dict[str, Any], base_job: Job, floor_us: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each variant next to a run of the default at the same level, in the order A B1 B2 A B3 B4 A... (base: the
+    level's own run, the first A): each variant is judged against the default run beside it, so a load that
+    changes during the bench (other work on the machine) biases no comparison one way. Returns the variants'
+    figures (with `against`) and the extra default runs."""
     out: list[dict[str, Any]] = []
-    for variant, job in jobs:
+    reruns: list[dict[str, Any]] = []
+    last_a = base
+    for i, (variant, job) in enumerate(variants):
         _say(f"comparison: {variant}, {job.calls} concurrent call(s)")
         try:
             lv = figures(run_job(job), floor_us)
         except RuntimeError as e:
             _say(str(e))
             continue
+        if i % 2 == 1:  # B A: a default run right after this variant, also the A before the next one
+            _say(f"comparison: the default again, {base_job.calls} concurrent call(s)")
+            try:
+                last_a = figures(run_job(base_job), floor_us)
+                last_a["variant"] = "default (again)"
+                reruns.append(last_a)
+            except RuntimeError as e:
+                _say(str(e))
         lv["variant"] = variant
-        base = next(x for x in measured if x["relay"] == "passthrough" and x["calls"] == job.calls)
-        lv["against"] = {k: base.get(k) for k in ("cpu_us_per_packet", "floor_ratio", "added_latency_ms", "loss_pct")}
+        lv["against"] = {
+            k: last_a.get(k)
+            for k in ("cpu_us_per_packet", "floor_ratio", "added_latency_ms", "loss_pct", "load_cpu_us_per_packet")
+        }
+        lv["against"]["run"] = "level" if last_a is base else "again"
         _say(
             f"{variant} x{job.calls}: {lv['cpu_us_per_packet']} us/packet = {lv['floor_ratio']}x floor "
-            f"(default: {base['floor_ratio']}x), loss {lv['loss_pct']} %"
+            f"(default beside it: {last_a['floor_ratio']}x), loss {lv['loss_pct']} %"
         )
         out.append(lv)
-    return out
+    return out, reruns
 
 
 def _cpu_pressure() -> float | None:

@@ -14,6 +14,7 @@ import asyncio
 import math
 import multiprocessing as mp
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ class Job:
     # The bridge's legs' RTCP at our pace (media/passthrough.py RTCP_EXTRA_S) or, False, at aiortc's own (the load
     # keeps ours either way).
     rtcp_paced: bool = True
+    # The load processes' scheduling policy (bench/load.py far_end_scheduling): "batch", so that a far end woken
+    # by the bridge's sendto does not preempt it, as a remote one cannot; "normal" for comparison.
+    load_sched: str = "batch"
 
 
 @dataclass
@@ -210,9 +214,11 @@ async def _window(b: _Bridge, conns: list[Any], seconds: float, shift: float) ->
     presend.clear()
     c0 = b.counters()
     udp0 = udp_rcvbuf_errors()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0, wall0 = os.times(), time.perf_counter()
     await asyncio.sleep(seconds)  # a benchmark window, not a test: the load processes measure the same span
     t1 = os.times()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
     wall = time.perf_counter() - wall0
     user, system = t1.user - t0.user, t1.system - t0.system
     c1 = b.counters()
@@ -233,6 +239,12 @@ async def _window(b: _Bridge, conns: list[Any], seconds: float, shift: float) ->
         "bridge_out": c1[1] - c0[1],
         "bridge_dropped": c1[2] - c0[2],
         "udp_rcvbuf_errors": udp1 - udp0,  # whole machine: UDP packets dropped by full socket buffers
+        # The bridge taken off its CPU while runnable (preempted: each one is a latency outlier if it falls
+        # inside a packet's forwarding), and the times it went to sleep waiting for packets.
+        "context_switches": {
+            "involuntary": ru1.ru_nivcsw - ru0.ru_nivcsw,
+            "voluntary": ru1.ru_nvcsw - ru0.ru_nvcsw,
+        },
         "presend_samples": list(presend),
         "bridge_samples": samples,
         "loads": loads,
@@ -249,7 +261,7 @@ async def run_job(job: Job) -> dict[str, Any]:
     conns, procs = [], []
     for _ in range(n_loads):
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=load_main, args=(child,), daemon=True)
+        proc = ctx.Process(target=load_main, args=(child, job.load_sched), daemon=True)
         proc.start()
         conns.append(parent)
         procs.append(proc)
@@ -262,6 +274,7 @@ async def run_job(job: Job) -> dict[str, Any]:
         "load_processes": n_loads,
         "loop": eventloop.loop_name(),  # the loop it really ran on (uvloop missing: asyncio's)
         "short_path": passthrough.SHORT_PATH,
+        "load_sched": job.load_sched,
     }
     try:
         for c in conns:  # the load processes have imported aiortc and encoded their packets

@@ -97,6 +97,9 @@ def figures(job: dict[str, Any], floor_us: float | None = None) -> dict[str, Any
         ),
         "loop": job.get("loop", "asyncio"),
         "short_path": job.get("short_path", True),
+        # The load's scheduling policy as in force in its processes (bench/load.py far_end_scheduling).
+        "load_sched": sorted({x.get("sched", "normal") for x in win["loads"]}),
+        "bridge_context_switches": win.get("context_switches"),
         "bridge_loop_lag_ms": win["loop_lag_ms"],
         "load_loop_lag_ms": [x["loop_lag_ms"] for x in win["loads"]],
         "load_late_ticks": sum(x["late_ticks"] for x in win["loads"]),
@@ -414,7 +417,7 @@ def loop_floor_verdict(floors: list[dict[str, Any]]) -> str:
 def comparisons_table(rows: list[dict[str, Any]]) -> str:
     """The same job with one change, beside the default figures of the same run (x floor: lower is better)."""
     lines = [
-        "| change (same run) | calls | CPU us/packet | x floor | default x floor | x event-loop floor "
+        "| change (same run) | calls | CPU us/packet | x floor | default x floor (run beside it) | x event-loop floor "
         "| added p50 / p99 ms | loss % | load CPU us/packet |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
