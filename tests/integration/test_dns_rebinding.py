@@ -167,7 +167,7 @@ async def test_emulator_refuses_a_rebound_name_on_every_route(emulator: Emulator
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await http.ws_connect("/v1/realtime?model=gpt-realtime", headers=foreign)
         assert info.value.status == 421
-        assert not emulator.keys.secrets and not emulator.sessions  # no ek_ key minted, no session made
+        assert not len(emulator.keys) and not emulator.sessions  # no ek_ key minted, no session made
         async with http.post("/v1/realtime/client_secrets", json={}, headers={"Authorization": "Bearer sk-x"}) as r:
             assert r.status == 200  # Host 127.0.0.1:port, as the openai SDK sends it
 

@@ -62,7 +62,7 @@ async def test_expired_ephemeral_key_is_refused(emulator: Emulator) -> None:
         f"{emulator.base_url}/realtime/client_secrets", json={}, headers={"Authorization": "Bearer sk-x"}
     )
     assert status == 200
-    emulator.keys.secrets[body["value"]].expires_at = int(time.time()) - 1
+    emulator.keys.clock = lambda: time.time() + 600 + 1  # its default lifetime has passed
     status, _, err = await _post(
         f"{emulator.base_url}/realtime/calls",
         data="v=0\r\nm=audio 9 x\r\n",

@@ -1,21 +1,23 @@
-"""One worker of `voicebridge emulator --workers N` (workers.py starts them): which worker owns a call or an
-ephemeral key, and how a request about it that reached another worker is passed on to its owner.
+"""One worker of `voicebridge emulator --workers N` (workers.py starts them): which worker owns a call, how a
+request about it that reached another worker is passed on to its owner, where a full worker passes a new session,
+and /readyz for the whole group.
 
 Every worker is a whole emulator. The kernel spreads new connections over the workers (SO_REUSEPORT: one
 listening socket per worker on the same public port, workers.py says why), so a request about a session (its
-hang-up, its sideband WebSocket) may reach a worker that does not hold it. So an id a worker makes carries its
-index (`rtc_<24 characters>_w1`, `ek_<32 characters>_w1`), and a worker that gets a request about another worker's
-call or key passes it on, untouched, to that worker's private loopback port: plain HTTP as a request of its own
-(status, headers and body back as they came), a WebSocket as a second WebSocket pumped both ways.
+hang-up, its sideband WebSocket) may reach a worker that does not hold it. So a call id a worker makes carries its
+index (`rtc_<24 characters>_w1`), and a worker that gets a request about another worker's call passes it on,
+untouched, to that worker's private loopback port: plain HTTP as a request of its own (status, headers and body
+back as they came), a WebSocket as a second WebSocket pumped both ways.
 
-A worker that is full passes a new call made with an API key on to the next worker (at most once around the
-group, the count in a header): connections are spread evenly, not by load, so one worker may fill first.
+Ephemeral keys are not any worker's: they are kept in the group's SQLite file (keys.py), so whichever worker a call
+made with one reaches makes it, and a worker that is restarted still knows them. The same file holds the parent's
+view of each worker (roster.py).
 
-Ephemeral keys stay where they were minted, and a call made with one is made by the worker that minted it (the
-request is passed on like a hang-up): the key is good for one call, which only its minter can tell without shared
-state, and the session it was minted for (instructions, tools: up to a MiB) could not ride inside the key, a
-header of at most 8 KiB. A worker that is restarted has forgotten its keys (a 401, as for an unknown key) and its
-calls (a 404), like an emulator that was restarted.
+A worker that is full passes a new session (a WebRTC call or a WebSocket session, with an API key or an
+ephemeral key) on to the next serving worker, at most once around the group (the count in a header): connections
+are spread evenly, not by load, so one worker may fill first. Minting an ephemeral key opens no session, so it is
+never passed on or refused for capacity. A worker that is restarted has forgotten its calls (a 404), like an
+emulator that was restarted.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from aiohttp import WSMsgType, web
 
 from voicebridge.edge.websocket import LimitedWebSocketResponse
 
+from .roster import SERVING, STARTING, WorkerState
 from .schema import NO_SUCH_CALL, ApiError
 
 log = logging.getLogger(__name__)
@@ -50,12 +53,14 @@ _HOP = {
 # other worker once, then answers itself).
 PASSED_ON = "X-Voicebridge-Passed-On"
 PROXY_TIMEOUT_S = 60.0  # a restarting owner accepts after its start-up (seconds); a hang-up's SDK waits 600 s
+READYZ_TIMEOUT_S = 2.0  # a serving worker that does not answer its /readyz in this long is reported as such
+WORKER_SCOPE = "worker"  # /readyz?scope=worker: this worker alone (what the group's /readyz asks each worker)
 
 
 @dataclass(frozen=True)
 class Group:
-    """This worker's place in the group: its index, the group's size, each worker's private port, the parent's pid
-    and the listening sockets it inherited (file descriptors)."""
+    """This worker's place in the group: its index, the group's size, each worker's private port, the parent's pid,
+    the listening sockets it inherited (file descriptors) and the group's SQLite file (keys.py, roster.py)."""
 
     index: int
     size: int
@@ -63,6 +68,7 @@ class Group:
     parent: int
     public_fd: int
     private_fd: int
+    state: str
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Group | None:
@@ -73,22 +79,24 @@ class Group:
         return cls(
             index=int(d["index"]), size=int(d["size"]), private_ports=tuple(int(p) for p in d["private_ports"]),
             parent=int(d["parent"]), public_fd=int(d["public_fd"]), private_fd=int(d["private_fd"]),
+            state=str(d["state"]),
         )
 
     def to_env(self) -> str:
         return json.dumps(
             {"index": self.index, "size": self.size, "private_ports": list(self.private_ports),
-             "parent": self.parent, "public_fd": self.public_fd, "private_fd": self.private_fd}
+             "parent": self.parent, "public_fd": self.public_fd, "private_fd": self.private_fd,
+             "state": self.state}
         )
 
     def tag(self, value: str) -> str:
         """An id made here, carrying this worker's index."""
         return f"{value}_w{self.index}"
 
-    def owner(self, value: str) -> int | None:
-        """The index of another worker that owns this id, or None (this one, or no worker's id: then it is
+    def owner(self, call_id: str) -> int | None:
+        """The index of another worker that owns this call, or None (this one, or no worker's id: then it is
         answered here, e.g. 404 for an unknown call)."""
-        m = _OWNER.search(value)
+        m = _OWNER.search(call_id)
         if m is None:
             return None
         index = int(m.group(1))
@@ -96,6 +104,18 @@ class Group:
 
     def private_url(self, index: int) -> str:
         return f"http://127.0.0.1:{self.private_ports[index]}"
+
+    def pass_on_to(self, request: web.Request, serving: set[int]) -> int | None:
+        """The worker a full worker passes this new session on to: the next one after it that serves (`serving`,
+        the roster's), unless every serving worker has been asked already (None: answer it here, with a 429)."""
+        hops = passed_on(request)
+        if hops >= len(serving | {self.index}) - 1:
+            return None
+        for step in range(1, self.size):
+            index = (self.index + step) % self.size
+            if index in serving:
+                return index
+        return None
 
 
 class Forwarder:
@@ -121,7 +141,7 @@ class Forwarder:
         """The request as it came, answered by worker `owner`: its status, headers and body. `passed_on`: a new
         session passed on by that many full workers (PASSED_ON)."""
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP and k != PASSED_ON}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP | {PASSED_ON.lower()}}
         if passed_on:
             headers[PASSED_ON] = str(passed_on)
         url = self.group.private_url(owner) + request.path_qs
@@ -135,14 +155,50 @@ class Forwarder:
         except (aiohttp.ClientError, TimeoutError) as e:
             raise _unreachable(owner, e) from None
 
-    async def websocket(self, request: web.Request, owner: int, max_msg_size: int) -> web.StreamResponse:
+    async def readiness(self, own: dict[str, Any], roster: list[WorkerState]) -> dict[str, Any]:
+        """/readyz for the group: `ready` while any worker would take a new session, `workers` each one's state
+        (the parent's view, roster.py) and, for those that serve, its own /readyz (`own`: this worker's)."""
+        states = {w.index: w for w in roster}
+
+        async def one(index: int) -> dict[str, Any]:
+            w = states.get(index)
+            entry: dict[str, Any] = {"index": index, "state": w.state if w else STARTING, "pid": w.pid if w else 0}
+            if index == self.group.index:  # it answers: it serves, whatever the parent has noted yet
+                return {**entry, "state": SERVING, "pid": os.getpid(), **_readiness_of(own)}
+            if w is None or w.state != SERVING:
+                return {**entry, "ready": False, "failing": {"worker": w.detail if w and w.detail else entry["state"]}}
+            url = f"{self.group.private_url(index)}/readyz?scope={WORKER_SCOPE}"
+            try:
+                async with self._session().get(url, timeout=aiohttp.ClientTimeout(total=READYZ_TIMEOUT_S)) as r:
+                    return {**entry, **_readiness_of(await r.json())}
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                why = f"serving, but its /readyz did not answer: {e or type(e).__name__}"
+                return {**entry, "ready": False, "failing": {"worker": why}}
+
+        workers = await asyncio.gather(*(one(i) for i in range(self.group.size)))
+        ready = any(w["ready"] for w in workers)
+        failing = {} if ready else {"workers": "no worker would take a new session: " + "; ".join(
+            f"worker {w['index']}: {', '.join(w['failing'].values())}" for w in workers
+        )}  # fmt: skip
+        return {
+            "ready": ready, "failing": failing, "sessions": sum(int(w.get("sessions", 0)) for w in workers),
+            "workers": workers, **group_status(self.group),
+        }
+
+    async def websocket(
+        self, request: web.Request, owner: int, max_msg_size: int, passed_on: int = 0
+    ) -> web.StreamResponse:
         """A WebSocket to worker `owner` with the request's headers, and one to the client, pumped both ways
         (text, binary and the close code) until either side closes. A refused handshake is the same status
-        here (404 for an unknown call, as the owner said; other refusals name the status)."""
+        here (404 for an unknown call, as the owner said; 429 when every worker is full; other refusals name
+        the status). `passed_on`: as for `http`."""
         headers = {
             k: v for k, v in request.headers.items()
             if k.lower() not in _HOP and not k.lower().startswith("sec-websocket-")
+            and k.lower() != PASSED_ON.lower()
         }
+        if passed_on:
+            headers[PASSED_ON] = str(passed_on)
         url = self.group.private_url(owner) + request.path_qs
         try:
             upstream = await self._session().ws_connect(url, headers=headers, max_msg_size=0, autoping=True)
@@ -160,24 +216,12 @@ class Forwarder:
         return client
 
 
+_Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
 async def _pump(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
-    async def down() -> None:  # the owner's events to the client
-        async for msg in upstream:
-            if msg.type == WSMsgType.TEXT:
-                await client.send_str(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await client.send_bytes(msg.data)
-        await client.close(code=upstream.close_code or 1000)
-
-    async def up() -> None:  # the client's events to the owner
-        async for msg in client:
-            if msg.type == WSMsgType.TEXT:
-                await upstream.send_str(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await upstream.send_bytes(msg.data)
-        await upstream.close(code=client.close_code or 1000)
-
-    tasks = [asyncio.ensure_future(down()), asyncio.ensure_future(up())]
+    """The owner's events to the client and the client's to the owner, until either side closes."""
+    tasks = [asyncio.ensure_future(_copy(upstream, client)), asyncio.ensure_future(_copy(client, upstream))]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -188,6 +232,24 @@ async def _pump(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocket
                 await t
 
 
+async def _copy(src: _Socket, dst: _Socket) -> None:
+    """Every text and binary message of `src` to `dst`, then `src`'s close code (1000 when it gave none)."""
+    async for msg in src:
+        if msg.type == WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+    await dst.close(code=src.close_code or 1000)
+
+
+def _readiness_of(body: dict[str, Any]) -> dict[str, Any]:
+    """What the group's /readyz shows of one worker's own."""
+    return {
+        "ready": bool(body.get("ready")), "failing": dict(body.get("failing") or {}),
+        "sessions": int(body.get("sessions") or 0), "capacity": body.get("capacity"),
+    }
+
+
 def _refused_handshake(e: aiohttp.WSServerHandshakeError) -> ApiError:
     headers = {"Retry-After": e.headers["Retry-After"]} if e.headers and "Retry-After" in e.headers else None
     if e.status == 404:
@@ -195,9 +257,11 @@ def _refused_handshake(e: aiohttp.WSServerHandshakeError) -> ApiError:
     if e.status == 401:
         return ApiError(401, "Ephemeral key is expired, unknown or already used.", code="invalid_api_key")
     if e.status == 429:
+        retry = f" Please try again in {headers['Retry-After']}s." if headers else " Please try again later."
         return ApiError(
-            429, "Rate limit reached for gpt-realtime on concurrent sessions: the worker that owns this key is "
-            "at capacity. Please try again later.", type_="requests", code="rate_limit_exceeded", headers=headers,
+            429, "Rate limit reached for gpt-realtime on concurrent sessions: every worker of this emulator is at "
+            "capacity or at its session limit." + retry, type_="requests", code="rate_limit_exceeded",
+            headers=headers,
         )
     return ApiError(e.status, f"The worker that owns this session refused the WebSocket (HTTP {e.status}).")
 
@@ -223,9 +287,9 @@ def passed_on(request: web.Request) -> int:
     return int(text) if text.isascii() and text.isdigit() and len(text) < 4 else 0
 
 
-def owned_elsewhere(group: Group | None, value: str) -> int | None:
-    """The other worker that owns `value` (a call id or an ephemeral key), or None."""
-    return group.owner(value) if group is not None else None
+def owned_elsewhere(group: Group | None, call_id: str) -> int | None:
+    """The other worker that owns this call, or None."""
+    return group.owner(call_id) if group is not None else None
 
 
 def group_status(group: Group | None) -> dict[str, Any]:

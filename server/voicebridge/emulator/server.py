@@ -36,11 +36,21 @@ from voicebridge.scenarios.model import Scenario, ScenarioError, builtin_names
 
 from . import events as ev
 from . import ws
-from .group import WORKER_READY, Forwarder, Group, die_with_parent, group_status, owned_elsewhere, passed_on
+from .group import (
+    WORKER_READY,
+    WORKER_SCOPE,
+    Forwarder,
+    Group,
+    die_with_parent,
+    group_status,
+    owned_elsewhere,
+    passed_on,
+)
 from .handlers import MAX_EVENT_BYTES
-from .keys import SECRET_TTL_DEFAULT_S, Keys, check_ttl
+from .keys import MEMORY, SECRET_TTL_DEFAULT_S, Keys, check_ttl, owner_of
 from .limits import AcceptErrorFilter, Limits, SessionCounter, overloaded
 from .persona import PersonaBook
+from .roster import SERVING, Roster
 from .schema import NO_SUCH_CALL, ApiError, check_client_secret_request, check_session, parse_body_json
 from .session import Session
 from .session_config import default_session, merge_session
@@ -148,9 +158,10 @@ class Emulator:
         self.sessions: dict[str, Session] = {}
         self.group = group
         self._forward = Forwarder(group) if group is not None else None
-        # API keys, and the ephemeral keys minted at /v1/realtime/client_secrets (keys.py), tagged with this
-        # worker's index in a group.
-        self.keys = Keys(tag=group.tag if group is not None else None)
+        # API keys, and the ephemeral keys minted at /v1/realtime/client_secrets (keys.py): in memory, or in the
+        # group's file that every worker of `--workers N` shares, with the parent's view of each worker (roster.py).
+        self.keys = Keys(group.state if group is not None else MEMORY)
+        self.roster = Roster(group.state) if group is not None else None
         self.base_url = ""
         self._extra_hosts = tuple(allowed_hosts)
         self.hosts: HostPolicy = host_policy("127.0.0.1", self._extra_hosts)  # start() sets the real bind
@@ -181,6 +192,7 @@ class Emulator:
         for path in ("/v1/realtime/sessions", "/v1/realtime/transcription_sessions"):
             app.router.add_route("*", path, self._beta)
         app.router.add_get("/readyz", self._readyz)  # not the API's: whether this emulator takes new sessions
+        app.router.add_get("/healthz", self._healthz)  # not the API's: it answers (and what it holds)
         return app
 
     async def _edge(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -239,7 +251,23 @@ class Emulator:
     # ---- endpoints --------------------------------------------------------------------------------------
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        """200 while a new session would be taken, else 503 naming why (full: capacity or the session limit)."""
+        """200 while a new session would be taken, else 503 naming why (full: capacity or the session limit). In a
+        group: for the group (ready while any worker would take one, each worker's state), unless
+        `?scope=worker` asks for this worker alone."""
+        body = self._own_readiness()
+        if self._forward is not None and self.roster is not None and request.query.get("scope") != WORKER_SCOPE:
+            body = await self._forward.readiness(body, self.roster.all())
+        return web.json_response(body, status=200 if body["ready"] else 503)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        """Alive: 200 with the sessions this process holds and, in a group, each worker's state as the parent
+        noted it (no worker is asked: /readyz does that)."""
+        body: dict[str, Any] = {"ok": True, "sessions": len(self.counter), **group_status(self.group)}
+        if self.roster is not None:
+            body["workers"] = [w.as_json() for w in self.roster.all()]
+        return web.json_response(body)
+
+    def _own_readiness(self) -> dict[str, Any]:
         live = len(self.counter)
         failing: dict[str, str] = {}
         full = self.capacity.full(live)
@@ -247,23 +275,22 @@ class Emulator:
             failing["capacity"] = f"this emulator is at capacity: {full.message}"
         elif live >= self.limits.max_sessions:
             failing["capacity"] = f"{live} sessions live, the limit is {self.limits.max_sessions} (--max-sessions)"
-        body = {
+        return {
             "ready": not failing, "failing": failing, "sessions": live, "capacity": self.capacity.status(live),
             **group_status(self.group),
         }
-        return web.json_response(body, status=200 if not failing else 503)
 
     async def _realtime(self, request: web.Request) -> web.StreamResponse:
         if ws.is_websocket_request(request):
             if self._forward is not None:
-                key = self.keys.bearer(request)
+                self.keys.bearer(request)
                 call_id = request.query.get("call_id")
-                if call_id is not None:
+                if call_id is not None:  # a sideband: to the worker that holds the call
                     self.keys.api_key(request)  # a sideband needs an API key: said here, as the owner would
-                owned = call_id if call_id is not None else key if key.startswith("ek_") else ""
-                owner = owned_elsewhere(self.group, owned)
-                if owner is not None:
-                    return await self._forward.websocket(request, owner, MAX_EVENT_BYTES)
+                    if (owner := owned_elsewhere(self.group, call_id)) is not None:
+                        return await self._forward.websocket(request, owner, MAX_EVENT_BYTES)
+                elif (to := self._pass_on_to(request)) is not None:  # a new session: full here, to the next worker
+                    return await self._forward.websocket(request, to, MAX_EVENT_BYTES, passed_on(request) + 1)
             return await ws.realtime_socket(self, request)
         return await self._beta(request)
 
@@ -304,15 +331,8 @@ class Emulator:
 
     async def _create_call(self, request: web.Request) -> web.Response:
         key = self.keys.bearer(request)
-        worker = owned_elsewhere(self.group, key) if key.startswith("ek_") else None
-        if self._forward is not None and worker is not None:
-            return await self._forward.http(request, worker)  # an ephemeral key makes its call where it was minted
-        if self._forward is not None and self.group is not None and not key.startswith("ek_"):
-            # Full here: the next worker may have room (the kernel spreads connections evenly, not by load). Passed
-            # on at most once around the group, so every worker is asked once before the client hears a 429.
-            hops = passed_on(request)
-            if hops < self.group.size - 1 and self._full():
-                return await self._forward.http(request, (self.group.index + 1) % self.group.size, hops + 1)
+        if self._forward is not None and (to := self._pass_on_to(request)) is not None:
+            return await self._forward.http(request, to, passed_on(request) + 1)  # full here: the next worker
         secret = self.keys.redeem(key) if key.startswith("ek_") else None  # authenticate before reading the body
         sdp, session = await self._read_offer(request)
         _check_offer(sdp)
@@ -326,9 +346,13 @@ class Emulator:
         if self.group is not None:
             call_id = self.group.tag(call_id)  # its hang-up and sideband find this worker (group.py)
         # Limits checked and the session counted before any await (limits.py): concurrent offers cannot all pass.
-        owner = secret.owner if secret is not None else key
+        owner = secret.owner if secret is not None else owner_of(key)
         self.counter.add(call_id, owner, str(config.get("model") or DEFAULT_MODEL), needs_sockets=True)
         try:
+            if secret is not None:
+                # Spent only on a well-formed offer it could have (a typo must not burn the key), and once across
+                # a group: a worker that lost the race to another answers 401 as for a reused key.
+                self.keys.spend(secret)
             sess = Session(
                 call_id, config, self.personas, self.voice, self.session_closed,
                 response_delay_ms=self.response_delay_ms,
@@ -336,8 +360,6 @@ class Emulator:
         except BaseException:
             self.counter.release(call_id)
             raise
-        if secret is not None:
-            secret.used = True  # spent only on a well-formed offer it could have, as a typo must not burn the key
         self.sessions[call_id] = sess
         try:
             answer = await sess.accept(sdp)
@@ -359,6 +381,14 @@ class Emulator:
         """Whether a new session would be refused now for capacity or the session limit (nothing counted)."""
         live = len(self.counter)
         return self.capacity.full(live) is not None or live >= self.limits.max_sessions
+
+    def _pass_on_to(self, request: web.Request) -> int | None:
+        """In a group, full here: the worker to pass this new session on to (group.py), else None. The kernel
+        spreads connections evenly, not by load, so the next worker may have room; every serving worker is asked
+        once before the client hears a 429."""
+        if self.group is None or self.roster is None or not self._full():
+            return None
+        return self.group.pass_on_to(request, {w.index for w in self.roster.all() if w.state == SERVING})
 
     def session_closed(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
@@ -386,7 +416,7 @@ class Emulator:
         if body.get("session") is not None:
             check_session(body["session"])
             config = merge_session(config, body["session"])
-        secret = self.keys.mint(seconds, config, owner=key)
+        secret = self.keys.mint(seconds, config, api_key=key)
         return web.json_response({"value": secret.value, "expires_at": secret.expires_at, "session": config})
 
 

@@ -15,8 +15,15 @@ request about a session that lands on another worker is passed on to the owner's
 
 The parent prints `serving the Realtime GA API at URL` once every worker serves (what `emulator_process` and
 scripts wait for), and a line per worker. A worker that exits is logged and restarted (after 0.5 s, doubling up
-to 30 s while it keeps dying young); its sessions ended with it. SIGTERM or SIGINT stops them all (each closes its
+to 30 s while it keeps dying young); its sessions ended with it. A worker that fails to start START_FAILURES times
+in a row (it exits before it serves: a scenario file removed, out of memory) is given up on: an error on stderr,
+its sockets closed (the kernel sends its share of connections to the others, none waits for it) and /readyz says
+so; the others go on serving, since a group that still serves degrades instead of collapsing. When every worker
+has been given up on, the parent says so and exits with status 1. SIGTERM or SIGINT stops them all (each closes its
 sessions), then the parent; the workers end with the parent however it ends (prctl PR_SET_PDEATHSIG in each).
+
+The group's state is one SQLite file in a directory the parent makes and removes: the ephemeral keys every worker
+mints and redeems (keys.py) and the parent's view of each worker (roster.py), which /readyz and /healthz show.
 
 Each worker budgets its share of the cores (VOICEBRIDGE_CORES = the usable cores / N, at least 1, unless set, as
 `serve --workers N` does) and runs one recognition worker per core of its share (VOICEBRIDGE_RECOGNITION_WORKERS).
@@ -30,18 +37,23 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from voicebridge.edge.signals import stop_on_signals
-from voicebridge.observability.capacity import CORES_ENV, usable_cores
+from voicebridge.observability.capacity import CORES_ENV, env_number, usable_cores
 from voicebridge.observability.capacity import worker_count as parse_worker_count
 
 from .group import GROUP_ENV, WORKER_READY, Group
+from .keys import connect as open_key_store
+from .roster import GAVE_UP, RESTARTING, SERVING, STARTING, STOPPING, Roster
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 120.0  # N workers importing aiortc, av and pocketsphinx at once on a loaded machine
@@ -49,6 +61,8 @@ STOP_TIMEOUT_S = 20.0  # each worker closes its sessions; then it is killed
 RESTART_FIRST_S = 0.5
 RESTART_MAX_S = 30.0
 YOUNG_S = 30.0  # a worker that dies sooner than this after its start waits longer before its next start
+START_FAILURES = 3  # a worker that exits before it serves this many times in a row is given up on
+START_FAILURES_ENV = "VOICEBRIDGE_EMULATOR_START_FAILURES"  # another count (a whole number >= 1)
 RECOGNITION_ENV = "VOICEBRIDGE_RECOGNITION_WORKERS"
 
 
@@ -65,6 +79,8 @@ class Slot:
     proc: asyncio.subprocess.Process | None = None
     started: float = 0.0
     failures: int = 0  # deaths in a row of a young worker
+    start_failures: int = 0  # exits in a row before serving
+    given_up: bool = False
     ready: asyncio.Future[bool] | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -115,12 +131,19 @@ def _flags(args: argparse.Namespace) -> list[str]:
 
 
 class Supervisor:
-    def __init__(self, args: argparse.Namespace, n: int) -> None:
+    def __init__(self, args: argparse.Namespace, n: int, state_dir: str) -> None:
         self.args = args
         self.n = n
         self.flags = _flags(args)
         self.slots: list[Slot] = []
+        self.private_ports: tuple[int, ...] = ()
         self.stopping = False
+        self.all_given_up = asyncio.Event()
+        self.start_failures = start_failures(os.environ)
+        self.state_dir = state_dir
+        self.state = os.path.join(state_dir, "group.sqlite3")
+        open_key_store(self.state).close()  # its tables and WAL mode, before any worker opens it
+        self.roster = Roster(self.state)
         self.env = dict(os.environ)
         # The workers share this machine: each counts its share of the cores in its budget, and recognises
         # with as many worker processes, unless the operator said otherwise.
@@ -131,8 +154,8 @@ class Supervisor:
 
     async def spawn(self, slot: Slot) -> None:
         group = Group(
-            index=slot.index, size=self.n, private_ports=tuple(s.private.getsockname()[1] for s in self.slots),
-            parent=os.getpid(), public_fd=slot.public.fileno(), private_fd=slot.private.fileno(),
+            index=slot.index, size=self.n, private_ports=self.private_ports, parent=os.getpid(),
+            public_fd=slot.public.fileno(), private_fd=slot.private.fileno(), state=self.state,
         )
         env = {**self.env, GROUP_ENV: group.to_env()}
         slot.ready = asyncio.get_running_loop().create_future()
@@ -145,6 +168,7 @@ class Supervisor:
             start_new_session=True,
         )
         slot.started = time.monotonic()
+        self.roster.set(slot.index, STARTING, slot.proc.pid)
         slot.tasks = [asyncio.ensure_future(self._read(slot, slot.proc, slot.ready))]
 
     async def _read(self, slot: Slot, proc: asyncio.subprocess.Process, ready: asyncio.Future[bool]) -> None:
@@ -155,24 +179,38 @@ class Supervisor:
             if text.startswith(WORKER_READY):
                 if not ready.done():
                     ready.set_result(True)
+                    if not self.stopping:
+                        self.roster.set(slot.index, SERVING, proc.pid)
                 continue
             print(f"[worker {slot.index}] {text}", flush=True)
         if not ready.done():
             ready.set_result(False)
 
     async def supervise(self, slot: Slot) -> None:
-        """Restart the worker whenever it exits, until the group stops."""
+        """Restart the worker whenever it exits, until the group stops or it failed to start too often."""
         while True:
-            assert slot.proc is not None
+            assert slot.proc is not None and slot.ready is not None
             status = await slot.proc.wait()
             if self.stopping:
                 return
             lived = time.monotonic() - slot.started
+            with contextlib.suppress(TimeoutError):  # its ready line may still be in the pipe
+                await asyncio.wait_for(asyncio.shield(slot.ready), 5.0)
+            served = slot.ready.done() and slot.ready.result()
+            slot.start_failures = 0 if served else slot.start_failures + 1
+            if slot.start_failures >= self.start_failures:
+                self.give_up(slot, status)
+                return
             slot.failures = slot.failures + 1 if lived < YOUNG_S else 0
             delay = min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** max(0, slot.failures - 1))
+            what = "its sessions ended with it" if served else "before it served"
             log.warning(
-                "emulator worker %d (pid %d) exited with %s after %.0f s; its sessions ended with it; "
-                "restarting it in %.1f s", slot.index, slot.proc.pid, _status(status), lived, delay,
+                "emulator worker %d (pid %d) exited with %s after %.0f s, %s; restarting it in %.1f s",
+                slot.index, slot.proc.pid, _status(status), lived, what, delay,
+            )
+            self.roster.set(
+                slot.index, RESTARTING, slot.proc.pid,
+                f"exited with {_status(status)} {what}; restarting in {delay:.1f} s",
             )
             await asyncio.sleep(delay)
             if self.stopping:
@@ -182,8 +220,30 @@ class Supervisor:
             if await slot.ready:
                 log.info("emulator worker %d restarted (pid %d)", slot.index, slot.proc.pid)
 
+    def give_up(self, slot: Slot, status: int) -> None:
+        """No more starts for this worker: its sockets closed, so the kernel stops queueing connections for it and
+        a request passed on to it is refused at once; the group ends when no worker is left."""
+        slot.given_up = True
+        why = f"failed to start {slot.start_failures} times in a row (the last exited with {_status(status)})"
+        left = [s.index for s in self.slots if not s.given_up]
+        assert slot.proc is not None
+        self.roster.set(slot.index, GAVE_UP, slot.proc.pid, f"{why}; not restarted")
+        slot.public.close()
+        slot.private.close()
+        if left:
+            log.error(
+                "emulator worker %d %s: giving up on it; the group goes on with worker(s) %s (its output above "
+                "says why it failed)", slot.index, why, ", ".join(map(str, left)),
+            )
+        else:
+            log.error("emulator worker %d %s, and no worker is left: the emulator stops", slot.index, why)
+            self.all_given_up.set()
+
     async def stop(self) -> None:
         self.stopping = True
+        for s in self.slots:
+            if not s.given_up and s.proc is not None:
+                self.roster.set(s.index, STOPPING, s.proc.pid)
         procs = [s.proc for s in self.slots if s.proc is not None and s.proc.returncode is None]
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -200,6 +260,16 @@ class Supervisor:
                 t.cancel()
             s.public.close()
             s.private.close()
+        self.roster.close()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def start_failures(env: Mapping[str, str]) -> int:
+    """How many failed starts in a row give a worker up (START_FAILURES_ENV, else START_FAILURES)."""
+    value = env_number(env, START_FAILURES_ENV, START_FAILURES)
+    if value < 1 or value != int(value):
+        raise ValueError(f"{START_FAILURES_ENV} must be a whole number >= 1, got {env[START_FAILURES_ENV]!r}")
+    return int(value)
 
 
 def _status(status: int) -> str:
@@ -215,8 +285,9 @@ async def serve(args: argparse.Namespace, n: int) -> int:
     except OSError as e:
         print(f"voicebridge emulator: cannot listen on {args.host}:{args.port}: {e.strerror}", flush=True)
         return 1
-    sup = Supervisor(args, n)
+    sup = Supervisor(args, n, tempfile.mkdtemp(prefix="voicebridge-emulator-"))
     sup.slots = [Slot(i, publics[i], privates[i]) for i in range(n)]
+    sup.private_ports = tuple(p.getsockname()[1] for p in privates)
     stop = stop_on_signals()
     try:
         for slot in sup.slots:
@@ -250,9 +321,16 @@ async def serve(args: argparse.Namespace, n: int) -> int:
             f"{sup.env[RECOGNITION_ENV]} process(es); a worker that exits is restarted", flush=True,
         )
         watchers = [asyncio.ensure_future(sup.supervise(s)) for s in sup.slots]
-        await stop.wait()
-        for w in watchers:
+        ended = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(sup.all_given_up.wait())]
+        await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
+        for w in [*watchers, *ended]:
             w.cancel()
+        if sup.all_given_up.is_set():
+            print(
+                f"voicebridge emulator: every worker failed to start {sup.start_failures} times in a row; stopping",
+                file=sys.stderr, flush=True,
+            )
+            return 1
         print("voicebridge emulator: stopping its workers", flush=True)
     finally:
         await sup.stop()
@@ -263,6 +341,7 @@ def main(args: argparse.Namespace) -> int:
     """`voicebridge emulator --workers N` (N >= 2; 1 is server.main alone, no extra process)."""
     try:
         n = worker_count(args.workers)
+        start_failures(os.environ)
     except ValueError as e:
         print(f"voicebridge emulator: {e}", file=sys.stderr)
         return 2

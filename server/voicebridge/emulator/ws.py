@@ -30,7 +30,7 @@ from voicebridge.edge.websocket import LimitedWebSocketResponse
 from . import events as ev
 from .audio_formats import PCM, RATES, encode
 from .handlers import MAX_EVENT_BYTES, handle
-from .keys import Keys
+from .keys import Keys, owner_of
 from .limits import SessionCounter
 from .persona import PersonaBook
 from .schema import NO_SUCH_CALL, ApiError
@@ -184,11 +184,11 @@ async def realtime_socket(emulator: Host, request: web.Request) -> web.StreamRes
         )
     session_id = str(config.get("id") or ev.new_id("sess"))
     # Counted against the limits (limits.py) in the same step as the check; a refusal is the handshake's 429.
-    owner = secret.owner if secret is not None else key
+    owner = secret.owner if secret is not None else owner_of(key)
     emulator.counter.add(session_id, owner, str(config.get("model") or "gpt-realtime"), needs_sockets=False)
-    if secret is not None:
-        secret.used = True
     try:
+        if secret is not None:
+            emulator.keys.spend(secret)  # once across a group's workers (keys.py)
         session = Session(
             session_id,
             config,
