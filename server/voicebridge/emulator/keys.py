@@ -32,7 +32,8 @@ MEMORY = ":memory:"
 BUSY_TIMEOUT_S = 5.0  # another worker writing the group's file at the same moment (a few microseconds)
 _SCHEMA = """CREATE TABLE IF NOT EXISTS secrets (
     digest TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, owner TEXT NOT NULL, session TEXT NOT NULL,
-    used INTEGER NOT NULL DEFAULT 0)"""
+    used INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS secrets_expiry ON secrets (expires_at)"""
 
 
 def check_ttl(seconds: int) -> None:
@@ -72,7 +73,7 @@ def connect(path: str) -> sqlite3.Connection:
     if path != MEMORY:
         db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer in another worker
         db.execute("PRAGMA synchronous=OFF")  # a worker that dies has handed its writes to the OS already
-    db.execute(_SCHEMA)
+    db.executescript(_SCHEMA)
     return db
 
 
