@@ -6,6 +6,9 @@ than asyncio's selector loop (docs/bench.md, "Near the floor": the bench measure
 ``uvloop`` (the default) or ``asyncio`` (the standard library's loop, always available). When uvloop cannot be
 imported the process runs on asyncio's loop and says so in its log, once, without failing: uvloop is a
 dependency, but a platform without a wheel for it still gets a working bridge.
+
+``quiet_lost_peer_tasks`` (installed by ``run``) keeps aiortc's unawaited data-channel sends to a peer that is gone
+from printing a traceback each: see there.
 """
 
 from __future__ import annotations
@@ -76,6 +79,41 @@ def loop_name(loop: asyncio.AbstractEventLoop | None = None) -> str:
     return "uvloop" if type(loop).__module__.split(".")[0] == "uvloop" else "asyncio"
 
 
+# aiortc's SCTP transport (the data channel) starts some sends as tasks it never awaits: a retransmission timer's
+# _transmit, _data_channel_flush, the T1/T2 timers' _send_chunk. When the peer is gone (the leg's ICE or DTLS
+# transport closed under them) such a task fails with ConnectionError ("Cannot send data, not connected"), and
+# asyncio reports it when the task is collected: "Task exception was never retrieved" and a traceback, several
+# per lost peer (the bench's logs had dozens). Nothing more could be done with that data: it is logged at DEBUG,
+# one line each. Any other unretrieved exception, and these tasks failing otherwise, are reported as before.
+_LOST_PEER_TASKS = ("RTCSctpTransport.",)
+
+
+def _lost_peer_handler(previous: Any) -> Any:
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        task, exc = context.get("future"), context.get("exception")
+        if isinstance(exc, ConnectionError) and isinstance(task, asyncio.Task) and not task.cancelled():
+            name = getattr(task.get_coro(), "__qualname__", "")
+            if name.startswith(_LOST_PEER_TASKS) and task.exception() is exc:
+                log.debug("%s: the peer is gone (%s)", name, exc)
+                return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.quiets_lost_peers = True  # type: ignore[attr-defined]  # installed once per loop
+    return handler
+
+
+def quiet_lost_peer_tasks(loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """On `loop` (default: the running one): aiortc's own unawaited SCTP sends that fail because the peer is gone
+    log one DEBUG line instead of an unretrieved-task traceback; the handler already set, if any, gets the rest."""
+    loop = loop or asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    if not getattr(previous, "quiets_lost_peers", False):
+        loop.set_exception_handler(_lost_peer_handler(previous))
+
+
 def run(main: Coroutine[Any, Any, T], name: str | None = None) -> T:
     """asyncio.run(main) on the chosen event loop (VOICEBRIDGE_LOOP unless `name` is given)."""
     try:
@@ -84,4 +122,5 @@ def run(main: Coroutine[Any, Any, T], name: str | None = None) -> T:
         main.close()  # never started: no "coroutine was never awaited" warning on top of the error
         raise
     with asyncio.Runner(loop_factory=factory) as runner:
+        quiet_lost_peer_tasks(runner.get_loop())
         return runner.run(main)

@@ -93,3 +93,41 @@ def test_a_command_refuses_an_unknown_loop_in_one_line() -> None:
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last == "voicebridge call: VOICEBRIDGE_LOOP must be uvloop or asyncio, not 'gevent'"
+
+
+def test_aiortcs_unawaited_data_channel_sends_to_a_lost_peer_log_one_debug_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A real RTCSctpTransport whose DTLS transport is not connected: its send fails with ConnectionError, as the
+    tasks aiortc starts and never awaits do when the peer is gone; collected unretrieved, it is one DEBUG line. Any
+    other task's unretrieved exception is still reported as asyncio does."""
+    import gc
+
+    from aiortc import RTCPeerConnection
+    from aiortc.rtcsctptransport import AbortChunk
+
+    async def main() -> None:
+        pc = RTCPeerConnection()
+        pc.createDataChannel("events")
+        await pc.setLocalDescription(await pc.createOffer())
+        assert pc.sctp is not None
+        pc.sctp._remote_port = 5000  # what start() sets from the far end's SDP; its DTLS is not connected
+        lost = asyncio.ensure_future(pc.sctp._send_chunk(AbortChunk()))
+
+        async def ours() -> None:
+            raise ConnectionError("not aiortc's")
+
+        other = asyncio.ensure_future(ours())
+        await asyncio.wait([lost, other])
+        del lost, other
+        gc.collect()
+        await pc.close()
+
+    caplog.set_level(logging.DEBUG)
+    eventloop.run(main())
+    unretrieved = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert len(unretrieved) == 1 and "not aiortc's" in str(unretrieved[0].exc_info)
+    assert any(
+        r.levelno == logging.DEBUG and "RTCSctpTransport._send_chunk: the peer is gone" in r.getMessage()
+        for r in caplog.records
+    )

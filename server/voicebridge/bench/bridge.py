@@ -356,6 +356,7 @@ def bridge_main(conn: Any, job: Job) -> None:
 
             passthrough.RTCP_EXTRA_S = (0.0, 0.0)
         with event_loop_runner(job.loop) as runner:
+            eventloop.quiet_lost_peer_tasks(runner.get_loop())
             result = runner.run(run_job(job))
         conn.send(("ok", result))
     except BaseException as e:

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from voicebridge import eventloop
 from voicebridge.media.loopback import set_loopback_only
 from voicebridge.media.pacer import FRAME_S, Pacer
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
@@ -277,4 +278,5 @@ def load_main(conn: Any, sched: str = "batch") -> None:
     set_loopback_only(True)
     far_end_scheduling(sched)
     with asyncio.Runner(loop_factory=load_loop_factory()) as runner:
+        eventloop.quiet_lost_peer_tasks(runner.get_loop())
         runner.run(_serve(conn))
