@@ -273,6 +273,10 @@ async def test_a_worker_that_cannot_start_again_is_given_up_and_the_group_ends_w
         assert status == 200 and ready["ready"]
         gave_up = ready["workers"][1]
         assert gave_up["state"] == "gave_up" and "failed to start 2 times" in gave_up["failing"]["worker"]
+        sdk = AsyncOpenAI(base_url=first, api_key="sk-test", max_retries=0)
+        with pytest.raises(NotFoundError):  # a call of worker 1's is gone with it: 404 at once, nothing waits
+            await sdk.realtime.calls.hangup("rtc_" + "a" * 24 + "_w1")
+        await sdk.close()
         status, health = await get_json(f"{root(url)}/healthz")
         assert status == 200 and [w["state"] for w in health["workers"]] == ["serving", "gave_up"]
         # Its socket closed, every new connection reaches worker 0 (none waits for the worker given up on).

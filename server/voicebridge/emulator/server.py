@@ -287,7 +287,7 @@ class Emulator:
                 call_id = request.query.get("call_id")
                 if call_id is not None:  # a sideband: to the worker that holds the call
                     self.keys.api_key(request)  # a sideband needs an API key: said here, as the owner would
-                    if (owner := owned_elsewhere(self.group, call_id)) is not None:
+                    if (owner := self._owner(call_id)) is not None:
                         return await self._forward.websocket(request, owner, MAX_EVENT_BYTES)
                 elif (to := self._pass_on_to(request)) is not None:  # a new session: full here, to the next worker
                     return await self._forward.websocket(request, to, MAX_EVENT_BYTES, passed_on(request) + 1)
@@ -382,6 +382,16 @@ class Emulator:
         live = len(self.counter)
         return self.capacity.full(live) is not None or live >= self.limits.max_sessions
 
+    def _owner(self, call_id: str) -> int | None:
+        """The other worker that holds this call, to pass a request about it on to; None: this one (or nobody's).
+        An owner that is not serving (restarting, given up) lost its calls with its process: a 404 at once,
+        rather than a request that waits for its restart or finds its socket closed."""
+        owner = owned_elsewhere(self.group, call_id)
+        if owner is not None and self.roster is not None:
+            if not any(w.index == owner and w.state == SERVING for w in self.roster.all()):
+                raise ApiError(404, NO_SUCH_CALL, code="call_id_not_found", param="call_id")
+        return owner
+
     def _pass_on_to(self, request: web.Request) -> int | None:
         """In a group, full here: the worker to pass this new session on to (group.py), else None. The kernel
         spreads connections evenly, not by load, so the next worker may have room; every serving worker is asked
@@ -397,7 +407,7 @@ class Emulator:
     async def _hangup(self, request: web.Request) -> web.Response:
         self.keys.api_key(request)
         call_id = request.match_info["call_id"]
-        if self._forward is not None and (owner := owned_elsewhere(self.group, call_id)) is not None:
+        if self._forward is not None and (owner := self._owner(call_id)) is not None:
             return await self._forward.http(request, owner)
         session = self.sessions.get(call_id)
         if session is None:
