@@ -316,7 +316,7 @@ def test_the_emulator_turn_table_has_a_new_audio_row_only_where_it_was_measured(
             "12": {
                 "phases": {
                     "turns": turns_row(_turn_side(36, 4.0, 12, 24)),
-                    NEW_TURNS: turns_row(_turn_side(24, 170.0, 24, 0)),
+                    NEW_TURNS: turns_row({**_turn_side(24, 170.0, 24, 0), "late_starts": 5}),
                 }
             },
         },
@@ -324,7 +324,8 @@ def test_the_emulator_turn_table_has_a_new_audio_row_only_where_it_was_measured(
     text = table(result)
     assert "| 12 | before | 3 (3; 0) | - / - | 900 / 1200 | 150 | 150 |" in text
     assert "| 12 | now | 36 (36; 0) | 12 / 24 | 900 / 1200 | 4 | 4 |" in text
-    assert "| 12 | now, new audio | 24 (24; 0) | 24 / 0 | 900 / 1200 | 170 | 170 |" in text
+    assert "| 12 | now, new audio | 24 (24; 0) | 24 / 0 | 900 / 1200 | 170 | 170 | 170 | 170 | 5 | 1.0 % |" in text
+    assert "| 12 | now | 36 (36; 0) | 12 / 24 | 900 / 1200 | 4 | 4 | 4 | 4 | - | 1.0 % |" in text  # an older JSON
     assert "| 1 | now, new audio |" not in text  # not measured at 1 session: no row
     assert "(`now, new audio`: 2," in text
 

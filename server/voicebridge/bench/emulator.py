@@ -137,6 +137,9 @@ async def _serve_emulator(conn: Any, kind: str) -> None:
                     "remembered": recognition.shared().remembered,  # turns not recognised again (recognition.py)
                     # Turns sent to a recognition worker (the baseline recognises in threads: not counted).
                     "recognised": recognition.shared().jobs + recognition.shared().fallbacks,
+                    # Responses whose output started after the think time was over (timing.py): the work before
+                    # it (recognition, response start) did not fit in the think time, so the gap grew.
+                    "late_starts": sum(s.late_starts for s in emu.sessions.values()),
                     "loop_lag_ms": lag.summary(),
                 }
             )
@@ -567,6 +570,7 @@ class Run:
             row[kind] = {
                 "cpu_pct_per_session": round(cpu / wall / sessions * 100, 2),
                 "loop_lag_ms": stats["loop_lag_ms"],  # how late a 50 ms timer fired in the window
+                "late_starts": stats["late_starts"] - before[kind][1]["late_starts"],
             }
             if kind == "now":  # the baseline decodes every packet by construction (and has no counter)
                 row[kind]["packets_in"] = packets
@@ -718,7 +722,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                 if phase in TURN_PHASES:
                     gaps = base["turn"]["gap"]["p50"], now["turn"]["gap"]["p50"]
                     _say(f"    turn gap p50 baseline {gaps[0]} ms, now {gaps[1]} ms (now: recognised "
-                         f"{now['turns_recognised']}, remembered {now['turns_remembered']})")
+                         f"{now['turns_recognised']}, remembered {now['turns_remembered']}; late starts "
+                         f"{base['late_starts']} / {now['late_starts']})")
             level["responses"] = sum(answers[kind]["responses"] for kind in KINDS)
             results["levels"][str(sessions)] = level
             await drivers.ask(("disconnect",), 60)
@@ -775,13 +780,14 @@ def table(result: dict[str, Any]) -> str:
         f"Turn gap (the peer's line ends -> the emulator's answer's first audio), ms, p50 / p90, "
         f"{result['turns_per_session']} turn(s) per session asked (`now, new audio`: "
         f"{result.get('new_audio_turns_per_session', '-')}, with its remembered turns off, every turn recognised, "
-        "measured after the others in the same connections); parts p50; loop lag p99 (the emulator's, and the "
-        "process where its peers run):",
+        "measured after the others in the same connections); parts p50; late starts: responses whose output "
+        "started after the think time was over (the work before it did not fit in it, so the gap grew); loop "
+        "lag p99 (the emulator's, and the process where its peers run):",
         "",
         "| sessions | emulator | turns timed (understood; answers cut off) | recognised / remembered | gap | "
-        "VAD decision | recognition | response start | first audio | CPU/session | emulator loop lag | "
-        "bench loop lag | machine busy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "VAD decision | recognition | response start | first audio | late starts | CPU/session | "
+        "emulator loop lag | bench loop lag | machine busy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for sessions, level in result["levels"].items():
         rows = [
@@ -799,7 +805,8 @@ def table(result: dict[str, Any]) -> str:
                 f"{row[kind].get('turns_recognised', '-')} / {row[kind].get('turns_remembered', '-')} | "
                 f"{_ms(t['gap']['p50'])} / {_ms(t['gap']['p90'])} | {_ms(t['vad']['p50'])} | "
                 f"{_ms(t['recognition']['p50'])} | {_ms(t['response_start']['p50'])} | "
-                f"{_ms(t['first_audio']['p50'])} | {row[kind]['cpu_pct_per_session']} % | {_p99(row[kind])} ms | "
+                f"{_ms(t['first_audio']['p50'])} | {row[kind].get('late_starts', '-')} | "
+                f"{row[kind]['cpu_pct_per_session']} % | {_p99(row[kind])} ms | "
                 f"{_p99({'loop_lag_ms': row['bench_loop_lag_ms'][kind]})} ms | {row['machine_busy_cores']} cores "
                 f"(load {row['loadavg_1m']}) |"
             )
