@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -15,6 +16,8 @@ from voicebridge.emulator.keys import Keys
 from voicebridge.emulator.roster import GAVE_UP, SERVING, Roster
 from voicebridge.emulator.schema import ApiError
 from voicebridge.emulator.workers import START_FAILURES, START_FAILURES_ENV, start_failures
+
+PRIVATE, PUBLIC = 40001, 8765
 
 
 def test_a_key_minted_by_one_worker_is_redeemed_by_another_once_and_never_stored(tmp_path: Path) -> None:
@@ -44,18 +47,31 @@ def test_an_expired_key_is_refused_and_forgotten() -> None:
     assert len(keys) == 0
 
 
-def _request(hops: int = 0) -> web.Request:
+class _Transport:
+    """What a request knows of the socket it came in on (aiohttp asks the transport)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", self.port) if name == "sockname" else default
+
+
+def _request(hops: int = 0, port: int = PRIVATE) -> web.Request:
     headers = {PASSED_ON: str(hops)} if hops else {}
-    return make_mocked_request("POST", "/v1/realtime/calls", headers=headers)
+    return make_mocked_request("POST", "/v1/realtime/calls", headers=headers, transport=_Transport(port))
 
 
 def test_a_full_worker_passes_on_to_the_next_serving_worker_once_around() -> None:
-    group = Group(index=0, size=3, private_ports=(1, 2, 3), parent=1, public_fd=-1, private_fd=-1, state="")
-    assert group.pass_on_to(_request(), {0, 1, 2}) == 1
-    assert group.pass_on_to(_request(), {0, 2}) == 2  # worker 1 is not serving
+    group = Group(index=0, size=3, private_ports=(PRIVATE, 2, 3), parent=1, public_fd=-1, private_fd=-1, state="")
+    assert group.pass_on_to(_request(), {0, 1, 2}) == (1, 1)
+    assert group.pass_on_to(_request(), {0, 2}) == (2, 1)  # worker 1 is not serving
     assert group.pass_on_to(_request(1), {0, 2}) is None  # both serving ones asked
+    assert group.pass_on_to(_request(1), {0, 1, 2}) == (1, 2)
     assert group.pass_on_to(_request(2), {0, 1, 2}) is None
     assert group.pass_on_to(_request(), {0}) is None  # alone: it answers the 429
+    # The count is another worker's word, taken only on the private port: a client's header is no count.
+    assert group.pass_on_to(_request(2, port=PUBLIC), {0, 1, 2}) == (1, 1)
 
 
 def test_the_roster_keeps_each_workers_last_state(tmp_path: Path) -> None:

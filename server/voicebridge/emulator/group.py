@@ -52,6 +52,7 @@ _HOP = {
 # How many workers a new session was passed on by because they were full (a worker passes on at most to every
 # other worker once, then answers itself).
 PASSED_ON = "X-Voicebridge-Passed-On"
+_NOT_PASSED = _HOP | {PASSED_ON.lower()}  # the proxy sets its own count
 PROXY_TIMEOUT_S = 60.0  # a restarting owner accepts after its start-up (seconds); a hang-up's SDK waits 600 s
 READYZ_TIMEOUT_S = 2.0  # a serving worker that does not answer its /readyz in this long is reported as such
 WORKER_SCOPE = "worker"  # /readyz?scope=worker: this worker alone (what the group's /readyz asks each worker)
@@ -105,17 +106,27 @@ class Group:
     def private_url(self, index: int) -> str:
         return f"http://127.0.0.1:{self.private_ports[index]}"
 
-    def pass_on_to(self, request: web.Request, serving: set[int]) -> int | None:
-        """The worker a full worker passes this new session on to: the next one after it that serves (`serving`,
-        the roster's), unless every serving worker has been asked already (None: answer it here, with a 429)."""
-        hops = passed_on(request)
+    def pass_on_to(self, request: web.Request, serving: set[int]) -> tuple[int, int] | None:
+        """Where a full worker passes this new session on to: the next worker after it that serves (`serving`, the
+        roster's) and the count of workers that passed it on, for PASSED_ON; None when every serving worker has
+        been asked already (answer it here, with a 429)."""
+        hops = self.passed_on(request)
         if hops >= len(serving | {self.index}) - 1:
             return None
         for step in range(1, self.size):
             index = (self.index + step) % self.size
             if index in serving:
-                return index
+                return index, hops + 1
         return None
+
+    def passed_on(self, request: web.Request) -> int:
+        """How many full workers passed this new session on: PASSED_ON, counted only on a request that came in on
+        this worker's private port (from another worker); a client's own header on the public port means 0."""
+        sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        if not isinstance(sockname, tuple) or sockname[1] != self.private_ports[self.index]:
+            return 0
+        text = request.headers.get(PASSED_ON, "0")
+        return int(text) if text.isascii() and text.isdigit() and len(text) < 4 else 0
 
 
 class Forwarder:
@@ -141,7 +152,7 @@ class Forwarder:
         """The request as it came, answered by worker `owner`: its status, headers and body. `passed_on`: a new
         session passed on by that many full workers (PASSED_ON)."""
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP | {PASSED_ON.lower()}}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_PASSED}
         if passed_on:
             headers[PASSED_ON] = str(passed_on)
         url = self.group.private_url(owner) + request.path_qs
@@ -194,8 +205,7 @@ class Forwarder:
         the status). `passed_on`: as for `http`."""
         headers = {
             k: v for k, v in request.headers.items()
-            if k.lower() not in _HOP and not k.lower().startswith("sec-websocket-")
-            and k.lower() != PASSED_ON.lower()
+            if k.lower() not in _NOT_PASSED and not k.lower().startswith("sec-websocket-")
         }
         if passed_on:
             headers[PASSED_ON] = str(passed_on)
@@ -279,12 +289,6 @@ def die_with_parent(parent: int) -> None:
     from .recognition import _die_with_parent  # here: the parent never loads the recognizer
 
     _die_with_parent(parent)
-
-
-def passed_on(request: web.Request) -> int:
-    """How many full workers passed this new session on (0: it came from a client)."""
-    text = request.headers.get(PASSED_ON, "0")
-    return int(text) if text.isascii() and text.isdigit() and len(text) < 4 else 0
 
 
 def owned_elsewhere(group: Group | None, call_id: str) -> int | None:

@@ -44,7 +44,6 @@ from .group import (
     die_with_parent,
     group_status,
     owned_elsewhere,
-    passed_on,
 )
 from .handlers import MAX_EVENT_BYTES
 from .keys import MEMORY, SECRET_TTL_DEFAULT_S, Keys, check_ttl, owner_of
@@ -290,7 +289,7 @@ class Emulator:
                     if (owner := self._owner(call_id)) is not None:
                         return await self._forward.websocket(request, owner, MAX_EVENT_BYTES)
                 elif (to := self._pass_on_to(request)) is not None:  # a new session: full here, to the next worker
-                    return await self._forward.websocket(request, to, MAX_EVENT_BYTES, passed_on(request) + 1)
+                    return await self._forward.websocket(request, to[0], MAX_EVENT_BYTES, to[1])
             return await ws.realtime_socket(self, request)
         return await self._beta(request)
 
@@ -332,7 +331,7 @@ class Emulator:
     async def _create_call(self, request: web.Request) -> web.Response:
         key = self.keys.bearer(request)
         if self._forward is not None and (to := self._pass_on_to(request)) is not None:
-            return await self._forward.http(request, to, passed_on(request) + 1)  # full here: the next worker
+            return await self._forward.http(request, *to)  # full here: the next worker
         secret = self.keys.redeem(key) if key.startswith("ek_") else None  # authenticate before reading the body
         sdp, session = await self._read_offer(request)
         _check_offer(sdp)
@@ -392,10 +391,10 @@ class Emulator:
                 raise ApiError(404, NO_SUCH_CALL, code="call_id_not_found", param="call_id")
         return owner
 
-    def _pass_on_to(self, request: web.Request) -> int | None:
-        """In a group, full here: the worker to pass this new session on to (group.py), else None. The kernel
-        spreads connections evenly, not by load, so the next worker may have room; every serving worker is asked
-        once before the client hears a 429."""
+    def _pass_on_to(self, request: web.Request) -> tuple[int, int] | None:
+        """In a group, full here: the worker to pass this new session on to and the count for it (group.py), else
+        None. The kernel spreads connections evenly, not by load, so the next worker may have room; every serving
+        worker is asked once before the client hears a 429."""
         if self.group is None or self.roster is None or not self._full():
             return None
         return self.group.pass_on_to(request, {w.index for w in self.roster.all() if w.state == SERVING})
