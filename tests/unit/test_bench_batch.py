@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from voicebridge.bench.batch import _at, plan
+from voicebridge.bench.batch import TreeCpu, _at, plan
 from voicebridge.bench.batch import main as batch_bench_main
 from voicebridge.bench.batch_report import (
     ALL_ADMITTED,
@@ -54,7 +54,7 @@ def _report(
 def _run(name: str, role: str, report: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name, "role": role, "report_ok": True, "load_before": 0.5, "load_after": 1.5,
-        "cpu": {"batch_cores": 0.4, "emulator_cores": 0.9, "machine_busy_cores": 1.5},
+        "cpu": {"batch_cores": 0.4, "emulator_cores": 0.9, "machine_busy_cores": 1.5, "other_cores": 0.2},
         **run_row(report),
     }
 
@@ -116,7 +116,7 @@ def test_the_doc_section_has_the_verdicts_a_row_per_batch_and_the_baselines_drif
     runs.append({"name": "50 at 50, all admitted", "role": ALL_ADMITTED, "calls": 50, "concurrency": 50,
                  "report_ok": False, "exit_status": 1, "load_before": 2.0, "load_after": 2.5})
     result = {
-        "scenario": "late_order", "load_before": 0.5, "load_after": 2.5, "duration_s": 290, "runs": runs,
+        "scenario": "late_order", "cores": 2, "load_before": 0.5, "load_after": 2.5, "duration_s": 290, "runs": runs,
         "baseline": baseline(runs), "targets": targets(runs),
     }
     text = markdown(result)
@@ -124,15 +124,25 @@ def test_the_doc_section_has_the_verdicts_a_row_per_batch_and_the_baselines_drif
     assert "calls beyond capacity refused, retried, finally succeed | 100 at 100 | 0 refusals" in text
     assert "(capacity never reached: nothing refused) | met |" in text
     assert ("| 50 at 50 | 50 @ 50 | 50/50 | 0 / 0 | 24 | 0 (0; 0) | 71.2 s | 0.540 / 1.250 s | +5.9 % / +22.5 % | "
-            "0.40 / 0.90 cores | 1.50 cores | 0.5 / 1.5 |") in text
+            "0.40 / 0.90 cores | 1.50 cores (others 0.20) | 0.5 / 1.5 |") in text
     assert "| 50 at 50, all admitted | 50 @ 50 | no report (exit 1) |" in text
     assert "the last baseline against the first: p50 +4.0 %, p90 +4.0 %" in text
+    assert "Not a quiet machine" not in text  # others took 0.2 cores at most
+    runs[1]["cpu"] = {**runs[1]["cpu"], "other_cores": 1.5}
+    assert "**Not a quiet machine**: other processes took 0.20-1.50 of its 2 cores" in markdown(result)
 
 
-def test_cumulative_cpu_is_interpolated_at_the_calls_window_edges() -> None:
+def test_cpu_is_read_over_the_calls_window_and_what_others_took_is_the_rest_of_the_machines() -> None:
     samples = [(10.0, 1.0, 2.0, 3.0), (12.0, 3.0, 6.0, 7.0)]
     assert _at(samples, 11.0) == (11.0, 2.0, 4.0, 5.0)
     assert _at(samples, 5.0) == samples[0] and _at(samples, 20.0) == samples[1]
+    tree = TreeCpu(root=1)
+    tree.samples = [(10.0, 1.0, 2.0, 3.0), (12.0, 2.0, 3.0, 7.0)]
+    assert tree.over(10.0, 12.0) == {
+        "batch_cores": 0.5, "emulator_cores": 0.5, "machine_busy_cores": 2.0, "other_cores": 1.0,
+        "batch_cpu_s": 1.0, "emulator_cpu_s": 1.0,
+    }
+    assert tree.over(12.0, 12.0) is None
 
 
 def test_a_doc_without_the_batch_section_is_refused_before_any_batch_runs(

@@ -130,10 +130,14 @@ class TreeCpu:
             return None
         a, b = _at(self.samples, start), _at(self.samples, end)
         span = end - start
+        ours = (b[1] - a[1]) + (b[2] - a[2])
         return {
             "batch_cores": round((b[1] - a[1]) / span, 2),
             "emulator_cores": round((b[2] - a[2]) / span, 2),
             "machine_busy_cores": round((b[3] - a[3]) / span, 2),
+            # What the rest of the machine took meanwhile (other work, this bench): beside the turn gap, it tells
+            # a batch slowed by its own load from one slowed by a busy machine.
+            "other_cores": round(max(0.0, (b[3] - a[3]) - ours) / span, 2),
             "batch_cpu_s": round(b[1] - a[1], 1),
             "emulator_cpu_s": round(b[2] - a[2], 1),
         }

@@ -24,6 +24,7 @@ OVERLOAD = "overload"  # 100 at concurrency 100: past capacity, refused and retr
 ALL_ADMITTED = "all_admitted"  # 50 at concurrency 50 with an emulator budget that admits all at once (context)
 P50_WITHIN = 0.10
 P90_WITHIN = 0.25
+BUSY_OTHERS_CORES = 0.5  # other processes took this much of the machine during a batch: its timing is not ours alone
 
 
 def run_row(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,11 +171,21 @@ def markdown(result: Mapping[str, Any]) -> str:
     ]
     for t in result["targets"]:
         lines.append(f"| {t['target']} | {t['run']} | {t['measured']} | {t['verdict']} |")
+    others = [(r.get("cpu") or {}).get("other_cores") for r in result["runs"]]
+    busy = [o for o in others if o is not None]
+    if busy and max(busy) >= BUSY_OTHERS_CORES:
+        lines += [
+            "",
+            f"**Not a quiet machine**: other processes took {min(busy):.2f}-{max(busy):.2f} of its "
+            f"{result.get('cores', '?')} cores during these batches, so their timing is not this code's alone; "
+            "judge the targets on a run with nothing else running.",
+        ]
     lines += [
         "",
         "Each batch (turn gap: the bridge's, one agent's last speech packet -> the other's first reply packet, over "
         "every turn; vs 2 at once: against the mean of the baseline batches; CPU: cores busy over the batch's "
-        "calls, its own process (bridge and calls) and the emulator's processes):",
+        "calls, its own process (bridge and calls) and the emulator's processes; machine busy: all its cores, and "
+        "what other processes took of them meanwhile):",
         "",
         "| batch | calls @ concurrency | succeeded | failed mid-call / at set-up | peak live | refusals (calls "
         "retried; gave up) | wall | turn gap p50 / p90 | vs 2 at once p50 / p90 | CPU batch / emulator | "
@@ -196,7 +207,8 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"{_num(lat.get('p50'), '.3f')} / {_num(lat.get('p90'), '.3f')} s | "
             f"{_num(vs['p50_pct'], '+.1f', ' %')} / {_num(vs['p90_pct'], '+.1f', ' %')} | "
             f"{_num(cpu.get('batch_cores'), '.2f')} / {_num(cpu.get('emulator_cores'), '.2f')} cores | "
-            f"{_num(cpu.get('machine_busy_cores'), '.2f')} cores | {r['load_before']} / {r['load_after']} |"
+            f"{_num(cpu.get('machine_busy_cores'), '.2f')} cores (others {_num(cpu.get('other_cores'), '.2f')}) | "
+            f"{r['load_before']} / {r['load_after']} |"
         )
     if base is not None:
         lines += [
