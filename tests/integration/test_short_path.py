@@ -23,7 +23,7 @@ from aiortc.rtp import AnyRtcpPacket, RtcpRrPacket, RtcpSrPacket
 
 from tests.integration.test_relay import connected, opus_tone
 from voicebridge.bridge.audio import AudioRelay
-from voicebridge.media import passthrough
+from voicebridge.media import passthrough, rtcp_pace, short_receive
 from voicebridge.media.passthrough import InboundTap, OutboundAudio, RtpAudio
 
 pytestmark = pytest.mark.integration
@@ -173,7 +173,7 @@ async def test_short_paths_keep_rtcp_consent_dtls_and_stats_working(
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.05)  # read by every consent round: ~20 checks/s
     # Our legs' RTCP pace (2.5-7.5 s between reports after the first) shortened, not skipped: reports still go
     # through the pacing wrapper, a few per second.
-    monkeypatch.setattr(passthrough, "RTCP_EXTRA_S", (0.1, 0.3))
+    monkeypatch.setattr(rtcp_pace, "RTCP_EXTRA_S", (0.1, 0.3))
     (a_b, a_far), (c_b, c_far) = await leg(pcs), await leg(pcs)
     relay = AudioRelay(a_b.tap, a_b.out, c_b.tap, c_b.out)
     relay.start()
@@ -248,5 +248,5 @@ async def test_with_the_short_path_off_every_packet_takes_aiortcs_path(
     await send_paced(far, sent)
     await asyncio.wait_for(done.wait(), TIMEOUT)
     assert [p.payload for p in bridge.got] == sent
-    assert bridge.tap.short_packets == 0 and passthrough._FAST_RX not in vars(bridge.receiver.transport)
+    assert bridge.tap.short_packets == 0 and short_receive.FAST_RX not in vars(bridge.receiver.transport)
     assert "datagram_received" not in vars(pair_of(bridge.pc).protocol)

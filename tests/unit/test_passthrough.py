@@ -15,7 +15,7 @@ from aioice.ice import StunProtocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
-from voicebridge.media import passthrough
+from voicebridge.media import aiortc_compat, drive, rtcp_pace
 from voicebridge.media.passthrough import (
     AiortcIncompatible,
     InboundTap,
@@ -83,7 +83,7 @@ async def test_rtcp_counters_are_views_of_the_outbound_counters_on_its_own_sende
     plain = pc.addTransceiver("audio").sender
     assert type(plain) is RTCRtpSender and isinstance(sender, RTCRtpSender) and type(sender) is not RTCRtpSender
     # Before any packet: what aiortc itself starts from.
-    assert [getattr(sender, n) for n in passthrough._TX_COUNTERS] == [0, 0, 0, 0]
+    assert [getattr(sender, n) for n in aiortc_compat.TX_COUNTERS] == [0, 0, 0, 0]
     out.packets_sent, out.bytes_sent, out._last_ts = 7, 560, 123456  # what send() leaves behind
     out._last_sent_at = 1.0
     assert sender._RTCRtpSender__packet_count == 7 and sender._RTCRtpSender__octet_count == 560
@@ -162,13 +162,13 @@ async def test_a_send_that_really_suspends_is_finished_by_the_loop() -> None:
         await fut
         done.set()
 
-    assert passthrough._run_now(slow_send()) is False
+    assert drive.run_now(slow_send()) is False
     await asyncio.wait_for(done.wait(), 2)
 
     async def instant() -> None:
         return None
 
-    assert passthrough._run_now(instant()) is True
+    assert drive.run_now(instant()) is True
 
 
 async def test_a_changed_ice_datagram_callback_is_reported_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,15 +233,15 @@ async def test_paced_rtcp_waits_longer_after_the_first_report_and_ends_as_aiortc
 ) -> None:
     """A stand-in for aiortc's loop (sleep, report, again; on cancellation a BYE): its first report comes at its
     own pace, each next one after an extra wait of RTCP_EXTRA_S; cancelled, it still sends its BYE and returns."""
-    monkeypatch.setattr(passthrough, "RTCP_EXTRA_S", (0.3, 0.3))
+    monkeypatch.setattr(rtcp_pace, "RTCP_EXTRA_S", (0.3, 0.3))
     extra_waits: list[tuple[float, float]] = []
-    uniform = passthrough.random.uniform
+    uniform = rtcp_pace.random.uniform
 
     def spy(low: float, high: float) -> float:
         extra_waits.append((low, high))
         return uniform(low, high)
 
-    monkeypatch.setattr(passthrough.random, "uniform", spy)
+    monkeypatch.setattr(rtcp_pace.random, "uniform", spy)
     loop = asyncio.get_running_loop()
     reports: list[tuple[float, int]] = []  # (when, extra waits drawn before it)
     bye, three = asyncio.Event(), asyncio.Event()
@@ -257,7 +257,7 @@ async def test_paced_rtcp_waits_longer_after_the_first_report_and_ends_as_aiortc
             pass
         bye.set()
 
-    task = asyncio.ensure_future(passthrough._paced_rtcp(run_rtcp))
+    task = asyncio.ensure_future(rtcp_pace.paced_rtcp(run_rtcp))
     await three.wait()
     task.cancel()
     await task  # aiortc's loop swallowed the cancellation after its BYE: the task ends normally

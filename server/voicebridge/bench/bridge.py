@@ -56,7 +56,7 @@ class Job:
     # The bridge's short receive/send paths (media/passthrough.py); None: as VOICEBRIDGE_SHORT_PATH says (on).
     # The load processes follow VOICEBRIDGE_SHORT_PATH only: on by default, so the load stays cheap.
     short_path: bool | None = None
-    # The bridge's legs' RTCP at our pace (media/passthrough.py RTCP_EXTRA_S) or, False, at aiortc's own (the load
+    # The bridge's legs' RTCP at our pace (media/rtcp_pace.py RTCP_EXTRA_S) or, False, at aiortc's own (the load
     # keeps ours either way).
     rtcp_paced: bool = True
     # The load processes' scheduling policy (bench/load.py far_end_scheduling): "batch", so that a far end woken
@@ -352,9 +352,9 @@ def bridge_main(conn: Any, job: Job) -> None:
 
             use_short_path(job.short_path)
         if not job.rtcp_paced:
-            from voicebridge.media import passthrough
+            from voicebridge.media import rtcp_pace
 
-            passthrough.RTCP_EXTRA_S = (0.0, 0.0)
+            rtcp_pace.RTCP_EXTRA_S = (0.0, 0.0)
         with event_loop_runner(job.loop) as runner:
             eventloop.quiet_lost_peer_tasks(runner.get_loop())
             result = runner.run(run_job(job))
