@@ -182,13 +182,14 @@ def markdown(result: Mapping[str, Any]) -> str:
         ]
     lines += [
         "",
-        "Each batch (turn gap: the bridge's, one agent's last speech packet -> the other's first reply packet, over "
-        "every turn; vs 2 at once: against the mean of the baseline batches; CPU: cores busy over the batch's "
-        "calls, its own process (bridge and calls) and the emulator's processes; machine busy: all its cores, and "
-        "what other processes took of them meanwhile):",
+        "Each batch (turn gap: the bridge's, one agent's last speech packet -> the other's first reply packet, "
+        "over every turn; wall: the batch's calls, first start to last end (process: the `voicebridge batch` "
+        "process's whole life, its start-up and reports included); vs 2 at once: against the mean of the baseline "
+        "batches; CPU: cores busy over the batch's calls, its own process (bridge and calls) and the emulator's "
+        "processes; machine busy: all its cores, and what other processes took of them meanwhile):",
         "",
         "| batch | calls @ concurrency | succeeded | failed mid-call / at set-up | peak live | refusals (calls "
-        "retried; gave up) | wall | turn gap p50 / p90 | vs 2 at once p50 / p90 | CPU batch / emulator | "
+        "retried; gave up) | wall (process) | turn gap p50 / p90 | vs 2 at once p50 / p90 | CPU batch / emulator | "
         "machine busy | load before / after |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -203,7 +204,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         lines.append(
             f"| {r['name']} | {r['calls']} @ {r['concurrency']} | {r['succeeded']}/{r['calls']} | "
             f"{r['failed_mid_call']} / {r['failed_setup']} | {r['peak_live']} | "
-            f"{r['refusals']} ({r['retried']}; {r['gave_up']}) | {_num(r['wall_s'], '.1f', ' s')} | "
+            f"{r['refusals']} ({r['retried']}; {r['gave_up']}) | {_num(r['wall_s'], '.1f', ' s')} "
+            f"({_num(r.get('process_s'), '.0f', ' s')}) | "
             f"{_num(lat.get('p50'), '.3f')} / {_num(lat.get('p90'), '.3f')} s | "
             f"{_num(vs['p50_pct'], '+.1f', ' %')} / {_num(vs['p90_pct'], '+.1f', ' %')} | "
             f"{_num(cpu.get('batch_cores'), '.2f')} / {_num(cpu.get('emulator_cores'), '.2f')} cores | "
