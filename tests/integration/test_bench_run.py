@@ -29,6 +29,7 @@ async def test_a_small_passthrough_job_relays_every_packet_and_matches_them_end_
     assert lv["packets_sent"] > 0 and lv["mem_mib_per_call"] is not None
     assert lv["load_sched"] == ["batch"]  # the load does not preempt the bridge on wake-up (bench/load.py)
     assert lv["bridge_context_switches"]["voluntary"] > 0  # it slept between packets, and that was counted
+    assert lv["bridge_legs_down"] == 0  # every leg still connected at the end of the window
     fan = lv["fanout"]
     assert fan["listeners"] == 2 and fan["listener_delivery_pct"] > 0
 

@@ -223,6 +223,9 @@ async def _window(b: _Bridge, conns: list[Any], seconds: float, shift: float) ->
     user, system = t1.user - t0.user, t1.system - t0.system
     c1 = b.counters()
     udp1 = udp_rcvbuf_errors()
+    # Legs that are not connected at the end of the window (ICE consent or DTLS lost under overload): what they
+    # should have forwarded is counted as dropped (OutboundAudio drops while its transport is not connected).
+    legs_down = sum(1 for pc in b.pcs if pc.connectionState != "connected")
     cpu = user + system
     samples = _samples(b)
     lag.stop()
@@ -238,6 +241,7 @@ async def _window(b: _Bridge, conns: list[Any], seconds: float, shift: float) ->
         "bridge_in": c1[0] - c0[0],
         "bridge_out": c1[1] - c0[1],
         "bridge_dropped": c1[2] - c0[2],
+        "legs_down": legs_down,
         "udp_rcvbuf_errors": udp1 - udp0,  # whole machine: UDP packets dropped by full socket buffers
         # The bridge taken off its CPU while runnable (preempted: each one is a latency outlier if it falls
         # inside a packet's forwarding), and the times it went to sleep waiting for packets.

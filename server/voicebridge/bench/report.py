@@ -77,6 +77,7 @@ def figures(job: dict[str, Any], floor_us: float | None = None) -> dict[str, Any
         "bridge_packets_in": win["bridge_in"],
         "bridge_packets_out": win["bridge_out"],
         "bridge_dropped": win["bridge_dropped"],
+        "bridge_legs_down": win.get("legs_down"),  # legs not connected at the window's end
         # Bridge CPU per forwarded packet: robust when the machine cannot deliver the full packet rate.
         "cpu_us_per_packet": round(cpu_us, 1) if cpu_us else None,
         # ... judged against the floor (bench/floor.py) of the same run, since machines differ (issue 16).
