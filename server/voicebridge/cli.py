@@ -205,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="--emulator: the levels (of --sessions) where hearing and turns are measured again with no turn "
         "remembered, as audio that never repeats is heard (turns: at most 2 per session; default 12 24)",
     )
+    b.add_argument(
+        "--phases", nargs="+", default=None, metavar="PHASE",
+        choices=["idle", "silence", "hearing", "hearing-new", "speaking", "turns", "turns-new"],
+        help="--emulator: measure only these phases (hearing-new, turns-new: with no turn remembered); default all",
+    )
     b.add_argument("--seconds", type=float, default=8.0, help="--emulator: measured window per phase")
     b.add_argument("--settle", type=float, default=2.0, help="--emulator: seconds into a phase before measuring")
     b.add_argument(

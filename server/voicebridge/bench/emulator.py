@@ -48,6 +48,7 @@ FRAME_S = 0.020
 NEW_AUDIO = "hearing, new audio"  # hearing with the `now` emulator's turn memory off (recognition.py)
 NEW_TURNS = "turns, new audio"  # turns with the `now` emulator's turn memory off: every turn recognised
 PHASES = ("idle", "silence", "hearing", NEW_AUDIO, "speaking", "turns", NEW_TURNS)
+PHASE_FLAGS = {"hearing-new": NEW_AUDIO, "turns-new": NEW_TURNS}  # --phases names of the phases with spaces
 TURN_PHASES = ("turns", NEW_TURNS)
 MEMORY_OFF = (NEW_AUDIO, NEW_TURNS)  # the phases measured with each emulator's remembered turns off
 # Where NEW_AUDIO is measured by default: at 1 session a session's share of the process's fixed costs hides what a
@@ -96,6 +97,7 @@ def _as_before() -> None:
     Recognition.in_process = True  # pocketsphinx in a thread of the emulator's process
     Recognition.remember = 0  # every turn recognised, an identical one too
     Recognizer.frame_step, Recognizer.word_beam = 1, 1e-60  # every frame's Gaussians evaluated
+    Recognizer.max_unexplained = 1.0  # any whole-phrase hypothesis taken, however much audio it leaves unexplained
     SpeechJudge.eager_onset = True  # every speech frame's pitch searched, inside a turn too
 
 
@@ -686,6 +688,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         "new_audio_levels": new_audio_at,
         "levels": {},
     }
+    chosen = {PHASE_FLAGS.get(p, p) for p in getattr(args, "phases", None) or PHASES}
     drivers = Drivers(args)
     phase_cap = 120 + args.settle + args.seconds + STAGGER_S + TURN_CAP_S * args.turns
     try:
@@ -698,7 +701,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                  f"{time.perf_counter() - t0:.1f} s")
             level: dict[str, Any] = {"phases": {}}
             for phase in PHASES:
-                if phase in MEMORY_OFF and sessions not in new_audio_at:
+                if (phase in MEMORY_OFF and sessions not in new_audio_at) or phase not in chosen:
                     continue
                 machine0, load0, t1 = _machine(), os.getloadavg()[0], time.perf_counter()
                 answers = await drivers.ask(("phase", phase, sessions), phase_cap)
