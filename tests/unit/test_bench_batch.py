@@ -86,6 +86,23 @@ def test_a_failed_call_that_went_live_failed_mid_call_one_that_never_did_at_set_
     assert row["errors"][0] == {"call_id": "c0", "end_reason": "leg_failed", "error": "peer connection failed"}
 
 
+def test_the_baseline_pools_the_turns_of_its_batches_and_shows_their_drift() -> None:
+    def with_turns(report: dict[str, Any], gaps: list[float]) -> dict[str, Any]:
+        for i, gap in enumerate(gaps):
+            report["calls"][i % len(report["calls"])].setdefault("turn_latency", []).append({"latency_s": gap})
+        return report
+
+    first = run_row(with_turns(_report(4, 2, 0.5, 1.0), [0.4, 0.5, 0.6, 1.0]), keep_turns=True)
+    again = run_row(with_turns(_report(4, 2, 0.55, 2.0), [0.45, 0.55, 1.1, 2.0]), keep_turns=True)
+    assert sorted(first["turn_gaps_s"]) == [0.4, 0.5, 0.6, 1.0]
+    assert "turn_gaps_s" not in run_row(_report(4, 2, 0.5, 1.0))  # only a baseline keeps its turns
+    base = baseline([{"role": BASELINE, **first}, {"role": BASELINE, **again}])
+    assert base is not None
+    # Nearest rank over the 8 turns: the 4th and the 8th.
+    assert (base["turns"], base["p50"], base["p90"]) == (8, 0.55, 2.0)
+    assert (base["drift_p50_pct"], base["drift_p90_pct"]) == (10.0, 100.0)
+
+
 def test_every_target_met_when_the_50_keep_the_baselines_timing_and_the_refused_100_all_succeed() -> None:
     runs = _runs(0.54, 1.25, refusals=29, retried=17)
     base = baseline(runs)
@@ -126,6 +143,7 @@ def test_the_doc_section_has_the_verdicts_a_row_per_batch_and_the_baselines_drif
     assert ("| 50 at 50 | 50 @ 50 | 50/50 | 0 / 0 | 24 | 0 (0; 0) | 71.2 s (80 s) | 0.540 / 1.250 s | "
             "+5.9 % / +22.5 % | 0.40 / 0.90 cores | 1.50 cores (others 0.20) | 0.5 / 1.5 |") in text
     assert "| 50 at 50, all admitted | 50 @ 50 | no report (exit 1) |" in text
+    assert "2 at once (the mean of 2 baseline batches' percentiles): p50 0.510 s" in text  # rows without turns
     assert "the last baseline against the first: p50 +4.0 %, p90 +4.0 %" in text
     assert "Not a quiet machine" not in text  # others took 0.2 cores at most
     runs[1]["cpu"] = {**runs[1]["cpu"], "other_cores": 1.5}

@@ -204,7 +204,7 @@ def run_batch(batch: Batch, folder: Path) -> dict[str, Any]:
         tail = err_path.read_text(errors="replace").strip().splitlines()[-5:]
         _say(f"{batch.name}: no report ({e}); exit {proc.returncode}; its stderr ends: {' | '.join(tail)}")
         return row
-    row.update(batch_report.run_row(report))
+    row.update(batch_report.run_row(report, keep_turns=batch.role == BASELINE))
     row["report_ok"] = True
     started = float(report.get("started_at") or 0.0)
     row["cpu"] = tree.over(started, started + float(report.get("wall_s") or 0.0))

@@ -8,15 +8,18 @@ The targets (issue 17, this 2-core machine, bridge and emulator on it together):
 - `batch --calls 100 --concurrency 100`: no call fails mid-call; calls beyond capacity are refused, retried and
   finally succeed.
 The turn gap is the batch report's `turn_latency_s` (the bridge's measure on the audio packets: one agent's last
-speech packet -> the other's first reply packet, over every turn of every call). The baseline is the mean of the
-baseline batches' percentiles (run before and after the 50-call batch, so a change of the machine's load shows
-as their drift).
+speech packet -> the other's first reply packet, over every turn of every call). The baseline's percentiles are
+over the turns of both baseline batches pooled (run before and after the 50-call batch, so a change of the machine's
+load shows as their drift): 4 calls of late_order make only 12 timed turns, and their p90 falls among the CS agent's
+slower turns (its tools), so one batch's p90 alone moves by a third to a half from run to run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from voicebridge.lab.timing import percentile
 
 BASELINE = "baseline"  # 2 at once: the reference for the turn gap
 AT_ONCE = "at_once"  # the issue's 50 at concurrency 50, the emulator's default capacity
@@ -27,15 +30,16 @@ P90_WITHIN = 0.25
 BUSY_OTHERS_CORES = 0.5  # other processes took this much of the machine during a batch: its timing is not ours alone
 
 
-def run_row(report: Mapping[str, Any]) -> dict[str, Any]:
-    """The figures of one batch's report.json that the bench keeps. A call that failed after it went live
-    (its `setup_s` set) failed mid-call; one that never went live failed at set-up (refused on every try, or its
-    peer connection never came up)."""
+def run_row(report: Mapping[str, Any], keep_turns: bool = False) -> dict[str, Any]:
+    """The figures of one batch's report.json that the bench keeps (`keep_turns`: every turn's gap too, for a
+    baseline, whose turns are pooled). A call that failed after it went live (its `setup_s` set) failed
+    mid-call; one that never went live failed at set-up (refused on every try, or its peer connection never
+    came up)."""
     calls = report.get("calls") or []
     failed = [c for c in calls if not c.get("ok")]
     latency = report.get("turn_latency_s") or {}
     timing = report.get("timing") or {}
-    return {
+    row: dict[str, Any] = {
         "calls": report.get("total", 0),
         "concurrency": report.get("concurrency"),
         "succeeded": report.get("succeeded", 0),
@@ -56,19 +60,27 @@ def run_row(report: Mapping[str, Any]) -> dict[str, Any]:
             {k: e.get(k) for k in ("call_id", "end_reason", "error")} for e in (report.get("errors") or [])[:3]
         ],
     }
+    if keep_turns:  # the same turns as turn_latency_s (batch/report.py), call by call
+        row["turn_gaps_s"] = [t["latency_s"] for c in calls for t in c.get("turn_latency") or []]
+    return row
 
 
 def baseline(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The mean p50 / p90 (s) of the baseline runs that timed turns, and their drift (last vs first, %)."""
+    """The p50 / p90 (s) of the baseline runs that timed turns, over their turns pooled (nearest rank, the batch
+    report's rule; the mean of their percentiles for rows without their turns), and their drift (last vs first,
+    %)."""
     timed = [r for r in runs if r["role"] == BASELINE and r.get("turn_latency_s", {}).get("p50") is not None]
     if not timed:
         return None
     p50s = [r["turn_latency_s"]["p50"] for r in timed]
     p90s = [r["turn_latency_s"]["p90"] for r in timed]
+    pooled = [gap for r in timed for gap in r.get("turn_gaps_s") or []]
+    whole = all(r.get("turn_gaps_s") for r in timed)
     return {
         "runs": len(timed),
-        "p50": sum(p50s) / len(p50s),
-        "p90": sum(p90s) / len(p90s),
+        "turns": len(pooled) if whole else None,
+        "p50": percentile(pooled, 50) if whole else sum(p50s) / len(p50s),
+        "p90": percentile(pooled, 90) if whole else sum(p90s) / len(p90s),
         "drift_p50_pct": _pct(p50s[-1], p50s[0]),
         "drift_p90_pct": _pct(p90s[-1], p90s[0]),
     }
@@ -77,7 +89,7 @@ def baseline(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
 def _pct(value: float | None, reference: float | None) -> float | None:
     if value is None or not reference:
         return None
-    return round((value / reference - 1.0) * 100.0, 1)
+    return round((value / reference - 1.0) * 100.0, 1) + 0.0  # + 0.0: no "-0.0 %"
 
 
 def ratios(run: Mapping[str, Any], base: Mapping[str, Any] | None) -> dict[str, float | None]:
@@ -158,6 +170,12 @@ def _num(value: Any, fmt: str = "g", suffix: str = "") -> str:
     return "-" if value is None else f"{value:{fmt}}{suffix}"
 
 
+def _pooled(base: Mapping[str, Any]) -> str:
+    if base.get("turns") is None:
+        return f"the mean of {base['runs']} baseline batches' percentiles"
+    return f"the {base['turns']} turns of {base['runs']} baseline batches"
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     """The report: the targets with their verdicts, then a row per batch, in the order they ran."""
     base = result.get("baseline")
@@ -184,8 +202,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         "",
         "Each batch (turn gap: the bridge's, one agent's last speech packet -> the other's first reply packet, "
         "over every turn; wall: the batch's calls, first start to last end (process: the `voicebridge batch` "
-        "process's whole life, its start-up and reports included); vs 2 at once: against the mean of the baseline "
-        "batches; CPU: cores busy over the batch's calls, its own process (bridge and calls) and the emulator's "
+        "process's whole life, its start-up and reports included); vs 2 at once: against the baseline batches' turns "
+        "pooled; CPU: cores busy over the batch's calls, its own process (bridge and calls) and the emulator's "
         "processes; machine busy: all its cores, and what other processes took of them meanwhile):",
         "",
         "| batch | calls @ concurrency | succeeded | failed mid-call / at set-up | peak live | refusals (calls "
@@ -215,9 +233,10 @@ def markdown(result: Mapping[str, Any]) -> str:
     if base is not None:
         lines += [
             "",
-            f"2 at once (the mean of {base['runs']} baseline batches): p50 {base['p50']:.3f} s, p90 "
+            f"2 at once ({_pooled(base)}): p50 {base['p50']:.3f} s, p90 "
             f"{base['p90']:.3f} s; the last baseline against the first: p50 {_num(base['drift_p50_pct'], '+.1f')} %, "
-            f"p90 {_num(base['drift_p90_pct'], '+.1f')} % (the machine's drift over the run).",
+            f"p90 {_num(base['drift_p90_pct'], '+.1f')} % (the machine's drift over the run, and the noise of a "
+            "few turns' percentiles).",
         ]
     failures = [(r["name"], e) for r in result["runs"] if r.get("report_ok") for e in r["errors"]]
     if failures:
