@@ -156,11 +156,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 break
             lv = figures(raw, floor["us_per_packet"])
             measured.append(lv)
-            if relay == "passthrough" and calls in plan:  # the comparisons at this level, interleaved with it
-                base_job = Job(relay, calls, seconds, warmup, loop=args.loop)
-                rows, again = run_interleaved(plan.pop(calls), lv, base_job, floor["us_per_packet"])
-                comparisons += rows
-                default_reruns += again
             if calls == ref:
                 samples[f"{relay}, {calls} calls"] = raw["window"]["bridge_samples"]
             lat = lv["added_latency_ms"]
@@ -170,6 +165,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 f"{lv['floor_ratio']}x floor, {lv['mem_mib_per_call']} MiB/call, "
                 f"loss {lv['loss_pct']} %, set-up p50 {lv['setup_ms_p50']} ms"
             )
+            if relay == "passthrough" and calls in plan:  # the comparisons at this level, interleaved with it
+                base_job = Job(relay, calls, seconds, warmup, loop=args.loop)
+                rows, again = run_interleaved(plan.pop(calls), lv, base_job, floor["us_per_packet"])
+                comparisons += rows
+                default_reruns += again
             if relay == "transcode" and lv["loss_pct"] > BASELINE_GIVE_UP_LOSS_PCT and queue:
                 failures.append(f"transcode baseline overloaded at {calls} calls; skipped {queue}")
                 _say(failures[-1])

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from voicebridge import eventloop
+
 FRAME_S = 0.020
 NEW_AUDIO = "hearing, new audio"  # hearing with the `now` emulator's turn memory off (recognition.py)
 NEW_TURNS = "turns, new audio"  # turns with the `now` emulator's turn memory off: every turn recognised
@@ -102,6 +104,7 @@ def _as_before() -> None:
 
 
 async def _serve_emulator(conn: Any, kind: str) -> None:
+    eventloop.quiet_lost_peer_tasks()  # aiortc's data-channel sends to a peer that is gone: no traceback each
     from voicebridge.emulator import recognition
     from voicebridge.emulator.persona import Script
     from voicebridge.emulator.recognition import Recognition
@@ -612,6 +615,7 @@ def driver_main(conn: Any, kind: str, args: argparse.Namespace) -> None:
 
 
 async def _drive(conn: Any, kind: str, args: argparse.Namespace) -> None:
+    eventloop.quiet_lost_peer_tasks()  # aiortc's data-channel sends to a peer that is gone: no traceback each
     from voicebridge.media.loopback import set_loopback_only
 
     set_loopback_only(True)

@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from voicebridge import eventloop
 from voicebridge.edge.headers import undecodable_header
 from voicebridge.edge.hosts import HostConfigError, HostPolicy, host_policy
 from voicebridge.edge.signals import stop_on_signals
@@ -534,6 +535,7 @@ def _check_fingerprint(text: str) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    eventloop.quiet_lost_peer_tasks()  # aiortc's data-channel sends to a peer that is gone: no traceback each
     try:
         limits = Limits.from_env(
             connect_timeout_s=getattr(args, "connect_timeout", None),
