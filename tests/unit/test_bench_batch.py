@@ -84,6 +84,7 @@ def test_a_failed_call_that_went_live_failed_mid_call_one_that_never_did_at_set_
     assert (row["refusals"], row["retried"], row["gave_up"]) == (9, 4, 3)
     assert row["turn_latency_s"] == {"count": 600, "p50": 0.5, "p90": 1.1}
     assert row["errors"][0] == {"call_id": "c0", "end_reason": "leg_failed", "error": "peer connection failed"}
+    assert row["interrupted"] is False
 
 
 def test_the_baseline_pools_the_turns_of_its_batches_and_shows_their_drift() -> None:
@@ -143,6 +144,8 @@ def test_the_doc_section_has_the_verdicts_a_row_per_batch_and_the_baselines_drif
     assert ("| 50 at 50 | 50 @ 50 | 50/50 | 0 / 0 | 24 | 0 (0; 0) | 71.2 s (80 s) | 0.540 / 1.250 s | "
             "+5.9 % / +22.5 % | 0.40 / 0.90 cores | 1.50 cores (others 0.20) | 0.5 / 1.5 |") in text
     assert "| 50 at 50, all admitted | 50 @ 50 | no report (exit 1) |" in text
+    runs[0]["interrupted"] = True  # Ctrl-C: its live calls hung up
+    assert "| 4 at 2 | 4 @ 2 | 4/4 (interrupted) | 0 / 0 |" in markdown(result)
     assert "2 at once (the mean of 2 baseline batches' percentiles): p50 0.510 s" in text  # rows without turns
     assert "the last baseline against the first: p50 +4.0 %, p90 +4.0 %" in text
     assert "Not a quiet machine" not in text  # others took 0.2 cores at most

@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ PROGRESS_S = 15.0  # a progress line at least this often while a batch runs
 BASELINE_CALLS, BASELINE_CONCURRENCY = 4, 2
 ALL_ADMITTED_BUDGET = "50"  # sessions per core: every call of the 50 admitted at once on 2 cores
 TIMEOUT_S = 900.0  # one batch; a batch of 100 calls takes 2-4 minutes on the 2-core machine
+STOP_S = 60.0  # a batch stopped (timeout, Ctrl-C) hangs up its calls and writes its report within this
 _CLI = "import sys; from voicebridge.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
@@ -186,14 +188,10 @@ def run_batch(batch: Batch, folder: Path) -> dict[str, Any]:
                     _say(f"{batch.name}: {_progress(err_path, batch.calls)}, {said - t0:.0f} s")
                 if time.perf_counter() - t0 > TIMEOUT_S:
                     _say(f"{batch.name}: no end after {TIMEOUT_S:.0f} s; stopping it")
-                    proc.terminate()
-                    proc.wait(30)
                     break
                 time.sleep(SAMPLE_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        finally:  # the timeout, or Ctrl-C here (the batch got its SIGINT too) or an error
+            _stop(proc)
     row["exit_status"] = proc.returncode
     row["process_s"] = round(time.perf_counter() - t0, 1)
     row["load_after"] = round(os.getloadavg()[0], 2)
@@ -215,6 +213,19 @@ def run_batch(batch: Batch, folder: Path) -> dict[str, Any]:
         elif path.exists():
             path.unlink()
     return row
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a batch that is still running as Ctrl-C does (it hangs up its live calls, writes its report and
+    stops its emulator), and kill it if that takes more than STOP_S."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(STOP_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _progress(err_path: Path, total: int) -> str:
@@ -285,7 +296,12 @@ def main(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"voicebridge bench --batch: {e}", file=sys.stderr)
             return 2
-    result = measure(args)
+    try:
+        result = measure(args)
+    except KeyboardInterrupt:  # the running batch has hung up its calls and written its report (_stop)
+        print(f"voicebridge bench --batch: interrupted; the batches' reports so far: {out / 'batch-runs'}",
+              file=sys.stderr)
+        return 130
     text = batch_report.markdown(result)
     print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
     body = json.dumps(result, indent=2) + "\n"

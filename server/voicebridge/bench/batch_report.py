@@ -42,6 +42,7 @@ def run_row(report: Mapping[str, Any], keep_turns: bool = False) -> dict[str, An
     row: dict[str, Any] = {
         "calls": report.get("total", 0),
         "concurrency": report.get("concurrency"),
+        "interrupted": bool(report.get("interrupted")),  # stopped by Ctrl-C: its live calls hung up, failed
         "succeeded": report.get("succeeded", 0),
         "failed": report.get("failed", 0),
         "failed_mid_call": sum(1 for c in failed if c.get("setup_s") is not None),
@@ -220,7 +221,8 @@ def markdown(result: Mapping[str, Any]) -> str:
             continue
         lat, cpu, vs = r["turn_latency_s"], r.get("cpu") or {}, ratios(r, base)
         lines.append(
-            f"| {r['name']} | {r['calls']} @ {r['concurrency']} | {r['succeeded']}/{r['calls']} | "
+            f"| {r['name']} | {r['calls']} @ {r['concurrency']} | {r['succeeded']}/{r['calls']}"
+            f"{' (interrupted)' if r.get('interrupted') else ''} | "
             f"{r['failed_mid_call']} / {r['failed_setup']} | {r['peak_live']} | "
             f"{r['refusals']} ({r['retried']}; {r['gave_up']}) | {_num(r['wall_s'], '.1f', ' s')} "
             f"({_num(r.get('process_s'), '.0f', ' s')}) | "
