@@ -434,8 +434,8 @@ def unexplained(pcm16k: npt.NDArray[np.int16], words: Sequence[tuple[int, int]])
     if frames == 0:
         return 0.0
     x = pcm16k[: frames * 160].reshape(frames, 160).astype(np.float64)
-    level = 10 * np.log10(np.mean(x * x, axis=1) + 1.0)  # dB over one LSB: digital silence is 0
-    loud = level > max(float(level.max()) - LOUD_DB, QUIET_DB)
+    power = np.einsum("ij,ij->i", x, x) / 160 + 1.0  # mean square over one LSB's: digital silence is 1 (0 dB)
+    loud = power > max(float(power.max()) * 10 ** (-LOUD_DB / 10), 10 ** (QUIET_DB / 10))
     covered = np.zeros(frames, dtype=bool)
     for first, last in words:
         covered[max(0, first) : last + 1] = True
