@@ -5,6 +5,10 @@ costs neither the pool nor the call's WebM files."""
 from __future__ import annotations
 
 import os
+import select
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,10 +50,6 @@ def record_a_call(folder: Path) -> dict[str, Path]:
     return rec.close()
 
 
-def die(code: int) -> None:
-    os._exit(code)  # a worker killed mid-job, as the OOM killer would
-
-
 @pytest.fixture
 def pool() -> ExportPool:
     return ExportPool(workers=1)
@@ -69,15 +69,50 @@ async def test_the_pool_writes_the_same_wav_as_the_bridge_process_at_a_lower_pri
         pool.shutdown()
 
 
-async def test_a_dead_worker_is_replaced_and_the_next_export_works(tmp_path: Path, pool: ExportPool) -> None:
+async def test_a_killed_worker_is_replaced_and_the_export_still_made(tmp_path: Path, pool: ExportPool) -> None:
     paths = record_a_call(tmp_path)
     try:
-        with pytest.raises(Exception, match="terminated abruptly"):  # BrokenProcessPool, after one retry
-            await pool.run(die, 3)
+        worker = await pool.run(os.getpid)
+        assert worker != os.getpid()
+        os.kill(worker, signal.SIGKILL)  # as the OOM killer would; the next job finds its pool broken
         wav = await export_wav_off_process(paths, tmp_path / "after.wav", pool)
+        assert (pool.replaced, pool.no_workers) == (1, None)  # a new pool, not the thread fallback
         assert wav.read_bytes() == export_wav(paths, tmp_path / "here.wav").read_bytes()
+        assert await pool.run(os.getpid) not in (worker, os.getpid())
     finally:
         pool.shutdown()
+
+
+ORPHAN = """
+import asyncio, os, sys
+from voicebridge.media.wav_export import ExportPool
+
+async def main() -> None:
+    print(await ExportPool(workers=1).run(os.getpid), flush=True)
+    sys.stdin.read()  # until the test kills this process
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_the_workers_die_with_a_killed_bridge(tmp_path: Path) -> None:
+    script = tmp_path / "bridge.py"
+    script.write_text(ORPHAN)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    with subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    ) as bridge:
+        assert bridge.stdout is not None
+        worker = int(bridge.stdout.readline())
+        gone = os.pidfd_open(worker)  # readable once the worker has exited
+        try:
+            bridge.kill()
+            bridge.wait()
+            readable, _, _ = select.select([gone], [], [], 60)
+            assert readable, f"export worker {worker} outlived the killed bridge"
+        finally:
+            os.close(gone)
 
 
 async def test_a_failed_export_keeps_the_webm_files_and_says_why(tmp_path: Path, pool: ExportPool) -> None:
@@ -92,6 +127,7 @@ async def test_a_failed_export_keeps_the_webm_files_and_says_why(tmp_path: Path,
         pool.shutdown()
     assert files == {"caller": "caller.webm", "cs": "cs.webm"}  # listed in summary.json, without the WAV
     assert recording.error is not None and "IsADirectoryError" in recording.error
+    assert pool.no_workers is None, pool.no_workers  # it failed in a worker
     assert relay.hooks == []  # the tap let go
     for party in ("caller", "cs"):
         with av.open(str(tmp_path / f"{party}.webm")) as container:

@@ -10,7 +10,8 @@ The pool is made on first use and shared by the process (serve's bridge workers 
 are spawned, not forked: the bridge has threads and an event loop whose locks a forked child would inherit. They
 import this module only (PyAV, numpy), not the bridge. The export only reads the WebM files: whatever goes wrong
 (a broken file, a worker killed), the files stay as they are. A worker that dies breaks its pool: the export is
-tried once more in a fresh pool, then its error is the caller's to report.
+tried once more in a fresh pool, then in a thread of this process; an export that fails is the caller's to report.
+Workers die with the bridge (parent_death.py): a killed bridge leaves none behind.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any, TypeVar
 
 import av
 import numpy as np
+
+from voicebridge.parent_death import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,9 @@ def export_wav(recordings: Mapping[str, Path | str], out: Path | str) -> Path:
     return out
 
 
-def _lower_priority(increment: int) -> None:
-    """A worker's initializer: be the first to yield the CPU."""
+def _init_worker(parent: int, increment: int) -> None:
+    """A worker's initializer: die with the bridge (parent_death.py) and be the first to yield the CPU."""
+    die_with_parent(parent)
     try:
         os.nice(increment)
     except OSError:  # not allowed here: the export still works, at the normal priority
@@ -90,13 +94,19 @@ def _lower_priority(increment: int) -> None:
 
 
 class ExportPool:
-    """Worker processes for end-of-call exports, made on first use; ``run`` awaits one job in them."""
+    """Worker processes for end-of-call exports, made on first use; ``run`` awaits one job in them.
+
+    Where no worker can be started (a daemonic process may not have children; a worker that cannot start, e.g. a
+    script without the ``if __name__ == "__main__":`` guard that spawned processes need, dies twice in a row), jobs
+    run in a thread of this process, as before the pool, and a warning says why once."""
 
     def __init__(self, workers: int | None = None, nice: int = NICE) -> None:
         self.workers = workers or max(1, min(WORKERS, os.cpu_count() or 1))
         self.nice = nice
         self._lock = threading.Lock()  # several event loops (threads) of one process may share the pool
         self._pool: ProcessPoolExecutor | None = None
+        self.replaced = 0  # pools replaced because a worker died
+        self.no_workers: str | None = None  # why jobs run in threads here, if they do
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -104,8 +114,8 @@ class ExportPool:
                 self._pool = ProcessPoolExecutor(
                     self.workers,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_lower_priority,
-                    initargs=(self.nice,),
+                    initializer=_init_worker,
+                    initargs=(os.getpid(), self.nice),
                 )
             return self._pool
 
@@ -113,21 +123,39 @@ class ExportPool:
         with self._lock:
             if self._pool is pool:
                 self._pool = None
+                self.replaced += 1
         pool.shutdown(wait=False, cancel_futures=True)
+
+    def _in_threads(self, why: str) -> None:
+        if self.no_workers is None:
+            self.no_workers = why
+            log.warning("recording.wav exports run in this process's threads: %s", why)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker (fn and args must pickle); its exception is raised here. A broken pool (a
-        worker died) is replaced and the job tried once more there."""
-        for attempt in (1, 2):
+        worker died) is replaced and the job tried once more there, then in a thread."""
+        if self.no_workers is None and multiprocessing.current_process().daemon:
+            self._in_threads("a daemonic process may not start processes")
+        for _ in range(2):
+            if self.no_workers is not None:
+                break
             pool = self._executor()
             try:
-                return await asyncio.wrap_future(pool.submit(fn, *args))
+                job = pool.submit(fn, *args)
+            except BrokenProcessPool:  # a RuntimeError too: first
+                self._discard(pool)
+                continue
+            except (OSError, RuntimeError, AssertionError) as e:  # AssertionError: multiprocessing's own checks
+                self._in_threads(f"{type(e).__name__}: {e}")
+                continue
+            try:
+                return await asyncio.wrap_future(job)  # the job's own exception is raised as it is
             except BrokenProcessPool:
                 self._discard(pool)
-                if attempt == 2:
-                    raise
-                log.warning("the export pool lost a worker; trying %s again in a new pool", fn.__name__)
-        raise AssertionError("unreachable")
+                log.warning("the export pool lost a worker; %s again in a new pool", fn.__name__)
+        else:
+            self._in_threads("its workers died twice in a row")
+        return await asyncio.to_thread(fn, *args)
 
     def shutdown(self) -> None:
         """Stop the workers (they also go when the process exits); the next ``run`` makes a new pool."""
