@@ -25,7 +25,8 @@ ROOT = "voicebridge"
 # the ranks below it, never one above.
 RANKS: list[set[str]] = [
     # foundations
-    {"config", "validation", "extras", "eventloop", "edge", "observability", "scenarios", "tools", "results"},
+    {"config", "validation", "extras", "eventloop", "parent_death", "edge", "observability", "scenarios", "tools",
+     "results"},
     {"media", "diagnostics", "lab"},  # lab: judges calls from their results and scenarios
     {"realtime"},
     {"bridge"},
