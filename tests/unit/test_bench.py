@@ -378,3 +378,30 @@ def test_the_load_runs_as_a_far_end_that_does_not_preempt_the_bridge() -> None:
     code = code.replace("f('batch')", "f('normal')").replace("== os.SCHED_BATCH", "== os.SCHED_OTHER")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["normal", "True"]
+
+
+def test_the_emulator_cpu_table_gives_the_recognition_workers_part_where_it_was_measured() -> None:
+    from voicebridge.bench.emulator import NEW_AUDIO, table
+
+    def cpu_row(now: dict[str, Any]) -> dict[str, Any]:
+        side = {"cpu_pct_per_session": 3.0, "loop_lag_ms": {"p99": 2.0}, "decoded_pct": 100.0, "packets_in": 9600}
+        return {
+            "baseline": {"cpu_pct_per_session": 4.0, "loop_lag_ms": {"p99": 9.0}}, "now": {**side, **now},
+            "machine_busy_cores": 1.5, "loadavg_1m": 1.0,
+        }
+
+    result = {
+        "window_s": 8.0, "settle_s": 2.0, "turns_per_session": 3,
+        "levels": {
+            "24": {
+                "phases": {
+                    NEW_AUDIO: cpu_row({"recognition_cpu_pct_per_session": 2.1, "turns_recognised": 58,
+                                        "turns_remembered": 0}),
+                    "hearing": cpu_row({}),  # a JSON from before the split: no figure
+                }
+            }
+        },
+    }
+    text = table(result)
+    assert f"| 24 | {NEW_AUDIO} | 4.0 % | 3.0 % | 2.1 % | 100.0 % of 9600 packets | 58 / 0 |" in text
+    assert "| 24 | hearing | 4.0 % | 3.0 % | - | 100.0 % of 9600 packets | - / - |" in text

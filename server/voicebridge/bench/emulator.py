@@ -155,9 +155,9 @@ async def _serve_emulator(conn: Any, kind: str) -> None:
         conn.send("stopped")
 
 
-def _cpu_s(pid: int) -> float:
+def _cpu_s(pid: int) -> tuple[float, float]:
     """User + system CPU seconds so far of a process and its live descendants (the emulator's recognition
-    workers do its work too)."""
+    workers do its work too), and of the process alone."""
     stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, CPU seconds)
     tick = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
@@ -173,7 +173,7 @@ def _cpu_s(pid: int) -> float:
         current = todo.pop()
         total += stats.get(current, (0, 0.0))[1]
         todo.extend(child for child, (parent, _) in stats.items() if parent == current)
-    return total
+    return total, stats.get(pid, (0, 0.0))[1]
 
 
 def _machine() -> tuple[float, float]:
@@ -568,7 +568,9 @@ class Run:
             "bench_loop_lag_ms": probe.summary(),
         }
         for kind in self.kinds:
-            cpu = _cpu_s(self.procs[kind].pid) - before[kind][0]
+            total, own = _cpu_s(self.procs[kind].pid)
+            cpu = total - before[kind][0][0]
+            workers = cpu - (own - before[kind][0][1])
             stats = await _stats(self.conns[kind])
             packets = stats["packets"] - before[kind][1]["packets"]
             decoded = stats["decoded"] - before[kind][1]["decoded"]
@@ -582,6 +584,8 @@ class Run:
                 row[kind]["decoded_pct"] = round(decoded / packets * 100, 1) if packets else 0.0
                 row[kind]["turns_remembered"] = stats["remembered"] - before[kind][1]["remembered"]
                 row[kind]["turns_recognised"] = stats["recognised"] - before[kind][1]["recognised"]
+                # Its recognition workers' part (the baseline recognises in its own process: no split).
+                row[kind]["recognition_cpu_pct_per_session"] = round(workers / wall / sessions * 100, 2)
             if phase in TURN_PHASES:
                 turns = [t for p in self.peers[kind] for t in p.turns]
                 cut = sum(p.cut for p in self.peers[kind])
@@ -721,7 +725,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                 base, now = row["baseline"], row["now"]
                 _say(
                     f"{sessions:3} sessions, {phase:18}: baseline {base['cpu_pct_per_session']:5.2f} % of a core per "
-                    f"session, now {now['cpu_pct_per_session']:5.2f} % (decoded {now['decoded_pct']} %); loop lag "
+                    f"session, now {now['cpu_pct_per_session']:5.2f} % (recognition workers "
+                    f"{now.get('recognition_cpu_pct_per_session', '-')} %, decoded {now['decoded_pct']} %); loop lag "
                     f"p99 {_p99(base)} / {_p99(now)} ms; machine {row['machine_busy_cores']} cores busy, load "
                     f"{row['loadavg_1m']}"
                     + (f"; peers lost {row['peers_lost']}" if any(row["peers_lost"].values()) else "")
@@ -756,6 +761,10 @@ def _p99(side: dict[str, Any]) -> Any:
     return "-" if p99 is None else round(p99, 1)
 
 
+def _share(value: Any) -> str:
+    return "-" if value is None else f"{value} %"
+
+
 def _ms(value: Any) -> str:
     return "-" if value is None else f"{value:g}"
 
@@ -766,9 +775,9 @@ def table(result: dict[str, Any]) -> str:
         "of settling, both emulators measured in the same windows; before = the emulator before issue 17, "
         f"now = as shipped (`{NEW_AUDIO}`: hearing with its remembered turns off, every turn recognised):",
         "",
-        "| sessions | phase | before | now | decoded now | turns recognised / remembered now | "
-        "loop lag p99 before / now | machine busy |",
-        "|---|---|---|---|---|---|---|---|",
+        "| sessions | phase | before | now | of which recognition workers | decoded now | "
+        "turns recognised / remembered now | loop lag p99 before / now | machine busy |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for sessions, level in result["levels"].items():
         for phase, row in level["phases"].items():
@@ -776,7 +785,7 @@ def table(result: dict[str, Any]) -> str:
                 continue
             lines.append(
                 f"| {sessions} | {phase} | {row['baseline']['cpu_pct_per_session']} % | "
-                f"{row['now']['cpu_pct_per_session']} % | "
+                f"{row['now']['cpu_pct_per_session']} % | {_share(row['now'].get('recognition_cpu_pct_per_session'))} | "
                 f"{row['now']['decoded_pct']} % of {row['now']['packets_in']} packets | "
                 f"{row['now'].get('turns_recognised', '-')} / {row['now'].get('turns_remembered', '-')} | "
                 f"{_p99(row['baseline'])} / {_p99(row['now'])} ms | "
