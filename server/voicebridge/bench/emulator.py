@@ -785,7 +785,8 @@ def table(result: dict[str, Any]) -> str:
                 continue
             lines.append(
                 f"| {sessions} | {phase} | {row['baseline']['cpu_pct_per_session']} % | "
-                f"{row['now']['cpu_pct_per_session']} % | {_share(row['now'].get('recognition_cpu_pct_per_session'))} | "
+                f"{row['now']['cpu_pct_per_session']} % | "
+                f"{_share(row['now'].get('recognition_cpu_pct_per_session'))} | "
                 f"{row['now']['decoded_pct']} % of {row['now']['packets_in']} packets | "
                 f"{row['now'].get('turns_recognised', '-')} / {row['now'].get('turns_remembered', '-')} | "
                 f"{_p99(row['baseline'])} / {_p99(row['now'])} ms | "
