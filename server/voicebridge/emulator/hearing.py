@@ -46,6 +46,7 @@ START_VOICED = 6
 # 500 ms (one or two frames) cannot hold a turn open.
 RESUME_WINDOW = 5
 RESUME_ACTIVE = 3
+MAX_SILENCE_FRAMES = 10_000 // 20  # silence_duration_ms's maximum, in VAD frames
 MAX_UTTERANCE_MS = 120_000  # a turn longer than two minutes is ended anyway: memory stays bounded
 MAX_PHRASES = 500
 
@@ -144,7 +145,10 @@ class Ear:
             maxlen=self._prefix_frames + START_WINDOW
         )
         self._speaking = False
-        self._recent: deque[Verdict] = deque(maxlen=RESUME_WINDOW)  # the last frames' verdicts, inside a turn
+        # Inside a turn, the verdicts of its frames (and of the RESUME_WINDOW frames before it), newest last: where
+        # the turn's speech last went on is worked out from them only when the turn could end (_advance).
+        self._recent: deque[Verdict] = deque(maxlen=MAX_SILENCE_FRAMES + RESUME_WINDOW)
+        self._checked = 0  # frames up to here are known not to have gone on with the speech (after _last_voiced_end)
         self._utterance: list[npt.NDArray[np.int16]] = []
         self._start_frame = 0
         self._onset_frame = 0  # where the current turn's speech began (its padding before that)
@@ -251,18 +255,34 @@ class Ear:
             return
         self._utterance.append(chunk)
         self._recent.append(verdict)
-        # Speech goes on only with RESUME_ACTIVE speech-like frames of the last RESUME_WINDOW: a lone beep or click
-        # in the silence after a turn does not restart its silence count.
-        if verdict.active and sum(v.active for v in self._recent) >= RESUME_ACTIVE:
-            self._last_voiced_end = self._frames
+        silence = self._silence_frames
         # Active frames just now may be a word beginning (confirmed within RESUME_ACTIVE frames): wait for them.
-        pending = any(v.active for v in list(self._recent)[-(RESUME_ACTIVE - 1) :])
-        if self._frames - self._last_voiced_end >= self._silence_frames and not pending:
-            self._end(self._last_voiced_end + self._silence_frames)
+        if (
+            self._frames - self._last_voiced_end >= silence  # cheap: the last frame known to go on is that far back
+            and self._frames - self._went_on() >= silence
+            and not any(v.active for v in list(self._recent)[-(RESUME_ACTIVE - 1) :])
+        ):
+            self._end(self._last_voiced_end + silence)
         elif len(self._utterance) * VAD_FRAME_MS >= MAX_UTTERANCE_MS:
+            self._went_on()  # speech_end_ms
             self._end(self._frames)
         elif self.on_speech_ms is not None:
             self.on_speech_ms((self._frames - self._onset_frame) * VAD_FRAME_MS)
+
+    def _went_on(self) -> int:
+        """The last frame where the speech went on: one that is active with RESUME_ACTIVE active frames among the
+        RESUME_WINDOW ending there (a lone beep or click in the silence after a turn does not restart its silence
+        count). Worked out from the frames not checked yet, newest first, and only when asked: when the last frame
+        known to go on is silence_duration_ms back, or the turn ends anyway; so inside speech most frames' verdicts
+        are never asked for, and the result is the one judging every frame as it came gave."""
+        recent = list(self._recent)  # recent[-1] is this frame's verdict
+        for back in range(self._frames - max(self._last_voiced_end, self._checked)):
+            window = recent[-RESUME_WINDOW - back : len(recent) - back]
+            if window[-1].active and sum(v.active for v in window) >= RESUME_ACTIVE:
+                self._last_voiced_end = self._frames - back
+                break
+        self._checked = self._frames
+        return self._last_voiced_end
 
     def _begin(self) -> None:
         # Speech began with the run of active frames (an unvoiced "th" or "s" included) that leads to the window's
@@ -276,8 +296,8 @@ class Ear:
         self._utterance = [c for c, _ in history[-keep:]]
         self._history.clear()
         self._speaking = True
-        self._recent = deque([v for _, v in history[-RESUME_WINDOW:]], maxlen=RESUME_WINDOW)
-        self._last_voiced_end = self._frames
+        self._recent = deque([v for _, v in history[-RESUME_WINDOW:]], maxlen=MAX_SILENCE_FRAMES + RESUME_WINDOW)
+        self._last_voiced_end = self._checked = self._frames
         self._start_frame = self._frames - keep
         self._onset_frame = onset
         self._on_started(self._start_frame * VAD_FRAME_MS)

@@ -60,22 +60,42 @@ _TONE_HALF = int(np.ceil(2 * TONE_FFT / (TONE_FRAMES * FRAME))) + 1
 
 class Verdict:
     """One frame's judgement: `active` (speech for keeping a turn open) and `onset` (voiced speech: what may open a
-    turn). `onset` is worked out only when asked (`pending`: the 40 ms window it needs): inside a turn the Ear asks
-    only `active`, so most speech frames never pay for the pitch search (~30 us each, under the GIL)."""
+    turn). Both are worked out only when asked, from the frames they need (`pending`: the last TONE_FRAMES frames,
+    never changed once judged): webrtcvad has already said voice (it keeps state, so it hears every frame in order),
+    the level and the tone test (`active`, ~45 us under the GIL) and the pitch search (`onset`, ~30 us) wait. Inside a
+    turn the Ear asks `active` only of the frames that decide where the turn ends, so most speech frames never pay
+    for them; outside a turn it asks `onset` of every frame, as before."""
 
-    __slots__ = ("_onset", "_window", "active")
+    __slots__ = ("_active", "_floor", "_onset", "_window")
 
     def __init__(
-        self, active: bool, onset: bool = False, pending: tuple[npt.NDArray[np.float64], ...] | None = None
+        self,
+        active: bool,
+        onset: bool = False,
+        pending: tuple[npt.NDArray[np.float64], ...] | None = None,
+        floor: float | None = None,
     ) -> None:
-        self.active = active
+        self._active = active
         self._onset = onset
         self._window = pending
+        self._floor = floor  # not None: `active` still to be worked out (level and tone over `pending`)
+
+    @property
+    def active(self) -> bool:
+        if self._floor is not None and self._window is not None:
+            window = self._window
+            self._active = level_db(window[-1]) >= self._floor and tone_share(np.concatenate(window)) < TONE_SHARE
+            self._floor = None
+            if not self._active:
+                self._window = None
+        return self._active
 
     @property
     def onset(self) -> bool:
+        if not self.active:
+            return False
         if self._window is not None:
-            self._onset = periodicity(np.concatenate(self._window)) >= VOICED
+            self._onset = periodicity(np.concatenate(self._window[-2:])) >= VOICED
             self._window = None
         return self._onset
 
@@ -98,7 +118,7 @@ def aggressiveness(threshold: float) -> int:
     return min(3, int(threshold * 4))
 
 
-def level_db(frame: npt.NDArray[np.int16]) -> float:
+def level_db(frame: npt.NDArray[np.int16] | npt.NDArray[np.float64]) -> float:
     """The frame's energy between 100 and 4000 Hz, in dBFS (a full-scale sine in the band is about -3)."""
     x = frame.astype(np.float64)
     x -= x.mean()  # DC leaks through the window's sidelobes otherwise
@@ -161,13 +181,11 @@ class SpeechJudge:
 
     def judge(self, frame: npt.NDArray[np.int16]) -> Verdict:
         self._recent.append(frame.astype(np.float64))
-        # Cheapest test first: most frames of a call are silence, and they cost one webrtcvad call.
-        if not self._vad.is_speech(frame.tobytes(), RATE) or level_db(frame) < self.floor_db:
+        # Cheapest test first: most frames of a call are silence, and they cost one webrtcvad call. webrtcvad adapts
+        # to what it heard, so it is asked of every frame now; the rest waits until the verdict is asked for.
+        if not self._vad.is_speech(frame.tobytes(), RATE):
             return Verdict(False, False)
-        recent = list(self._recent)
-        if tone_share(np.concatenate(recent)) >= TONE_SHARE:
-            return Verdict(False, False)
-        verdict = Verdict(True, pending=(recent[-2], recent[-1]))  # the frames are never changed once appended
+        verdict = Verdict(True, pending=tuple(self._recent), floor=self.floor_db)  # frames never changed once in
         if self.eager_onset:
             verdict.onset  # noqa: B018 (evaluated now, for the bench's baseline)
         return verdict
