@@ -8,9 +8,11 @@ sessions) wins the cores and the export takes what is left.
 
 The pool is made on first use and shared by the process (serve's bridge workers each get their own). Its workers
 are spawned, not forked: the bridge has threads and an event loop whose locks a forked child would inherit. They
-import this module only (PyAV, numpy), not the bridge. The export only reads the WebM files: whatever goes wrong
-(a broken file, a worker killed), the files stay as they are. A worker that dies breaks its pool: the export is
-tried once more in a fresh pool, then in a thread of this process; an export that fails is the caller's to report.
+import this module only (PyAV, numpy), not the bridge; as in every spawned process, Python re-imports the
+parent's main script in them, so a script that runs calls needs the ``if __name__ == "__main__":`` guard.
+The export only reads the WebM files: whatever goes wrong (a broken file, a worker killed), the files stay as they
+are. A worker that dies breaks its pool: the export is tried once more in a fresh pool, then in a thread of this
+process; an export that fails is the caller's to report.
 Workers die with the bridge (parent_death.py): a killed bridge leaves none behind.
 """
 
