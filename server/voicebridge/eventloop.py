@@ -14,6 +14,7 @@ from printing a traceback each: see there.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections.abc import Callable, Coroutine
@@ -114,6 +115,21 @@ def quiet_lost_peer_tasks(loop: asyncio.AbstractEventLoop | None = None) -> None
         loop.set_exception_handler(_lost_peer_handler(previous))
 
 
+def freeze_startup() -> int:
+    """Move every object alive now out of the cyclic garbage collector's reach (gc.freeze); returns how many.
+
+    A full (generation 2) collection walks every tracked object and stops the event loop meanwhile: in the bench's
+    bridge process it took 31-35 ms of CPU at 25 calls and 92-101 ms at 100, every packet arriving during it
+    waiting in its socket. About 53 000 of those objects are modules, functions and classes from start-up, never
+    garbage: frozen, the same collection took 7-11 ms at 25 calls and 48 ms at 100. Called once, after imports and
+    before any call (frozen objects are never collected, so a call's objects, which die in reference cycles when
+    it ends, must not be frozen). Objects freed by reference counting are freed as before.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def run(main: Coroutine[Any, Any, T], name: str | None = None) -> T:
     """asyncio.run(main) on the chosen event loop (VOICEBRIDGE_LOOP unless `name` is given)."""
     try:
@@ -123,4 +139,5 @@ def run(main: Coroutine[Any, Any, T], name: str | None = None) -> T:
         raise
     with asyncio.Runner(loop_factory=factory) as runner:
         quiet_lost_peer_tasks(runner.get_loop())
+        freeze_startup()  # what the command imported: see there
         return runner.run(main)

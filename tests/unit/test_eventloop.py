@@ -131,3 +131,16 @@ def test_aiortcs_unawaited_data_channel_sends_to_a_lost_peer_log_one_debug_line(
         r.levelno == logging.DEBUG and "RTCSctpTransport._send_chunk: the peer is gone" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_a_command_s_start_up_objects_are_frozen_before_its_coroutine_runs() -> None:
+    """In a process of its own (freezing is per process): what was imported is out of the collector's reach."""
+    code = (
+        "import gc, voicebridge.eventloop as e\n"
+        "async def main():\n"
+        "    return gc.get_freeze_count()\n"
+        "print(gc.get_freeze_count(), e.run(main()) > 1000)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "server")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == ["0", "True"]

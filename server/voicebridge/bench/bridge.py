@@ -295,6 +295,9 @@ async def run_job(job: Job) -> dict[str, Any]:
                 r.stop()
             await asyncio.gather(*(pc.close() for pc in warm.pcs), return_exceptions=True)
         await _rpc(conns[0], ("close_all",))
+        # As a bridge process does after start-up (voicebridge/eventloop.py): here after the warm-up call, so that
+        # aiortc and what its first call loads are in, and no call is.
+        result["gc_frozen"] = eventloop.freeze_startup()
         rss0 = rss_mib()
         setups = []
         for i in range(job.calls):
