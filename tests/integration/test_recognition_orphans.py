@@ -1,6 +1,6 @@
 """The emulator's recognition workers (emulator/recognition.py) die with the process that started them.
 
-ProcessPoolExecutor stops its workers only on an orderly exit; before `_die_with_parent`, an emulator killed with
+ProcessPoolExecutor stops its workers only on an orderly exit; before parent_death.py, an emulator killed with
 SIGKILL (or ended by SIGTERM) left its recognizers running, holding its stdout open, so whoever read that output to
 its end hung. A real child process starts the workers, is killed, and the workers must be gone; the wait is on the
 processes' disappearance, bounded only to catch a hang.

@@ -284,13 +284,6 @@ def _unreachable(owner: int, e: BaseException) -> ApiError:
     )
 
 
-def die_with_parent(parent: int) -> None:
-    """A worker ends with the group's parent, however the parent ended (as the recognition workers do)."""
-    from .recognition import _die_with_parent  # here: the parent never loads the recognizer
-
-    _die_with_parent(parent)
-
-
 def owned_elsewhere(group: Group | None, call_id: str) -> int | None:
     """The other worker that owns this call, or None."""
     return group.owner(call_id) if group is not None else None

@@ -20,8 +20,8 @@ turn, so in a batch of calls of one scenario nearly every turn after the first f
 turn of the bench's looped line). Audio that differs in one sample (a lossy path, a person) is recognised as ever.
 The transcript is the one pocketsphinx gave for that audio, so what a session hears does not change.
 
-A worker dies with the process that started it (`_die_with_parent`): ProcessPoolExecutor stops its workers only on
-an orderly exit, so a SIGTERMed or killed emulator left them running, holding its stdout and stderr open (whoever
+A worker dies with the process that started it (parent_death.py): ProcessPoolExecutor stops its workers only on an
+orderly exit, so a SIGTERMed or killed emulator left them running, holding its stdout and stderr open (whoever
 waited for the emulator's output to end waited forever) and a core's worth of memory each.
 """
 
@@ -29,14 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import ctypes
 import logging
 import multiprocessing
 import os
-import signal
-import sys
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +43,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from voicebridge.parent_death import die_with_parent
 from voicebridge.scenarios import normalize_phrase
 
 from .hearing import recognizer_for
@@ -57,32 +54,6 @@ log = logging.getLogger(__name__)
 # of the cores (VOICEBRIDGE_RECOGNITION_WORKERS, set by workers.py).
 WORKERS = int(os.environ.get("VOICEBRIDGE_RECOGNITION_WORKERS", "0") or 0) or max(1, min(2, os.cpu_count() or 1))
 REMEMBER = 1024  # turns whose transcripts are remembered (a few KiB: a digest and a line each)
-
-
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
-PARENT_POLL_S = 1.0  # where prctl is not available: how often a worker checks that its parent is alive
-
-
-def _die_with_parent(parent: int) -> None:
-    """A worker's initializer: exit when the process that started it is gone, however it ended.
-
-    Linux delivers SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG; it fires when the thread that spawned the
-    worker ends, which here is the emulator's event-loop thread, so its end is the emulator's end too). Elsewhere,
-    and for a parent that died before the prctl took effect, a daemon thread checks the parent's pid."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:
-        os._exit(0)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_S)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _transcribe(phrases: tuple[str, ...], pcm16k: npt.NDArray[np.int16]) -> str | None:
@@ -123,7 +94,9 @@ class Recognition:
                 pool = self._pools[i] = ProcessPoolExecutor(
                     1,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_die_with_parent,
+                    # SIGKILL when the thread that spawned it ends: here the emulator's event-loop thread, so
+                    # the emulator's end too (parent_death.py).
+                    initializer=die_with_parent,
                     initargs=(os.getpid(),),
                 )
             return pool

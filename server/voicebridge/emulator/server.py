@@ -33,6 +33,7 @@ from voicebridge.edge.signals import stop_on_signals
 from voicebridge.media.loopback import is_local_url, set_loopback_only
 from voicebridge.observability.capacity import Capacity, LagSource
 from voicebridge.observability.logs import CHATTY_LIBRARIES
+from voicebridge.parent_death import die_with_parent
 from voicebridge.scenarios.model import Scenario, ScenarioError, builtin_names
 
 from . import events as ev
@@ -42,7 +43,6 @@ from .group import (
     WORKER_SCOPE,
     Forwarder,
     Group,
-    die_with_parent,
     group_status,
     owned_elsewhere,
 )
