@@ -30,8 +30,8 @@ from .bridge import Job, bridge_main
 from .floor import Floor, measure_floor
 from .loop_floor import WORKS, LoopFloor, available_loops, measure_loop_floor
 from .report import (
-    check_doc,
     comparisons_table,
+    doc_ready,
     figures,
     floor_line,
     judge_by_loop_floor,
@@ -322,12 +322,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"voicebridge bench: cannot create --out {out}: {e}", file=sys.stderr)
         return 2
     doc = getattr(args, "doc", None)
-    if doc is not None:
-        try:
-            check_doc(doc, "bench")  # before minutes of measuring, not after
-        except ValueError as e:
-            print(f"voicebridge bench: {e}", file=sys.stderr)
-            return 2
+    if not doc_ready(doc, "bench", "voicebridge bench"):
+        return 2
     started = time.perf_counter()
     try:
         result = run_bench(args)

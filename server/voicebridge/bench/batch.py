@@ -285,17 +285,13 @@ def main(args: argparse.Namespace) -> int:
 
     require("emulator")  # before minutes of batches, not after
     require("reports")
-    from .report import check_doc, splice_doc
+    from .report import doc_ready, splice_doc
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = getattr(args, "doc", None)
-    if doc is not None:
-        try:
-            check_doc(doc, "batch")  # before minutes of measuring, not after
-        except ValueError as e:
-            print(f"voicebridge bench --batch: {e}", file=sys.stderr)
-            return 2
+    if not doc_ready(doc, "batch", "voicebridge bench --batch"):
+        return 2
     try:
         result = measure(args)
     except KeyboardInterrupt:  # the running batch has hung up its calls and written its report (_stop)

@@ -834,17 +834,13 @@ def main(args: argparse.Namespace) -> int:
     from voicebridge.extras import require
 
     require("emulator")  # espeak, pocketsphinx, webrtcvad: before minutes of measuring, not after
-    from .report import check_doc, splice_doc
+    from .report import doc_ready, splice_doc
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = getattr(args, "doc", None)
-    if doc is not None:
-        try:
-            check_doc(doc, "emulator")  # before minutes of measuring, not after
-        except ValueError as e:
-            print(f"voicebridge bench --emulator: {e}", file=sys.stderr)
-            return 2
+    if not doc_ready(doc, "emulator", "voicebridge bench --emulator"):
+        return 2
     started = time.perf_counter()
     result = asyncio.run(_measure(args))
     result["cores"] = os.cpu_count()

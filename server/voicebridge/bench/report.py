@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -523,6 +524,19 @@ def check_doc(doc: Path, kind: str) -> tuple[str, int, int]:
     return old, i + len(start), j
 
 
+def doc_ready(doc: Path | None, kind: str, command: str) -> bool:
+    """Whether --doc (if given) has kind's section; if not, said on stderr as command's error. Checked before minutes
+    of measuring, not after."""
+    if doc is None:
+        return True
+    try:
+        check_doc(doc, kind)
+    except ValueError as e:
+        print(f"{command}: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def splice_doc(doc: Path, kind: str, text: str) -> None:
     """Replace what stands between doc's markers for kind with text (check_doc's errors)."""
     old, i, j = check_doc(doc, kind)
@@ -544,6 +558,4 @@ def rerender(path: Path) -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
     print(rerender(Path(sys.argv[1])))
