@@ -23,6 +23,7 @@ from voicebridge.bench.report import (
     judge_by_loop_floor,
     loop_floor_table,
     loop_floor_verdict,
+    lossy,
     markdown,
     max_without_loss,
     splice_doc,
@@ -405,3 +406,15 @@ def test_the_emulator_cpu_table_gives_the_recognition_workers_part_where_it_was_
     text = table(result)
     assert f"| 24 | {NEW_AUDIO} | 4.0 % | 3.0 % | 2.1 % | 100.0 % of 9600 packets | 58 / 0 |" in text
     assert "| 24 | hearing | 4.0 % | 3.0 % | - | 100.0 % of 9600 packets | - / - |" in text
+
+
+def test_a_level_with_a_leg_down_is_not_without_loss() -> None:
+    """An agent whose leg is down sends nothing: no packet of it is counted lost, yet the level did not carry its
+    calls."""
+    raw = raw_job("passthrough", 200, 1000, 1000, 5.0, [0.0001] * 100)
+    lv = figures(raw, floor_us=10.0)
+    assert lv["loss_pct"] == 0.0 and not lossy(lv)
+    raw["window"]["legs_down"] = 374
+    down = figures(raw, floor_us=10.0)
+    assert down["loss_pct"] == 0.0 and down["bridge_legs_down"] == 374 and lossy(down)
+    assert max_without_loss([lv, {**down, "calls": 250}], "passthrough") == 200

@@ -130,9 +130,11 @@ def headline(levels: list[dict[str, Any]], relay: str, calls: int) -> dict[str, 
 
 
 def lossy(lv: dict[str, Any]) -> bool:
-    """Lost packets beyond measuring noise (a count over a shifted window is exact to ~0.5 %, payloads exactly)."""
+    """Lost packets beyond measuring noise (a count over a shifted window is exact to ~0.5 %, payloads exactly), or
+    a leg down at the window's end: an agent whose leg is down sends nothing, so its packets are in no loss count
+    (at 200 calls on a busy machine 374 of 400 legs were down with "0 %" lost)."""
     limit = COUNT_LOSS_THRESHOLD_PCT if lv.get("loss_method") == "count" else LOSS_THRESHOLD_PCT
-    return bool(lv["loss_pct"] > limit)
+    return bool(lv["loss_pct"] > limit or (lv.get("bridge_legs_down") or 0) > 0)
 
 
 def max_without_loss(levels: list[dict[str, Any]], relay: str) -> int:
