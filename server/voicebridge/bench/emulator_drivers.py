@@ -10,7 +10,7 @@ from typing import Any
 from voicebridge import eventloop
 
 from .emulator_phases import KINDS
-from .emulator_process import recv
+from .emulator_process import recv, stop_child
 from .emulator_run import Run
 
 
@@ -78,11 +78,4 @@ class Drivers:
 
     def stop(self) -> None:
         for kind, conn in self.conns.items():
-            try:
-                conn.send(("stop",))
-            except (OSError, EOFError):
-                pass
-            self.procs[kind].join(60)
-            if self.procs[kind].is_alive():
-                self.procs[kind].terminate()
-                self.procs[kind].join(5)
+            stop_child(self.procs[kind], conn, ("stop",), 60)

@@ -95,3 +95,15 @@ async def ask_stats(conn: Any) -> dict[str, Any]:
     conn.send("stats")
     stats: dict[str, Any] = await asyncio.to_thread(recv, conn, 30)
     return stats
+
+
+def stop_child(proc: Any, conn: Any, msg: Any, within_s: float) -> None:
+    """Ask a child process to stop (msg on its pipe), wait within_s for it, then terminate it."""
+    try:
+        conn.send(msg)
+    except (OSError, EOFError):
+        pass
+    proc.join(within_s)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(5)

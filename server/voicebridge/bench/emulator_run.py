@@ -23,7 +23,7 @@ from .emulator_phases import (
     TURN_PHASES,
     say,
 )
-from .emulator_process import ask_stats, emulator_main, recv
+from .emulator_process import ask_stats, emulator_main, recv, stop_child
 from .emulator_turns import turn_summary, turns_asked
 from .proc_cpu import machine_cpu_s, process_cpu_s
 
@@ -91,14 +91,7 @@ class Run:
             self.sender.stop()
         await self.disconnect()
         for kind, conn in self.conns.items():
-            try:
-                conn.send("stop")
-            except (OSError, EOFError):
-                pass
-            self.procs[kind].join(15)
-            if self.procs[kind].is_alive():
-                self.procs[kind].terminate()
-                self.procs[kind].join(5)
+            stop_child(self.procs[kind], conn, "stop", 15)
 
     async def phase(self, phase: str, sessions: int) -> dict[str, Any]:
         """Set the phase up, let it settle, and measure one window (the turns phase: until every peer is done)."""
