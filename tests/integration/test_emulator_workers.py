@@ -33,6 +33,7 @@ from openai import AsyncOpenAI, AuthenticationError, NotFoundError, RateLimitErr
 
 from tests.integration.conftest import Client, cs_session
 from tests.integration.test_ws_emulator import WsClient
+from voicebridge.emulator.limits import SESSIONS_PER_CORE, WORKER_SESSIONS_PER_CORE
 from voicebridge.scenarios.model import BUILTIN_DIR
 
 pytestmark = pytest.mark.integration
@@ -124,6 +125,10 @@ def alive(pid: int) -> bool:
 async def test_requests_about_a_session_reach_the_worker_that_owns_it(group: Group) -> None:
     url = await asyncio.to_thread(lambda: group.url)
     privates = [(await asyncio.to_thread(group.worker, i))[1] for i in range(2)]
+    # Unless told otherwise, a worker budgets a worker's sessions per core of its share, not a lone process's.
+    for private in privates:
+        capacity = (await get_json(f"{root(private)}/readyz?scope=worker"))[1]["capacity"]
+        assert capacity["per_core"] == WORKER_SESSIONS_PER_CORE != SESSIONS_PER_CORE
     # Sessions land on both workers: the kernel spreads connections, and each session's request closes its own.
     calls: dict[int, tuple[Client, str]] = {}
     extra: list[Client] = []

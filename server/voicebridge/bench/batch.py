@@ -4,8 +4,9 @@ Each batch is `voicebridge batch --scenario late_order --calls N --concurrency C
 exactly as a user runs it (its bridge, its calls, its reports, its child emulator `voicebridge emulator --workers
 auto`), one after another: a baseline of 4 calls 2 at once, 50 at 50, the baseline again (the two bracket the
 50-call batch, so a change of the machine's load shows as their drift), 100 at 100 (past the emulator's capacity:
-refused, retried), and 50 at 50 with an emulator budget that admits all 50 at once
-(VOICEBRIDGE_EMULATOR_SESSIONS_PER_CORE=50: what truly concurrent calls cost; --no-all-admitted leaves it out).
+refused, retried), and with --all-admitted the at-once batch again with no emulator budget
+(VOICEBRIDGE_EMULATOR_SESSIONS_PER_CORE=0: what truly concurrent calls cost when --batch-calls is past the budget;
+the default budget of the child's workers admits 50 calls at once on two cores).
 While a batch runs, its process tree is read from /proc every SAMPLE_S: the batch process's CPU and the emulator's
 (its process and everything under it), taken over the calls' window of the batch's report; the machine's from
 /proc/stat. Each batch's report.json is kept (out/batch-runs/NAME/), its call artifacts are removed.
@@ -34,7 +35,7 @@ SCENARIO = "late_order"
 SAMPLE_S = 0.5  # /proc read this often: a process that ends loses at most this much of its CPU from the count
 PROGRESS_S = 15.0  # a progress line at least this often while a batch runs
 BASELINE_CALLS, BASELINE_CONCURRENCY = 4, 2
-ALL_ADMITTED_BUDGET = "50"  # sessions per core: every call of the 50 admitted at once on 2 cores
+ALL_ADMITTED_BUDGET = "0"  # sessions per core: 0 is no budget, every call admitted at once
 TIMEOUT_S = 900.0  # one batch; a batch of 100 calls takes 2-4 minutes on the 2-core machine
 STOP_S = 60.0  # a batch stopped (timeout, Ctrl-C) hangs up its calls and writes its report within this
 _CLI = "import sys; from voicebridge.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -53,7 +54,7 @@ class Batch:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def plan(calls: int = 50, all_admitted: bool = True) -> list[Batch]:
+def plan(calls: int = 50, all_admitted: bool = False) -> list[Batch]:
     """The batches, in the order they run (`calls`: the at-once batch's; the overload batch has twice as many)."""
     base = Batch(f"{BASELINE_CALLS} at {BASELINE_CONCURRENCY}", BASELINE, BASELINE_CALLS, BASELINE_CONCURRENCY)
     batches = [
@@ -256,7 +257,7 @@ def _said(row: dict[str, Any], base: dict[str, Any] | None) -> str:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    batches = plan(args.batch_calls, not args.no_all_admitted)
+    batches = plan(args.batch_calls, args.all_admitted)
     _say("batches, one after another: " + "; ".join(f"{b.name} ({b.calls} @ {b.concurrency})" for b in batches))
     runs_dir = Path(args.out) / "batch-runs"
     started = time.perf_counter()

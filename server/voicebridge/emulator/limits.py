@@ -44,6 +44,11 @@ RETRY_AFTER_S = 5
 # Capacity defaults, measured on this project's 2-vCPU machine (README, "Overload"): see Limits.
 SESSIONS_PER_CORE = 24.0  # an emulator in a process of its own (`voicebridge emulator`)
 EMBEDDED_SESSIONS_PER_CORE = 12.0  # one embedded in the bridge's process (call, serve, batch, test): calls cost both
+# A worker of `voicebridge emulator --workers N` (the child of batch and test) has its share of the cores to itself,
+# one event loop per core, and recognises in its own processes: with the bridge on the same two cores, 50 calls at
+# once (2 workers of 50 sessions) kept the turn gap of 2 calls at once (2026-11-30, quiet: p50 -0.2 %, p90 -2/-6 %),
+# so it counts 50 per core of its share; a lone process serves all its cores' sessions from one loop (24 per core).
+WORKER_SESSIONS_PER_CORE = 50.0
 MAX_LAG_MS = 150.0
 LAG_FLOOR = 8  # the lag refuses only while this many sessions are live (capacity.py says why)
 ENV_SESSIONS_PER_CORE = "VOICEBRIDGE_EMULATOR_SESSIONS_PER_CORE"

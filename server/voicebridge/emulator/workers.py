@@ -26,7 +26,9 @@ The group's state is one SQLite file in a directory the parent makes and removes
 mints and redeems (keys.py) and the parent's view of each worker (roster.py), which /readyz and /healthz show.
 
 Each worker budgets its share of the cores (VOICEBRIDGE_CORES = the usable cores / N, at least 1, unless set, as
-`serve --workers N` does) and runs one recognition worker per core of its share (VOICEBRIDGE_RECOGNITION_WORKERS).
+`serve --workers N` does), 50 sessions per core of it unless VOICEBRIDGE_EMULATOR_SESSIONS_PER_CORE or
+`--sessions-per-core` say otherwise (limits.WORKER_SESSIONS_PER_CORE), and runs one recognition worker per core of
+its share (VOICEBRIDGE_RECOGNITION_WORKERS).
 Limits are per worker: `--max-sessions`, `--max-sessions-per-key` and the capacity count what each worker holds.
 """
 
@@ -53,6 +55,7 @@ from voicebridge.observability.capacity import worker_count as parse_worker_coun
 
 from .group import GROUP_ENV, WORKER_READY, Group
 from .keys import connect as open_key_store
+from .limits import ENV_SESSIONS_PER_CORE, WORKER_SESSIONS_PER_CORE
 from .roster import GAVE_UP, RESTARTING, SERVING, STARTING, STOPPING, Roster
 
 log = logging.getLogger(__name__)
@@ -150,6 +153,9 @@ class Supervisor:
         share = max(1, usable_cores() // n)
         self.env.setdefault(CORES_ENV, str(share))
         self.env.setdefault(RECOGNITION_ENV, str(share))
+        # A worker's loop paces more sessions per core than a lone process's (limits.py says why and what was
+        # measured); `--sessions-per-core` or the variable set by the operator still win.
+        self.env.setdefault(ENV_SESSIONS_PER_CORE, f"{WORKER_SESSIONS_PER_CORE:g}")
         self.env.pop("OPENAI_API_KEY", None)  # the emulator needs no key: it never holds one
 
     async def spawn(self, slot: Slot) -> None:
