@@ -30,6 +30,7 @@ from typing import Any
 
 from . import batch_report
 from .batch_report import ALL_ADMITTED, AT_ONCE, BASELINE, OVERLOAD
+from .proc_cpu import machine_cpu_s, proc_table
 
 SCENARIO = "late_order"
 SAMPLE_S = 0.5  # /proc read this often: a process that ends loses at most this much of its CPU from the count
@@ -76,29 +77,6 @@ def plan(calls: int = 50, all_admitted: bool = False) -> list[Batch]:
 # ---- CPU of a process tree -------------------------------------------------------------------------------------
 
 
-def _proc_table() -> dict[int, tuple[int, float, list[str]]]:
-    """pid -> (parent pid, user + system CPU seconds, argv) of every process."""
-    tick = os.sysconf("SC_CLK_TCK")
-    table: dict[int, tuple[int, float, list[str]]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:  # gone meanwhile
-            continue
-        cpu = (int(fields[11]) + int(fields[12])) / tick
-        table[int(entry.name)] = (int(fields[1]), cpu, [a.decode(errors="replace") for a in argv])
-    return table
-
-
-def machine_busy_s() -> float:
-    """Busy CPU seconds of the whole machine so far, all cores."""
-    parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(parts) - parts[3] - parts[4]) / os.sysconf("SC_CLK_TCK")
-
-
 class TreeCpu:
     """The CPU of a batch process and of its emulator (the child whose argv says `emulator`, and all under it),
     cumulative, each process counted at the last value seen (so the ones that ended still count)."""
@@ -110,7 +88,7 @@ class TreeCpu:
         self.samples: list[tuple[float, float, float, float]] = []  # (epoch s, batch CPU s, emulator CPU s, machine)
 
     def sample(self) -> None:
-        table = _proc_table()
+        table = proc_table(argv=True)
         changed = True
         while changed:  # parents before children, whatever order /proc listed them in
             changed = False
@@ -125,7 +103,7 @@ class TreeCpu:
         totals = {"batch": 0.0, "emulator": 0.0}
         for pid, cpu in self.last.items():
             totals[self.group[pid]] += cpu
-        self.samples.append((time.time(), totals["batch"], totals["emulator"], machine_busy_s()))
+        self.samples.append((time.time(), totals["batch"], totals["emulator"], machine_cpu_s()[0]))
 
     def over(self, start: float, end: float) -> dict[str, float] | None:
         """Cores busy between two epoch times (the batch's calls): the batch, the emulator, the machine."""

@@ -6,25 +6,33 @@ import os
 from pathlib import Path
 
 
-def process_cpu_s(pid: int) -> tuple[float, float]:
-    """User + system CPU seconds so far of a process and its live descendants (the emulator's recognition
-    workers do its work too), and of the process alone."""
-    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, CPU seconds)
+def proc_table(argv: bool = False) -> dict[int, tuple[int, float, list[str]]]:
+    """pid -> (parent pid, user + system CPU seconds so far, argv: [] unless asked) of every process."""
+    table: dict[int, tuple[int, float, list[str]]] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            args = (entry / "cmdline").read_bytes().split(b"\0") if argv else []
         except OSError:  # gone meanwhile
             continue
-        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        table[int(entry.name)] = (int(fields[1]), cpu, [a.decode(errors="replace") for a in args])
+    return table
+
+
+def process_cpu_s(pid: int) -> tuple[float, float]:
+    """User + system CPU seconds so far of a process and its live descendants (the emulator's recognition
+    workers do its work too), and of the process alone."""
+    stats = proc_table()
     total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
-        total += stats.get(current, (0, 0.0))[1]
-        todo.extend(child for child, (parent, _) in stats.items() if parent == current)
-    return total, stats.get(pid, (0, 0.0))[1]
+        total += stats.get(current, (0, 0.0, []))[1]
+        todo.extend(child for child, (parent, _, _) in stats.items() if parent == current)
+    return total, stats.get(pid, (0, 0.0, []))[1]
 
 
 def machine_cpu_s() -> tuple[float, float]:
