@@ -13,6 +13,7 @@ written to --out; with --json stdout's last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -166,7 +167,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 f"loss {lv['loss_pct']} %, set-up p50 {lv['setup_ms_p50']} ms"
             )
             if relay == "passthrough" and calls in plan:  # the comparisons at this level, interleaved with it
-                base_job = Job(relay, calls, seconds, warmup, loop=args.loop)
+                base_job = dataclasses.replace(job, listeners=0)  # the level's own job, without listeners
                 rows, again = run_interleaved(plan.pop(calls), lv, base_job, floor["us_per_packet"])
                 comparisons += rows
                 default_reruns += again

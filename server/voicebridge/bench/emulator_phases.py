@@ -20,7 +20,6 @@ NEW_AUDIO_LEVELS = (12, 24)
 # run's extra time to about 35 s over the two levels, and give 24 / 48 turns timed.
 NEW_TURNS_ASKED = 2
 KINDS = ("baseline", "now")  # the emulator as it was before issue 17 / as shipped
-LEVELS = (1, 12, 24, 50)
 SCENARIO = "late_order"
 # The agent's greeting, as the late_order CS persona says it: the caller persona hears it and answers.
 LINE = "Thank you for calling the help desk, how can I help you today?"

@@ -187,13 +187,13 @@ async def _send(conn: Any, targets: list[tuple[str, int]], payloads: list[bytes]
 
 
 def sender_main(
-    conn: Any, targets: list[tuple[str, int]], payloads: list[bytes], key: bytes, sched: str = "batch"
+    conn: Any, targets: list[tuple[str, int]], payloads: list[bytes], key: bytes
 ) -> None:
     """Entry point of the sender process: on uvloop when installed and SCHED_BATCH, as the bench's load processes
     (a far end that does not preempt the receiver when woken: bench/load.py far_end_scheduling)."""
     from .load import far_end_scheduling, load_loop_factory
 
-    far_end_scheduling(sched)
+    far_end_scheduling()
 
     with asyncio.Runner(loop_factory=load_loop_factory()) as runner:
         runner.run(_send(conn, targets, payloads, key))
@@ -206,7 +206,6 @@ def measure_loop_floor(
     payloads: list[bytes],
     seconds: float = 4.0,
     warmup: float = 1.0,
-    sched: str = "batch",
 ) -> LoopFloor:
     """One measurement in fresh processes (receiver measured, sender pacing); RuntimeError if either fails."""
     if work not in WORKS:
@@ -224,7 +223,7 @@ def measure_loop_floor(
         targets = r_parent.recv()
         if isinstance(targets, tuple):  # ("error", message)
             raise RuntimeError(f"bench: the event-loop floor's receiver failed: {targets[1]}")
-        sender = ctx.Process(target=sender_main, args=(s_child, targets, payloads, key, sched), daemon=True)
+        sender = ctx.Process(target=sender_main, args=(s_child, targets, payloads, key), daemon=True)
         sender.start()
         if not s_parent.poll(60):
             raise RuntimeError("bench: the event-loop floor's sender did not start within 60 s")
