@@ -224,7 +224,6 @@ class CallRecording:
         self._remove: Callable[[], None] | None = relay.on_packet(self.recorder.feed)
         self.files: dict[str, str] = {}
         self.error: str | None = None
-        self._paths: dict[str, Path] = {}
 
     def close(self) -> None:
         """Stop recording and finalise the WebM files (idempotent); never raises."""
@@ -232,8 +231,7 @@ class CallRecording:
             self._remove()
             self._remove = None
         try:
-            self._paths = self.recorder.close()
-            self.files = {party: path.name for party, path in sorted(self._paths.items())}
+            self.files = {party: path.name for party, path in sorted(self.recorder.close().items())}
         except Exception as e:  # a broken recording must not break the end of the call
             self.error = f"{type(e).__name__}: {e}"
             log.exception("recording in %s could not be finished", self.folder)
@@ -242,18 +240,14 @@ class CallRecording:
         """recording.wav from the closed files, in the export pool; never raises (the error is kept, the WebM
         files stay listed and on disk)."""
         self.close()
-        if self._paths and self.error is None and "stereo_wav" not in self.files:
+        if self.recorder.paths and self.error is None:
             try:
-                wav = await export_wav_off_process(self._paths, self.folder / "recording.wav", pool)
+                wav = await export_wav_off_process(self.recorder.paths, self.folder / "recording.wav", pool)
                 self.files["stereo_wav"] = wav.name
             except Exception as e:
                 self.error = f"{type(e).__name__}: {e}"
                 log.exception("recording in %s: recording.wav not written", self.folder)
         return self.files
-
-    async def finish(self) -> dict[str, str]:
-        """close, then export."""
-        return await self.export()
 
 
 # The files every call folder holds (bridge/artifacts.py); the recording's are added once it is finished.
