@@ -46,7 +46,8 @@ START_VOICED = 6
 # 500 ms (one or two frames) cannot hold a turn open.
 RESUME_WINDOW = 5
 RESUME_ACTIVE = 3
-MAX_SILENCE_FRAMES = 10_000 // 20  # silence_duration_ms's maximum, in VAD frames
+MAX_SILENCE_MS = 10_000  # silence_duration_ms's maximum (VadSettings)
+MAX_SILENCE_FRAMES = MAX_SILENCE_MS // VAD_FRAME_MS  # the same, in VAD frames
 MAX_UTTERANCE_MS = 120_000  # a turn longer than two minutes is ended anyway: memory stays bounded
 MAX_PHRASES = 500
 
@@ -66,8 +67,8 @@ class VadSettings:
             raise HearingError(f"VAD threshold must be between 0.0 and 1.0, got {self.threshold!r}")
         if not 0 <= self.prefix_padding_ms <= 10_000:
             raise HearingError(f"prefix_padding_ms must be 0..10000, got {self.prefix_padding_ms!r}")
-        if not 0 < self.silence_duration_ms <= 10_000:
-            raise HearingError(f"silence_duration_ms must be 1..10000, got {self.silence_duration_ms!r}")
+        if not 0 < self.silence_duration_ms <= MAX_SILENCE_MS:
+            raise HearingError(f"silence_duration_ms must be 1..{MAX_SILENCE_MS}, got {self.silence_duration_ms!r}")
 
     @property
     def aggressiveness(self) -> int:

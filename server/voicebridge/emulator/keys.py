@@ -125,16 +125,16 @@ class Keys:
 
     def redeem(self, key: str) -> ClientSecret:
         """The ephemeral key `key`, live and unused; `spend` it once the call is counted."""
-        now = int(self.clock())
+        now, key_digest = int(self.clock()), digest(key)
         self._db.execute("DELETE FROM secrets WHERE expires_at < ?", (now,))  # keep the store bounded
         row = self._db.execute(
-            "SELECT expires_at, owner, session, used FROM secrets WHERE digest = ?", (digest(key),)
+            "SELECT expires_at, owner, session, used FROM secrets WHERE digest = ?", (key_digest,)
         ).fetchone()
         if row is None:
             raise ApiError(401, "Ephemeral key is expired or unknown.", code="invalid_api_key")
         if row[3]:
             raise _used()
-        return ClientSecret(digest(key), int(row[0]), json.loads(row[2]), owner=str(row[1]))
+        return ClientSecret(key_digest, int(row[0]), json.loads(row[2]), owner=str(row[1]))
 
     def spend(self, secret: ClientSecret) -> None:
         """Mark the key used: exactly one call gets it, whichever worker made it (401 for the others)."""
