@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -409,22 +409,20 @@ class Recognizer:
         # built-in lines under 15 % loss with bursts: 70 of 80 heard exactly with the defaults, 78 with these, for
         # ~10 % more CPU; speech outside the grammar, half a phrase and noise are still not heard (test_hearing).
         # (That was with a 1e-60 word beam and every frame scored: FRAME_STEP above.)
-        self._decoder = Decoder(
-            samprate=VAD_RATE,
-            lm=None,
-            bestpath=False,
-            loglevel="FATAL",
-            beam=BEAM,
-            wbeam=self.word_beam,
-            pbeam=BEAM,
-            ds=self.frame_step,
-        )
+        self._decoder = Decoder(**self.decoder_settings())
         try:
             self._decoder.add_jsgf_string("persona", _grammar(normalized))
             self._decoder.activate_search("persona")
         except Exception as e:  # pocketsphinx raises RuntimeError with its own log as the only detail
             raise HearingError(f"pocketsphinx rejected the grammar of {len(normalized)} phrases: {e}") from e
         self._lock = threading.Lock()  # one decoder, one utterance at a time
+
+    def decoder_settings(self) -> dict[str, Any]:
+        """pocketsphinx's Decoder settings (scripts/hearing-check.py overrides this to try others)."""
+        return {
+            "samprate": VAD_RATE, "lm": None, "bestpath": False, "loglevel": "FATAL",
+            "beam": BEAM, "wbeam": self.word_beam, "pbeam": BEAM, "ds": self.frame_step,
+        }  # fmt: skip
 
     def transcribe(self, pcm16k: npt.NDArray[np.int16]) -> str | None:
         """The recognised words (normalized), or None when nothing in the grammar was heard. Blocking."""
@@ -468,9 +466,14 @@ _recognizers_lock = threading.Lock()
 MAX_RECOGNIZERS = 32
 
 
+def phrase_key(phrases: Sequence[str]) -> tuple[str, ...]:
+    """A phrase set as the recognisers know it: normalized, sorted, without empty phrases."""
+    return tuple(sorted({normalize_phrase(p) for p in phrases} - {""}))
+
+
 def recognizer_for(phrases: Sequence[str]) -> Recognizer:
     """A Recognizer for this phrase set, loaded once (about 0.2 s) and shared; safe to use from threads."""
-    key = tuple(sorted({normalize_phrase(p) for p in phrases} - {""}))
+    key = phrase_key(phrases)
     with _recognizers_lock:
         hit = _recognizers.get(key)
         if hit is not None:
