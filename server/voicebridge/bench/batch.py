@@ -264,7 +264,7 @@ def main(args: argparse.Namespace) -> int:
 
     require("emulator")  # before minutes of batches, not after
     require("reports")
-    from .report import doc_ready, splice_doc
+    from .report import doc_ready, publish
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -277,17 +277,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"voicebridge bench --batch: interrupted; the batches' reports so far: {out / 'batch-runs'}",
               file=sys.stderr)
         return 130
-    text = batch_report.markdown(result)
-    print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
-    body = json.dumps(result, indent=2) + "\n"
-    (out / "batch-bench.json").write_text(body, encoding="utf-8")
-    (out / "batch-bench.md").write_text(text + "\n", encoding="utf-8")
-    if doc is not None:
-        splice_doc(doc, "batch", f"Run of {result['date']}, {result['cores']} cores:\n\n{text}")
-        if (out / "batch-bench.json").resolve() != (doc.parent / "batch-bench.json").resolve():
-            (doc.parent / "batch-bench.json").write_text(body, encoding="utf-8")
-        _say(f"report written into {doc}")
-    _say(f"done in {result['duration_s']} s: {out / 'batch-bench.json'}")
+    publish(out, doc, "batch", "batch-bench", result, batch_report.markdown(result), _say, args.json)
     if args.json:
         print(json.dumps(result))
     return 0

@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -132,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
     from voicebridge.extras import require
 
     require("emulator")  # espeak, pocketsphinx, webrtcvad: before minutes of measuring, not after
-    from .report import doc_ready, splice_doc
+    from .report import doc_ready, publish
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,16 +143,7 @@ def main(args: argparse.Namespace) -> int:
     result["cores"] = os.cpu_count()
     result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result["duration_s"] = round(time.perf_counter() - started)
-    text = table(result)
-    print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
-    (out / "emulator-bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out / "emulator-bench.md").write_text(text + "\n", encoding="utf-8")
-    if doc is not None:
-        splice_doc(doc, "emulator", f"Run of {result['date']}, {result['cores']} cores:\n\n{text}")
-        if (out / "emulator-bench.json").resolve() != (doc.parent / "emulator-bench.json").resolve():
-            (doc.parent / "emulator-bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        say(f"report written into {doc}")
-    say(f"done in {result['duration_s']} s: {out / 'emulator-bench.json'}")
+    publish(out, doc, "emulator", "emulator-bench", result, table(result), say, args.json)
     if args.json:
         print(json.dumps(result))
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from collections.abc import Callable
@@ -545,9 +546,26 @@ def splice_doc(doc: Path, kind: str, text: str) -> None:
     doc.write_text(old[:i] + "\n" + text.strip() + "\n" + old[j:], encoding="utf-8")
 
 
+def publish(
+    out: Path, doc: Path | None, kind: str, stem: str, result: dict[str, Any], text: str, say: Callable[[str], None],
+    to_stderr: bool,
+) -> None:
+    """A finished --emulator or --batch run: its table printed (on stderr when stdout is for --json), <stem>.json
+    and <stem>.md in out, and with --doc the table spliced into kind's section of doc and the JSON beside it."""
+    print(text, file=sys.stderr if to_stderr else sys.stdout, flush=True)
+    body = json.dumps(result, indent=2) + "\n"
+    (out / f"{stem}.json").write_text(body, encoding="utf-8")
+    (out / f"{stem}.md").write_text(text + "\n", encoding="utf-8")
+    if doc is not None:
+        splice_doc(doc, kind, f"Run of {result['date']}, {result['cores']} cores:\n\n{text}")
+        if (out / f"{stem}.json").resolve() != (doc.parent / f"{stem}.json").resolve():
+            (doc.parent / f"{stem}.json").write_text(body, encoding="utf-8")
+        say(f"report written into {doc}")
+    say(f"done in {result['duration_s']} s: {out / f'{stem}.json'}")
+
+
 def rerender(path: Path) -> str:
     """Recompute the headline of a bench.json from its levels and rewrite bench.md next to it (for docs)."""
-    import json
 
     result = json.loads(Path(path).read_text(encoding="utf-8"))
     main_relay = result["levels"][0]["relay"] if result["levels"] else "passthrough"
