@@ -44,9 +44,8 @@ import numpy as np
 import numpy.typing as npt
 
 from voicebridge.parent_death import die_with_parent
-from voicebridge.scenarios import normalize_phrase
 
-from .hearing import recognizer_for
+from .hearing import phrase_key, recognizer_for
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +63,6 @@ def _transcribe(phrases: tuple[str, ...], pcm16k: npt.NDArray[np.int16]) -> str 
 def _warm(phrases: tuple[str, ...]) -> None:
     """In a worker: load this phrase set's recognizer now."""
     recognizer_for(phrases)
-
-
-def _key(phrases: Sequence[str]) -> tuple[str, ...]:
-    return tuple(sorted({normalize_phrase(p) for p in phrases} - {""}))
 
 
 class Recognition:
@@ -125,7 +120,7 @@ class Recognition:
 
     async def transcribe(self, phrases: Sequence[str], pcm16k: npt.NDArray[np.int16]) -> str | None:
         """The recognised words (normalized), or None; raises HearingError as Recognizer.transcribe does."""
-        key = _key(phrases)
+        key = phrase_key(phrases)
         if not self.remember or not isinstance(pcm16k, np.ndarray) or pcm16k.dtype != np.int16:
             return await self._recognise(key, pcm16k)
         turn = (key, blake2b(pcm16k.tobytes(), digest_size=16).digest() + len(pcm16k).to_bytes(8, "little"))
@@ -164,7 +159,7 @@ class Recognition:
 
     async def warm(self, phrases: Sequence[str]) -> None:
         """Load the phrase set's recognizer in every worker (in this process, for `in_process`)."""
-        key = _key(phrases)
+        key = phrase_key(phrases)
         if self.in_process:
             await asyncio.to_thread(_warm, key)
             return
